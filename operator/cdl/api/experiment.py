@@ -1,0 +1,156 @@
+"""Experiment: HP Optimization, (Distributed) Training, Experiment Registry and Evaluation."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from cdl.api.common import (
+    AnyValue,
+    CdlModel,
+    CommonStatus,
+    FreeForm,
+    LocalRef,
+    Quantity,
+    SecretKeyRef,
+    StatusModel,
+)
+from cdl.api.hyperparameters import hyperparameter_problems
+
+ENTRYPOINT = r"^[A-Za-z_][A-Za-z0-9_.]*(:[A-Za-z_][A-Za-z0-9_]*)?$|^[^\s:]+\.py$"
+
+
+class DataBinding(CdlModel):
+    pipeline_ref: LocalRef = Field(description="The DataPipeline whose output is trained on.")
+    output: Annotated[str, Field(min_length=1)] = Field("train", description="Which DataPipeline output.")
+    commit: str = Field("", description="Pin a data version; empty = the latest Ready output.")
+
+
+class ModelCode(CdlModel):
+    path: Annotated[str, Field(min_length=1)] = Field(
+        description="Code directory (local engine; uploaded as model_dir to Determined)."
+    )
+    image: str | None = Field(None, description="Container image for the cluster.")
+    entrypoint: Annotated[str, Field(pattern=ENTRYPOINT)] = Field(
+        description="module:PyTorchTrialClass, module:function, or a script.py using the Core API."
+    )
+
+
+class Length(CdlModel):
+    """Training length: exactly one of epochs or batches."""
+
+    epochs: int | None = Field(None, ge=1)
+    batches: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _one(self) -> Length:
+        if (self.epochs is None) == (self.batches is None):
+            raise ValueError("exactly one of epochs or batches is required")
+        return self
+
+    @property
+    def units(self) -> int:
+        return self.epochs if self.epochs is not None else self.batches  # type: ignore[return-value]
+
+    @property
+    def unit(self) -> str:
+        return "epochs" if self.epochs is not None else "batches"
+
+
+class Asha(CdlModel):
+    divisor: int = Field(4, ge=2, le=16, description="Reduction factor between rungs.")
+    max_rungs: int = Field(5, ge=1, le=10, description="Number of rungs.")
+
+
+class EarlyStopping(CdlModel):
+    """Application and resource metrics that stop a trial (performance-tuning thesis)."""
+
+    patience: int | None = Field(None, ge=1, description="Validations without improvement.")
+    min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as improvement.")
+    max_trial_seconds: int | None = Field(None, ge=1, description="Wall-clock budget per trial.")
+    max_trial_memory: Quantity | None = Field(None, description="Peak RSS budget of the trial's process tree.")
+
+
+class Searcher(CdlModel):
+    name: Literal["single", "random", "grid", "asha"] = Field(description="Search method.")
+    metric: Annotated[str, Field(min_length=1)] = Field(description="Validation metric to optimise.")
+    smaller_is_better: bool = False
+    max_trials: int = Field(1, ge=1, le=10000)
+    max_concurrent_trials: int = Field(1, ge=1, le=256)
+    max_length: Length | None = None
+    asha: Asha | None = None
+    early_stopping: EarlyStopping | None = None
+
+    @model_validator(mode="after")
+    def _rules(self) -> Searcher:
+        if self.name == "asha" and self.max_length is None:
+            raise ValueError("maxLength: Required value: required when searcher.name is asha")
+        if self.name == "single" and self.max_trials != 1:
+            raise ValueError("maxTrials: Invalid value: must be 1 when searcher.name is single")
+        if self.asha is not None and self.name != "asha":
+            raise ValueError("asha: Forbidden: only allowed when searcher.name is asha")
+        return self
+
+
+class TrainingResources(CdlModel):
+    slots_per_trial: int = Field(1, ge=1, le=64, description="> 1 = distributed training.")
+    gpu: bool = False
+    resource_pool: str | None = None
+
+
+class CheckpointStorage(CdlModel):
+    uri: Annotated[str, Field(pattern=r"^(s3://|file:///)")]
+    credentials_secret_ref: SecretKeyRef | None = None
+
+
+class ExperimentSpec(CdlModel):
+    engine: Literal["local", "determined"] | None = None
+    data: DataBinding | None = None
+    model: ModelCode
+    hyperparameters: FreeForm = Field(default_factory=dict, description="Determined syntax.")
+    searcher: Searcher
+    resources: TrainingResources | None = None
+    seed: int = Field(42, ge=0)
+    checkpoint_storage: CheckpointStorage | None = None
+    determined: FreeForm | None = Field(None, description="Raw Determined experiment-config overrides.")
+
+    def hyperparameter_problems(self) -> list[tuple[str, str]]:
+        """Problems in the Determined-syntax map (the CRD keeps it as a pass-through)."""
+        return hyperparameter_problems(self.hyperparameters, "spec.hyperparameters")
+
+
+class TrialCounts(StatusModel):
+    total: int = 0
+    running: int = 0
+    completed: int = 0
+    early_stopped: int = 0
+    failed: int = 0
+
+
+class CheckpointRef(StatusModel):
+    uuid: str | None = None
+    uri: str | None = None
+
+
+class BestTrial(StatusModel):
+    id: str | None = None
+    hparams: FreeForm = Field(default_factory=dict)
+    metrics: FreeForm = Field(default_factory=dict)
+    checkpoint: CheckpointRef | None = None
+
+
+class ExperimentStatus(CommonStatus):
+    phase: Literal["Pending", "Submitted", "Running", "Completed", "Failed", "Canceled"] | None = None
+    engine_ref: dict[str, str] | None = None
+    trials: TrialCounts | None = None
+    progress: float | None = Field(None, ge=0, le=1)
+    best_trial: BestTrial | None = None
+    best_metric: float | None = None
+    data: dict[str, str] | None = None
+    start_time: str | None = None
+    completion_time: str | None = None
+    run: int | None = Field(None, description="Run number; Model Maintenance retrains start a new run.")
+
+
+__all__ = ["ExperimentSpec", "ExperimentStatus", "AnyValue"]

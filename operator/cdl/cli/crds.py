@@ -1,0 +1,45 @@
+"""`cdl crds generate|check`: the CRD YAML files come from the models in cdl.api."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from cdl.api.crdgen import generate, stale
+from cdl.cli.common import EXIT_USER, console, err_console, project_root
+
+crds_app = typer.Typer(help="Generate or check the CustomResourceDefinitions in crds/.", no_args_is_help=True)
+
+
+@crds_app.command("generate")
+def generate_cmd(
+    out: Path = typer.Option(None, "--out", "-o", help="Directory to write; default <repo>/crds."),
+) -> None:
+    """Write one CRD file per kind from the resource models.
+
+    Example: cdl crds generate --out crds/
+    """
+    target = out or project_root() / "crds"
+    for path in generate(target):
+        console.print(f"wrote {path}")
+
+
+@crds_app.command("check")
+def check_cmd(
+    directory: Path = typer.Option(None, "--dir", "-d", help="Directory to compare; default <repo>/crds."),
+) -> None:
+    """Exit 1 when the checked-in CRDs differ from what the models generate.
+
+    Example: cdl crds check
+    """
+    target = directory or project_root() / "crds"
+    out_of_date = stale(target)
+    if out_of_date:
+        err_console.print(f"stale CRDs in {target}: {', '.join(out_of_date)}; run `cdl crds generate`")
+        raise typer.Exit(EXIT_USER)
+    console.print(f"CRDs in {target} are up to date")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(crds_app, name="crds")

@@ -1,0 +1,32 @@
+"""The `cdl` command: one Typer app; each module in cdl.cli registers its own commands."""
+
+from __future__ import annotations
+
+import typer
+
+from cdl import __version__
+from cdl.cli import crds, validate
+
+app = typer.Typer(
+    name="cdl",
+    help="Continuous Deep Learning: declare data, experiments, models and deployments as Kubernetes resources.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+
+
+@app.command()
+def version() -> None:
+    """Print the cdl version.
+
+    Example: cdl version
+    """
+    typer.echo(__version__)
+
+
+crds.register(app)
+validate.register(app)
+
+if __name__ == "__main__":
+    app()
