@@ -1,0 +1,96 @@
+"""Operator configuration: a YAML file, then environment variables on top.
+
+The same operator runs on a cluster (Helm renders the file into a ConfigMap and points the
+engines at Pachyderm, Determined and Seldon) and in the embedded platform (`cdl up` chooses the
+local engines, pgserver and a filesystem artifact store).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+DEFAULT_ENGINES = {
+    "DataPipeline": "local",
+    "Experiment": "local",
+    "ModelVersion": "local",
+    "Deployment": "local",
+}
+ENV_PREFIX = "CDL_"
+
+
+class S3Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    endpoint: str = ""
+    access_key: str = ""
+    secret_key: str = Field("", repr=False)
+    secure: bool = False
+    region: str | None = None
+
+
+class OperatorConfig(BaseModel):
+    """What the operator needs to know about its surroundings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    namespaces: list[str] = Field(default_factory=list, description="Watched namespaces; empty = all.")
+    data_dir: Path = Field(Path(".cdl"), description="State of the local engines.")
+    base_dir: Path = Field(Path("."), description="Where relative model paths and file: URIs resolve.")
+    database_url: str | None = Field(None, description="PostgreSQL URL; None = no database records.")
+    artifact_url: str | None = Field(None, description="file:///dir or s3://bucket/prefix; None = data_dir.")
+    s3: S3Config = Field(default_factory=S3Config)
+    engines: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_ENGINES))
+    poll_seconds: float = Field(3.0, gt=0, description="How often running engine work is followed.")
+    metrics_port: int | None = Field(None, description="Prometheus metrics port; None = off.")
+    health_port: int | None = Field(None, description="Liveness endpoint port; None = off.")
+    cluster: dict[str, Any] = Field(default_factory=dict, description="Cluster engines' settings.")
+
+    @classmethod
+    def load(cls, path: Path | None = None, env: dict[str, str] | None = None) -> OperatorConfig:
+        """Read the YAML file (if any), then apply CDL_* environment variables."""
+        env = dict(os.environ if env is None else env)
+        data: dict[str, Any] = {}
+        file = path or (Path(env["CDL_CONFIG"]) if env.get("CDL_CONFIG") else None)
+        if file is not None:
+            data = yaml.safe_load(file.read_text()) or {}
+        scalar = {
+            "CDL_DATA_DIR": "data_dir",
+            "CDL_BASE_DIR": "base_dir",
+            "CDL_DATABASE_URL": "database_url",
+            "CDL_ARTIFACT_URL": "artifact_url",
+            "CDL_POLL_SECONDS": "poll_seconds",
+            "CDL_METRICS_PORT": "metrics_port",
+            "CDL_HEALTH_PORT": "health_port",
+        }
+        for var, field in scalar.items():
+            if env.get(var):
+                data[field] = env[var]
+        if env.get("CDL_NAMESPACES"):
+            data["namespaces"] = [n.strip() for n in env["CDL_NAMESPACES"].split(",") if n.strip()]
+        engines = {**DEFAULT_ENGINES, **data.get("engines", {})}
+        for kind in DEFAULT_ENGINES:
+            value = env.get(f"CDL_ENGINE_{kind.upper()}")
+            if value:
+                engines[kind] = value
+        data["engines"] = engines
+        s3 = dict(data.get("s3", {}))
+        for var, field in (("CDL_S3_ENDPOINT", "endpoint"), ("CDL_S3_ACCESS_KEY", "access_key"),
+                           ("CDL_S3_SECRET_KEY", "secret_key")):
+            if env.get(var):
+                s3[field] = env[var]
+        data["s3"] = s3
+        config = cls.model_validate(data)
+        config.data_dir = config.data_dir.expanduser().resolve()
+        config.base_dir = config.base_dir.expanduser().resolve()
+        return config
+
+    @property
+    def artifacts(self) -> str:
+        return self.artifact_url or (self.data_dir / "artifacts").as_uri()
+
+    def default_engine(self, kind: str) -> str:
+        return self.engines.get(kind, "local")

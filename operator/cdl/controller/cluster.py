@@ -1,0 +1,77 @@
+"""The reconcilers' view of the cluster, through the Kubernetes Python client."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from cdl.api.kinds import BY_KIND
+from cdl.controller.redaction import redact_value
+from cdl.errors import DependencyNotReady, TransientError
+
+
+def load_client_config(kubeconfig: str | None = None) -> None:
+    """In-cluster credentials in a pod, else the kubeconfig (KUBECONFIG or ~/.kube/config)."""
+    if kubeconfig:
+        config.load_kube_config(config_file=kubeconfig)
+        return
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+
+
+class KubeClusterView:
+    def __init__(self, api_client: client.ApiClient | None = None) -> None:
+        self.api = api_client or client.ApiClient()
+        self.custom = client.CustomObjectsApi(self.api)
+        self.core = client.CoreV1Api(self.api)
+
+    def _call(self, fn, *args, **kwargs) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise TransientError(f"Kubernetes API answered {exc.status} {exc.reason}")
+        except OSError as exc:
+            raise TransientError(f"Kubernetes API unreachable: {exc}")
+
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        info = BY_KIND[kind]
+        return self._call(self.custom.get_namespaced_custom_object, info.group, info.version, namespace,
+                          info.plural, name)
+
+    def list(self, kind: str, namespace: str) -> list[dict[str, Any]]:
+        info = BY_KIND[kind]
+        found = self._call(self.custom.list_namespaced_custom_object, info.group, info.version, namespace, info.plural)
+        return list((found or {}).get("items") or [])
+
+    def read_secret(self, namespace: str, name: str, key: str) -> str:
+        secret = self._call(self.core.read_namespaced_secret, name, namespace)
+        if secret is None:
+            raise DependencyNotReady(f"waiting for Secret {namespace}/{name}", reason="SecretMissing")
+        data = secret.data or {}
+        if key not in data:
+            raise DependencyNotReady(f"Secret {namespace}/{name} has no key {key!r}", reason="SecretMissing")
+        value = base64.b64decode(data[key]).decode()
+        redact_value(value)
+        return value
+
+    def patch_spec(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        info = BY_KIND[kind]
+        self._call(self.custom.patch_namespaced_custom_object, info.group, info.version, namespace, info.plural,
+                   name, {"spec": patch})
+
+    def patch_status(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        info = BY_KIND[kind]
+        self._call(self.custom.patch_namespaced_custom_object_status, info.group, info.version, namespace,
+                   info.plural, name, {"status": patch})
+
+    def annotate(self, kind: str, namespace: str, name: str, annotations: dict[str, str]) -> None:
+        info = BY_KIND[kind]
+        self._call(self.custom.patch_namespaced_custom_object, info.group, info.version, namespace, info.plural,
+                   name, {"metadata": {"annotations": annotations}})

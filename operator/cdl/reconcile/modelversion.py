@@ -1,0 +1,302 @@
+"""ModelVersion: register the chosen checkpoint as version N, evaluate it on the test output,
+apply the gates, write the report, and move it between stages."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from cdl.api.modelversion import ModelVersionSpec
+from cdl.engines.base import CheckpointInfo, EngineRef, RegistrationRequest, ResourceKey
+from cdl.errors import DependencyNotReady, PermanentEngineError
+from cdl.reconcile.base import Context, Resource, Result, now, parse, set_condition
+from cdl.reconcile.experiment import resolve_output
+
+KIND = "ModelVersion"
+
+
+def spec_hash(spec: ModelVersionSpec) -> str:
+    """Everything but the stage: a change re-registers and re-evaluates, a stage change promotes."""
+    body = spec.wire()
+    body.pop("stage", None)
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def engine_name(exp_spec: dict[str, Any], ctx: Context) -> str:
+    return exp_spec.get("engine") or ctx.config.default_engine("Experiment")
+
+
+def git_commit(path: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def siblings(ctx: Context, res: Resource, model: str) -> list[dict[str, Any]]:
+    """Other ModelVersions of the same registered model in this namespace."""
+    return [
+        mv for mv in ctx.cluster.list(KIND, res.namespace)
+        if (mv.get("spec") or {}).get("model") == model and mv["metadata"]["name"] != res.name
+    ]
+
+
+def allocate_version(ctx: Context, res: Resource, model: str) -> int:
+    if ctx.database is not None:
+        return int(ctx.database.next_model_version(model))
+    versions = [(mv.get("status") or {}).get("version") or 0 for mv in siblings(ctx, res, model)]
+    return max(versions, default=0) + 1
+
+
+def reconcile(res: Resource, ctx: Context) -> Result:
+    spec: ModelVersionSpec = parse(res)
+    status, result = res.status, Result()
+    fingerprint = spec_hash(spec)
+    if status.get("specHash") != fingerprint or not status.get("artifact"):
+        return _register(res, spec, ctx, fingerprint)
+    if spec.evaluation is not None and (status.get("evaluation") or {}).get("passed") is None:
+        return _evaluate(res, spec, ctx)
+    _promote(res, spec, ctx, result)
+    return result
+
+
+def _experiment(res: Resource, spec: ModelVersionSpec, ctx: Context) -> dict[str, Any]:
+    name = spec.source.experiment_ref.name
+    exp = ctx.cluster.get("Experiment", res.namespace, name)
+    if exp is None:
+        raise DependencyNotReady(f"waiting for Experiment {name} to exist")
+    est = exp.get("status") or {}
+    if est.get("phase") != "Completed":
+        progress = est.get("progress") or 0
+        raise DependencyNotReady(
+            f"waiting for Experiment {name} to complete (phase {est.get('phase') or 'Pending'}, "
+            f"{progress:.0%} done)",
+            reason="DependencyFailed" if est.get("phase") in ("Failed", "Canceled") else None,
+        )
+    return exp
+
+
+def _checkpoint(res: Resource, spec: ModelVersionSpec, ctx: Context, exp: dict[str, Any]) -> tuple[str, CheckpointInfo, dict]:
+    est = exp["status"]
+    best = est.get("bestTrial") or {}
+    if spec.source.checkpoint and "://" in spec.source.checkpoint:
+        return spec.source.trial or "", CheckpointInfo(uuid=Path(spec.source.checkpoint).name,
+                                                       uri=spec.source.checkpoint), {}
+    wanted_trial = spec.source.trial
+    if wanted_trial or spec.source.checkpoint:
+        ref = est.get("engineRef") or {}
+        engine = ctx.engines.training(engine_name(exp.get("spec") or {}, ctx))
+        report = engine.status(EngineRef(ref.get("id", ""), ref.get("url", ""), ref.get("engine", "")))
+        for trial in report.trials:
+            ck = trial.checkpoint
+            if ck and (trial.id == wanted_trial or ck.uuid == spec.source.checkpoint):
+                return trial.id, ck, trial.hparams
+        what = f"trial {wanted_trial}" if wanted_trial else f"checkpoint {spec.source.checkpoint}"
+        raise PermanentEngineError(f"{res.title}: spec.source: {what} not found in Experiment "
+                                   f"{spec.source.experiment_ref.name}")
+    ck = best.get("checkpoint") or {}
+    if not ck.get("uri"):
+        raise PermanentEngineError(f"Experiment {spec.source.experiment_ref.name} has no best checkpoint to register")
+    return best.get("id", ""), CheckpointInfo(uuid=ck.get("uuid", ""), uri=ck["uri"], path=_local(ck["uri"])), best.get(
+        "hparams", {})
+
+
+def _local(uri: str) -> str | None:
+    return uri.removeprefix("file://") if uri.startswith("file://") else None
+
+
+def _label_counts(path: str | None) -> dict[str, int]:
+    """The training label distribution (files per label folder), the baseline for drift."""
+    if not path or not Path(path).is_dir():
+        return {}
+    counts: dict[str, int] = {}
+    for child in Path(path).iterdir():
+        if child.is_dir() and not child.name.startswith("."):
+            counts[child.name] = sum(1 for p in child.rglob("*") if p.is_file())
+    return counts
+
+
+def _register(res: Resource, spec: ModelVersionSpec, ctx: Context, fingerprint: str) -> Result:
+    result = Result()
+    exp = _experiment(res, spec, ctx)
+    exp_spec, est = exp.get("spec") or {}, exp["status"]
+    trial, checkpoint, hparams = _checkpoint(res, spec, ctx, exp)
+    model_dir = ctx.resolve_path((exp_spec.get("model") or {}).get("path", "."))
+    version = res.status.get("version") if res.status.get("specHash") == fingerprint else None
+    version = version or allocate_version(ctx, res, spec.model)
+    data = est.get("data") or {}
+    train_labels: dict[str, int] = {}
+    binding = exp_spec.get("data") or {}
+    if binding and data.get("commit"):
+        with contextlib.suppress(DependencyNotReady):
+            ref = resolve_output(ctx, res.namespace, binding["pipelineRef"]["name"], binding.get("output", "train"),
+                                 data["commit"])
+            train_labels = _label_counts(ref.path)
+    lineage = {
+        "experiment": exp["metadata"]["name"],
+        "run": est.get("run") or 1,
+        "trial": trial,
+        "checkpoint": checkpoint.uuid,
+        "data": data,
+        "code": {"gitCommit": git_commit(model_dir), "image": (exp_spec.get("model") or {}).get("image")},
+        "trainLabels": train_labels,
+    }
+    registry = ctx.engines.registry(engine_name(exp_spec, ctx))
+    registered = registry.register(RegistrationRequest(
+        key=res.key, model_name=spec.model, version=int(version), checkpoint=checkpoint, model_dir=model_dir,
+        hparams=hparams, metadata={"lineage": lineage, "experiment": exp_spec},
+    ))
+    artifact = {"uri": registered.artifact_uri, "sha256": registered.sha256, "bytes": registered.bytes,
+                "format": registered.format}
+    evaluating = spec.evaluation is not None
+    message = f"registered {spec.model} version {registered.version}" + ("; evaluating" if evaluating else "")
+    result.status.update(
+        phase="Evaluating" if evaluating else "Ready",
+        version=registered.version,
+        stage=res.status.get("stage") or "candidate",
+        registry=registered.registry or {"engine": registry.name},
+        artifact=artifact,
+        lineage=lineage,
+        specHash=fingerprint,
+        evaluation=None,
+        message=message,
+    )
+    set_condition(result.status, res.status, "Registered", True, "Registered", message, res.generation)
+    set_condition(result.status, res.status, "Ready", not evaluating, "Evaluating" if evaluating else "Registered",
+                  message, res.generation)
+    result.event("Registered", f"{message} ({registered.sha256[:12]}, {registered.bytes} bytes)")
+    if ctx.database is not None:
+        ctx.database.record_model_version(
+            model=spec.model, version=registered.version, namespace=res.namespace, resource=res.name,
+            stage=result.status["stage"], artifact=artifact, lineage=lineage)
+    result.requeue = True
+    return result
+
+
+def _evaluate(res: Resource, spec: ModelVersionSpec, ctx: Context) -> Result:
+    from cdl.engines.local.evaluation import evaluate_package
+    from cdl.gates import apply_gates
+    from cdl.reports import render_report
+
+    assert spec.evaluation is not None
+    result = Result()
+    ev = spec.evaluation
+    data = resolve_output(ctx, res.namespace, ev.data.pipeline_ref.name, ev.data.output)
+    package = ctx.engines.package_dir(res.status["artifact"]["uri"], res.status["artifact"]["sha256"])
+    job_id = f"eval-{res.namespace}-{res.name}-{res.status['specHash']}"
+    compression = spec.compression.method if spec.compression else "none"
+
+    def work() -> dict[str, Any]:
+        out = evaluate_package(package, ev.entrypoint, Path(data.path), timeout=1800)
+        record = {"metrics": out.metrics, "confusion": out.confusion, "classNames": out.class_names}
+        if compression == "dynamic-int8":
+            from cdl.compression import compress_and_evaluate
+
+            record["compressed"] = compress_and_evaluate(package, ev.entrypoint, Path(data.path))
+        return record
+
+    job = ctx.engines.jobs.ensure(job_id, work)
+    if not job.state.finished:
+        result.status.update(phase="Evaluating", message=f"evaluating on {data.repo}@{data.commit[:12]}")
+        result.requeue = True
+        return result
+    if job.error:
+        raise PermanentEngineError(f"evaluation of {res.title} failed: {job.error}")
+    metrics = job.result["metrics"]
+    stage_metrics = {}
+    for gate in ev.gates:
+        if gate.max_drop_vs_stage:
+            current = _in_stage(ctx, res, spec.model, gate.max_drop_vs_stage)
+            if current is not None:
+                stage_metrics[gate.max_drop_vs_stage] = ((current.get("status") or {}).get("evaluation") or {}).get(
+                    "metrics", {})
+    passed, gates = apply_gates(ev.gates, metrics, stage_metrics)
+    gate_rows = [g if isinstance(g, dict) else g.__dict__ for g in gates]
+    evaluation = {"metrics": metrics, "gates": gate_rows, "passed": passed}
+    if job.result.get("compressed"):
+        evaluation["compressed"] = job.result["compressed"]
+    markdown, report = render_report({
+        "model": spec.model, "version": res.status.get("version"), "resource": res.title,
+        "metrics": metrics, "gates": gate_rows, "passed": passed, "confusion": job.result.get("confusion"),
+        "classNames": job.result.get("classNames"), "lineage": res.status.get("lineage"),
+        "artifact": res.status.get("artifact"), "compressed": job.result.get("compressed"),
+    })
+    if ctx.artifacts is not None:
+        base = f"reports/{spec.model}/{res.status.get('version')}"
+        stored = ctx.artifacts.put_bytes(f"{base}/report.md", markdown.encode())
+        ctx.artifacts.put_bytes(f"{base}/report.json", json.dumps(report, indent=2, default=str).encode())
+        evaluation["reportUri"] = stored.uri
+    failed = [g for g in gate_rows if not g.get("passed")]
+    if passed:
+        message = "evaluation passed: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+        result.status["phase"] = "Ready"
+        set_condition(result.status, res.status, "Ready", True, "GatesPassed", message, res.generation)
+        result.event("GatesPassed", message)
+    else:
+        message = "rejected by the evaluation gate: " + "; ".join(
+            f"{g['metric']} {g.get('value')} vs {g.get('rule') or g.get('threshold')}" for g in failed)
+        result.status["phase"] = "Rejected"
+        set_condition(result.status, res.status, "Ready", False, "GateFailed", message, res.generation)
+        result.event("GateFailed", message, warning=True)
+    set_condition(result.status, res.status, "Evaluated", True, "Evaluated", message, res.generation)
+    result.status.update(evaluation=evaluation, message=message)
+    if ctx.database is not None:
+        ctx.database.record_evaluation(model=spec.model, version=res.status.get("version"), metrics=metrics,
+                                       gates=gate_rows, passed=passed, report_uri=evaluation.get("reportUri"))
+    result.requeue = True
+    return result
+
+
+def _in_stage(ctx: Context, res: Resource, model: str, stage: str) -> dict[str, Any] | None:
+    found = [mv for mv in siblings(ctx, res, model) if (mv.get("status") or {}).get("stage") == stage]
+    return max(found, key=lambda mv: mv["status"].get("version") or 0, default=None)
+
+
+def _promote(res: Resource, spec: ModelVersionSpec, ctx: Context, result: Result) -> None:
+    status = res.status
+    current = status.get("stage") or "candidate"
+    desired = spec.stage
+    passed = (status.get("evaluation") or {}).get("passed")
+    if status.get("phase") in ("Evaluating", "Registering", None):
+        result.status["phase"] = "Ready" if passed is not False else "Rejected"
+    if desired == current:
+        return
+    if desired == "production" and spec.evaluation is not None and passed is not True:
+        message = f"cannot promote to production: the evaluation gate did not pass ({status.get('message')})"
+        if status.get("message") != message:
+            result.event("PromotionRefused", message, warning=True)
+        set_condition(result.status, status, "Promoted", False, "GateNotPassed", message, res.generation)
+        result.status["message"] = message
+        return
+    archived = []
+    if desired == "production":
+        for mv in siblings(ctx, res, spec.model):
+            if (mv.get("status") or {}).get("stage") == "production" or (mv.get("spec") or {}).get("stage") == "production":
+                ctx.cluster.patch_spec(KIND, res.namespace, mv["metadata"]["name"], {"stage": "archived"})
+                archived.append(mv["metadata"]["name"])
+    engine = (res.status.get("registry") or {}).get("engine") or "local"
+    ctx.engines.registry(engine).set_stage(spec.model, int(status["version"]), desired)
+    if ctx.database is not None:
+        ctx.database.set_model_stage(spec.model, int(status["version"]), desired)
+    message = f"{spec.model} version {status.get('version')} moved from {current} to {desired}"
+    if archived:
+        message += f"; archived {', '.join(archived)}"
+    result.status.update(stage=desired, promotedAt=now(), message=message)
+    set_condition(result.status, status, "Promoted", True, "Promoted", message, res.generation)
+    result.event("Promoted", message)
+
+
+def cleanup(res: Resource, ctx: Context) -> None:
+    version = res.status.get("version")
+    if version:
+        engine = (res.status.get("registry") or {}).get("engine") or "local"
+        ctx.engines.registry(engine).delete(res.spec.get("model", ""), int(version))
+    ctx.engines.jobs.forget(f"eval-{res.namespace}-{res.name}-")
+
+
+__all__ = ["reconcile", "cleanup", "ResourceKey"]
