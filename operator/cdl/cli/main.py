@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from cdl import __version__
-from cdl.cli import crds, validate
+from cdl.cli import crds, operator_cmd, validate
 
 app = typer.Typer(
     name="cdl",
@@ -27,6 +27,7 @@ def version() -> None:
 
 crds.register(app)
 validate.register(app)
+operator_cmd.register(app)
 
 if __name__ == "__main__":
     app()

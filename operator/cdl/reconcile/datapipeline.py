@@ -54,7 +54,8 @@ def reconcile(res: Resource, ctx: Context) -> Result:
         previous = engine.run_status(res.key, ref["id"])
         if previous.state.finished:
             on_new_data = spec.trigger.on_new_data if spec.trigger else True
-            if on_new_data and engine.source_fingerprint(request) != status.get("sourceHash"):
+            ingested = previous.source_hash or status.get("sourceHash")
+            if on_new_data and engine.source_fingerprint(request) != ingested:
                 start_reason = "source changed"
             elif _schedule_due(spec, status.get("lastRunTime")):
                 start_reason = "schedule"

@@ -1,0 +1,223 @@
+"""The operator core on the embedded control plane with the real kopf operator.
+
+The engines here are the small scripted engines of `operator_engines.py` (the real local
+engines have their own tests); what is under test is the reconcile loop a user sees through the
+Kubernetes API: phases, conditions, observedGeneration, Events, finalizers and restarts.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.integration.operator_engines import (
+    ScriptedDataEngine,
+    ScriptedRegistryEngine,
+    ScriptedServingEngine,
+    ScriptedTrainingEngine,
+)
+from tests.plugins.operator import wait_for
+
+G, V = "cdl.dev", "v1alpha1"
+pytestmark = pytest.mark.slow
+
+
+def engines(tmp_path, data_polls=1, train_polls=2):
+    data = ScriptedDataEngine(tmp_path / "outputs", polls=data_polls)
+    train = ScriptedTrainingEngine(polls=train_polls)
+    reg, srv = ScriptedRegistryEngine(), ScriptedServingEngine()
+    overrides = {"data": {"local": data}, "training": {"local": train}, "registry": {"local": reg},
+                 "serving": {"local": srv}}
+    return overrides, data, train, reg, srv
+
+
+def dpl(name="news"):
+    return {"apiVersion": f"{G}/{V}", "kind": "DataPipeline", "metadata": {"name": name},
+            "spec": {"source": {"uri": "file:///data/news"}, "split": {"test": 0.2}}}
+
+
+def exp(name="train", data="news", lr=0.1):
+    return {"apiVersion": f"{G}/{V}", "kind": "Experiment", "metadata": {"name": name},
+            "spec": {"data": {"pipelineRef": {"name": data}},
+                     "model": {"path": "usecases/bbc-news/manifests", "entrypoint": "model_def:Trial"},
+                     "hyperparameters": {"lr": lr}, "searcher": {"name": "single", "metric": "validation_accuracy"}}}
+
+
+def mv(name="clf-v1", experiment="train"):
+    return {"apiVersion": f"{G}/{V}", "kind": "ModelVersion", "metadata": {"name": name},
+            "spec": {"model": "clf", "source": {"experimentRef": {"name": experiment}}, "stage": "staging"}}
+
+
+def dep(name="clf", version="clf-v1"):
+    return {"apiVersion": f"{G}/{V}", "kind": "Deployment", "metadata": {"name": name},
+            "spec": {"modelVersionRef": {"name": version}, "predictor": "serve:P"}}
+
+
+PLURAL = {"DataPipeline": "datapipelines", "Experiment": "experiments", "ModelVersion": "modelversions",
+          "Deployment": "deployments"}
+
+
+def create(custom, ns, body):
+    return custom.create_namespaced_custom_object(G, V, ns, PLURAL[body["kind"]], body)
+
+
+def get(custom, ns, kind, name):
+    return custom.get_namespaced_custom_object(G, V, ns, PLURAL[kind], name)
+
+
+def phase_is(custom, ns, kind, name, phase):
+    def check():
+        st = get(custom, ns, kind, name).get("status") or {}
+        return st if st.get("phase") == phase else None
+    return check
+
+
+def cond(status, type_):
+    return next((c for c in status.get("conditions", []) if c["type"] == type_), None)
+
+
+def events(core, ns, name):
+    return [(e.type, e.reason, e.message) for e in core.list_namespaced_event(ns).items
+            if e.involved_object.name == name]
+
+
+def test_the_chain_reaches_ready_and_waits_on_dependencies(operator_runner, k8s, namespace, tmp_path, kubectl):
+    custom, core = k8s
+    overrides, data, train, reg, srv = engines(tmp_path)
+    with operator_runner(tmp_path / "state", overrides):
+        # Created out of order: everything downstream waits, saying on what.
+        create(custom, namespace, dep())
+        create(custom, namespace, mv())
+        create(custom, namespace, exp())
+        st = wait_for(phase_is(custom, namespace, "Experiment", "train", "Pending"), what="Experiment Pending")
+        assert "waiting for DataPipeline news" in st["message"]
+        assert cond(st, "Ready")["status"] == "False"
+        st = wait_for(phase_is(custom, namespace, "Deployment", "clf", "Pending"), what="Deployment Pending")
+        assert "ModelVersion clf-v1" in st["message"]
+        assert train.calls.count("submit") == 0
+
+        create(custom, namespace, dpl())
+        st = wait_for(phase_is(custom, namespace, "Deployment", "clf", "Available"), timeout=60, what="Available")
+        assert st["url"].startswith("http://")
+        assert st["replicas"] == {"desired": 1, "ready": 1}
+
+    d = get(custom, namespace, "DataPipeline", "news")["status"]
+    e = get(custom, namespace, "Experiment", "train")["status"]
+    m = get(custom, namespace, "ModelVersion", "clf-v1")["status"]
+    assert d["outputs"]["train"]["commit"] == "c-v1-train"
+    assert e["phase"] == "Completed" and e["bestMetric"] == 0.91
+    assert e["data"] == {"repo": "news-train", "commit": "c-v1-train"}
+    assert e["engineRef"]["id"] == "exp-train-g1-r1"
+    assert m["version"] == 1 and m["stage"] == "staging" and m["lineage"]["data"]["commit"] == "c-v1-train"
+    for kind, name in (("DataPipeline", "news"), ("Experiment", "train"), ("ModelVersion", "clf-v1"),
+                       ("Deployment", "clf")):
+        status = get(custom, namespace, kind, name)["status"]
+        assert cond(status, "Ready")["status"] == "True", (kind, status)
+        assert status["observedGeneration"] == 1
+    assert train.calls.count("submit") == 1
+    assert ("Normal", "Submitted", e["message"].split(";")[0]) in events(core, namespace, "train") or any(
+        r == "Submitted" for _, r, _ in events(core, namespace, "train"))
+    # kubectl wait works on every kind, and kubectl get cdl lists them all.
+    out = kubectl("wait", "-n", namespace, "--for=condition=Ready", "experiments.cdl.dev/train", "--timeout=10s")
+    assert out.returncode == 0, out.stderr
+    out = kubectl("get", "cdl", "-n", namespace)
+    assert out.returncode == 0 and "clf-v1" in out.stdout and "news" in out.stdout
+
+
+def test_spec_update_is_reconciled_with_observed_generation(operator_runner, k8s, namespace, tmp_path):
+    custom, _ = k8s
+    overrides, data, train, *_ = engines(tmp_path, train_polls=1)
+    with operator_runner(tmp_path / "state", overrides):
+        create(custom, namespace, dpl())
+        create(custom, namespace, exp())
+        wait_for(phase_is(custom, namespace, "Experiment", "train", "Completed"), timeout=60, what="Completed")
+        custom.patch_namespaced_custom_object(G, V, namespace, "experiments", "train",
+                                              {"spec": {"hyperparameters": {"lr": 0.01}}})
+        st = wait_for(lambda: (s := get(custom, namespace, "Experiment", "train")["status"])["observedGeneration"] == 2
+                      and s["phase"] == "Completed" and s, timeout=60, what="generation 2 completed")
+    assert st["engineRef"]["generation"] == "2"
+    assert [r.spec.hyperparameters["lr"] for r in train.requests] == [0.1, 0.01]
+
+
+def test_operator_restart_mid_run_does_not_submit_twice(operator_runner, k8s, namespace, tmp_path):
+    custom, _ = k8s
+    overrides, data, train, *_ = engines(tmp_path)
+    train.hold.set()
+    with operator_runner(tmp_path / "state", overrides):
+        create(custom, namespace, dpl())
+        create(custom, namespace, exp())
+        wait_for(phase_is(custom, namespace, "Experiment", "train", "Running"), timeout=60, what="Running")
+    # The operator is gone while the experiment runs; a new one takes over.
+    train.hold.clear()
+    with operator_runner(tmp_path / "state", overrides):
+        wait_for(phase_is(custom, namespace, "Experiment", "train", "Completed"), timeout=60, what="Completed")
+    assert train.calls.count("submit") == 1
+    assert data.calls.count("start_run") == 1
+
+
+def test_delete_cleans_up_unless_kept(operator_runner, k8s, namespace, tmp_path):
+    custom, _ = k8s
+    overrides, data, train, *_ = engines(tmp_path)
+    with operator_runner(tmp_path / "state", overrides):
+        create(custom, namespace, dpl("gone"))
+        kept = dpl("kept")
+        kept["metadata"]["annotations"] = {"cdl.dev/keep-on-delete": "true"}
+        create(custom, namespace, kept)
+        for name in ("gone", "kept"):
+            wait_for(phase_is(custom, namespace, "DataPipeline", name, "Ready"), timeout=60, what=f"{name} Ready")
+            custom.delete_namespaced_custom_object(G, V, namespace, "datapipelines", name)
+
+        def both_gone():
+            names = {i["metadata"]["name"] for i in custom.list_namespaced_custom_object(
+                G, V, namespace, "datapipelines")["items"]}
+            return not names
+        wait_for(both_gone, timeout=30, what="finalizers released")
+    assert data.calls.count("delete", f"{namespace}/gone") == 1
+    assert data.calls.count("delete", f"{namespace}/kept") == 0
+
+
+def test_transient_engine_error_is_retried_and_shown(operator_runner, k8s, namespace, tmp_path):
+    custom, core = k8s
+    overrides, data, train, *_ = engines(tmp_path)
+    train.faults.transient["submit"] = 2
+    with operator_runner(tmp_path / "state", overrides):
+        create(custom, namespace, dpl())
+        create(custom, namespace, exp())
+
+        def unavailable():
+            st = get(custom, namespace, "Experiment", "train").get("status") or {}
+            c = cond(st, "EngineAvailable")
+            return st if c and c["status"] == "False" else None
+        st = wait_for(unavailable, timeout=60, what="EngineAvailable=False")
+        assert "connection refused" in cond(st, "EngineAvailable")["message"]
+        assert st.get("phase") != "Failed"
+        st = wait_for(phase_is(custom, namespace, "Experiment", "train", "Completed"), timeout=60, what="recovered")
+    assert cond(st, "EngineAvailable")["status"] == "True"
+    assert train.calls.count("submit") == 1
+    assert any(t == "Warning" and r == "EngineUnavailable" for t, r, _ in events(core, namespace, "train"))
+
+
+def test_permanent_failure_is_surfaced(operator_runner, k8s, namespace, tmp_path, kubectl):
+    custom, core = k8s
+    overrides, data, train, *_ = engines(tmp_path)
+    data.faults.permanent["start_run"] = "source file:///data/news does not exist"
+    with operator_runner(tmp_path / "state", overrides):
+        create(custom, namespace, dpl())
+        st = wait_for(phase_is(custom, namespace, "DataPipeline", "news", "Failed"), timeout=60, what="Failed")
+    assert st["message"] == "source file:///data/news does not exist"
+    ready = cond(st, "Ready")
+    assert ready["status"] == "False" and ready["reason"] == "EngineFailed"
+    assert ("Warning", "EngineFailed", "source file:///data/news does not exist") in events(core, namespace, "news")
+    out = kubectl("get", "dpl", "news", "-n", namespace)
+    assert "Failed" in out.stdout
+
+
+def test_invalid_spec_fails_with_the_field(operator_runner, k8s, namespace, tmp_path):
+    custom, _ = k8s
+    overrides, *_ = engines(tmp_path)
+    with operator_runner(tmp_path / "state", overrides):
+        bad = exp()
+        bad["spec"]["hyperparameters"] = {"lr": {"type": "gaussian"}}
+        create(custom, namespace, bad)
+        st = wait_for(phase_is(custom, namespace, "Experiment", "train", "Failed"), timeout=30, what="Failed")
+    assert "spec.hyperparameters.lr.type" in st["message"]
+    assert cond(st, "Ready")["reason"] == "InvalidSpec"
