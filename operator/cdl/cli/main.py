@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from cdl import __version__
-from cdl.cli import crds, operator_cmd, validate
+from cdl.cli import crds, models, operator_cmd, resources, validate
 
 app = typer.Typer(
     name="cdl",
@@ -28,6 +28,8 @@ def version() -> None:
 crds.register(app)
 validate.register(app)
 operator_cmd.register(app)
+resources.register(app)
+models.register(app)
 
 if __name__ == "__main__":
     app()
