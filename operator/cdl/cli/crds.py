@@ -14,15 +14,16 @@ crds_app = typer.Typer(help="Generate or check the CustomResourceDefinitions in 
 
 @crds_app.command("generate")
 def generate_cmd(
-    out: Path = typer.Option(None, "--out", "-o", help="Directory to write; default <repo>/crds."),
+    out: Path = typer.Option(None, "--out", "-o", help="Directory to write; default <repo>/crds and the Helm chart's crds/."),
 ) -> None:
     """Write one CRD file per kind from the resource models.
 
     Example: cdl crds generate --out crds/
     """
-    target = out or project_root() / "crds"
-    for path in generate(target):
-        console.print(f"wrote {path}")
+    targets = [out] if out else [project_root() / "crds", project_root() / "charts" / "cdl" / "crds"]
+    for target in targets:
+        for path in generate(target):
+            console.print(f"wrote {path}")
 
 
 @crds_app.command("check")
