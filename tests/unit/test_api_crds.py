@@ -58,3 +58,9 @@ def test_spec_determined_is_the_only_kind_of_passthrough_in_experiment():
     spec = crd(KINDS[1])["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     assert spec["properties"]["determined"]["x-kubernetes-preserve-unknown-fields"] is True
     assert "x-kubernetes-preserve-unknown-fields" not in spec["properties"]["searcher"]
+
+
+def test_reference_docs_are_up_to_date():
+    from cdl.api.reference import render
+
+    assert (ROOT / "docs" / "reference.md").read_text() == render(), "run `cdl docs reference`"

@@ -42,5 +42,25 @@ def check_cmd(
     console.print(f"CRDs in {target} are up to date")
 
 
+docs_app = typer.Typer(help="Generate documentation from the resource models.", no_args_is_help=True)
+
+
+@docs_app.command("reference")
+def reference_cmd(
+    out: Path = typer.Option(None, "--out", "-o", help="File to write; default <repo>/docs/reference.md."),
+) -> None:
+    """Write the resource reference (every field, type, default, constraint) as Markdown.
+
+    Example: cdl docs reference
+    """
+    from cdl.api.reference import render
+
+    target = out or project_root() / "docs" / "reference.md"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(render())
+    console.print(f"wrote {target}")
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(crds_app, name="crds")
+    app.add_typer(docs_app, name="docs")
