@@ -18,16 +18,16 @@ AGE_COLUMN = {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTime
 
 # A few columns kube's built-in printers show, so `kubectl get` looks familiar.
 BUILTIN_COLUMNS: dict[str, list[dict[str, Any]]] = {
-    "/namespaces": [{"name": "Status", "type": "string", "jsonPath": ".status.phase"}],
-    "/secrets": [{"name": "Type", "type": "string", "jsonPath": ".type"}],
+    "/namespaces": [{"name": "Status", "type": "string", "jsonPath": ".status.phase"}, AGE_COLUMN],
+    "/secrets": [{"name": "Type", "type": "string", "jsonPath": ".type"}, AGE_COLUMN],
     "/services": [{"name": "Type", "type": "string", "jsonPath": ".spec.type"},
-                  {"name": "Cluster-IP", "type": "string", "jsonPath": ".spec.clusterIP"}],
+                  {"name": "Cluster-IP", "type": "string", "jsonPath": ".spec.clusterIP"}, AGE_COLUMN],
     "/events": [{"name": "Type", "type": "string", "jsonPath": ".type"},
                 {"name": "Reason", "type": "string", "jsonPath": ".reason"},
                 {"name": "Object", "type": "string", "jsonPath": ".involvedObject.name"},
-                {"name": "Message", "type": "string", "jsonPath": ".message"}],
-    "/pods": [{"name": "Status", "type": "string", "jsonPath": ".status.phase"}],
-    "apps/deployments": [{"name": "Replicas", "type": "integer", "jsonPath": ".spec.replicas"}],
+                {"name": "Message", "type": "string", "jsonPath": ".message"}, AGE_COLUMN],
+    "/pods": [{"name": "Status", "type": "string", "jsonPath": ".status.phase"}, AGE_COLUMN],
+    "apps/deployments": [{"name": "Replicas", "type": "integer", "jsonPath": ".spec.replicas"}, AGE_COLUMN],
     "apiextensions.k8s.io/customresourcedefinitions": [
         {"name": "Created At", "type": "string", "jsonPath": ".metadata.creationTimestamp"}],
 }
@@ -146,7 +146,7 @@ def columns_for(rt: ResourceType, version: str) -> list[dict[str, Any]]:
     elif not rt.builtin:
         extra = [AGE_COLUMN]
     else:
-        extra = [*BUILTIN_COLUMNS.get(rt.key, []), AGE_COLUMN]
+        extra = BUILTIN_COLUMNS.get(rt.key, [AGE_COLUMN])
     return [NAME_COLUMN, *extra]
 
 
