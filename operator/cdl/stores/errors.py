@@ -58,6 +58,12 @@ class InvalidTableName(StoreError, ValueError):
     reason = "InvalidTableName"
 
 
+class RecordNotFound(StoreError, LookupError):
+    """An update names a record (run, trial, model version) that was never recorded."""
+
+    reason = "RecordNotFound"
+
+
 class MigrationError(StoreError):
     """A schema migration failed or an applied migration's file was changed afterwards."""
 
