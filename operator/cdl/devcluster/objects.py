@@ -84,6 +84,13 @@ def _spec_part(obj: dict[str, Any], drop_status: bool) -> dict[str, Any]:
     return {k: v for k, v in obj.items() if k != "metadata" and not (drop_status and k == "status")}
 
 
+def _drop_empty_metadata(meta: dict[str, Any]) -> None:
+    """ObjectMeta's maps and lists are `omitempty` in kube: `annotations: {}` is not kept."""
+    for k in ("labels", "annotations", "finalizers", "ownerReferences", "generateName"):
+        if k in meta and not meta[k]:
+            del meta[k]
+
+
 def _comparable(obj: dict[str, Any]) -> dict[str, Any]:
     meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k not in ("resourceVersion", "managedFields")}
     return {**obj, "metadata": meta}
@@ -154,6 +161,7 @@ class Api:
         if rt.status_subresource and rt.key != CRD_KEY:
             obj.pop("status", None)
         self._prepare(rt, version, obj, None, opts)
+        _drop_empty_metadata(meta)
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = now_rfc3339()
         meta["generation"] = 1
@@ -287,8 +295,7 @@ class Api:
                     f"found new finalizers {added}", "metadata.finalizers")])
         if _spec_part(result, rt.status_subresource) != _spec_part(old.obj, rt.status_subresource):
             meta["generation"] = int(old_meta.get("generation", 1)) + 1
-        if not meta.get("finalizers"):
-            meta.pop("finalizers", None)
+        _drop_empty_metadata(meta)
         if _comparable(result) == _comparable(old.obj):
             return old.obj
         if opts.dry_run:
