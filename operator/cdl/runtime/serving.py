@@ -1,0 +1,377 @@
+"""The generic predictor wrapper that Seldon Core's Python server runs: `CdlPredictor`.
+
+One class serves any ModelVersion package: it fetches and unpacks the package, imports the use
+case's predictor class from the package's code (`module:Class`, constructed with no arguments,
+then `load(artifact_dir)` and `predict(X) -> list`), checks each request's shape and type, and
+answers in Seldon's protocol. The local serving engine starts `seldon-core-microservice
+CdlPredictor` from a folder holding a one-line `CdlPredictor.py` and a copy of `cdl.runtime`; a
+cluster image runs `seldon-core-microservice cdl.runtime.serving.CdlPredictor` under a
+SeldonDeployment. It runs in seldon-core's environment, so it imports the standard library,
+numpy (seldon-core pins numpy<2: nothing numpy-2-only) and `cdl.runtime.package` (standard
+library only) at module level; seldon-core lazily; nothing from the operator side.
+
+Parameters (Seldon `parameters`, else the environment):
+- `model_package` / `CDL_MODEL_PACKAGE`: an unpacked package folder, a `.tar.gz`, or a URI
+  (`file://`, `s3://bucket/key.tar.gz`, `http(s)://`) of one.
+- `predictor` / `CDL_PREDICTOR`: `module:Class` in the package's `model/` folder (default: the
+  package's `entrypoints.predictor`).
+- `model_version` / `CDL_MODEL_VERSION`: the name reported in metadata and health.
+- `cache_dir` / `CDL_PACKAGE_CACHE`: where downloaded packages are unpacked.
+- S3: `CDL_S3_ENDPOINT` (or `AWS_ENDPOINT_URL`), `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+  `AWS_REGION`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import fcntl
+import hashlib
+import hmac
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cdl.runtime import package
+
+log = logging.getLogger("cdl.serving")
+
+LOAD_ERROR_MARK = "CDL-LOAD-ERROR:"  # the engine reads the reason a model failed to load from this line
+MAX_ROWS = 10_000
+
+
+class InvalidInput(ValueError):
+    """A request the model cannot take; Seldon answers it with HTTP 400."""
+
+
+def _bad_request(message: str) -> Exception:
+    """Seldon's own 400 exception when running under seldon-core, else `InvalidInput`."""
+    try:
+        from seldon_core.flask_utils import SeldonMicroserviceException
+    except Exception:  # not under seldon-core (tests, the benchmark's in-process floor)
+        return InvalidInput(message)
+    return SeldonMicroserviceException(message, status_code=400, reason="MICROSERVICE_BAD_DATA")
+
+
+# --------------------------------------------------------------------------- packages
+
+
+def _s3_get(uri: str, dest: Path) -> None:
+    """GET an object with an AWS Signature V4 request (path style), standard library only."""
+    parsed = urllib.parse.urlparse(uri)
+    bucket, key = parsed.netloc, parsed.path.lstrip("/")
+    endpoint = (os.environ.get("CDL_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL")
+                or "https://s3.amazonaws.com")
+    if "://" not in endpoint:
+        endpoint = ("https://" if os.environ.get("CDL_S3_SECURE", "").lower() in ("1", "true") else "http://") \
+            + endpoint
+    access = os.environ.get("AWS_ACCESS_KEY_ID", "")
+    secret = os.environ.get("AWS_SECRET_ACCESS_KEY", "")
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    base = urllib.parse.urlparse(endpoint)
+    path = "/" + urllib.parse.quote(f"{bucket}/{key}", safe="/-_.~")
+    now = datetime.datetime.now(datetime.UTC)
+    amz_date, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
+    payload_hash = hashlib.sha256(b"").hexdigest()
+    headers = {"host": base.netloc, "x-amz-content-sha256": payload_hash, "x-amz-date": amz_date}
+    if access and secret:
+        signed = ";".join(sorted(headers))
+        canonical = "\n".join(["GET", path, "", *(f"{k}:{headers[k]}" for k in sorted(headers)), "", signed,
+                               payload_hash])
+        scope = f"{day}/{region}/s3/aws4_request"
+        to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
+        k = f"AWS4{secret}".encode()
+        for part in (day, region, "s3", "aws4_request"):
+            k = hmac.new(k, part.encode(), hashlib.sha256).digest()
+        signature = hmac.new(k, to_sign.encode(), hashlib.sha256).hexdigest()
+        headers["authorization"] = (f"AWS4-HMAC-SHA256 Credential={access}/{scope}, SignedHeaders={signed}, "
+                                    f"Signature={signature}")
+    request = urllib.request.Request(f"{base.scheme}://{base.netloc}{path}", headers=headers)
+    with urllib.request.urlopen(request, timeout=120) as response, open(dest, "wb") as out:
+        shutil.copyfileobj(response, out)
+
+
+def _download(ref: str, dest: Path) -> None:
+    if urllib.parse.urlparse(ref).scheme == "s3":
+        _s3_get(ref, dest)
+    else:
+        with urllib.request.urlopen(ref, timeout=120) as response, open(dest, "wb") as out:
+            shutil.copyfileobj(response, out)
+
+
+def fetch_package(ref: str, cache_dir: Path | None = None) -> Path:
+    """A local, unpacked package folder for `ref` (folder, archive, or URI); downloads and unpacks
+    once per ref. Server workers load at the same time: a file lock makes one of them do it."""
+    parsed = urllib.parse.urlparse(ref)
+    local: Path | None = None
+    if parsed.scheme in ("", "file"):
+        local = Path(urllib.parse.unquote(parsed.path) if parsed.scheme == "file" else ref).expanduser()
+        if local.is_dir():
+            return local
+        if not local.is_file():
+            raise FileNotFoundError(f"model package {ref} does not exist")
+    elif parsed.scheme not in ("s3", "http", "https"):
+        raise ValueError(f"model package {ref}: unsupported scheme {parsed.scheme!r}; use a folder, file://, "
+                         "s3:// or http(s)://")
+    cache = Path(cache_dir or os.environ.get("CDL_PACKAGE_CACHE") or Path(tempfile.gettempdir()) / "cdl-packages")
+    cache.mkdir(parents=True, exist_ok=True)
+    target = cache / hashlib.sha256(ref.encode()).hexdigest()[:16]
+    with open(cache / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / package.MANIFEST).is_file():
+            return target
+        archive = local
+        if archive is None:
+            archive = cache / f".{target.name}.tar.gz"
+            _download(ref, archive)
+        try:
+            package.unpack(archive, target)
+        finally:
+            if local is None:
+                archive.unlink(missing_ok=True)
+    return target
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _shape(value: Any) -> tuple[int, ...] | None:
+    """The shape of a nested list of numbers, or None when it is ragged or holds non-numbers."""
+    if isinstance(value, (list, tuple)):
+        if not value:
+            return (0,)
+        inner = [_shape(v) for v in value]
+        if any(s is None for s in inner) or any(s != inner[0] for s in inner):
+            return None
+        return (len(value), *inner[0])  # type: ignore[misc]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return ()
+    return None
+
+
+def as_rows(X: Any) -> list[Any]:
+    """Seldon's request data (numpy array, list, str, bytes, or jsonData dict) as a list of rows."""
+    if isinstance(X, np.ndarray):
+        if X.ndim == 0:
+            return [X.item()]
+        if X.dtype.kind in "OUS" and X.ndim == 2 and X.shape[1] == 1:
+            return [_scalar(v) for v in X[:, 0]]
+        return [_scalar(v) for v in X] if X.dtype.kind in "OUS" and X.ndim == 1 else X.tolist()
+    if isinstance(X, (bytes, bytearray)):
+        return [bytes(X).decode("utf-8", errors="replace")]
+    if isinstance(X, str):
+        return [X]
+    if isinstance(X, dict):
+        for key in ("instances", "inputs", "data", "ndarray"):
+            if isinstance(X.get(key), list):
+                return list(X[key])
+        raise _bad_request("jsonData must hold a list under 'instances' (one entry per example)")
+    if isinstance(X, (list, tuple)):
+        return list(X)
+    raise _bad_request(f"unsupported request data of type {type(X).__name__}; send data.ndarray rows")
+
+
+def _scalar(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def validate_rows(rows: list[Any], input_type: str | None, input_shape: tuple[int | None, ...] | None) -> list[Any]:
+    """Check one request's rows; raise a 400 whose message says what was expected.
+
+    `input_type` is `text` (each row a string, or a one-element row holding one) or `tensor`
+    (each row a number array of `input_shape`, None/-1 meaning any size); unknown means rows must
+    at least agree with each other."""
+    if not rows:
+        raise _bad_request("the request holds no examples: send data.ndarray with one row per example")
+    if len(rows) > MAX_ROWS:
+        raise _bad_request(f"too many examples in one request ({len(rows)}); at most {MAX_ROWS}")
+    texts = [r[0] if isinstance(r, list) and len(r) == 1 and isinstance(r[0], str) else r for r in rows]
+    all_text = all(isinstance(r, str) for r in texts)
+    if input_type == "text" or (input_type is None and all_text):
+        if not all_text:
+            bad = next(i for i, r in enumerate(texts) if not isinstance(r, str))
+            raise _bad_request(f"row {bad} is {type(rows[bad]).__name__} {_preview(rows[bad])}: this model takes "
+                               "text, one string per row")
+        return texts
+    if any(isinstance(r, str) for r in texts):
+        bad = next(i for i, r in enumerate(texts) if isinstance(r, str))
+        raise _bad_request(f"row {bad} is a string: this model takes numbers "
+                           f"{'of shape ' + _fmt(input_shape) if input_shape else ''}".rstrip())
+    shapes = [_shape(r) for r in rows]
+    for i, s in enumerate(shapes):
+        if s is None:
+            raise _bad_request(f"row {i} is not an array of numbers (ragged or holding non-numbers): "
+                               f"{_preview(rows[i])}")
+    if any(s != shapes[0] for s in shapes):
+        i = next(i for i, s in enumerate(shapes) if s != shapes[0])
+        raise _bad_request(f"rows differ in shape: row 0 is {_fmt(shapes[0])}, row {i} is {_fmt(shapes[i])}")
+    if input_shape is not None:
+        got = shapes[0] or ()
+        want = tuple(input_shape)
+        fits = len(got) == len(want) and all(w in (None, -1) or w == g for w, g in zip(want, got, strict=True))
+        flat_fits = (not fits and len(got) == 1 and all(w not in (None, -1) for w in want)
+                     and got[0] == int(np.prod(want)))
+        if not (fits or flat_fits):
+            raise _bad_request(f"each row must have shape {_fmt(want)}, got {_fmt(got)}")
+    return rows
+
+
+def _fmt(shape: Any) -> str:
+    return "[" + ", ".join("*" if s in (None, -1) else str(s) for s in (shape or ())) + "]"
+
+
+def _preview(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _to_jsonable(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if hasattr(value, "tolist") and callable(value.tolist):  # torch tensors and the like
+        return value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_to_jsonable(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------- the wrapper
+
+
+class CdlPredictor:
+    """Seldon Core Python wrapper around a ModelVersion package's predictor class."""
+
+    def __init__(self, model_package: str | None = None, predictor: str | None = None,
+                 model_version: str | None = None, cache_dir: str | None = None, **params: Any) -> None:
+        self.package_ref = model_package or os.environ.get("CDL_MODEL_PACKAGE") or ""
+        self.predictor_ref = predictor or os.environ.get("CDL_PREDICTOR") or ""
+        self.model_version = model_version or os.environ.get("CDL_MODEL_VERSION") or ""
+        self.cache_dir = cache_dir or os.environ.get("CDL_PACKAGE_CACHE") or None
+        self.params = params
+        self.package_dir: Path | None = None
+        self.manifest: dict[str, Any] = {}
+        self.model: Any = None
+        self.class_names: list[str] = []
+        self.input_type: str | None = None
+        self.input_shape: tuple[int | None, ...] | None = None
+        self.ready = False
+        self.load_error: str | None = None
+        self._lock = threading.Lock()
+        self._last_rows = 0
+        self._last_ms = 0.0
+
+    # ------------------------------------------------------------------ seldon's interface
+
+    def load(self) -> None:
+        """Fetch the package and load the predictor. A failure is logged on one line starting with
+        LOAD_ERROR_MARK (the engine shows it as the reason) and raised as RuntimeError: seldon-core
+        would swallow an AttributeError and serve without a model."""
+        with self._lock:
+            if self.ready:
+                return
+            try:
+                self._load()
+            except BaseException as exc:  # noqa: BLE001 - anything the user's code raises
+                self.load_error = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+                log.error("%s %s (package %s, predictor %s)", LOAD_ERROR_MARK, self.load_error,
+                          self.package_ref or "-", self.predictor_ref or "-")
+                print(f"{LOAD_ERROR_MARK} {self.load_error}", file=sys.stderr, flush=True)
+                raise RuntimeError(f"could not load the model: {self.load_error}") from exc
+            self.ready = True
+
+    def _load(self) -> None:
+        if not self.package_ref:
+            raise ValueError("no model package: set CDL_MODEL_PACKAGE (or the model_package parameter)")
+        started = time.monotonic()
+        self.package_dir = fetch_package(self.package_ref, Path(self.cache_dir) if self.cache_dir else None)
+        info = package.load_package(self.package_dir)
+        self.manifest = info.raw
+        ref = self.predictor_ref or info.entrypoints.get("predictor", "")
+        if not ref:
+            raise ValueError("no predictor class: set CDL_PREDICTOR=module:Class or entrypoints.predictor in "
+                             f"{package.MANIFEST}")
+        self.predictor_ref = ref
+        package.prepare_process(info)  # e.g. a dynamic-int8 variant loads through the same user code
+        cls = package.import_from_package(self.package_dir, ref)
+        model = cls()
+        model.load(str(self.package_dir))
+        self.model = model
+        self.class_names = [str(c) for c in (getattr(model, "class_names", None) or info.class_names() or [])]
+        spec = self.manifest.get("input") if isinstance(self.manifest.get("input"), dict) else {}
+        self.input_type = getattr(model, "input_type", None) or spec.get("type") or None
+        shape = getattr(model, "input_shape", None) or spec.get("shape")
+        self.input_shape = tuple(None if s is None else int(s) for s in shape) if shape else None
+        if not self.model_version:
+            self.model_version = f"{info.name}-{info.version}" if info.name else ""
+        log.info("cdl: loaded %s (%s) from %s in %.2f s", self.model_version or "model", ref, self.package_dir,
+                 time.monotonic() - started)
+
+    def predict(self, X: Any, features_names: Any = None, **kwargs: Any) -> Any:
+        if not self.ready:
+            self.load()
+        started = time.perf_counter()
+        rows = validate_rows(as_rows(X), self.input_type, self.input_shape)
+        try:
+            out = self.model.predict(rows)
+        except (TypeError, ValueError) as exc:
+            # the predictor refused the input (its own checks): the caller's mistake, not ours
+            raise _bad_request(f"the model refused the input: {type(exc).__name__}: {exc}") from exc
+        out = _to_jsonable(out)
+        if not isinstance(out, list) or len(out) != len(rows):
+            raise RuntimeError(f"predictor {self.predictor_ref} returned {type(out).__name__} of "
+                               f"{len(out) if hasattr(out, '__len__') else '?'} for {len(rows)} row(s)")
+        self._last_rows, self._last_ms = len(rows), (time.perf_counter() - started) * 1000.0
+        if out and all(isinstance(o, str) for o in out):
+            return np.array(out, dtype=object)  # labels: kept as strings in data.ndarray
+        return out
+
+    def health_status(self) -> dict[str, Any]:
+        if not self.ready:
+            raise RuntimeError(f"model not loaded: {self.load_error or 'loading'}")
+        return {"status": "ok", "model_version": self.model_version, "predictor": self.predictor_ref}
+
+    def metrics(self) -> list[dict[str, Any]]:
+        """Seldon custom metrics, read after each request."""
+        return [
+            {"type": "COUNTER", "key": "cdl_predicted_examples_total", "value": self._last_rows},
+            {"type": "TIMER", "key": "cdl_predict_ms", "value": self._last_ms},
+        ]
+
+    def init_metadata(self) -> dict[str, Any]:
+        """Model metadata for /metadata; asked before `load()` runs, so from the manifest only."""
+        manifest: dict[str, Any] = {}
+        try:
+            ref = self.package_ref
+            local = Path(urllib.parse.unquote(urllib.parse.urlparse(ref).path)) if ref.startswith("file://") \
+                else Path(ref)
+            if ref and local.is_dir():
+                manifest = package.load_package(local).raw
+        except Exception:  # metadata is informative: never stop the server for it
+            manifest = {}
+        name = str(manifest.get("name") or self.model_version or "cdl-model")
+        version = str(manifest.get("version") or "")
+        predictor = self.predictor_ref or str((manifest.get("entrypoints") or {}).get("predictor", ""))
+        return {
+            "name": name,
+            "versions": [version] if version else [],
+            "platform": "cdl",
+            "inputs": [{"messagetype": "ndarray", "schema": {"names": []}}],
+            "outputs": [{"messagetype": "ndarray", "schema": {"names": []}}],
+            "custom": {"predictor": predictor, "framework": str(manifest.get("framework", "")),
+                       "model_version": self.model_version},
+        }
