@@ -208,7 +208,10 @@ class FileArtifactStore:
         return (self.root / validate_key(key)).as_uri()
 
     def key_for(self, uri: str) -> str:
-        path = file_uri_path(uri) if "://" in uri else Path(uri)
+        try:
+            path = file_uri_path(uri) if "://" in uri else Path(uri)
+        except ValueError:
+            raise ValueError(f"{uri} is not in the artifact store {self.base_uri}") from None
         path = Path(os.path.normpath(path))
         if not path.is_absolute() or self.root not in path.parents:
             raise ValueError(f"{uri} is not in the artifact store {self.base_uri}")

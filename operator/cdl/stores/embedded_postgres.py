@@ -15,6 +15,7 @@ import atexit
 import logging
 import os
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,15 @@ from psycopg import sql
 from cdl.stores.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
+
+
+def _import_pgserver() -> Any:
+    # pgserver looks up a runtime folder for its lock file at import; without XDG_RUNTIME_DIR
+    # (containers, CI) platformdirs warns and uses /tmp/runtime-<uid>, which is fine.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+        import pgserver
+    return pgserver
 
 
 class EmbeddedPostgres:
@@ -76,7 +86,7 @@ class EmbeddedPostgres:
             if self._server is not None and self.running:
                 return self.url
             self._forget()
-            import pgserver
+            pgserver = _import_pgserver()
 
             self.data_dir.parent.mkdir(parents=True, exist_ok=True)
             self._prune_dead_holders()

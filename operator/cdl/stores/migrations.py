@@ -100,6 +100,8 @@ def apply_migrations(conn: psycopg.Connection, migrations: list[Migration], sche
                 continue
             try:
                 with conn.transaction():
+                    if schema:
+                        conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
                     conn.execute(migration.sql)  # type: ignore[arg-type]  # a file of statements
                     conn.execute(
                         sql.SQL("INSERT INTO {} (version, name, checksum) VALUES (%s, %s, %s)").format(_table(schema)),
