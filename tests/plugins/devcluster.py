@@ -62,6 +62,7 @@ WIDGET_CRD: dict[str, Any] = {
                         "type": "object",
                         "properties": {
                             "phase": {"type": "string"},
+                            "created": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
                             "observedGeneration": {"type": "integer"},
                             "conditions": {"type": "array", "items": {
                                 "type": "object",
