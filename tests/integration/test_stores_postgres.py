@@ -367,26 +367,28 @@ def test_an_unreachable_database_is_a_transient_error_without_the_password(tmp_p
     assert "s3cret-pw" not in repr(db)
 
 
-def test_embedded_postgres_keeps_its_data_across_restarts(tmp_path_factory):
+def test_embedded_postgres_keeps_its_data_across_restarts():
     import shutil
     import tempfile
     from pathlib import Path
 
+    import psutil
+
     base = Path(tempfile.mkdtemp(prefix="cdl-test-pg-"))  # see the postgres_url fixture for why not tmp_path
     try:
         with EmbeddedPostgres(base / "data") as pg:
-            db = Database(pg.url)
+            url = pg.url
+            db = Database(url)  # kept open across the restart, as a long-running operator would
             db.migrate()
             assert db.next_model_version("news") == 1
-            db.close()
             pid = pg.pid
         assert not pg.running
-        import psutil
-
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        with pytest.raises(StoreUnavailable):
+            db.next_model_version("news")
 
         with EmbeddedPostgres(base / "data") as again:
-            db = Database(again.url)
+            assert again.url == url  # same socket, so open Database objects reconnect
             assert db.migrate() == []
             assert db.next_model_version("news") == 2  # the first version survived the restart
             db.close()

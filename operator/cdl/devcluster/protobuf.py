@@ -109,3 +109,31 @@ def decode_object(raw: bytes) -> dict[str, Any]:
         return obj
     except (ValueError, IndexError, UnicodeDecodeError) as e:
         raise ApiError(400, f"error decoding protobuf body: {e}")
+
+
+def decode_delete_options(raw: bytes) -> dict[str, Any]:
+    """A protobuf DeleteOptions (helm's typed client sends these) as its JSON form."""
+    out: dict[str, Any] = {}
+    try:
+        inner = b""
+        for num, v in fields(raw[len(MAGIC):]):
+            if num == 2:
+                inner = v
+        for num, v in fields(inner):
+            if num == 2:
+                pre = {}
+                for n2, v2 in fields(v):
+                    if n2 == 1:
+                        pre["uid"] = v2.decode()
+                    elif n2 == 2:
+                        pre["resourceVersion"] = v2.decode()
+                out["preconditions"] = pre
+            elif num == 3:
+                out["orphanDependents"] = bool(v)
+            elif num == 4:
+                out["propagationPolicy"] = v.decode()
+            elif num == 5:
+                out.setdefault("dryRun", []).append(v.decode())
+    except (ValueError, IndexError, UnicodeDecodeError) as e:
+        raise ApiError(400, f"error decoding DeleteOptions: {e}")
+    return out

@@ -21,6 +21,7 @@ from cdl.devcluster.errors import ApiError, bad_request
 from cdl.devcluster.gc import GarbageCollector
 from cdl.devcluster.jsonutil import dumps, loads
 from cdl.devcluster.objects import Api, DeleteOptions, WriteOptions, now_rfc3339
+from cdl.devcluster.protobuf import MAGIC, decode_delete_options, decode_object
 from cdl.devcluster.registry import NAMESPACE_KEY, Registry, ResourceType
 from cdl.devcluster.selectors import Selector
 from cdl.devcluster.store import Store
@@ -142,7 +143,6 @@ async def read_body(request: web.Request) -> Any:
     raw = await request.read()
     ctype = (request.headers.get("Content-Type") or "").split(";")[0].strip().lower()
     if "protobuf" in ctype:
-        from cdl.devcluster.protobuf import decode_object
         return decode_object(raw)
     if not raw:
         raise bad_request("the request body is empty")
@@ -297,7 +297,9 @@ async def delete_options(request: web.Request) -> DeleteOptions:
     q = request.query
     body: dict[str, Any] = {}
     raw = await request.read()
-    if raw:
+    if raw.startswith(MAGIC):
+        body = decode_delete_options(raw)
+    elif raw:
         try:
             parsed = loads(raw)
             body = parsed if isinstance(parsed, dict) else {}

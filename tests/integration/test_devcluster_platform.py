@@ -1,0 +1,142 @@
+"""The process side: restart persistence, `cdl up/status/down`, and helm install."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import typer
+import yaml
+from typer.testing import CliRunner
+
+from cdl.cli import platform
+from cdl.devcluster import process
+from tests.plugins.devcluster import WIDGET_CRD
+
+
+def _cm(info: process.ServerInfo, name: str) -> tuple[int, dict]:
+    return process.request(f"{info.url}/api/v1/namespaces/default/configmaps/{name}", info.token,
+                           ca_file=info.ca_file)
+
+
+def test_stop_start_keeps_objects_and_continues_resource_versions(tmp_path):
+    info = process.start_background(tmp_path)
+    try:
+        status, made = process.request(f"{info.url}/api/v1/namespaces/default/configmaps", info.token, "POST",
+                                       {"metadata": {"name": "kept"}, "data": {"a": "1"}}, ca_file=info.ca_file)
+        assert status == 201
+        rv_before = int(made["metadata"]["resourceVersion"])
+    finally:
+        assert process.stop(tmp_path)
+    assert process.read_status(tmp_path) is None
+    info = process.start_background(tmp_path)  # same data dir, same port if still free
+    try:
+        status, kept = _cm(info, "kept")
+        assert status == 200 and kept["data"] == {"a": "1"}
+        status, listing = process.request(f"{info.url}/api/v1/namespaces/default/configmaps", info.token,
+                                          ca_file=info.ca_file)
+        assert int(listing["metadata"]["resourceVersion"]) == rv_before
+        status, made = process.request(f"{info.url}/api/v1/namespaces/default/configmaps", info.token, "POST",
+                                       {"metadata": {"name": "next"}}, ca_file=info.ca_file)
+        assert int(made["metadata"]["resourceVersion"]) == rv_before + 1
+    finally:
+        process.stop(tmp_path)
+
+
+def test_cdl_up_status_down(tmp_path):
+    app = typer.Typer()
+    platform.register(app)
+    runner = CliRunner()
+    crds = tmp_path / "crds"
+    crds.mkdir()
+    (crds / "widgets.yaml").write_text(yaml.safe_dump(WIDGET_CRD))
+    data = tmp_path / "state"
+    try:
+        first = runner.invoke(app, ["up", "--data-dir", str(data), "--crds", str(crds)])
+        assert first.exit_code == 0, first.output
+        assert f"export KUBECONFIG={data / 'kubeconfig'}" in first.stdout
+        pid = process.read_status(data).pid
+        again = runner.invoke(app, ["up", "--data-dir", str(data)])
+        assert again.exit_code == 0 and "already running" in again.output
+        assert process.read_status(data).pid == pid  # not started twice
+
+        info = process.read_status(data)
+        status, crd = process.request(
+            f"{info.url}/apis/apiextensions.k8s.io/v1/customresourcedefinitions/widgets.test.cdl.dev", info.token,
+            ca_file=info.ca_file)
+        assert status == 200
+        assert {c["type"]: c["status"] for c in crd["status"]["conditions"]} == {
+            "NamesAccepted": "True", "Established": "True"}
+
+        st = runner.invoke(app, ["status", "--data-dir", str(data), "-o", "json"])
+        assert st.exit_code == 0
+        assert json.loads(st.stdout)["control plane"]["pid"] == pid
+        assert runner.invoke(app, ["up", "--data-dir", str(data), "--port", "99999"]).exit_code == 1
+    finally:
+        down = runner.invoke(app, ["down", "--data-dir", str(data)])
+    assert down.exit_code == 0 and "stopped" in down.output
+    assert runner.invoke(app, ["status", "--data-dir", str(data)]).exit_code == 3
+
+
+def test_helm_install_of_a_small_chart(helm, kubectl, fresh_namespace, tmp_path):
+    chart = tmp_path / "tiny"
+    (chart / "templates").mkdir(parents=True)
+    (chart / "crds").mkdir()
+    (chart / "Chart.yaml").write_text("apiVersion: v2\nname: tiny\nversion: 0.1.0\nappVersion: '1.0'\n")
+    (chart / "values.yaml").write_text("replicas: 2\nimage: nginx:1.27\n")
+    gadget = {**WIDGET_CRD, "metadata": {"name": "gadgets.tiny.cdl.dev"}}
+    gadget["spec"] = {**WIDGET_CRD["spec"], "group": "tiny.cdl.dev",
+                      "names": {"plural": "gadgets", "singular": "gadget", "kind": "Gadget"}}
+    (chart / "crds" / "gadgets.yaml").write_text(yaml.safe_dump(gadget))
+    (chart / "templates" / "all.yaml").write_text(textwrap.dedent("""\
+        apiVersion: v1
+        kind: ServiceAccount
+        metadata: {name: "{{ .Release.Name }}-sa"}
+        ---
+        apiVersion: v1
+        kind: ConfigMap
+        metadata: {name: "{{ .Release.Name }}-config"}
+        data: {greeting: hello}
+        ---
+        apiVersion: rbac.authorization.k8s.io/v1
+        kind: Role
+        metadata: {name: "{{ .Release.Name }}-role"}
+        rules:
+        - apiGroups: [""]
+          resources: [configmaps]
+          verbs: [get, list, watch]
+        ---
+        apiVersion: rbac.authorization.k8s.io/v1
+        kind: RoleBinding
+        metadata: {name: "{{ .Release.Name }}-rb"}
+        roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: "{{ .Release.Name }}-role"}
+        subjects:
+        - {kind: ServiceAccount, name: "{{ .Release.Name }}-sa", namespace: "{{ .Release.Namespace }}"}
+        ---
+        apiVersion: apps/v1
+        kind: Deployment
+        metadata: {name: "{{ .Release.Name }}-web", labels: {app: web}}
+        spec:
+          replicas: {{ .Values.replicas }}
+          selector: {matchLabels: {app: web}}
+          template:
+            metadata: {labels: {app: web}}
+            spec:
+              serviceAccountName: "{{ .Release.Name }}-sa"
+              containers:
+              - name: web
+                image: "{{ .Values.image }}"
+                ports: [{containerPort: 80}]
+        """))
+    ns = fresh_namespace
+    out = helm("install", "rel", str(chart), "-n", ns, timeout=120)
+    assert "STATUS: deployed" in out.stdout, out.stdout + out.stderr
+    assert "rel" in helm("list", "-n", ns).stdout
+    assert kubectl("get", "deploy", "rel-web", "-n", ns, "-o", "jsonpath={.spec.replicas}").stdout == "2"
+    kubectl("get", "crd", "gadgets.tiny.cdl.dev")
+    out = helm("upgrade", "rel", str(chart), "-n", ns, "--set", "replicas=3", timeout=120)
+    assert kubectl("get", "deploy", "rel-web", "-n", ns, "-o", "jsonpath={.spec.replicas}").stdout == "3"
+    helm("uninstall", "rel", "-n", ns, timeout=120)
+    assert "rel-web" not in kubectl("get", "deploy", "-n", ns).stdout
+    assert Path(chart).exists()
