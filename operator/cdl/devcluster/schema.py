@@ -226,7 +226,8 @@ def validate(value: Any, schema: dict[str, Any] | None, path: str = "", root: bo
             errs.append(Cause("FieldValueTooMany",
                               f"Too many: {len(value)}: must have at most {schema['maxItems']} items", shown))
         if "minItems" in schema and len(value) < schema["minItems"]:
-            invalid(f"{shown} in body should have at least {schema['minItems']} items")
+            errs.append(Cause("FieldValueInvalid", f"Invalid value: {len(value)}: {shown} in body should have at "
+                              f"least {schema['minItems']} items", shown))
         if schema.get("uniqueItems"):
             seen: list[Any] = []
             for n, item in enumerate(value):
