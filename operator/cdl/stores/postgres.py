@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import select
 import threading
 import time
 import zlib
@@ -131,7 +132,9 @@ class Database:
                 conn, since = self._idle.pop()
             if conn.closed or conn.broken:
                 continue
-            if time.monotonic() - since > IDLE_PING_SECONDS:
+            # A server that restarted or dropped the connection leaves it readable (an error
+            # message, then end of file); a healthy idle connection has nothing to read.
+            if _readable(conn) or time.monotonic() - since > IDLE_PING_SECONDS:
                 try:
                     conn.execute("SELECT 1")
                 except psycopg.Error:
@@ -624,6 +627,14 @@ def _jsonable(value: Any) -> Any:
     if callable(tolist):
         return _jsonable(tolist())
     return str(value)
+
+
+def _readable(conn: psycopg.Connection) -> bool:
+    try:
+        ready, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError, psycopg.Error):
+        return True
+    return bool(ready)
 
 
 def _first_line(exc: BaseException) -> str:
