@@ -72,6 +72,28 @@ def test_bytes_round_trip_and_overwrite(store):
     assert store.list() == ["reports/news/1/report.json"]
 
 
+def test_racing_writers_of_one_key_leave_a_whole_consistent_artifact(store):
+    import threading
+
+    contents = {w: (w * 5000).encode() for w in ("a", "b")}
+    barrier = threading.Barrier(2)
+
+    def write(w: str) -> None:
+        barrier.wait()
+        for _ in range(15):
+            store.put_bytes("reports/latest.json", contents[w])
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in contents]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    data = store.get_bytes("reports/latest.json")  # no false integrity error
+    assert data in contents.values()
+    assert store.stat("reports/latest.json").sha256 == hashlib.sha256(data).hexdigest()
+    assert store.list() == ["reports/latest.json"]
+
+
 def test_put_dir_and_get_dir_copy_a_whole_tree(store, tmp_path):
     src = tmp_path / "package"
     files = {"model.pt": b"weights" * 1000, "code/serve.py": b"class P: ...\n", "code/lib/util.py": b"x = 1\n",

@@ -3,8 +3,9 @@
 Layout under the root directory: each artifact at `<root>/<key>`; its sha256 and size in
 `<root>/.cdl-meta/<key>.json`; files being written in `<root>/.cdl-tmp/` until they are complete,
 then renamed into place, so a reader sees either the old artifact or the new one, never half of
-one. A file that was put there by other means (no checksum file) gets its sha256 computed on
-`stat`, and is not checked on read unless the caller gives a sha256.
+one. A file that was put there by other means (no checksum file, or one recorded for the file it
+replaced) gets its sha256 computed on `stat`, and is not checked on read unless the caller gives
+a sha256.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ class FileArtifactStore:
                 sha256, size = copy_hashing(src, out)
                 out.flush()
                 os.fsync(out.fileno())
+                inode = os.fstat(out.fileno()).st_ino  # kept by the rename below
             # The old checksum goes first: a crash between the two renames leaves an artifact
             # without a checksum (recomputed on stat), never one with a wrong checksum.
             self._meta_path(key).unlink(missing_ok=True)
@@ -87,7 +89,7 @@ class FileArtifactStore:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        self._write_meta(key, sha256, size)
+        self._write_meta(key, sha256, size, inode)
         return StoredArtifact(uri=self.uri_for(key), key=key, sha256=sha256, bytes=size)
 
     def _make_parent(self, key: str, target: Path) -> None:
@@ -97,12 +99,12 @@ class FileArtifactStore:
             raise ArtifactError(
                 f"cannot store {self.uri_for(key)}: a part of its folder path is an artifact (a file)") from None
 
-    def _write_meta(self, key: str, sha256: str, size: int) -> None:
+    def _write_meta(self, key: str, sha256: str, size: int, inode: int) -> None:
         meta = self._meta_path(key)
         meta.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".meta-", dir=meta.parent)
         with os.fdopen(fd, "w") as out:
-            json.dump({"sha256": sha256, "bytes": size}, out)
+            json.dump({"sha256": sha256, "bytes": size, "inode": inode}, out)
         os.replace(tmp, meta)
 
     # -- reading -----------------------------------------------------------------------------
@@ -236,13 +238,22 @@ class FileArtifactStore:
         return self.root / META_DIR / (key + ".json")
 
     def _recorded(self, key: str) -> str | None:
-        return _read_meta(self._meta_path(key))
+        return _read_meta(self._meta_path(key), self.root / key)
 
 
-def _read_meta(meta: Path) -> str | None:
+def _read_meta(meta: Path, path: Path) -> str | None:
+    """The recorded sha256 of `path`, if the checksum file describes this very file.
+
+    Every put renames a new file into place, so the checksum file names the inode it was
+    computed for: one left behind by a racing writer (or a file replaced by other means) does not
+    apply and is ignored, while bytes changed in place are still caught.
+    """
     try:
-        return str(json.loads(meta.read_text())["sha256"]) or None
-    except (OSError, ValueError, KeyError, TypeError):
+        recorded = json.loads(meta.read_text())
+        if recorded.get("inode") not in (None, path.stat().st_ino):
+            return None
+        return str(recorded["sha256"]) or None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
@@ -260,5 +271,5 @@ def recorded_sha256(path: Path) -> str | None:
     for ancestor in path.parents:
         meta_root = ancestor / META_DIR
         if meta_root.is_dir():
-            return _read_meta(meta_root / (path.relative_to(ancestor).as_posix() + ".json"))
+            return _read_meta(meta_root / (path.relative_to(ancestor).as_posix() + ".json"), path)
     return None
