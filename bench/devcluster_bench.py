@@ -114,7 +114,7 @@ async def measure_server(client: Client, stored: int, samples: int, tag: str) ->
             pending = asyncio.create_task(client.patch(name, f"w{i}"))
             while True:
                 ev = await events.get()
-                if ev["object"]["metadata"]["name"] == name and ev["object"]["data"].get("v") == f"w{i}":
+                if ev["type"] == "MODIFIED" and ev["object"]["metadata"]["name"] == name and ev["object"]["data"].get("v") == f"w{i}":
                     break
             out["watch"].append(time.perf_counter() - t0)
             await pending

@@ -218,3 +218,42 @@ def test_requests_without_a_valid_token_get_401(devcluster):
         status, body = process.request(f"{devcluster.url}/api/v1/namespaces", token, ca_file=devcluster.ca_file)
         assert status == 401
         assert body["kind"] == "Status" and body["reason"] == "Unauthorized"
+
+
+def test_namespace_and_crd_deletion_empty_them_first(devcluster, k8s_client, tmp_path):
+    core = client.CoreV1Api(k8s_client)
+    ext = client.ApiextensionsV1Api(k8s_client)
+    co = client.CustomObjectsApi(k8s_client)
+    crd = {
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "things.del.cdl.dev"},
+        "spec": {"group": "del.cdl.dev", "scope": "Namespaced",
+                 "names": {"plural": "things", "singular": "thing", "kind": "Thing"},
+                 "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
+                     "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}]},
+    }
+    ext.create_custom_resource_definition(crd)
+    core.create_namespace({"metadata": {"name": "doomed"}})
+    core.create_namespaced_config_map("doomed", {"metadata": {"name": "c"}})
+    co.create_namespaced_custom_object("del.cdl.dev", "v1", "doomed", "things",
+                                       {"apiVersion": "del.cdl.dev/v1", "kind": "Thing", "metadata": {"name": "t"}})
+    core.delete_namespace("doomed")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and "doomed" in [n.metadata.name for n in core.list_namespace().items]:
+        time.sleep(0.05)
+    assert "doomed" not in [n.metadata.name for n in core.list_namespace().items]
+    assert co.list_cluster_custom_object("del.cdl.dev", "v1", "things")["items"] == []
+
+    co.create_namespaced_custom_object("del.cdl.dev", "v1", "default", "things",
+                                       {"apiVersion": "del.cdl.dev/v1", "kind": "Thing", "metadata": {"name": "t2"}})
+    ext.delete_custom_resource_definition("things.del.cdl.dev")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            co.list_cluster_custom_object("del.cdl.dev", "v1", "things")
+        except ApiException as e:
+            assert e.status == 404  # the type is no longer served
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the CRD's resources are still served")
