@@ -64,7 +64,8 @@ def test_asha_stops_weak_trials_and_spends_less_than_random(
     asha_epochs = sum(t.length_done for t in asha_status.trials)
     rand_epochs = sum(t.length_done for t in rand_status.trials)
     assert rand_epochs == 8 * 16
-    assert asha_epochs < rand_epochs / 3
+    assert asha_epochs <= 8 * 4 + 2 * 12 + 12  # rungs at 4 and 16 epochs; async may promote one extra
+    assert asha_epochs < rand_epochs / 2
 
     assert asha_status.best is not None and rand_status.best is not None
     asha_best = asha_status.best.metrics["validation_loss"]

@@ -87,6 +87,8 @@ def test_asha_rungs_follow_divisor_and_max_rungs() -> None:
     assert search.planned_units() == 16 * 1 + 4 * 3 + 1 * 12
     short = searchers.make(spec("asha", maxTrials=4, maxLength={"epochs": 2}, asha={"divisor": 4, "maxRungs": 5}))
     assert short.lengths == [1, 2]  # rungs shorter than one epoch collapse
+    few = searchers.make(spec("asha", maxTrials=8, maxLength={"epochs": 16}, asha={"divisor": 4, "maxRungs": 3}))
+    assert few.lengths == [4, 16]  # 8 trials cannot fill three rungs at divisor 4
 
 
 def test_asha_promotes_the_top_fraction_and_spends_less_than_random() -> None:
