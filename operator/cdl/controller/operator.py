@@ -49,6 +49,11 @@ def make_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         settings.watching.server_timeout = 60
         settings.networking.request_timeout = 90
 
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        """In a pod: the service account; elsewhere: $KUBECONFIG, read now (not at import)."""
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
     handlers.register(registry, config.poll_seconds)
     return registry
 
@@ -71,7 +76,7 @@ def run(config: OperatorConfig, *, kubeconfig: str | None = None,
         registry=make_registry(config),
         standalone=True,
         clusterwide=not config.namespaces,
-        namespaces=config.namespaces or None,
+        namespaces=config.namespaces or (),
         liveness_endpoint=liveness,
         stop_flag=stop_flag,
         ready_flag=ready_flag,
