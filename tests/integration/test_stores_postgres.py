@@ -10,7 +10,7 @@ import pytest
 
 from cdl.errors import TransientError
 from cdl.stores.embedded_postgres import EmbeddedPostgres
-from cdl.stores.errors import InvalidTableName, MigrationError, RecordNotFound, StoreUnavailable
+from cdl.stores.errors import InvalidTableName, MigrationError, RecordNotFound, StoreError, StoreUnavailable
 from cdl.stores.migrations import Migration, apply_migrations, load_migrations
 from cdl.stores.postgres import Database
 from cdl.stores.records import ExperimentRun, LabelRow, ScoringRow, TrialMetric, TrialRecord
@@ -53,6 +53,13 @@ def test_migrations_are_versioned_and_run_once(postgres_url, postgres_schema):
         with pytest.raises(MigrationError, match="0002_label_confidence was changed after it was applied"):
             apply_migrations(conn, [*load_migrations(), edited], postgres_schema)
     assert db.schema_version() == 2
+    db.close()
+
+
+def test_using_a_database_that_was_not_migrated_says_so(postgres_url, postgres_schema):
+    db = Database(postgres_url, schema=postgres_schema)
+    with pytest.raises(StoreError, match="is the schema migrated"):
+        db.next_model_version("news")
     db.close()
 
 

@@ -164,6 +164,9 @@ class Database:
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             conn.close()
             raise StoreUnavailable(f"PostgreSQL {mask_url(self.url)} is unavailable: {_first_line(exc)}") from None
+        except psycopg.errors.UndefinedTable as exc:
+            raise StoreError(f"{_first_line(exc)} in {self!r}: is the schema migrated? (Database.migrate() "
+                             "runs at operator start)") from exc
         finally:
             if not conn.closed:
                 self._checkin(conn)
