@@ -159,6 +159,11 @@ def status(data_dir: Path) -> list[Component]:
     return out
 
 
+def stop_component(data_dir: Path, name: str) -> bool:
+    """Stop one component (operator or postgres) by process group; True if it was running."""
+    return _stop_group(data_dir / f"{name}.pid")
+
+
 def stop(data_dir: Path) -> list[str]:
     """Stop the operator, then PostgreSQL; return the names of what was stopped."""
     stopped = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from cdl import __version__
-from cdl.cli import crds, models, operator_cmd, resources, validate
+from cdl.cli import crds, models, operator_cmd, platform, resources, validate
 
 app = typer.Typer(
     name="cdl",
@@ -25,6 +25,7 @@ def version() -> None:
     typer.echo(__version__)
 
 
+platform.register(app)
 crds.register(app)
 validate.register(app)
 operator_cmd.register(app)

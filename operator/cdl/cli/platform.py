@@ -15,6 +15,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from cdl import embedded
 from cdl.cli.common import EXIT_OK, EXIT_PLATFORM, EXIT_USER, OutputFormat, console, err_console, project_root
 from cdl.devcluster import process
 
@@ -29,6 +30,7 @@ class UpContext:
     port: int | None
     crds_dir: Path | None
     cluster: process.ServerInfo | None = None
+    database_url: str | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -55,10 +57,37 @@ def _control_plane_status(data_dir: Path) -> dict[str, object] | None:
     return {"url": info.url, "pid": info.pid, "kubeconfig": str(info.kubeconfig), "log": str(info.log_file)}
 
 
-# The platform, in start order. PostgreSQL (pgserver) and the cdl operator are added here
-# when they exist; each gets the UpContext, so the operator can use ctx.cluster.kubeconfig.
+def _start_postgres(ctx: UpContext) -> str:
+    ctx.database_url = embedded.start_postgres(ctx.data_dir)
+    return f"ready (log {ctx.data_dir / 'logs' / 'postgres.log'})"
+
+
+def _start_operator(ctx: UpContext) -> str:
+    assert ctx.cluster is not None
+    started = embedded.start_operator(ctx.data_dir, ctx.cluster.kubeconfig, project_root(), ctx.database_url)
+    state = started.detail or "started"
+    return f"{state} with the local engines (pid {started.pid}, log {started.log})"
+
+
+def _component_status(name: str) -> Callable[[Path], dict[str, object] | None]:
+    def status(data_dir: Path) -> dict[str, object] | None:
+        found = next(c for c in embedded.status(data_dir) if c.name == name)
+        if not found.running:
+            return None
+        return {"url": "", "pid": found.pid, "kubeconfig": "", "log": str(found.log)}
+    return status
+
+
+def _stopper(name: str) -> Callable[[Path], bool]:
+    return lambda data_dir: embedded.stop_component(data_dir, name)
+
+
+# The platform, in start order; each gets the UpContext, so the operator can use
+# ctx.cluster.kubeconfig and ctx.database_url. `down` stops them in reverse order.
 PLATFORM_COMPONENTS: list[Component] = [
     Component("control plane", _start_control_plane, process.stop, _control_plane_status),
+    Component("postgres", _start_postgres, _stopper("postgres"), _component_status("postgres")),
+    Component("operator", _start_operator, _stopper("operator"), _component_status("operator")),
 ]
 
 
@@ -87,7 +116,7 @@ def up(
         try:
             with err_console.status(f"starting {component.name}"):
                 detail = component.start(ctx)
-        except process.DevClusterError as e:
+        except (process.DevClusterError, RuntimeError) as e:
             err_console.print(f"[red]{component.name} failed:[/red] {e}")
             raise typer.Exit(EXIT_PLATFORM)
         err_console.print(f"[green]✓[/green] {component.name} {detail}")
