@@ -47,6 +47,7 @@ class OperatorConfig(BaseModel):
     poll_seconds: float = Field(3.0, gt=0, description="How often running engine work is followed.")
     metrics_port: int | None = Field(None, description="Prometheus metrics port; None = off.")
     health_port: int | None = Field(None, description="Liveness endpoint port; None = off.")
+    scoring_sink_port: int | None = Field(None, description="Seldon request-logger sink port; None = off.")
     cluster: dict[str, Any] = Field(default_factory=dict, description="Cluster engines' settings.")
 
     @classmethod
@@ -65,6 +66,7 @@ class OperatorConfig(BaseModel):
             "CDL_POLL_SECONDS": "poll_seconds",
             "CDL_METRICS_PORT": "metrics_port",
             "CDL_HEALTH_PORT": "health_port",
+            "CDL_SCORING_SINK_PORT": "scoring_sink_port",
         }
         for var, field in scalar.items():
             if env.get(var):

@@ -70,6 +70,10 @@ def run(config: OperatorConfig, *, kubeconfig: str | None = None,
     handlers.configure(context, config.poll_seconds)
     if config.metrics_port:
         metrics.serve(config.metrics_port)
+    if config.scoring_sink_port and context.database is not None:
+        from cdl.scoring_sink import serve_in_thread
+
+        serve_in_thread(context.database, config.scoring_sink_port)
     liveness = f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port else None
     log.info("cdl operator starting: namespaces=%s engines=%s", config.namespaces or "all", config.engines)
     asyncio.run(kopf.operator(

@@ -1,0 +1,70 @@
+"""The scoring-data sink receives what Seldon's request logger sends (CloudEvents in binary
+mode, headers as Seldon Core's executor sets them) and writes paired rows into a real
+PostgreSQL. There is no Seldon executor here; the events are built from its documented headers."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from cdl.scoring_sink import ScoringSink
+
+
+def headers(kind: str, request_id: str, endpoint: str = "news-classifier-v1") -> dict[str, str]:
+    return {
+        "Content-Type": "application/json",
+        "Ce-Specversion": "0.3",
+        "Ce-Id": request_id,
+        "Ce-Requestid": request_id,
+        "Ce-Type": f"io.seldon.serving.inference.{kind}",
+        "Ce-Source": "io.seldon.serving.deployment.news-classifier.ml",
+        "Ce-Inferenceservicename": "news-classifier",
+        "Ce-Namespace": "ml",
+        "Ce-Endpoint": endpoint,
+        "Ce-Modelid": "classifier",
+    }
+
+
+@pytest.fixture
+async def sink_client(database):
+    sink = ScoringSink(database, batch=1000, flush_seconds=60)
+    async with TestClient(TestServer(sink.app())) as client:
+        yield sink, client
+
+
+async def test_request_and_response_become_one_row(sink_client, database):
+    sink, client = sink_client
+    for i, endpoint in enumerate(["news-classifier-v1", "news-classifier-v1", "news-classifier-v2-shadow"]):
+        rid = str(uuid.uuid4())
+        body = {"data": {"ndarray": [f"text {i}"]}}
+        assert (await client.post("/", data=json.dumps(body), headers=headers("request", rid, endpoint))).status == 202
+        out = {"data": {"ndarray": ["business"]}, "meta": {}}
+        assert (await client.post("/", data=json.dumps(out), headers=headers("response", rid, endpoint))).status == 202
+    assert await sink.flush() == 3
+    rows = database.scoring_window("ml", "news-classifier", 10)
+    assert len(rows) == 3
+    assert sorted(r.model_version for r in rows) == ["news-classifier-v1", "news-classifier-v1", "news-classifier-v2"]
+    assert sum(r.shadow for r in rows) == 1
+    first = next(r for r in rows if r.request == {"data": {"ndarray": ["text 0"]}})
+    assert first.response["data"]["ndarray"] == ["business"] and first.status_code == 200
+
+
+async def test_a_failed_prediction_is_an_error_row(sink_client, database):
+    sink, client = sink_client
+    rid = str(uuid.uuid4())
+    await client.post("/", data="{}", headers=headers("request", rid))
+    failure = {"status": {"status": "FAILURE", "code": 500, "info": "model exploded"}}
+    await client.post("/", data=json.dumps(failure), headers=headers("response", rid))
+    await sink.flush()
+    (row,) = database.scoring_window("ml", "news-classifier", 10)
+    assert row.status_code == 500 and row.error == "model exploded"
+
+
+async def test_not_a_seldon_event_is_refused(sink_client):
+    _, client = sink_client
+    resp = await client.post("/", data="{}", headers={"Content-Type": "application/json"})
+    assert resp.status == 400
+    assert "Ce-Type" in (await resp.json())["error"]
