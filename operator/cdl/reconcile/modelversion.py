@@ -48,7 +48,7 @@ def siblings(ctx: Context, res: Resource, model: str) -> list[dict[str, Any]]:
 
 def allocate_version(ctx: Context, res: Resource, model: str) -> int:
     if ctx.database is not None:
-        return int(ctx.database.next_model_version(model))
+        return int(ctx.database.next_model_version(model, namespace=res.namespace, resource=res.name))
     versions = [(mv.get("status") or {}).get("version") or 0 for mv in siblings(ctx, res, model)]
     return max(versions, default=0) + 1
 
