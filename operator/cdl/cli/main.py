@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from cdl import __version__
-from cdl.cli import crds, models, operator_cmd, platform, resources, validate
+from cdl.cli import crds, experiments, models, operator_cmd, platform, resources, validate
 
 app = typer.Typer(
     name="cdl",
@@ -31,6 +31,7 @@ validate.register(app)
 operator_cmd.register(app)
 resources.register(app)
 models.register(app)
+experiments.register(app)
 
 if __name__ == "__main__":
     app()

@@ -104,12 +104,13 @@ class EngineRegistry:
         from cdl.engines.local.data import LocalDataEngine
 
         shared = self.artifacts if (self.config.artifact_url or "").startswith("s3://") else None
-        return LocalDataEngine(self._root("data"), artifacts=shared)
+        return LocalDataEngine(self._root("data"), artifacts=shared, s3_endpoint=self.config.s3.endpoint or None)
 
     def _build_training_local(self) -> Any:
         from cdl.engines.local.training import LocalTrainingEngine
 
-        return LocalTrainingEngine(self._root("training"), artifacts=None, database=self.database)
+        shared = self.artifacts if (self.config.artifact_url or "").startswith("s3://") else None
+        return LocalTrainingEngine(self._root("training"), artifacts=shared, database=self.database)
 
     def _build_registry_local(self) -> Any:
         from cdl.engines.local.registry import LocalRegistryEngine
