@@ -95,12 +95,12 @@ async def measure_server(client: Client, stored: int, samples: int, tag: str) ->
     # watch delivery: one open watch on the namespace, one PATCH at a time
     async with client.session.get(client.base, params={"watch": "true", "resourceVersion": "0",
                                                        "allowWatchBookmarks": "true"}) as stream:
-        events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        events: asyncio.Queue[tuple[float, dict[str, Any]]] = asyncio.Queue()
 
         async def reader() -> None:
             async for line in stream.content:
                 if line.strip():
-                    events.put_nowait(json.loads(line))
+                    events.put_nowait((time.perf_counter(), json.loads(line)))
 
         task = asyncio.create_task(reader())
         while True:  # drain the synthetic ADDED events of the initial state
@@ -111,13 +111,18 @@ async def measure_server(client: Client, stored: int, samples: int, tag: str) ->
         for i in range(samples):
             name = f"cm-{(i * 104729) % stored}"
             t0 = time.perf_counter()
-            pending = asyncio.create_task(client.patch(name, f"w{i}"))
-            while True:
-                ev = await events.get()
-                if ev["type"] == "MODIFIED" and ev["object"]["metadata"]["name"] == name and ev["object"]["data"].get("v") == f"w{i}":
+            await client.patch(name, f"w{i}")  # raises if the write failed
+            while True:  # the event, stamped by the reader when it arrived (often before the reply)
+                if task.done():
+                    raise RuntimeError(f"the watch stream ended: {task.exception()!r}")
+                try:
+                    arrived, ev = await asyncio.wait_for(events.get(), 10)
+                except TimeoutError:
+                    raise RuntimeError(f"no event for {name} w{i} in 10 s")
+                obj = ev["object"]
+                if ev["type"] == "MODIFIED" and obj["metadata"]["name"] == name and obj["data"].get("v") == f"w{i}":
                     break
-            out["watch"].append(time.perf_counter() - t0)
-            await pending
+            out["watch"].append(arrived - t0)
         task.cancel()
     return out
 
