@@ -109,11 +109,12 @@ def test_checkpoint_fetched_from_s3_gives_the_same_package(
     s3_store.put_dir("checkpoints/good-uuid", registry_checkpoints.good)
     uri = s3_store.uri_for("checkpoints/good-uuid")
     assert uri.startswith("s3://")
-    fetched = engine.register(registry_request(2, checkpoint=CheckpointInfo(uuid="good-uuid", uri=uri)))
-    a = load_package(Path(local.package_dir))
-    b = load_package(Path(fetched.package_dir))
-    assert {k: v for k, v in a.files.items()} == {k: v for k, v in b.files.items()}
-    assert s3_store.exists("models/blobs/2/package.tar.gz")
+    other = LocalRegistryEngine(tmp_path / "other-registry", s3_store)
+    fetched = other.register(registry_request(1, checkpoint=CheckpointInfo(uuid="good-uuid", uri=uri)))
+    a, b = load_package(Path(local.package_dir)), load_package(Path(fetched.package_dir))
+    assert b.verify() == [] and a.files == b.files  # every file the same, byte for byte
+    assert b.raw["checkpoint"]["uri"] == uri  # the manifest records where the checkpoint came from
+    assert {**a.raw, "checkpoint": None} == {**b.raw, "checkpoint": None}
 
 
 def test_stages_are_recorded_and_delete_removes_everything(
@@ -139,6 +140,7 @@ def test_stages_are_recorded_and_delete_removes_everything(
     registry_engine.delete("blobs", 1)  # deleting again is fine
 
 
+@pytest.mark.slow
 def test_package_runs_in_a_fresh_interpreter_with_only_its_requirements(
     registry_registered: Callable[..., RegisteredModel], registry_store: Any, registry_data: Any, tmp_path: Path,
 ) -> None:
@@ -157,22 +159,25 @@ def test_package_runs_in_a_fresh_interpreter_with_only_its_requirements(
     assert registered.sha256
 
 
+@pytest.mark.slow
 def test_a_requirement_missing_from_requirements_txt_is_caught_in_isolation(
     registry_engine: LocalRegistryEngine, registry_request: Callable[..., RegistrationRequest],
     registry_model_dir: Path, tmp_path: Path,
 ) -> None:
     code = registry_model_dir
-    (code / "blobnet.py").write_text("import yaml  # forgotten in requirements.txt\n" + (code / "blobnet.py").read_text())
+    source = (code / "blobnet.py").read_text()
+    (code / "blobnet.py").write_text(source.replace("import json\n", "import json\n\nimport yaml  # forgotten in requirements.txt\n", 1))
     registered = registry_engine.register(registry_request(1))
     package = Path(registered.package_dir)
     site = requirements_site(load_package(package).requirements(), tmp_path / "site")
-    argv = [sys.executable, "-I", "-S", "-c", PREDICT, str(site), str(package), "serve:BlobPredictor", "[]"]
+    row = json.dumps([[0.0] * 16])
+    argv = [sys.executable, "-I", "-S", "-c", PREDICT, str(site), str(package), "serve:BlobPredictor", row]
     isolated = subprocess.run(argv, capture_output=True, text=True, timeout=120, start_new_session=True)
     assert isolated.returncode != 0
     assert "No module named 'yaml'" in isolated.stderr
     # The same package runs where PyYAML happens to be installed: only isolation shows the gap.
     everything = subprocess.run([sys.executable, "-c", PREDICT.replace("site.addsitedir(site_dir)", "pass"),
-                                 str(site), str(package), "serve:BlobPredictor", "[]"],
+                                 str(site), str(package), "serve:BlobPredictor", row],
                                 capture_output=True, text=True, timeout=120, start_new_session=True)
     assert everything.returncode == 0, everything.stderr
 

@@ -172,10 +172,15 @@ def registry_engine(tmp_path: Path, registry_store: Any) -> LocalRegistryEngine:
 
 @pytest.fixture
 def registry_request(registry_model_dir: Path, registry_checkpoints: RegistryCheckpoints) -> Callable[..., RegistrationRequest]:
-    """`make(version=1, checkpoint="good"|"untrained"|Path, **fields)` -> a RegistrationRequest."""
+    """`make(version=1, checkpoint="good"|"untrained"|Path|CheckpointInfo, **fields)` -> a RegistrationRequest."""
 
-    def make(version: int = 1, checkpoint: str | Path = "good", model: str = "blobs", **fields: Any) -> RegistrationRequest:
-        path = Path(checkpoint) if isinstance(checkpoint, Path) else getattr(registry_checkpoints, checkpoint)
+    def make(version: int = 1, checkpoint: str | Path | CheckpointInfo = "good", model: str = "blobs",
+             **fields: Any) -> RegistrationRequest:
+        if isinstance(checkpoint, CheckpointInfo):
+            info, path = checkpoint, Path(checkpoint.uuid)
+        else:
+            path = Path(checkpoint) if isinstance(checkpoint, Path) else getattr(registry_checkpoints, checkpoint)
+            info = CheckpointInfo(uuid=path.name, uri=path.as_uri(), path=str(path))
         metadata = {
             "lineage": {"experiment": "blob-search", "run": 1, "trial": "3", "checkpoint": path.name,
                         "data": {"repo": "blobs-train", "commit": "c0ffee"},
@@ -191,7 +196,7 @@ def registry_request(registry_model_dir: Path, registry_checkpoints: RegistryChe
             "key": ResourceKey("ml", f"{model}-{version}"),
             "model_name": model,
             "version": version,
-            "checkpoint": CheckpointInfo(uuid=path.name, uri=path.as_uri(), path=str(path)),
+            "checkpoint": info,
             "model_dir": registry_model_dir,
             "hparams": dict(HPARAMS),
             "metadata": metadata,
