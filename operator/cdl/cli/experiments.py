@@ -68,14 +68,16 @@ def compare_cmd(
         raise typer.Exit(EXIT_USER)
     if emit(rows, output):
         return
-    columns: list[str] = []
+    fields: list[str] = []
     for row in rows:
-        columns.extend(k for k in row if k not in columns and k not in ("segments", "seed", "unit"))
+        fields.extend(k for k in row if k not in fields and k not in ("trial", "segments", "unit"))
+    # Trials side by side: one column per trial, one row per field (best trial first).
     table = Table(title=f"Experiment {namespace}/{name}: {len(rows)} trial(s), best first")
-    for col in columns:
-        table.add_column(col.removeprefix("hp."), overflow="fold")
+    table.add_column("trial", style="bold")
     for row in rows:
-        table.add_row(*(_fmt(row.get(c)) for c in columns))
+        table.add_column(str(row["trial"]), overflow="fold")
+    for field in fields:
+        table.add_row(field.removeprefix("hp."), *(_fmt(row.get(field)) for row in rows))
     console.print(table)
 
 

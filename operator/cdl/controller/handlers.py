@@ -76,7 +76,7 @@ def reconcile_body(info: KindInfo, module: ModuleType, body: Any, patch: Any, fo
         metrics.LATENCY.labels(info.kind).observe(time.perf_counter() - started)
         metrics.RECONCILES.labels(info.kind, outcome).inc()
         for key, value in result.status.items():
-            patch.status[key] = value
+            patch.status[key] = _without_nulls_in_lists(value)
         for event in result.events:
             kopf.event(body, type=event.type, reason=event.reason, message=event.message)
             if event.type == "Warning":
@@ -92,6 +92,16 @@ def _schedule(info: KindInfo, uid: str, outcome: str, requeue: bool) -> None:
         STATE.failures.pop(uid, None)
         delay = STATE.poll_seconds if requeue else IDLE_SECONDS[info.kind]
     STATE.due[uid] = time.monotonic() + delay
+
+
+def _without_nulls_in_lists(value: Any, in_list: bool = False) -> Any:
+    """A merge patch replaces lists whole, so a null inside one is a value the schema refuses
+    (a null map key elsewhere means "delete" and is kept)."""
+    if isinstance(value, dict):
+        return {k: _without_nulls_in_lists(v, in_list) for k, v in value.items() if not (in_list and v is None)}
+    if isinstance(value, list):
+        return [_without_nulls_in_lists(v, True) for v in value if v is not None]
+    return value
 
 
 def _plain(body: Any) -> dict[str, Any]:

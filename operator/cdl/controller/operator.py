@@ -63,6 +63,7 @@ def run(config: OperatorConfig, *, kubeconfig: str | None = None,
         stop_flag: threading.Event | None = None, ready_flag: threading.Event | None = None) -> None:
     """Run the operator until stopped (blocking)."""
     redaction.install()
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # no line per timer tick
     if kubeconfig:
         os.environ["KUBECONFIG"] = kubeconfig  # kopf's own login reads it too
     load_client_config(kubeconfig)

@@ -222,6 +222,7 @@ def _evaluate(res: Resource, spec: ModelVersionSpec, ctx: Context) -> Result:
         evaluation["compressed"] = job.result["compressed"]
     markdown, report = render_report({
         "model": spec.model, "version": res.status.get("version"), "resource": res.title,
+        "stage": res.status.get("stage") or "candidate",
         "metrics": metrics, "gates": gate_rows, "passed": passed, "confusion": job.result.get("confusion"),
         "classNames": job.result.get("classNames"), "lineage": res.status.get("lineage"),
         "artifact": res.status.get("artifact"), "compressed": job.result.get("compressed"),
