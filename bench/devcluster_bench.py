@@ -65,11 +65,11 @@ class Client:
             assert r.status == 201, await r.text()
             await r.read()
 
-    async def patch(self, name: str, value: str) -> None:
+    async def patch(self, name: str, value: str) -> str:
         async with self.session.patch(f"{self.base}/{name}", data=json.dumps({"data": {"v": value}}),
                                       headers={"Content-Type": "application/merge-patch+json"}) as r:
             assert r.status == 200, await r.text()
-            await r.read()
+            return (await r.json())["metadata"]["resourceVersion"]
 
 
 async def preload(client: Client, start: int, stop: int) -> None:
@@ -90,7 +90,7 @@ async def measure_server(client: Client, stored: int, samples: int, tag: str) ->
         out["create"].append(time.perf_counter() - t0)
     for i in range(samples):
         t0 = time.perf_counter()
-        await client.patch(f"cm-{(i * 7919) % stored}", f"p{i}")
+        await client.patch(f"cm-{(i * 7919) % stored}", f"{tag}-p{i}")
         out["patch"].append(time.perf_counter() - t0)
     # watch delivery: one open watch on the namespace, one PATCH at a time
     async with client.session.get(client.base, params={"watch": "true", "resourceVersion": "0",
@@ -108,19 +108,22 @@ async def measure_server(client: Client, stored: int, samples: int, tag: str) ->
                 await asyncio.wait_for(events.get(), 0.5)
             except TimeoutError:
                 break
+        last: Any = None
         for i in range(samples):
             name = f"cm-{(i * 104729) % stored}"
             t0 = time.perf_counter()
-            await client.patch(name, f"w{i}")  # raises if the write failed
+            value = f"{tag}-w{i}"  # unique across stages: a no-op patch has no event
+            rv = await client.patch(name, value)  # raises if the write failed
             while True:  # the event, stamped by the reader when it arrived (often before the reply)
                 if task.done():
                     raise RuntimeError(f"the watch stream ended: {task.exception()!r}")
                 try:
                     arrived, ev = await asyncio.wait_for(events.get(), 10)
                 except TimeoutError:
-                    raise RuntimeError(f"no event for {name} w{i} in 10 s")
+                    raise RuntimeError(f"no event for {name} {value} (rv {rv}) in 10 s; last seen {last}")
+                last = (ev["type"], ev["object"]["metadata"].get("resourceVersion"))
                 obj = ev["object"]
-                if ev["type"] == "MODIFIED" and obj["metadata"]["name"] == name and obj["data"].get("v") == f"w{i}":
+                if ev["type"] == "MODIFIED" and obj["metadata"]["name"] == name and obj["data"].get("v") == value:
                     break
             out["watch"].append(arrived - t0)
         task.cancel()

@@ -24,22 +24,28 @@ class GarbageCollector:
         self.api = api
         self.pending: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self.task: asyncio.Task[None] | None = None
+        self.queued: set[tuple[str, str]] = set()  # one pending note per subject is enough
         api.collector = self
+
+    def _note(self, kind: str, arg: str) -> None:
+        if (kind, arg) not in self.queued:
+            self.queued.add((kind, arg))
+            self.pending.put_nowait((kind, arg))
 
     # --- notes from the writer (synchronous, cheap) ---
     def owner_gone(self, uid: str) -> None:
         if uid and uid in self.api.store.dependents:
-            self.pending.put_nowait(("owner", uid))
+            self._note("owner", uid)
 
     def namespace_terminating(self, name: str) -> None:
         st = self.api.store.get(NAMESPACE_KEY, "", name)
         if st is not None and st.obj["metadata"].get("deletionTimestamp"):
-            self.pending.put_nowait(("namespace", name))
+            self._note("namespace", name)
 
     def crd_terminating(self, name: str) -> None:
         st = self.api.store.get(CRD_KEY, "", name)
         if st is not None and st.obj["metadata"].get("deletionTimestamp"):
-            self.pending.put_nowait(("crd", name))
+            self._note("crd", name)
 
     def orphan(self, uid: str) -> None:
         """propagationPolicy=Orphan: dependents lose their reference to the owner instead."""
@@ -69,7 +75,7 @@ class GarbageCollector:
         """At start: objects whose owners vanished, namespaces and CRDs left terminating."""
         for uid in list(self.api.store.dependents):
             if uid not in self.api.store.uids:
-                self.pending.put_nowait(("owner", uid))
+                self._note("owner", uid)
         for st in self.api.store.items(NAMESPACE_KEY):
             self.namespace_terminating(st.obj["metadata"]["name"])
         for st in self.api.store.items(CRD_KEY):
@@ -78,6 +84,7 @@ class GarbageCollector:
     async def _run(self) -> None:
         while True:
             kind, arg = await self.pending.get()
+            self.queued.discard((kind, arg))
             try:
                 if kind == "owner":
                     self._collect_dependents(arg)
@@ -117,7 +124,7 @@ class GarbageCollector:
         ns = store.get(NAMESPACE_KEY, "", name)
         if ns is None or not ns.obj["metadata"].get("deletionTimestamp"):
             return
-        still = any(any(True for _ in store.items(r, name)) for r in store.resources()
+        still = any(store.count(r, name) for r in store.resources()
                     if (rt := self.api.registry.by_key(r)) is not None and rt.namespaced)
         if not still and not ns.obj["metadata"].get("finalizers"):
             self.api.remove(self.api.registry.by_key(NAMESPACE_KEY), ns)  # type: ignore[arg-type]

@@ -47,9 +47,6 @@ def open_db(path: Path | str) -> sqlite3.Connection:
     return conn
 
 
-ObjKey = tuple[str, str]  # (namespace, name)
-
-
 class Store:
     """Objects by resource key, with a uid index and an owner -> dependents index for GC."""
 
@@ -58,7 +55,8 @@ class Store:
         row = self.conn.execute("SELECT value FROM meta WHERE key='rv'").fetchone()
         self.rv = int(row[0]) if row else 0
         self.start_rv = self.rv
-        self._data: dict[str, dict[ObjKey, Stored]] = {}
+        # resource -> namespace -> name -> object: namespace listings touch only their namespace
+        self._data: dict[str, dict[str, dict[str, Stored]]] = {}
         self.uids: dict[str, tuple[str, str, str]] = {}
         self.dependents: dict[str, set[tuple[str, str, str]]] = {}
         for resource, ns, name, rv, body in self.conn.execute(
@@ -71,18 +69,24 @@ class Store:
 
     # --- reads ---
     def get(self, resource: str, ns: str, name: str) -> Stored | None:
-        return self._data.get(resource, {}).get((ns, name))
+        return self._data.get(resource, {}).get(ns, {}).get(name)
 
     def items(self, resource: str, ns: str | None = None) -> Iterator[Stored]:
-        for (obj_ns, _), st in self._data.get(resource, {}).items():
-            if ns is None or obj_ns == ns:
-                yield st
+        by_ns = self._data.get(resource, {})
+        if ns is not None:
+            yield from list(by_ns.get(ns, {}).values())
+            return
+        for objs in list(by_ns.values()):
+            yield from list(objs.values())
 
-    def count(self, resource: str) -> int:
-        return len(self._data.get(resource, {}))
+    def count(self, resource: str, ns: str | None = None) -> int:
+        by_ns = self._data.get(resource, {})
+        if ns is not None:
+            return len(by_ns.get(ns, {}))
+        return sum(len(objs) for objs in by_ns.values())
 
     def resources(self) -> list[str]:
-        return [r for r, objs in self._data.items() if objs]
+        return [r for r, by_ns in self._data.items() if any(by_ns.values())]
 
     def by_uid(self, uid: str) -> tuple[str, str, str] | None:
         return self.uids.get(uid)
@@ -115,13 +119,13 @@ class Store:
                               (resource, ns, name))
             self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('rv', ?)", (str(rv),))
         self.rv = rv
-        old = self._data.get(resource, {}).get((ns, name))
+        old = self.get(resource, ns, name)
         if old is not None:
             self._unindex(resource, ns, name, old)
 
     # --- indexes ---
     def _index(self, resource: str, ns: str, name: str, st: Stored) -> None:
-        self._data.setdefault(resource, {})[(ns, name)] = st
+        self._data.setdefault(resource, {}).setdefault(ns, {})[name] = st
         meta = st.obj.get("metadata") or {}
         if meta.get("uid"):
             self.uids[meta["uid"]] = (resource, ns, name)
@@ -130,7 +134,11 @@ class Store:
                 self.dependents.setdefault(ref["uid"], set()).add((resource, ns, name))
 
     def _unindex(self, resource: str, ns: str, name: str, st: Stored) -> None:
-        self._data.get(resource, {}).pop((ns, name), None)
+        objs = self._data.get(resource, {}).get(ns)
+        if objs is not None:
+            objs.pop(name, None)
+            if not objs:
+                del self._data[resource][ns]
         meta = st.obj.get("metadata") or {}
         if meta.get("uid") and self.uids.get(meta["uid"]) == (resource, ns, name):
             del self.uids[meta["uid"]]
