@@ -119,3 +119,12 @@ def test_watch_prints_table_rows(kubectl, devcluster, widget_crd, fresh_namespac
     lines = [line.split() for line in out.splitlines() if line.strip()]
     assert lines[0][:2] == ["NAME", "SIZE"]
     assert sum(1 for line in lines if line[0] == "w4") >= 2
+
+
+def test_unknown_fields_are_rejected_strictly_and_explain_reads_the_schema(kubectl, widget_crd, fresh_namespace):
+    manifest = WIDGET.format(name="u1", ns=fresh_namespace, size=1).replace("tags: [a, b]", "bogus: 2")
+    proc = kubectl("apply", "-f", "-", input=manifest, check=False)
+    assert proc.returncode != 0
+    assert 'strict decoding error: unknown field "spec.bogus"' in proc.stderr
+    explained = kubectl("explain", "widgets.spec").stdout
+    assert "KIND:       Widget" in explained and "enum: red, green, blue" in explained

@@ -44,7 +44,9 @@ def test_stop_start_keeps_objects_and_continues_resource_versions(tmp_path):
         process.stop(tmp_path)
 
 
-def test_cdl_up_status_down(tmp_path):
+def test_cdl_up_status_down(tmp_path, monkeypatch):
+    # Only the control plane: PostgreSQL and the operator have their own tests.
+    monkeypatch.setattr(platform, "PLATFORM_COMPONENTS", platform.PLATFORM_COMPONENTS[:1])
     app = typer.Typer()
     platform.register(app)
     runner = CliRunner()

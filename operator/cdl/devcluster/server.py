@@ -76,6 +76,9 @@ class ControlPlane:
         self.store.close()
 
 
+CP_KEY: web.AppKey[ControlPlane] = web.AppKey("cp", ControlPlane)
+
+
 # --- responses --------------------------------------------------------------------------------
 
 def json_response(data: Any, status: int = 200, warnings: list[str] | None = None,
@@ -94,7 +97,7 @@ def error_response(err: ApiError) -> web.Response:
 
 @web.middleware
 async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    cp: ControlPlane = request.app["cp"]
+    cp: ControlPlane = request.app[CP_KEY]
     if request.path not in OPEN_PATHS and not authorized(request.headers.get("Authorization"), cp.token):
         return error_response(ApiError(401, "Unauthorized"))
     try:
@@ -179,7 +182,7 @@ def served(obj: dict[str, Any], api_version: str) -> dict[str, Any]:
 # --- handlers ---------------------------------------------------------------------------------
 
 async def handle(request: web.Request) -> web.StreamResponse:
-    cp: ControlPlane = request.app["cp"]
+    cp: ControlPlane = request.app[CP_KEY]
     path = request.path.rstrip("/") or "/"
     if path in OPEN_PATHS:
         return web.Response(text="ok", content_type="text/plain")
@@ -426,7 +429,7 @@ class _WatchWriter:
 
 def build_app(cp: ControlPlane) -> web.Application:
     app = web.Application(middlewares=[middleware], client_max_size=64 * 1024 * 1024)
-    app["cp"] = cp
+    app[CP_KEY] = cp
     app.router.add_route("*", "/{tail:.*}", handle)
     return app
 
