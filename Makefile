@@ -42,5 +42,9 @@ test: venv tools engines lint
 test-fast: venv lint
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
+# The BBC workflow end to end on the embedded platform (generated offline corpus).
+demo: venv tools
+	PATH=$(CURDIR)/.tools/bin:$$PATH $(VENV)/bin/cdl demo bbc
+
 clean:
 	rm -rf $(VENV) .venvs .tools .pytest_cache .ruff_cache

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from cdl import __version__
-from cdl.cli import crds, experiments, models, operator_cmd, platform, resources, validate
+from cdl.cli import crds, demo, experiments, models, operator_cmd, platform, resources, validate
 
 app = typer.Typer(
     name="cdl",
@@ -32,6 +32,7 @@ operator_cmd.register(app)
 resources.register(app)
 models.register(app)
 experiments.register(app)
+demo.register(app)
 
 if __name__ == "__main__":
     app()
