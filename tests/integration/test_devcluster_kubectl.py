@@ -104,6 +104,9 @@ def test_builtin_kinds_and_protobuf_create(kubectl, fresh_namespace):
     kubectl("apply", "-f", "-", input=json.dumps(deploy))  # strategic merge patch
     got = json.loads(kubectl("get", "deploy", "web", "-n", ns, "-o", "json").stdout)
     assert [e["name"] for e in got["spec"]["template"]["spec"]["containers"][0]["env"]] == ["A", "B"]
+    kubectl("scale", "deploy", "web", "-n", ns, "--replicas=3")  # the /scale subresource
+    assert kubectl("get", "deploy", "web", "-n", ns, "-o", "jsonpath={.spec.replicas}").stdout == "3"
+    assert kubectl("auth", "can-i", "delete", "pods", "-n", ns).stdout.strip() == "yes"
 
 
 def test_watch_prints_table_rows(kubectl, devcluster, widget_crd, fresh_namespace):

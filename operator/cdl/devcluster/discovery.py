@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cdl.devcluster.registry import ALL_VERBS, STATUS_VERBS, Registry, ResourceType
+from cdl.devcluster.registry import STATUS_VERBS, Registry, ResourceType
 
 AGGREGATED_TYPE = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
 
@@ -53,7 +53,7 @@ def resource_list(registry: Registry, group: str, version: str) -> dict[str, Any
     for rt in sorted(types, key=lambda t: t.plural):
         entry: dict[str, Any] = {
             "name": rt.plural, "singularName": rt.singular, "namespaced": rt.namespaced, "kind": rt.kind,
-            "verbs": ALL_VERBS,
+            "verbs": rt.verbs,
         }
         if rt.short_names:
             entry["shortNames"] = rt.short_names
@@ -63,6 +63,9 @@ def resource_list(registry: Registry, group: str, version: str) -> dict[str, Any
         if rt.status_subresource:
             resources.append({"name": f"{rt.plural}/status", "singularName": "", "namespaced": rt.namespaced,
                               "kind": rt.kind, "verbs": STATUS_VERBS})
+        if rt.scale:
+            resources.append({"name": f"{rt.plural}/scale", "singularName": "", "namespaced": rt.namespaced,
+                              "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": STATUS_VERBS})
     gv = f"{group}/{version}" if group else version
     return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}
 
@@ -71,14 +74,20 @@ def _aggregated_resource(rt: ResourceType, version: str) -> dict[str, Any]:
     kind = {"group": rt.group, "version": version, "kind": rt.kind}
     entry: dict[str, Any] = {
         "resource": rt.plural, "responseKind": kind, "scope": "Namespaced" if rt.namespaced else "Cluster",
-        "singularResource": rt.singular, "verbs": ALL_VERBS,
+        "singularResource": rt.singular, "verbs": rt.verbs,
     }
     if rt.short_names:
         entry["shortNames"] = rt.short_names
     if rt.categories:
         entry["categories"] = rt.categories
+    subresources = []
     if rt.status_subresource:
-        entry["subresources"] = [{"subresource": "status", "responseKind": kind, "verbs": STATUS_VERBS}]
+        subresources.append({"subresource": "status", "responseKind": kind, "verbs": STATUS_VERBS})
+    if rt.scale:
+        subresources.append({"subresource": "scale", "verbs": STATUS_VERBS,
+                             "responseKind": {"group": "autoscaling", "version": "v1", "kind": "Scale"}})
+    if subresources:
+        entry["subresources"] = subresources
     return entry
 
 

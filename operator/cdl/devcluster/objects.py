@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import yaml
 
 from cdl.devcluster import patch as patches
+from cdl.devcluster import scale as scales
 from cdl.devcluster import schema
 from cdl.devcluster.errors import (
     ApiError,
@@ -82,6 +83,31 @@ class Collector(Protocol):
 
 def _spec_part(obj: dict[str, Any], drop_status: bool) -> dict[str, Any]:
     return {k: v for k, v in obj.items() if k != "metadata" and not (drop_status and k == "status")}
+
+
+def apply_patch_body(current: dict[str, Any], ctype: str, body: Any, builtin: bool) -> dict[str, Any]:
+    """`current` changed by a merge, JSON or strategic patch body (415 for other types)."""
+    if ctype == patches.MERGE_PATCH:
+        if not isinstance(body, dict):
+            raise bad_request("json: cannot unmarshal the patch into an object: a merge patch must be a JSON object")
+        new = patches.merge_patch(current, body)
+    elif ctype == patches.JSON_PATCH:
+        new = patches.json_patch(current, body)
+    elif ctype == patches.STRATEGIC_PATCH:
+        if not builtin:
+            raise ApiError(415, "the body of the request was in an unknown format - accepted media types "
+                           "include: application/json-patch+json, application/merge-patch+json, "
+                           "application/apply-patch+yaml")
+        if not isinstance(body, dict):
+            raise bad_request("a strategic merge patch must be a JSON object")
+        new = patches.strategic_merge(current, body)
+    else:
+        raise ApiError(415, f"the body of the request was in an unknown format - accepted media types include: "
+                       f"{patches.JSON_PATCH}, {patches.MERGE_PATCH}, {patches.APPLY_PATCH}"
+                       + (f", {patches.STRATEGIC_PATCH}" if builtin else ""))
+    if not isinstance(new, dict):
+        raise ApiError(422, "the patched object is not a JSON object")
+    return new
 
 
 def _drop_empty_metadata(meta: dict[str, Any]) -> None:
@@ -226,28 +252,34 @@ class Api:
             new.setdefault("metadata", {})["resourceVersion"] = str(st.rv)
             return self._update(rt, version, st, new, opts, subresource), False
         old = self.get(rt, ns, name)
-        current = clone(old.obj)
-        if ctype == patches.MERGE_PATCH:
-            if not isinstance(body, dict):
-                raise bad_request("json: cannot unmarshal the patch into an object: a merge patch must be a JSON object")
-            new = patches.merge_patch(current, body)
-        elif ctype == patches.JSON_PATCH:
-            new = patches.json_patch(current, body)
-        elif ctype == patches.STRATEGIC_PATCH:
-            if not rt.builtin:
-                raise ApiError(415, "the body of the request was in an unknown format - accepted media types "
-                               "include: application/json-patch+json, application/merge-patch+json, "
-                               "application/apply-patch+yaml")
-            if not isinstance(body, dict):
-                raise bad_request("a strategic merge patch must be a JSON object")
-            new = patches.strategic_merge(current, body)
-        else:
-            raise ApiError(415, f"the body of the request was in an unknown format - accepted media types include: "
-                           f"{patches.JSON_PATCH}, {patches.MERGE_PATCH}, {patches.APPLY_PATCH}"
-                           + (f", {patches.STRATEGIC_PATCH}" if rt.builtin else ""))
-        if not isinstance(new, dict):
-            raise ApiError(422, "the patched object is not a JSON object")
+        new = apply_patch_body(clone(old.obj), ctype, body, rt.builtin)
         return self._update(rt, version, old, new, opts, subresource), False
+
+    def scale(self, rt: ResourceType, version: str, ns: str, name: str, method: str, content_type: str,
+              raw: bytes, opts: WriteOptions) -> dict[str, Any]:
+        """PUT or PATCH of the /scale subresource: the Scale view is changed, then its
+        spec.replicas is written into the object (with the same conflict rules)."""
+        assert rt.scale is not None
+        old = self.get(rt, ns, name)
+        view = scales.to_scale(rt, old.obj)
+        try:
+            body = loads(raw) if raw else None
+        except ValueError as e:
+            raise bad_request(f"error decoding the request body: {e}")
+        if method == "PUT":
+            changed = body
+        else:
+            changed = apply_patch_body(view, content_type.split(";")[0].strip().lower(), body, True)
+        try:
+            replicas = scales.replicas_of(changed)
+        except ValueError as e:
+            raise invalid("Scale", "autoscaling", name, [Cause("FieldValueInvalid", str(e).split(": ", 1)[1],
+                                                                "spec.replicas")])
+        new = clone(old.obj)
+        scales.set_path(new, rt.scale.spec_replicas, replicas)
+        wanted_rv = (changed.get("metadata") or {}).get("resourceVersion") if isinstance(changed, dict) else None
+        new["metadata"]["resourceVersion"] = wanted_rv or str(old.rv)
+        return scales.to_scale(rt, self._update(rt, version, old, new, opts, ""))
 
     def _update(self, rt: ResourceType, version: str, old: Stored, new: dict[str, Any], opts: WriteOptions,
                 subresource: str) -> dict[str, Any]:

@@ -72,6 +72,20 @@ def _metadata(buf: bytes) -> dict[str, Any]:
     return meta
 
 
+def type_meta(raw: bytes) -> dict[str, str]:
+    """apiVersion and kind from a protobuf envelope, whatever the kind."""
+    out = {"apiVersion": "", "kind": ""}
+    try:
+        for num, v in fields(raw[len(MAGIC):]):
+            if num == 1:
+                for n2, v2 in fields(v):
+                    if n2 in (1, 2):
+                        out["apiVersion" if n2 == 1 else "kind"] = v2.decode()
+    except (ValueError, IndexError, UnicodeDecodeError) as e:
+        raise ApiError(400, f"error decoding protobuf body: {e}")
+    return out
+
+
 def decode_object(raw: bytes) -> dict[str, Any]:
     if not raw.startswith(MAGIC):
         raise ApiError(415, "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml")

@@ -24,6 +24,15 @@ class VersionInfo:
     storage: bool = True
 
 
+@dataclass(frozen=True)
+class ScaleInfo:
+    """Where a kind keeps its replica counts, for the `/scale` subresource (kubectl scale)."""
+
+    spec_replicas: str = ".spec.replicas"
+    status_replicas: str = ".status.replicas"
+    label_selector: str = ""  # a JSON path to a selector string; built-ins derive it from spec.selector
+
+
 @dataclass
 class ResourceType:
     group: str
@@ -35,8 +44,10 @@ class ResourceType:
     short_names: list[str] = field(default_factory=list)
     categories: list[str] = field(default_factory=list)
     status_subresource: bool = False
+    scale: ScaleInfo | None = None
     builtin: bool = True
     list_kind: str = ""
+    verbs: list[str] = field(default_factory=lambda: list(ALL_VERBS))
 
     def __post_init__(self) -> None:
         if not self.list_kind:
@@ -69,11 +80,13 @@ class ResourceType:
 
 
 def _b(group: str, version: str, plural: str, kind: str, namespaced: bool = True, short: str = "",
-       status: bool = False, categories: str = "") -> ResourceType:
+       status: bool = False, categories: str = "", scale: bool = False, verbs: list[str] | None = None
+       ) -> ResourceType:
     return ResourceType(
         group=group, plural=plural, kind=kind, singular=kind.lower(), namespaced=namespaced,
         versions=[VersionInfo(version)], short_names=short.split() if short else [],
         categories=categories.split() if categories else [], status_subresource=status,
+        scale=ScaleInfo() if scale else None, verbs=verbs or ALL_VERBS,
     )
 
 
@@ -91,11 +104,11 @@ BUILTINS: list[ResourceType] = [
     _b("", "v1", "nodes", "Node", False, "no", status=True),
     _b("", "v1", "limitranges", "LimitRange", short="limits"),
     _b("", "v1", "resourcequotas", "ResourceQuota", short="quota", status=True),
-    _b("", "v1", "replicationcontrollers", "ReplicationController", short="rc", status=True, categories="all"),
-    _b("apps", "v1", "deployments", "Deployment", short="deploy", status=True, categories="all"),
-    _b("apps", "v1", "statefulsets", "StatefulSet", short="sts", status=True, categories="all"),
+    _b("", "v1", "replicationcontrollers", "ReplicationController", short="rc", status=True, categories="all", scale=True),
+    _b("apps", "v1", "deployments", "Deployment", short="deploy", status=True, categories="all", scale=True),
+    _b("apps", "v1", "statefulsets", "StatefulSet", short="sts", status=True, categories="all", scale=True),
     _b("apps", "v1", "daemonsets", "DaemonSet", short="ds", status=True, categories="all"),
-    _b("apps", "v1", "replicasets", "ReplicaSet", short="rs", status=True, categories="all"),
+    _b("apps", "v1", "replicasets", "ReplicaSet", short="rs", status=True, categories="all", scale=True),
     _b("apps", "v1", "controllerrevisions", "ControllerRevision"),
     _b("batch", "v1", "jobs", "Job", status=True, categories="all"),
     _b("batch", "v1", "cronjobs", "CronJob", short="cj", status=True, categories="all"),
@@ -117,11 +130,16 @@ BUILTINS: list[ResourceType] = [
        "ValidatingWebhookConfiguration", False),
     _b("admissionregistration.k8s.io", "v1", "mutatingwebhookconfigurations",
        "MutatingWebhookConfiguration", False),
+    _b("authorization.k8s.io", "v1", "selfsubjectaccessreviews", "SelfSubjectAccessReview", False,
+       verbs=["create"]),
+    _b("authorization.k8s.io", "v1", "selfsubjectrulesreviews", "SelfSubjectRulesReview", False, verbs=["create"]),
     _b("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", False,
        "crd crds", status=True, categories="api-extensions"),
 ]
 
 CRD_KEY = "apiextensions.k8s.io/customresourcedefinitions"
+# Reviews are answered, never stored: the one user of a devcluster may do everything.
+REVIEW_KEYS = {"authorization.k8s.io/selfsubjectaccessreviews", "authorization.k8s.io/selfsubjectrulesreviews"}
 NAMESPACE_KEY = "/namespaces"
 
 
@@ -206,10 +224,15 @@ def from_crd(crd: dict[str, Any]) -> ResourceType:
             storage=bool(v.get("storage")),
         ))
     status = any("status" in (v.get("subresources") or {}) for v in spec["versions"])
+    scale_spec = next((v["subresources"]["scale"] for v in spec["versions"]
+                       if "scale" in (v.get("subresources") or {})), None)
+    scale = ScaleInfo(scale_spec.get("specReplicasPath", ".spec.replicas"),
+                      scale_spec.get("statusReplicasPath", ".status.replicas"),
+                      scale_spec.get("labelSelectorPath", "")) if isinstance(scale_spec, dict) else None
     return ResourceType(
         group=spec["group"], plural=names["plural"], kind=names["kind"],
         singular=names.get("singular") or names["kind"].lower(),
         namespaced=spec.get("scope", "Namespaced") == "Namespaced", versions=versions,
         short_names=list(names.get("shortNames") or []), categories=list(names.get("categories") or []),
-        status_subresource=status, builtin=False, list_kind=names.get("listKind") or names["kind"] + "List",
+        status_subresource=status, scale=scale, builtin=False, list_kind=names.get("listKind") or names["kind"] + "List",
     )

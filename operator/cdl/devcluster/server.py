@@ -21,8 +21,9 @@ from cdl.devcluster.errors import ApiError, bad_request
 from cdl.devcluster.gc import GarbageCollector
 from cdl.devcluster.jsonutil import dumps, loads
 from cdl.devcluster.objects import Api, DeleteOptions, WriteOptions, now_rfc3339
-from cdl.devcluster.protobuf import MAGIC, decode_delete_options, decode_object
-from cdl.devcluster.registry import NAMESPACE_KEY, Registry, ResourceType
+from cdl.devcluster.protobuf import MAGIC, decode_delete_options, decode_object, type_meta
+from cdl.devcluster.registry import NAMESPACE_KEY, REVIEW_KEYS, Registry, ResourceType
+from cdl.devcluster.scale import to_scale
 from cdl.devcluster.selectors import Selector
 from cdl.devcluster.store import Store
 from cdl.devcluster.tls import ensure_pki
@@ -259,6 +260,10 @@ async def resource_handler(cp: ControlPlane, request: web.Request, t: Target) ->
             parts = [st.raw if st.obj.get("apiVersion") == api_version else dumps(served(st.obj, api_version))
                      for st in items]
             return json_response(head[:-1] + b',"items":[' + b",".join(parts) + b"]}")
+        if method == "POST" and rt.key in REVIEW_KEYS:
+            raw = await request.read()
+            body = type_meta(raw) if raw.startswith(MAGIC) else loads(raw or b"{}")
+            return json_response(review(body), 201)
         if method == "POST":
             opts = write_options(request)
             obj = api.create(rt, t.version, ns, await read_body(request), opts)
@@ -273,6 +278,14 @@ async def resource_handler(cp: ControlPlane, request: web.Request, t: Target) ->
                                   "metadata": {"resourceVersion": str(cp.store.rv)}, "items": deleted})
         raise ApiError(405, f"method {method} is not allowed on a collection")
     name = t.name
+    if t.subresource == "scale" and rt.scale is not None:
+        if method == "GET":
+            return json_response(to_scale(rt, api.get(rt, ns, name).obj))
+        if method in ("PUT", "PATCH"):
+            opts = write_options(request)
+            return json_response(api.scale(rt, t.version, ns, name, method, request.headers.get("Content-Type", ""),
+                                           await request.read(), opts))
+        raise ApiError(405, f"method {method} is not allowed on scale")
     if t.subresource and t.subresource != "status":
         raise ApiError(404, "the server could not find the requested resource")
     if t.subresource == "status" and not rt.status_subresource:
@@ -294,6 +307,17 @@ async def resource_handler(cp: ControlPlane, request: web.Request, t: Target) ->
     if method == "DELETE" and not t.subresource:
         return json_response(api.delete(rt, ns, name, await delete_options(request)))
     raise ApiError(405, f"method {method} is not allowed here")
+
+
+def review(body: Any) -> dict[str, Any]:
+    """A SelfSubject{Access,Rules}Review answered yes: a devcluster has one all-powerful user."""
+    out = dict(body) if isinstance(body, dict) else {}
+    if out.get("kind") == "SelfSubjectRulesReview":
+        out["status"] = {"resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}],
+                         "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}], "incomplete": False}
+    else:
+        out["status"] = {"allowed": True, "reason": "the devcluster's single user may do everything"}
+    return out
 
 
 async def delete_options(request: web.Request) -> DeleteOptions:
