@@ -227,3 +227,17 @@ def test_unpack_refuses_what_is_not_a_package(tmp_path: Path) -> None:
         unpack(archive, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     shutil.rmtree(tmp_path / "x")
+
+
+def test_concurrent_unpacks_of_one_archive_leave_one_whole_package(
+    registry_registered: Callable[..., RegisteredModel], registry_store: Any, tmp_path: Path,
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    registry_registered(1)
+    archive = registry_store.get_file("models/blobs/1/package.tar.gz", tmp_path / "p.tar.gz")
+    with ThreadPoolExecutor(4) as pool:
+        done = list(pool.map(lambda _: unpack(archive, tmp_path / "pkg"), range(8)))
+    assert done == [tmp_path / "pkg"] * 8
+    assert load_package(tmp_path / "pkg").verify() == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["artifacts", "model-code", "p.tar.gz", "pkg", "registry"]

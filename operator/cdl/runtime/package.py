@@ -16,6 +16,7 @@ always give the same sha256: the registry and compression share it.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import importlib
@@ -23,6 +24,7 @@ import json
 import os
 import sys
 import tarfile
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,27 +170,33 @@ def pack(root: Path, archive: Path) -> tuple[str, int]:
 
 
 def unpack(tar_path: str | Path, dest: str | Path) -> Path:
-    """Extract a package archive into dest (created; replaced atomically if it exists).
+    """Extract a package archive into dest (created; replaced if it exists) and return dest.
 
     Only regular files and directories inside dest are accepted (tarfile's `data` filter), so an
-    archive cannot write outside dest or create links and devices."""
+    archive cannot write outside dest or create links and devices. The archive is extracted
+    beside dest first and moved into place, so dest never holds half a package, even when two
+    threads unpack the same archive at once."""
     tar_path, dest = Path(tar_path), Path(dest)
-    staging = dest.with_name(dest.name + ".unpacking")
-    if staging.exists():
-        _rmtree(staging)
-    staging.mkdir(parents=True)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".unpacking", dir=dest.parent))
     try:
         with tarfile.open(tar_path, "r:*") as tar:
             tar.extractall(staging, filter="data")
+        if not (staging / MANIFEST).is_file():
+            raise PackageError(f"{tar_path} is not a cdl package: it has no {MANIFEST}")
+        try:
+            staging.replace(dest)
+        except OSError:  # dest exists: move it aside, then put the new copy in its place
+            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))
+            with contextlib.suppress(FileNotFoundError):
+                dest.replace(old / "package")
+            staging.replace(dest)
+            _rmtree(old)
     except (tarfile.TarError, OSError) as exc:
-        _rmtree(staging)
         raise PackageError(f"cannot unpack {tar_path}: {exc}") from exc
-    if not (staging / MANIFEST).is_file():
-        _rmtree(staging)
-        raise PackageError(f"{tar_path} is not a cdl package: it has no {MANIFEST}")
-    if dest.exists():
-        _rmtree(dest)
-    staging.replace(dest)
+    finally:
+        if staging.exists():
+            _rmtree(staging)
     return dest
 
 

@@ -26,6 +26,7 @@ from typing import Any
 from cdl.errors import PermanentEngineError
 
 LOG_TAIL_CHARS = 20_000
+MAX_CLASSES = 200  # more distinct labels than this: not a classifier a confusion matrix can show
 TRACEBACK_TAIL_LINES = 25
 ENV_PREFIXES = ("LC_", "CUDA_", "NVIDIA_", "OMP_", "MKL_", "OPENBLAS_", "TORCH_", "XDG_", "NLTK_", "TF_", "KERAS_")
 ENV_NAMES = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "TZ", "TMPDIR", "LD_LIBRARY_PATH", "VIRTUAL_ENV")
@@ -96,6 +97,15 @@ def confusion_matrix(
     for y, p in zip(labels, predictions, strict=True):
         matrix[index[name(y)]][index[name(p)]] += 1
     return names, matrix
+
+
+def is_classification(labels: list[Any], predictions: list[Any]) -> bool:
+    """Whether labels and predictions are class labels (strings, integers) rather than real
+    numbers, with few enough classes for a confusion matrix to be readable."""
+    values = list(labels) + list(predictions)
+    if not all(isinstance(v, str | int) for v in values):
+        return False
+    return len(set(values)) <= MAX_CLASSES
 
 
 def child_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -210,7 +220,7 @@ def _result(body: dict[str, Any], entrypoint: str, log_text: str, package_dir: P
             except (ValueError, TypeError):
                 class_names = None
     confusion = None
-    if labels is not None and predictions is not None:
+    if labels is not None and predictions is not None and is_classification(labels, predictions):
         class_names, confusion = confusion_matrix(labels, predictions, class_names)
         if "accuracy" not in metrics and labels:
             metrics["accuracy"] = sum(1 for y, p in zip(labels, predictions, strict=True) if y == p) / len(labels)

@@ -223,7 +223,7 @@ def _pin_line(line: str, known: Mapping[str, str]) -> tuple[str, str | None]:
         wanted = spec[2:].strip()
         have = known.get(canonical(name)) or _installed_version(name)
         note = None
-        if have and have != wanted:
+        if have and have != wanted and _satisfies(have, f"=={wanted}") is not True:  # 2.13.0+cpu is ==2.13.0
             note = f"{name}: requirements.txt pins {wanted} but {have} was used; kept {wanted}"
         return f"{name}{extras}=={wanted}{marker}", note
     have = known.get(canonical(name)) or _installed_version(name)
@@ -339,7 +339,8 @@ def _top_level(dist: importlib.metadata.Distribution) -> set[str]:
     tops = set()
     for entry in dist.files or []:
         parts = entry.parts
-        if not parts or parts[0] == ".." or parts[0].endswith(".pth") or parts[0].startswith("__editable__"):
+        if (not parts or parts[0] in ("..", "__pycache__") or parts[0].endswith(".pth")
+                or parts[0].startswith("__editable__")):
             continue
         tops.add(parts[0])
     return tops
@@ -371,7 +372,7 @@ def requirements_site(requirements: Sequence[str], dest: Path, *, runtime: bool 
         line = pinned.get(key, "")
         if "==" in line:
             wanted = line.split("==", 1)[1].split(";", 1)[0].strip()
-            if wanted != dist.version:
+            if wanted != dist.version and _satisfies(dist.version, f"=={wanted}") is not True:
                 raise PermanentEngineError(f"requirement {name}=={wanted}: this environment has {dist.version}")
         _link_distribution(dist, dest)
         pending.extend(_dependencies(dist, seen[key]))
