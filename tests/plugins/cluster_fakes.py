@@ -6,10 +6,16 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
+from tests.fakes.determined_master import FakeDeterminedMaster
 from tests.fakes.pachd import FakePachd
+
+DET_USER, DET_PASSWORD = "cdl-operator", "Op3rator-pass"
+SELDON_CRD = Path(__file__).resolve().parents[2] / "crds" / "thirdparty" / "seldondeployment.yaml"
 
 
 def closed_port() -> int:
@@ -40,3 +46,32 @@ def cluster_pachd_with_auth(tmp_path: Path) -> Iterator[FakePachd]:
 @pytest.fixture
 def cluster_closed_port() -> int:
     return closed_port()
+
+
+@pytest.fixture
+def cluster_det_master() -> Iterator[FakeDeterminedMaster]:
+    """A fake Determined master with one user (DET_USER / DET_PASSWORD)."""
+    master = FakeDeterminedMaster(users={DET_USER: DET_PASSWORD})
+    master.start()
+    yield master
+    master.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster_seldon_crd(devcluster: Any, kubectl: Any) -> dict[str, Any]:
+    """The SeldonDeployment CRD (crds/thirdparty/), applied once to the embedded control plane."""
+    kubectl("apply", "-f", str(SELDON_CRD))
+    kubectl("wait", "--for=condition=Established", "crd/seldondeployments.machinelearning.seldon.io",
+            "--timeout=30s")
+    return yaml.safe_load(SELDON_CRD.read_text())
+
+
+@pytest.fixture
+def cluster_seldon_controller(cluster_seldon_crd: dict[str, Any], k8s_client: Any) -> Iterator[Any]:
+    """The fake Seldon controller watching the embedded control plane (stopped after the test)."""
+    from tests.fakes.seldon_controller import FakeSeldonController
+
+    controller = FakeSeldonController(k8s_client)
+    controller.start()
+    yield controller
+    controller.stop()

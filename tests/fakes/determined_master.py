@@ -1,0 +1,766 @@
+"""A protocol-level fake of the Determined 0.38 master's REST API (aiohttp), for contract tests.
+
+Every response is built with the SDK's own generated bindings (`determined.common.api.bindings`),
+so its shapes are exactly what `determined.experimental.client` 0.38.1 parses; errors use the
+master's grpc-gateway body `{"error": {"code", "reason", "error"}}` and HTTP status.
+
+Endpoints: login (`POST /api/v1/auth/login`, salted password as the SDK sends it), `GET
+/api/v1/me`, experiments (create with the model definition, get, list with name/label filters and
+pagination, kill), trials (list per experiment, get, logs as NDJSON), checkpoints (per experiment,
+by uuid), models (create, get, patch) and model versions (create, list, get, patch, delete).
+
+What it checks, as the master does:
+- a bearer token from login on every other call (401 otherwise; 403 "invalid credentials" at login);
+- the experiment configuration: YAML; known top-level, resources and environment keys
+  ("<config>: additional properties ..."); an entrypoint ("managed experiments require
+  entrypoint"); the searcher: a current name (EOL searchers refused), `metric`, `max_trials` for
+  random and adaptive_asha, `time_metric` and `max_time` for adaptive_asha (0.38's rule), no
+  field foreign to that searcher; hyperparameters of a known type with their required fields
+  (`count` for grid); checkpoint storage of a known type (`bucket` for s3);
+- the uploaded model definition (files decoded and kept, `.detignore` already applied by the SDK);
+- registering a model version needs an existing model and a checkpoint the master knows.
+
+What it cannot do: schedule or run trials. Trials are drawn from the searcher (single: one;
+random/adaptive_asha: `max_trials` samples of the hyperparameters with the experiment seed; grid:
+the grid) and move only when the test calls `run_trials`, `complete` (validation metrics from a
+function of the hyperparameters, a checkpoint per trial written to the experiment's checkpoint
+storage: shared_fs host_path, or S3 with the config's keys and endpoint; adaptive_asha stops all
+but the top 1/divisor trials after the first rung) or `fail`. No agents, resource pools, pod specs,
+images, TensorBoard, webhooks, RBAC or workspaces beyond a name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+import io
+import itertools
+import json
+import math
+import random
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+from aiohttp import web
+from determined.common import api as det_api
+from determined.common.api import bindings as b
+
+TOP_LEVEL = {
+    "bind_mounts", "checkpoint_policy", "checkpoint_storage", "data", "data_layer", "debug", "description",
+    "entrypoint", "environment", "hyperparameters", "integrations", "internal", "labels", "log_policies",
+    "max_restarts", "min_checkpoint_period", "min_validation_period", "name", "optimizations", "pbs",
+    "perform_initial_validation", "preemption_timeout", "profiling", "project", "records_per_epoch",
+    "reproducibility", "resources", "retention_policy", "scheduling_unit", "searcher", "security", "slurm",
+    "tensorboard_storage", "workspace",
+}
+RESOURCES = {"agent_label", "devices", "is_single_node", "max_slots", "native_parallel", "priority",
+             "resource_pool", "shm_size", "slots", "slots_per_trial", "weight"}
+ENVIRONMENT = {"add_capabilities", "drop_capabilities", "environment_variables", "force_pull_image", "image",
+               "pod_spec", "ports", "proxy_ports", "registry_auth"}
+COMMON_SEARCHER = {"name", "metric", "smaller_is_better", "source_trial_id", "source_checkpoint_uuid", "max_length"}
+SEARCHER_FIELDS = {
+    "single": COMMON_SEARCHER,
+    "random": COMMON_SEARCHER | {"max_trials", "max_concurrent_trials"},
+    "grid": COMMON_SEARCHER | {"max_concurrent_trials"},
+    "adaptive_asha": COMMON_SEARCHER | {"max_trials", "max_concurrent_trials", "time_metric", "max_time", "mode",
+                                        "divisor", "max_rungs", "bracket_rungs", "stop_once"},
+    "async_halving": COMMON_SEARCHER | {"max_trials", "max_concurrent_trials", "time_metric", "max_time",
+                                        "num_rungs", "divisor", "stop_once"},
+}
+EOL_SEARCHERS = {"custom", "adaptive", "adaptive_simple", "sync_halving"}
+HP_FIELDS = {
+    "const": ({"type", "val"}, {"val"}),
+    "int": ({"type", "minval", "maxval", "count"}, {"minval", "maxval"}),
+    "double": ({"type", "minval", "maxval", "count"}, {"minval", "maxval"}),
+    "log": ({"type", "minval", "maxval", "base", "count"}, {"minval", "maxval", "base"}),
+    "categorical": ({"type", "vals"}, {"vals"}),
+}
+STORAGE_TYPES = {"shared_fs", "s3", "gcs", "azure", "directory"}
+GRPC_HTTP = {3: 400, 5: 404, 6: 409, 7: 403, 9: 400, 13: 500, 14: 503, 16: 401}
+GRPC_REASON = {3: "InvalidArgument", 5: "NotFound", 6: "AlreadyExists", 7: "PermissionDenied",
+               9: "FailedPrecondition", 13: "Internal", 14: "Unavailable", 16: "Unauthenticated"}
+
+
+class MasterError(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+# --------------------------------------------------------------------------- config checks
+
+
+def check_config(config: Any) -> dict[str, Any]:
+    """The master's checks of a submitted configuration; raises MasterError(3, ...)."""
+    def bad(message: str) -> MasterError:
+        return MasterError(3, f"invalid experiment configuration: {message}")
+
+    if not isinstance(config, dict):
+        raise bad("<config>: expected an object")
+    extra = sorted(set(config) - TOP_LEVEL)
+    if extra:
+        raise bad(f"<config>: additional properties are not allowed ({', '.join(repr(e) for e in extra)} "
+                  "were unexpected)")
+    if not config.get("entrypoint"):
+        raise bad("managed experiments require entrypoint")
+    for section, allowed in (("resources", RESOURCES), ("environment", ENVIRONMENT)):
+        extra = sorted(set(config.get(section) or {}) - allowed)
+        if extra:
+            raise bad(f"<config>.{section}: additional properties are not allowed ({', '.join(extra)})")
+    if "slots" in (config.get("resources") or {}):
+        raise bad('<config>.resources: additionalProperties "slots" not allowed')
+    searcher = config.get("searcher")
+    if not isinstance(searcher, dict) or "name" not in searcher:
+        raise bad("<config>.searcher: name is a required property")
+    name = searcher["name"]
+    if name in EOL_SEARCHERS:
+        raise bad(f"the '{name}' searcher has been removed and is not valid for new experiments")
+    if name not in SEARCHER_FIELDS:
+        raise bad(f"<config>.searcher: is not an object where object[\"name\"] is one of 'single', 'random', "
+                  f"'grid', 'custom', or 'adaptive_asha' (got {name!r})")
+    extra = sorted(set(searcher) - SEARCHER_FIELDS[name])
+    if extra:
+        raise bad(f"<config>.searcher: additional properties are not allowed ({', '.join(extra)})")
+    if not searcher.get("metric"):
+        raise bad("<config>.searcher.metric: is a required property")
+    if name in ("random", "adaptive_asha", "async_halving") and not searcher.get("max_trials"):
+        raise bad("<config>.searcher.max_trials: is a required property")
+    if name in ("adaptive_asha", "async_halving") and (searcher.get("max_time") is None or
+                                                      searcher.get("time_metric") is None):
+        raise bad(f"the `{name}` searcher requires `max_time` and `time_metric` to be set")
+    for hp_name, hp in _flatten(config.get("hyperparameters") or {}).items():
+        if not isinstance(hp, dict):
+            continue
+        kind = hp.get("type")
+        if kind not in HP_FIELDS:
+            raise bad(f"<config>.hyperparameters.{hp_name}: unknown type {kind!r}")
+        allowed, required = HP_FIELDS[kind]
+        missing = sorted(required - set(hp))
+        if missing or set(hp) - allowed:
+            raise bad(f"<config>.hyperparameters.{hp_name}: {kind} needs {', '.join(sorted(required))}")
+        if kind in ("int", "double", "log") and hp["minval"] > hp["maxval"]:
+            raise bad(f"<config>.hyperparameters.{hp_name}: minval must be <= maxval")
+        if name == "grid" and kind in ("int", "double", "log") and not hp.get("count"):
+            raise bad(f"<config>.hyperparameters.{hp_name}: grid search is in use but count was not provided")
+    storage = config.get("checkpoint_storage")
+    if storage is not None:
+        if storage.get("type") not in STORAGE_TYPES:
+            raise bad(f"<config>.checkpoint_storage.type: must be one of {sorted(STORAGE_TYPES)}")
+        if storage["type"] == "s3" and not storage.get("bucket"):
+            raise bad("<config>.checkpoint_storage.bucket: is a required property")
+        if storage["type"] == "shared_fs" and not storage.get("host_path"):
+            raise bad("<config>.checkpoint_storage.host_path: is a required property")
+    labels = config.get("labels") or []
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        raise bad("<config>.labels: expected a list of strings")
+    return config
+
+
+def _flatten(hps: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in hps.items():
+        if isinstance(v, dict) and "type" not in v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _sample(hp: Any, rng: random.Random) -> Any:
+    if not isinstance(hp, dict):
+        return hp
+    if "type" not in hp:
+        return {k: _sample(v, rng) for k, v in hp.items()}
+    kind = hp["type"]
+    if kind == "const":
+        return hp["val"]
+    if kind == "int":
+        return rng.randint(hp["minval"], hp["maxval"])
+    if kind == "double":
+        return rng.uniform(hp["minval"], hp["maxval"])
+    if kind == "log":
+        return hp["base"] ** rng.uniform(hp["minval"], hp["maxval"])
+    return rng.choice(hp["vals"])
+
+
+def _grid_values(hp: Any) -> list[Any]:
+    if not isinstance(hp, dict):
+        return [hp]
+    kind = hp["type"]
+    if kind == "const":
+        return [hp["val"]]
+    if kind == "categorical":
+        return list(hp["vals"])
+    n = int(hp["count"])
+    lo, hi = hp["minval"], hp["maxval"]
+    points = [lo + (hi - lo) * i / max(n - 1, 1) for i in range(n)]
+    if kind == "int":
+        return sorted({round(p) for p in points})
+    if kind == "log":
+        return [hp["base"] ** p for p in points]
+    return points
+
+
+def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+# --------------------------------------------------------------------------- state
+
+
+@dataclass
+class Trial:
+    id: int
+    experiment_id: int
+    hparams: dict[str, Any]
+    state: str = "STATE_QUEUED"
+    batches: int = 0
+    best: tuple[dict[str, Any], int] | None = None  # (avg metrics, batches)
+    latest: tuple[dict[str, Any], int] | None = None
+    checkpoint: str | None = None
+    checkpoint_batches: int = 0
+    logs: list[str] = field(default_factory=list)
+    start: str = field(default_factory=_now)
+    end: str | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class Experiment:
+    id: int
+    config: dict[str, Any]
+    text: str
+    files: dict[str, bytes]
+    project_id: int
+    user: str
+    state: str = "STATE_ACTIVE"
+    progress: float = 0.0
+    trials: list[Trial] = field(default_factory=list)
+    start: str = field(default_factory=_now)
+    end: str | None = None
+    best_trial: int | None = None
+
+
+@dataclass
+class Checkpoint:
+    uuid: str
+    trial: Trial
+    experiment: Experiment
+    batches: int
+    metadata: dict[str, Any]
+    resources: dict[str, str]
+    report_time: str = field(default_factory=_now)
+
+
+@dataclass
+class Model:
+    id: int
+    name: str
+    description: str
+    metadata: dict[str, Any]
+    labels: list[str]
+    workspace: str | None
+    created: str = field(default_factory=_now)
+    versions: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+
+class FakeDeterminedMaster:
+    """The fake master on 127.0.0.1:<free port>; `url` once started."""
+
+    def __init__(self, users: dict[str, str] | None = None, s3_credentials: tuple[str, str] | None = None) -> None:
+        self.users = users or {"admin": "Adm1n-pass"}
+        self.s3_credentials = s3_credentials
+        self.tokens: dict[str, str] = {}
+        self.experiments: dict[int, Experiment] = {}
+        self.checkpoints: dict[str, Checkpoint] = {}
+        self.models: dict[str, Model] = {}
+        self.requests: list[tuple[str, str]] = []
+        self.fail_next: MasterError | None = None  # the next API call answers with this error
+        self._ids = itertools.count(1)
+        self._trial_ids = itertools.count(1)
+        self._lock = threading.RLock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> str:
+        ready = threading.Event()
+
+        def serve() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            asyncio.set_event_loop(loop)
+            self._runner = web.AppRunner(self._app())
+            loop.run_until_complete(self._runner.setup())
+            site = web.TCPSite(self._runner, "127.0.0.1", 0)
+            loop.run_until_complete(site.start())
+            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(self._runner.cleanup())
+            loop.close()
+
+        self._thread = threading.Thread(target=serve, name="fake-determined-master", daemon=True)
+        self._thread.start()
+        if not ready.wait(10):
+            raise RuntimeError("the fake Determined master did not start")
+        return self.url
+
+    def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def _app(self) -> web.Application:
+        app = web.Application(middlewares=[self._errors])
+        r = app.router
+        r.add_post("/api/v1/auth/login", self._login)
+        r.add_post("/api/v1/auth/logout", self._logout)
+        r.add_get("/api/v1/me", self._me)
+        r.add_post("/api/v1/experiments", self._create_experiment)
+        r.add_get("/api/v1/experiments", self._list_experiments)
+        r.add_get("/api/v1/experiments/{id}", self._get_experiment)
+        r.add_post("/api/v1/experiments/{id}/kill", self._kill)
+        r.add_get("/api/v1/experiments/{id}/trials", self._list_trials)
+        r.add_get("/api/v1/experiments/{id}/checkpoints", self._list_checkpoints)
+        r.add_get("/api/v1/trials/{id}", self._get_trial)
+        r.add_get("/api/v1/trials/{id}/logs", self._trial_logs)
+        r.add_get("/api/v1/checkpoints/{uuid}", self._get_checkpoint)
+        r.add_post("/api/v1/models", self._post_model)
+        r.add_get("/api/v1/models/{name}", self._get_model)
+        r.add_patch("/api/v1/models/{name}", self._patch_model)
+        r.add_post("/api/v1/models/{name}/versions", self._post_version)
+        r.add_get("/api/v1/models/{name}/versions", self._list_versions)
+        r.add_get("/api/v1/models/{name}/versions/{num}", self._get_version)
+        r.add_patch("/api/v1/models/{name}/versions/{num}", self._patch_version)
+        r.add_delete("/api/v1/models/{name}/versions/{num}", self._delete_version)
+        return app
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
+        self.requests.append((request.method, request.path))
+        try:
+            if request.path != "/api/v1/auth/login":
+                self._user(request)
+            if self.fail_next is not None and request.path != "/api/v1/auth/login":
+                error, self.fail_next = self.fail_next, None
+                raise error
+            return await handler(request)
+        except MasterError as exc:
+            return web.json_response(
+                {"error": {"code": exc.code, "reason": GRPC_REASON.get(exc.code, "Unknown"), "error": exc.message}},
+                status=GRPC_HTTP.get(exc.code, 500))
+
+    def _user(self, request: web.Request) -> str:
+        auth = request.headers.get("Authorization", "")
+        user = self.tokens.get(auth.removeprefix("Bearer ").strip()) if auth.startswith("Bearer ") else None
+        if user is None:
+            raise MasterError(16, "invalid credentials")
+        return user
+
+    # ------------------------------------------------------------------ auth
+
+    async def _login(self, request: web.Request) -> web.Response:
+        body = b.v1LoginRequest.from_json(await request.json())
+        expected = self.users.get(body.username)
+        given = body.password if body.isHashed else det_api.salt_and_hash(body.password or "")
+        if expected is None or given != det_api.salt_and_hash(expected):
+            raise MasterError(7, "invalid credentials")
+        token = uuid.uuid4().hex
+        self.tokens[token] = body.username
+        return web.json_response(b.v1LoginResponse(token=token, user=self._v1user(body.username)).to_json())
+
+    async def _logout(self, request: web.Request) -> web.Response:
+        return web.json_response({})
+
+    def _v1user(self, name: str) -> b.v1User:
+        return b.v1User(active=True, admin=True, username=name, id=1, displayName=name)
+
+    async def _me(self, request: web.Request) -> web.Response:
+        return web.json_response(b.v1GetMeResponse(user=self._v1user(self._user(request))).to_json())
+
+    def expire_sessions(self) -> None:
+        """Forget every token (the session expired): the next call gets 401."""
+        self.tokens.clear()
+
+    # ------------------------------------------------------------------ experiments
+
+    def _exp(self, request: web.Request) -> Experiment:
+        exp = self.experiments.get(int(request.match_info["id"]))
+        if exp is None:
+            raise MasterError(5, f"experiment not found: {request.match_info['id']}")
+        return exp
+
+    def _v1experiment(self, exp: Experiment) -> b.v1Experiment:
+        searcher = exp.config["searcher"]
+        return b.v1Experiment(
+            archived=False, config=copy.deepcopy(exp.config), id=exp.id, jobId=f"job-{exp.id}",
+            name=exp.config.get("name", f"Experiment {exp.id}"), numTrials=len(exp.trials), originalConfig=exp.text,
+            projectId=exp.project_id, projectOwnerId=1, searcherType=searcher["name"], startTime=exp.start,
+            state=b.experimentv1State(exp.state), username=exp.user, labels=list(exp.config.get("labels") or []),
+            progress=exp.progress, description=exp.config.get("description", ""), endTime=exp.end,
+            searcherMetric=searcher.get("metric"), bestTrialId=exp.best_trial,
+            trialIds=[t.id for t in exp.trials], workspaceId=1, hyperparameters=exp.config.get("hyperparameters"),
+            resourcePool=(exp.config.get("resources") or {}).get("resource_pool", "default"),
+        )
+
+    async def _create_experiment(self, request: web.Request) -> web.Response:
+        user = self._user(request)
+        body = b.v1CreateExperimentRequest.from_json(await request.json())
+        try:
+            config = yaml.safe_load(body.config or "")
+        except yaml.YAMLError as exc:
+            raise MasterError(3, f"error parsing experiment config: {exc}") from None
+        config = check_config(config)
+        files = {f.path: base64.b64decode(f.content) for f in (body.modelDefinition or []) if f.type != 53}
+        with self._lock:
+            exp = Experiment(next(self._ids), config, body.config or "", files, body.projectId or 1, user)
+            exp.trials = [Trial(next(self._trial_ids), exp.id, hp) for hp in self._draw(config)]
+            self.experiments[exp.id] = exp
+            return web.json_response(b.v1CreateExperimentResponse(
+                config=copy.deepcopy(config), experiment=self._v1experiment(exp)).to_json())
+
+    def _draw(self, config: dict[str, Any]) -> list[dict[str, Any]]:
+        searcher = config["searcher"]
+        hps = config.get("hyperparameters") or {}
+        rng = random.Random((config.get("reproducibility") or {}).get("experiment_seed", 0))
+        if searcher["name"] == "grid":
+            flat = _flatten(hps)
+            keys = sorted(flat)
+            return [_unflatten(dict(zip(keys, combo, strict=True)))
+                    for combo in itertools.product(*(_grid_values(flat[k]) for k in keys))]
+        count = 1 if searcher["name"] == "single" else int(searcher["max_trials"])
+        return [_sample(hps, rng) for _ in range(count)]
+
+    async def _list_experiments(self, request: web.Request) -> web.Response:
+        name = request.query.get("name")
+        labels = request.query.getall("labels", [])
+        offset = int(request.query.get("offset", 0) or 0)
+        with self._lock:
+            found = [self._v1experiment(e) for e in self.experiments.values()
+                     if (not name or name.lower() in e.config.get("name", "").lower())
+                     and all(label in (e.config.get("labels") or []) for label in labels)]
+        page = found[offset:offset + 2]  # small pages, so clients must follow the pagination
+        return web.json_response(b.v1GetExperimentsResponse(
+            experiments=page, pagination=self._pagination(offset, len(page), len(found))).to_json())
+
+    def _pagination(self, offset: int, count: int, total: int) -> b.v1Pagination:
+        return b.v1Pagination(offset=offset, limit=count, startIndex=offset, endIndex=offset + count, total=total)
+
+    async def _get_experiment(self, request: web.Request) -> web.Response:
+        with self._lock:
+            exp = self._exp(request)
+            return web.json_response(b.v1GetExperimentResponse(experiment=self._v1experiment(exp),
+                                                               config=copy.deepcopy(exp.config)).to_json())
+
+    async def _kill(self, request: web.Request) -> web.Response:
+        with self._lock:
+            exp = self._exp(request)
+            if exp.state not in ("STATE_COMPLETED", "STATE_ERROR", "STATE_CANCELED"):
+                exp.state, exp.end = "STATE_CANCELED", _now()
+                for t in exp.trials:
+                    if t.state not in ("STATE_COMPLETED", "STATE_ERROR"):
+                        t.state, t.end = "STATE_CANCELED", _now()
+        return web.json_response({})
+
+    # ------------------------------------------------------------------ trials and checkpoints
+
+    def _v1trial(self, t: Trial) -> b.trialv1Trial:
+        kwargs: dict[str, Any] = {}
+        if t.best is not None:
+            kwargs["bestValidation"] = b.v1MetricsWorkload(metrics=b.v1Metrics(avgMetrics=t.best[0]), numInputs=0,
+                                                           totalBatches=t.best[1], endTime=_now())
+        if t.latest is not None:
+            kwargs["latestValidation"] = b.v1MetricsWorkload(metrics=b.v1Metrics(avgMetrics=t.latest[0]),
+                                                             numInputs=0, totalBatches=t.latest[1], endTime=_now())
+        if t.checkpoint is not None:
+            kwargs["bestCheckpoint"] = b.v1CheckpointWorkload(
+                state=b.checkpointv1State.COMPLETED, totalBatches=t.checkpoint_batches, uuid=t.checkpoint,
+                endTime=_now(), resources=self.checkpoints[t.checkpoint].resources)
+            kwargs["checkpointCount"] = 1
+        return b.trialv1Trial(
+            experimentId=t.experiment_id, hparams=t.hparams, id=t.id, restarts=0, startTime=t.start,
+            state=b.trialv1State(t.state), totalBatchesProcessed=t.batches, endTime=t.end,
+            wallClockTime=t.seconds, taskId=f"trial-{t.id}", **kwargs,
+        )
+
+    async def _list_trials(self, request: web.Request) -> web.Response:
+        offset = int(request.query.get("offset", 0) or 0)
+        with self._lock:
+            trials = [self._v1trial(t) for t in self._exp(request).trials]
+        page = trials[offset:offset + 3]
+        return web.json_response(b.v1GetExperimentTrialsResponse(
+            trials=page, pagination=self._pagination(offset, len(page), len(trials))).to_json())
+
+    def _trial(self, trial_id: int) -> Trial:
+        for exp in self.experiments.values():
+            for t in exp.trials:
+                if t.id == trial_id:
+                    return t
+        raise MasterError(5, f"trial {trial_id} not found")
+
+    async def _get_trial(self, request: web.Request) -> web.Response:
+        with self._lock:
+            t = self._v1trial(self._trial(int(request.match_info["id"])))
+        return web.json_response(b.v1GetTrialResponse(trial=t).to_json())
+
+    async def _trial_logs(self, request: web.Request) -> web.StreamResponse:
+        with self._lock:
+            t = self._trial(int(request.match_info["id"]))
+            lines = list(t.logs)
+        out = io.StringIO()
+        for i, line in enumerate(lines):
+            entry = b.v1TrialLogsResponse(id=str(i), level=b.v1LogLevel.INFO, message=line, timestamp=_now(),
+                                          trialId=t.id, log=line)
+            out.write(json.dumps({"result": entry.to_json()}) + "\n")
+        return web.Response(text=out.getvalue(), content_type="application/json")
+
+    def _v1checkpoint(self, ck: Checkpoint) -> b.v1Checkpoint:
+        return b.v1Checkpoint(
+            metadata=ck.metadata, resources=ck.resources, state=b.checkpointv1State.COMPLETED,
+            training=b.v1CheckpointTrainingMetadata(
+                experimentConfig=copy.deepcopy(ck.experiment.config), experimentId=ck.experiment.id,
+                hparams=ck.trial.hparams, trialId=ck.trial.id,
+                validationMetrics=b.v1Metrics(avgMetrics=ck.trial.best[0] if ck.trial.best else {}),
+            ),
+            uuid=ck.uuid, reportTime=ck.report_time, taskId=f"trial-{ck.trial.id}",
+        )
+
+    async def _list_checkpoints(self, request: web.Request) -> web.Response:
+        offset = int(request.query.get("offset", 0) or 0)
+        with self._lock:
+            exp = self._exp(request)
+            cks = [self._v1checkpoint(c) for c in self.checkpoints.values() if c.experiment is exp]
+        page = cks[offset:]
+        return web.json_response(b.v1GetExperimentCheckpointsResponse(
+            checkpoints=page, pagination=self._pagination(offset, len(page), len(cks))).to_json())
+
+    async def _get_checkpoint(self, request: web.Request) -> web.Response:
+        with self._lock:
+            ck = self.checkpoints.get(request.match_info["uuid"])
+            if ck is None:
+                raise MasterError(5, f"checkpoint {request.match_info['uuid']} not found")
+            return web.json_response(b.v1GetCheckpointResponse(checkpoint=self._v1checkpoint(ck)).to_json())
+
+    # ------------------------------------------------------------------ models
+
+    def _v1model(self, m: Model) -> b.v1Model:
+        return b.v1Model(archived=False, creationTime=m.created, id=m.id, lastUpdatedTime=_now(),
+                         metadata=m.metadata, name=m.name, numVersions=len(m.versions), userId=1, username="admin",
+                         workspaceId=1, description=m.description, labels=m.labels)
+
+    def _v1version(self, m: Model, v: dict[str, Any]) -> b.v1ModelVersion:
+        return b.v1ModelVersion(
+            checkpoint=self._v1checkpoint(self.checkpoints[v["checkpoint"]]), creationTime=v["created"], id=v["id"],
+            lastUpdatedTime=_now(), model=self._v1model(m), version=v["version"], comment=v.get("comment"),
+            labels=v.get("labels") or [], metadata=v.get("metadata") or {}, name=v.get("name"), userId=1,
+            username="admin",
+        )
+
+    def _model(self, name: str) -> Model:
+        m = self.models.get(name)
+        if m is None:
+            raise MasterError(5, f"model \"{name}\" not found")
+        return m
+
+    async def _post_model(self, request: web.Request) -> web.Response:
+        body = b.v1PostModelRequest.from_json(await request.json())
+        with self._lock:
+            if body.name in self.models:
+                raise MasterError(6, f"model with name {body.name} already exists")
+            m = Model(next(self._ids), body.name, body.description or "", body.metadata or {}, list(body.labels or []),
+                      body.workspaceName)
+            self.models[m.name] = m
+            return web.json_response(b.v1PostModelResponse(model=self._v1model(m)).to_json())
+
+    async def _get_model(self, request: web.Request) -> web.Response:
+        with self._lock:
+            return web.json_response(b.v1GetModelResponse(model=self._v1model(self._model(
+                request.match_info["name"]))).to_json())
+
+    async def _patch_model(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        with self._lock:
+            m = self._model(request.match_info["name"])
+            if body.get("labels") is not None:
+                m.labels = list(body["labels"])
+            if body.get("metadata") is not None:
+                m.metadata = body["metadata"]
+            return web.json_response(b.v1PatchModelResponse(model=self._v1model(m)).to_json())
+
+    async def _post_version(self, request: web.Request) -> web.Response:
+        body = b.v1PostModelVersionRequest.from_json(await request.json())
+        with self._lock:
+            m = self._model(request.match_info["name"])
+            if body.checkpointUuid not in self.checkpoints:
+                raise MasterError(5, f"checkpoint {body.checkpointUuid} not found")
+            number = max(m.versions, default=0) + 1
+            m.versions[number] = {"id": next(self._ids), "version": number, "checkpoint": body.checkpointUuid,
+                                  "created": _now(), "name": body.name, "comment": body.comment,
+                                  "labels": list(body.labels or []), "metadata": body.metadata or {}}
+            return web.json_response(b.v1PostModelVersionResponse(
+                modelVersion=self._v1version(m, m.versions[number])).to_json())
+
+    async def _list_versions(self, request: web.Request) -> web.Response:
+        offset = int(request.query.get("offset", 0) or 0)
+        with self._lock:
+            m = self._model(request.match_info["name"])
+            versions = [self._v1version(m, v) for _, v in sorted(m.versions.items(), reverse=True)]
+            page = versions[offset:offset + 2]
+            return web.json_response(b.v1GetModelVersionsResponse(
+                model=self._v1model(m), modelVersions=page,
+                pagination=self._pagination(offset, len(page), len(versions))).to_json())
+
+    def _version(self, request: web.Request) -> tuple[Model, dict[str, Any]]:
+        m = self._model(request.match_info["name"])
+        v = m.versions.get(int(request.match_info["num"]))
+        if v is None:
+            raise MasterError(5, f"model version {request.match_info['num']} of {m.name} not found")
+        return m, v
+
+    async def _get_version(self, request: web.Request) -> web.Response:
+        with self._lock:
+            m, v = self._version(request)
+            return web.json_response(b.v1GetModelVersionResponse(modelVersion=self._v1version(m, v)).to_json())
+
+    async def _patch_version(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        with self._lock:
+            m, v = self._version(request)
+            for k in ("labels", "metadata", "name", "comment", "notes"):
+                if body.get(k) is not None:
+                    v[k] = body[k]
+            return web.json_response(b.v1PatchModelVersionResponse(modelVersion=self._v1version(m, v)).to_json())
+
+    async def _delete_version(self, request: web.Request) -> web.Response:
+        with self._lock:
+            m, v = self._version(request)
+            del m.versions[v["version"]]
+        return web.json_response({})
+
+    # ------------------------------------------------------------------ driving experiments (tests)
+
+    def run_trials(self, experiment_id: int, progress: float = 0.25) -> None:
+        """Trials are running, `progress` of the experiment done."""
+        with self._lock:
+            exp = self.experiments[experiment_id]
+            exp.state, exp.progress = "STATE_RUNNING", progress
+            for t in exp.trials:
+                t.state = "STATE_RUNNING"
+                t.logs.append(f"trial {t.id} started with {json.dumps(t.hparams, sort_keys=True)}")
+
+    def complete(self, experiment_id: int, metric: Callable[[dict[str, Any], int], float]) -> None:
+        """Every trial trains (ASHA: all to the first rung, the top 1/divisor to the end), reports
+        `metric(hparams, length)` as the searcher metric, and saves a checkpoint."""
+        with self._lock:
+            exp = self.experiments[experiment_id]
+            searcher = exp.config["searcher"]
+            unit, length = _length(searcher)
+            metric_name = searcher["metric"]
+            smaller = searcher.get("smaller_is_better", True)
+            lengths = {t.id: length for t in exp.trials}
+            if searcher["name"] in ("adaptive_asha", "async_halving"):
+                divisor = float(searcher.get("divisor", 4))
+                rung = max(1, int(length / divisor))
+                scored = sorted(exp.trials, key=lambda t: metric(t.hparams, rung), reverse=not smaller)
+                keep = max(1, math.ceil(len(scored) / divisor))
+                for t in scored[keep:]:
+                    lengths[t.id] = rung
+            for t in exp.trials:
+                done = lengths[t.id]
+                value = metric(t.hparams, done)
+                batches = done * 10 if unit == "epochs" else done
+                metrics = {metric_name: value, "epochs": done if unit == "epochs" else batches // 10,
+                           "batches": batches}
+                t.best = t.latest = (metrics, batches)
+                t.batches, t.state, t.end, t.seconds = batches, "STATE_COMPLETED", _now(), 1.5
+                t.checkpoint = str(uuid.uuid4())
+                t.checkpoint_batches = batches
+                resources = self._write_checkpoint(exp, t)
+                self.checkpoints[t.checkpoint] = Checkpoint(
+                    t.checkpoint, t, exp, batches, {"steps_completed": batches, "framework": "torch-2.13.0"},
+                    resources)
+                t.logs.append(f"validation: {metric_name}={value:.4f} after {done} {unit}")
+            best = (min if smaller else max)(exp.trials, key=lambda t: t.best[0][metric_name])  # type: ignore[index]
+            exp.best_trial = best.id
+            exp.state, exp.progress, exp.end = "STATE_COMPLETED", 1.0, _now()
+
+    def fail(self, experiment_id: int, message: str = "RuntimeError: CUDA out of memory") -> None:
+        """The first trial crashes with `message` in its log; the experiment errors."""
+        with self._lock:
+            exp = self.experiments[experiment_id]
+            first = exp.trials[0]
+            first.state, first.end = "STATE_ERROR", _now()
+            first.logs += ["Traceback (most recent call last):", message]
+            for t in exp.trials[1:]:
+                t.state = "STATE_CANCELED"
+            exp.state, exp.end = "STATE_ERROR", _now()
+
+    def _write_checkpoint(self, exp: Experiment, t: Trial) -> dict[str, str]:
+        """Files of a small PyTorchTrial-like checkpoint, written where the config says."""
+        assert t.checkpoint is not None
+        files = {
+            "state_dict.pth": b"fake torch state for trial %d" % t.id,
+            "metadata.json": json.dumps({"steps_completed": t.batches, "trial_id": t.id,
+                                         "framework": "torch-2.13.0", "format": "pickle"}).encode(),
+        }
+        storage = exp.config.get("checkpoint_storage") or {}
+        if storage.get("type") == "shared_fs":
+            base = Path(storage["host_path"]) / (storage.get("storage_path") or "") / t.checkpoint
+            base.mkdir(parents=True, exist_ok=True)
+            for name, data in files.items():
+                (base / name).write_bytes(data)
+        elif storage.get("type") == "s3":
+            from minio import Minio
+
+            endpoint = storage.get("endpoint_url", "")
+            access, secret = storage.get("access_key"), storage.get("secret_key")
+            if not access and self.s3_credentials:
+                access, secret = self.s3_credentials
+            host = endpoint.split("://", 1)[-1]
+            client = Minio(host, access_key=access, secret_key=secret, secure=endpoint.startswith("https"))
+            if not client.bucket_exists(storage["bucket"]):
+                client.make_bucket(storage["bucket"])
+            prefix = (storage.get("prefix") or "").strip("/")
+            for name, data in files.items():
+                key = "/".join(p for p in (prefix, t.checkpoint, name) if p)
+                client.put_object(storage["bucket"], key, io.BytesIO(data), len(data))
+        return {name: str(len(data)) for name, data in files.items()}
+
+
+def _length(searcher: dict[str, Any]) -> tuple[str, int]:
+    if searcher.get("time_metric") and searcher.get("max_time"):
+        return searcher["time_metric"], int(searcher["max_time"])
+    max_length = searcher.get("max_length") or {"epochs": 1}
+    unit, value = next(iter(max_length.items()))
+    return unit, int(value)
+
+
+__all__ = ["FakeDeterminedMaster", "MasterError", "check_config"]
