@@ -73,15 +73,28 @@ def test_validation_conflicts_and_patch_errors(co, fresh_namespace):
         co.create_namespaced_custom_object(G, V, ns, P, widget("c"))
     assert e.value.status == 409 and "AlreadyExists" in message(e)
 
-    # two writers read the same version; the second write loses with 409 Conflict
-    first = co.get_namespaced_custom_object(G, V, ns, P, "c")
-    second = co.get_namespaced_custom_object(G, V, ns, P, "c")
-    first["spec"]["size"] = 5
-    second["spec"]["size"] = 6
-    co.replace_namespaced_custom_object(G, V, ns, P, "c", first)
-    with pytest.raises(ApiException) as e:
-        co.replace_namespaced_custom_object(G, V, ns, P, "c", second)
-    assert e.value.status == 409 and "the object has been modified" in message(e)
+    # two concurrent writers read the same version; exactly one write wins, the other gets 409
+    barrier = threading.Barrier(2)
+    outcomes: list[int] = []
+
+    def writer(size: int) -> None:
+        mine = co.get_namespaced_custom_object(G, V, ns, P, "c")
+        barrier.wait()
+        mine["spec"]["size"] = size
+        try:
+            co.replace_namespaced_custom_object(G, V, ns, P, "c", mine)
+            outcomes.append(200)
+        except ApiException as exc:
+            outcomes.append(exc.status)
+            assert "the object has been modified" in json.loads(exc.body)["message"]
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in (5, 6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == [200, 409]
+    assert co.get_namespaced_custom_object(G, V, ns, P, "c")["metadata"]["generation"] == 2
 
     rv = co.get_namespaced_custom_object(G, V, ns, P, "c")["metadata"]["resourceVersion"]
     ops = [{"op": "test", "path": "/metadata/resourceVersion", "value": "1"},
