@@ -92,3 +92,4 @@ def _generate_with_openssl(pki: Pki) -> None:
         run("req", *ec, "-keyout", str(pki.server_key), "-out", str(csr), "-subj", "/CN=cdl-devcluster")
         run("x509", "-req", "-in", str(csr), "-CA", str(pki.ca_cert), "-CAkey", str(ca_key), "-CAcreateserial",
             "-out", str(pki.server_cert), "-days", "3650", "-extfile", str(ext))
+    os.chmod(ca_key, 0o600)
