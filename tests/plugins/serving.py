@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from cdl.engines.base import ResourceKey, ServedModel, ServingRequest, ServingStatus
-from tests.fixtures.serving.build import PREDICTOR, BuiltPackage, build_package
+from tests.fixtures.serving.build import NUMPY_PREDICTOR, BuiltPackage, build_package
 
 _ENGINES: list[Any] = []
 
@@ -92,7 +92,9 @@ def serving_engine(tmp_path_factory: pytest.TempPathFactory, seldon_venv: Path, 
         _ENGINES.remove(engine)
 
 
-def served(pkg: BuiltPackage, role: str = "primary", percent: int = 100, predictor: str = PREDICTOR) -> ServedModel:
+def served(pkg: BuiltPackage, role: str = "primary", percent: int = 100,
+           predictor: str = NUMPY_PREDICTOR) -> ServedModel:
+    """A ServedModel of a test package (the numpy predictor unless told: it starts fastest)."""
     return ServedModel(pkg.model_version, pkg.uri, pkg.sha256, predictor, role, percent)
 
 

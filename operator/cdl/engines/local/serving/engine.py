@@ -42,6 +42,7 @@ from cdl.engines.local.serving.microservice import (
     prepare_wrapper_dir,
     process_alive,
     stop_group,
+    stop_groups,
 )
 from cdl.engines.local.serving.router import DATABASE_SCHEMA_ENV, DATABASE_URL_ENV, PREDICT_PATH
 from cdl.errors import PermanentEngineError, TransientEngineError
@@ -190,10 +191,16 @@ class LocalServingEngine:
                 dep.save()
                 return self._ref(dep)
         models = []
-        for model in request.models:
-            entry = asdict(model)
-            entry["package_dir"] = str(self._package_dir(request.key, model))
-            models.append(entry)
+        try:
+            for model in request.models:
+                entry = asdict(model)
+                entry["package_dir"] = str(self._package_dir(request.key, model))
+                models.append(entry)
+        except PermanentEngineError as exc:
+            with dep.lock:
+                if not dep.state.models:  # nothing served yet: status says why (a served model keeps serving)
+                    dep.state.error = exc.message
+            raise
         with dep.lock:
             st = dep.state
             st.uid = request.key.uid or st.uid
@@ -207,6 +214,9 @@ class LocalServingEngine:
             if not st.router.port:
                 st.router.port = free_port("127.0.0.1")
             self._plan_servers(dep)
+            # the router's new configuration is written now, so status is not Available until
+            # the router confirms it routes by it
+            self._route(dep, self._wanted(dep))
             dep.save()
         self._wake.set()
         return self._ref(dep)
@@ -229,9 +239,15 @@ class LocalServingEngine:
             return
         with dep.lock:
             dep.deleted = True
-            self._stop_router(dep)
-            for sid in list(dep.state.servers):
-                self._stop_server(dep, sid)
+            r = dep.state.router
+            groups = [(r.pid, r.create_time)] + [(s.get("pid"), s.get("create_time"))
+                                                 for s in dep.state.servers.values()]
+            stop_groups(groups)
+            for popen in [dep.router_popen] + [ms._popen for ms in dep.servers.values()]:
+                if popen is not None:
+                    popen.poll()  # reap
+            dep.state.servers.clear()
+            r.pid = None
         shutil.rmtree(directory, ignore_errors=True)
 
     # ------------------------------------------------------------------ extras (CLI, tests)
@@ -593,16 +609,6 @@ class LocalServingEngine:
             r.create_time = psutil.Process(r.pid).create_time()
         except Exception:
             r.create_time = None
-
-    def _stop_router(self, dep: _Deployment) -> None:
-        r = dep.state.router
-        stop_group(r.pid, r.create_time)
-        if dep.router_popen is not None:
-            try:
-                dep.router_popen.wait(timeout=1)
-            except subprocess.TimeoutExpired:
-                pass
-        r.pid, r.healthy = None, False
 
     @staticmethod
     def _router_health(port: int) -> dict[str, Any] | None:

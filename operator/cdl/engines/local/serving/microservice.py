@@ -223,19 +223,33 @@ def process_alive(pid: int | None, create_time: float | None) -> bool:
 
 def stop_group(pid: int | None, create_time: float | None, grace: float = STOP_GRACE_S) -> None:
     """SIGTERM the process group led by pid, then SIGKILL what is left after `grace` seconds."""
-    if not pid or not process_alive(pid, create_time):
-        _reap(pid)
-        _kill_group(pid, signal.SIGKILL)  # children of a dead leader may still hold the group
-        return
-    _kill_group(pid, signal.SIGTERM)
+    stop_groups([(pid, create_time)], grace)
+
+
+def stop_groups(processes: list[tuple[int | None, float | None]], grace: float = STOP_GRACE_S) -> None:
+    """Stop several process groups at once: SIGTERM to all, one shared grace period, then SIGKILL
+    to whatever is left (a Deployment's servers stop in the time of one)."""
+    waiting = []
+    for pid, create_time in processes:
+        if not pid:
+            continue
+        if process_alive(pid, create_time):
+            _kill_group(pid, signal.SIGTERM)
+            waiting.append(pid)
+        else:
+            _reap(pid)
+            _kill_group(pid, signal.SIGKILL)  # children of a dead leader may still hold the group
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
+    while waiting and time.monotonic() < deadline:
+        for pid in list(waiting):
+            _reap(pid)
+            if not _group_alive(pid):
+                waiting.remove(pid)
+        if waiting:
+            time.sleep(0.05)
+    for pid in waiting:
+        _kill_group(pid, signal.SIGKILL)
         _reap(pid)
-        if not _group_alive(pid):
-            return
-        time.sleep(0.05)
-    _kill_group(pid, signal.SIGKILL)
-    _reap(pid)
 
 
 def _kill_group(pgid: int | None, sig: int) -> None:

@@ -303,6 +303,7 @@ class Router:
         self.inflight: dict[str, int] = {}
         self.shadow_tasks: set[asyncio.Task[None]] = set()
         self.shadow_dropped = 0
+        self._watcher: asyncio.Task[None] | None = None
         self.requests = 0
         self.errors = 0
 
@@ -341,11 +342,12 @@ class Router:
             loop.add_signal_handler(signal.SIGHUP, self.reload)
         except (NotImplementedError, RuntimeError):  # not the main thread (tests run it in one)
             pass
-        app["watcher"] = asyncio.create_task(self._watch_config())
+        self._watcher = asyncio.create_task(self._watch_config())
         self.writer.start()
 
     async def on_cleanup(self, app: web.Application) -> None:
-        app["watcher"].cancel()
+        if self._watcher is not None:
+            self._watcher.cancel()
         for task in list(self.shadow_tasks):
             task.cancel()
         if self.session is not None:
@@ -378,6 +380,7 @@ class Router:
             "errors": self.errors,
             "scoring": {"written": self.writer.written, "queued": self.writer.backlog(),
                         "dropped": self.writer.dropped, "last_error": self.writer.last_error},
+            "shadow_inflight": len(self.shadow_tasks),
             "shadow_dropped": self.shadow_dropped,
         }
         return web.Response(body=orjson.dumps(body), content_type="application/json")
