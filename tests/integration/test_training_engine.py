@@ -30,8 +30,10 @@ def _data_commit(root: Path, rows: int) -> Path:
 
 
 def test_single_trial_trains_on_the_bound_commit_and_records_everything(
-    training_engine_factory, training_spec, training_request, training_linreg_dir, file_store, database, tmp_path
+    training_engine_factory, training_spec, training_request, training_linreg_dir, file_store, database, tmp_path,
+    monkeypatch,
 ) -> None:
+    monkeypatch.setenv("CDL_TEST_SECRET", "s3cr3t")  # e.g. the operator's S3 key: never passed to trials
     engine = training_engine_factory(artifacts=file_store, database=database)
     _data_commit(tmp_path / "commit-a", 200)
     data_b = _data_commit(tmp_path / "commit-b", 320)
@@ -46,6 +48,7 @@ def test_single_trial_trains_on_the_bound_commit_and_records_everything(
     assert status.state == JobState.SUCCEEDED, status.message
     (trial,) = status.trials
     assert trial.metrics["data_rows"] == 320  # commit b, not a: the exact commit passed in
+    assert trial.metrics["env_secret_visible"] == 0.0
     assert trial.length_done == 3 and status.progress == 1.0
     assert trial.wall_seconds and trial.cpu_seconds and trial.peak_rss_bytes and trial.peak_rss_bytes > 50 * 2**20
     assert status.best is not None and status.best.id == trial.id

@@ -18,7 +18,7 @@ LR = {"type": "log", "minval": -3.0, "maxval": -0.3}
 
 def test_random_and_grid_try_the_configured_points(training_engine, training_spec, training_request) -> None:
     rand = training_spec(hyperparameters={"lr": LR, "batch_size": 64},
-                         searcher={"name": "random", "maxTrials": 3, "maxConcurrentTrials": 1})
+                         searcher={"name": "random", "maxTrials": 2, "maxConcurrentTrials": 1})
     grid = training_spec(
         hyperparameters={"lr": {"type": "log", "minval": -2, "maxval": -1, "count": 2},
                          "batch_size": {"type": "categorical", "vals": [32, 64]}},
@@ -29,7 +29,7 @@ def test_random_and_grid_try_the_configured_points(training_engine, training_spe
 
     status = training_engine.wait(rand_ref, 180)
     assert status.state == JobState.SUCCEEDED, status.message
-    assert [t.hparams for t in status.trials] == [hp.sample(rand.hyperparameters, rand.seed, i) for i in range(3)]
+    assert [t.hparams for t in status.trials] == [hp.sample(rand.hyperparameters, rand.seed, i) for i in range(2)]
     assert all(t.length_done == 2 and t.state == JobState.SUCCEEDED for t in status.trials)
     best = min(status.trials, key=lambda t: t.metrics["validation_loss"])
     assert status.best is not None and status.best.id == best.id
@@ -45,9 +45,9 @@ def test_random_and_grid_try_the_configured_points(training_engine, training_spe
 def test_asha_stops_weak_trials_and_spends_less_than_random(
     training_engine, training_spec, training_request
 ) -> None:
-    common = {"maxTrials": 8, "maxConcurrentTrials": 2, "maxLength": {"epochs": 16}}
+    common = {"maxTrials": 4, "maxConcurrentTrials": 2, "maxLength": {"epochs": 16}}
     asha = training_spec(hyperparameters={"lr": LR},
-                         searcher={"name": "asha", "asha": {"divisor": 4, "maxRungs": 3}, **common})
+                         searcher={"name": "asha", "asha": {"divisor": 2, "maxRungs": 3}, **common})
     rand = training_spec(hyperparameters={"lr": LR}, searcher={"name": "random", **common})
     asha_ref = training_engine.submit(training_request(asha, name="asha"))
     asha_status = training_engine.wait(asha_ref, 300)
@@ -55,24 +55,23 @@ def test_asha_stops_weak_trials_and_spends_less_than_random(
     rand_status = training_engine.wait(rand_ref, 300)
     assert asha_status.state == rand_status.state == JobState.SUCCEEDED, (asha_status.message, rand_status.message)
 
-    # The same eight configurations (same seed), trained very differently.
+    # The same four configurations (same seed), trained very differently: rungs at 4, 8, 16 epochs.
     assert [t.hparams for t in asha_status.trials] == [t.hparams for t in rand_status.trials]
-    stopped = [t for t in asha_status.trials if t.stop_reason]
-    assert stopped and all(t.stop_reason.startswith("asha: not promoted at rung ") for t in stopped)
-    assert all(t.length_done < 16 for t in stopped)
-    assert sum(1 for t in asha_status.trials if t.length_done == 16) >= 1
-    asha_epochs = sum(t.length_done for t in asha_status.trials)
+    by_length = sorted(t.length_done for t in asha_status.trials)
+    assert by_length == [4, 4, 8, 16]
+    stopped = {t.stop_reason for t in asha_status.trials if t.stop_reason}
+    assert stopped == {"asha: not promoted at rung 0", "asha: not promoted at rung 1"}
+    asha_epochs = sum(by_length)
     rand_epochs = sum(t.length_done for t in rand_status.trials)
-    assert rand_epochs == 8 * 16
-    assert asha_epochs <= 8 * 4 + 2 * 12 + 12  # rungs at 4 and 16 epochs; async may promote one extra
-    assert asha_epochs < rand_epochs / 2
+    assert rand_epochs == 4 * 16 and asha_epochs == 32
 
     assert asha_status.best is not None and rand_status.best is not None
+    assert asha_status.best.length_done == 16 and asha_status.best.stop_reason is None
     asha_best = asha_status.best.metrics["validation_loss"]
     rand_best = rand_status.best.metrics["validation_loss"]
     assert asha_best <= rand_best * 1.05
-    # The known optimum: the best trial has one of the two largest (non-diverging) learning rates.
-    lrs = sorted((t.hparams["lr"] for t in rand_status.trials if t.hparams["lr"] < 0.8), reverse=True)
-    assert asha_status.best.hparams["lr"] in lrs[:2]
+    # The known optimum: the best trial has the largest learning rate that does not diverge.
+    stable = max(t.hparams["lr"] for t in rand_status.trials if t.hparams["lr"] < 0.8)
+    assert asha_status.best.hparams["lr"] == stable
     counts = asha_status.counts()
-    assert counts["earlyStopped"] == len(stopped) and counts["completed"] == 8 - len(stopped)
+    assert counts == {"total": 4, "running": 0, "completed": 1, "earlyStopped": 3, "failed": 0}

@@ -4,12 +4,14 @@
 (`keras.src.saving.legacy`), so `import determined.keras` fails next to TensorFlow 2.16+ and
 Keras 3. The callback itself (`determined/keras/_callback.py`) needs none of that: this module
 loads it on its own when the package import fails, and adapts its checkpoint file name to
-Keras 3, which insists that weights files end in `.weights.h5`.
+Keras 3, which insists that weights files end in `.weights.h5`, and its resume point to Keras
+3's `fit()`, which reads `model._initial_epoch`.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import pickle
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -69,5 +71,16 @@ def callback_class() -> type:
 
         def load_model(self, model: Any, path: str, distributed: Any) -> None:
             model.load_weights(str(Path(path).with_name(WEIGHTS)))
+
+        def _load_training_state(self, path: Path) -> None:
+            # Keras 3's fit() starts at `model._initial_epoch` (what BackupAndRestore sets); the
+            # Keras 2 hook Determined sets (`model._training_state`) is no longer read.
+            super()._load_training_state(path)
+            state_path = Path(path) / "callback_state"
+            if state_path.exists():
+                with state_path.open("rb") as fh:
+                    state = pickle.load(fh)
+                if state.get("continue_id") == self._continue_id:
+                    self.model._initial_epoch = int(state["epoch"]) + 1
 
     return DeterminedCallback

@@ -329,6 +329,16 @@ def _run_id(ref: EngineRef | str) -> str:
     return ref.id if isinstance(ref, EngineRef) else str(ref)
 
 
+def read_status(root: Path, ref: EngineRef | str) -> TrainingStatus:
+    """A run's status from its persisted state, never resuming it (for the CLI and dashboards,
+    which must not become a run's driver)."""
+    path = Path(root) / "runs" / _run_id(ref) / "run.json"
+    if not path.exists():
+        raise PermanentEngineError(f"no local training run {_run_id(ref)!r} under {root}", reason="RunNotFound")
+    run = load(path)
+    return build_status(run, searchers.make(ExperimentSpec.model_validate(run.spec)), path.parent)
+
+
 def logs(root: Path, ref: EngineRef | str, trial_id: str | None = None) -> str:
     """A trial's stdout and stderr (every segment, tracebacks included), or the run's log."""
     run_dir = Path(root) / "runs" / _run_id(ref)

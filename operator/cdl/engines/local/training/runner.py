@@ -254,8 +254,8 @@ class RunDriver:
                 if self._fail_fast is not None:
                     self._abort(self._fail_fast)
                     return
-                launched = self._launch_next()
-                if not self.procs and not launched and not self._interrupted():
+                launched, waiting = self._launch_next()
+                if not self.procs and not launched and not waiting:
                     self._finalize()
                     return
                 self._persist()
@@ -288,14 +288,16 @@ class RunDriver:
         """Take engine slots (and GPUs) for one more trial: its GPUs, or None when busy."""
         return self.slots.acquire(self.slots_per_trial, self.use_gpu)
 
-    def _launch_next(self) -> int:
+    def _launch_next(self) -> tuple[int, bool]:
+        """Start what the searcher asks for while slots allow: (segments started, whether work
+        is waiting for engine slots)."""
         launched = 0
         for trial in self._interrupted():
             if len(self.procs) >= self.spec.searcher.max_concurrent_trials:
-                return launched
+                return launched, True
             gpus = self._can_start()
             if gpus is None:
-                return launched
+                return launched, True
             latest = trial.latest_checkpoint()
             self._log(
                 f"trial {trial.id}: resuming after a driver restart from "
@@ -305,11 +307,11 @@ class RunDriver:
             launched += 1
         free = self.spec.searcher.max_concurrent_trials - len(self.procs) - len(self._interrupted())
         if free <= 0:
-            return launched
+            return launched, bool(self._interrupted())
         for action in self.searcher.next(self.run.trials, free):
             gpus = self._can_start()
             if gpus is None:
-                break
+                return launched, True
             if isinstance(action, searchers.NewTrial):
                 trial = self._new_trial(action)
                 self._start_segment(trial, None, gpus)
@@ -321,7 +323,7 @@ class RunDriver:
                 self._log(f"trial {trial.id}: promoted to rung {action.rung} ({action.target} {self.searcher.unit})")
                 self._start_segment(trial, latest.uuid if latest else None, gpus)
             launched += 1
-        return launched
+        return launched, False
 
     def _new_trial(self, action: searchers.NewTrial) -> TrialState:
         index = len(self.run.trials)
@@ -622,6 +624,8 @@ class RunDriver:
         trial.process = None
         has_value = trial.best_validation(self.smaller) is not None
         stopped = proc.killed or (proc.stop_reason if proc.stop_reason != "missing searcher metric" else None)
+        if stopped and not proc.killed and code == 0 and trial.target is not None and trial.units_done >= trial.target:
+            stopped = None  # the stop came too late: the segment had already trained to its target
         if self.run.canceled:
             trial.state = CANCELED
         elif code == EXIT_ENTRYPOINT and self._fail_fast is not None:

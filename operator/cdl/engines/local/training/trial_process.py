@@ -28,6 +28,23 @@ from cdl.engines.local.training.state import ProcessInfo
 
 GPU_SAMPLE_SECONDS = 5.0
 
+# What a trial inherits from the operator's environment: the toolchain and library knobs, never
+# the operator's own settings (database URL, S3 keys, tokens).
+INHERITED = {
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP", "SHELL", "TERM",
+    "VIRTUAL_ENV", "PYTHONPATH", "LD_LIBRARY_PATH", "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY",
+    "HTTPS_PROXY", "NO_PROXY", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE",
+}
+INHERITED_PREFIXES = ("LC_", "CUDA_", "NVIDIA_", "NCCL_", "GLOO_", "OMP_", "MKL_", "OPENBLAS_", "TORCH_", "TF_",
+                      "KERAS_", "XLA_", "HF_")
+
+
+def trial_environment(extra: dict[str, str]) -> dict[str, str]:
+    """The trial's environment: the inherited allowlist plus what the engine sets."""
+    env = {k: v for k, v in os.environ.items() if k in INHERITED or k.startswith(INHERITED_PREFIXES)}
+    env.update(extra)
+    return env
+
 
 @dataclass
 class Segment:
@@ -147,7 +164,7 @@ class TrialProcess:
         seg.trial_dir.mkdir(parents=True, exist_ok=True)
         seg.stop_file.unlink(missing_ok=True)
         seg.config_file.write_text(json.dumps(seg.config, indent=1, default=str))
-        env = {**os.environ, **seg.env}
+        env = trial_environment(seg.env)
         with seg.log.open("ab") as log:
             header = (
                 f"\n===== cdl: trial {seg.config.get('trial_id')} segment {seg.segment}: train to "
