@@ -252,10 +252,11 @@ def test_pachd_rejections_are_permanent_with_pachd_message(
         engine_for(cluster_pachd).start_run(bad_glob)
 
 
-def test_a_missing_source_fails_the_fingerprint_with_the_path(cluster_pachd: FakePachd, tmp_path: Path) -> None:
-    request = DataRunRequest(KEY, spec_for(tmp_path / "nowhere"), generation=1)
-    with pytest.raises(PermanentEngineError, match="spec.source.uri: source .*nowhere does not exist"):
-        engine_for(cluster_pachd).start_run(request)
+def test_a_missing_source_fails_the_run_with_the_path(cluster_pachd: FakePachd, tmp_path: Path) -> None:
+    engine = engine_for(cluster_pachd)
+    status = wait_run(engine, engine.start_run(DataRunRequest(KEY, spec_for(tmp_path / "nowhere"), generation=1)).id)
+    assert status.state == JobState.FAILED
+    assert "spec.source.uri" in status.message and "nowhere: no such file or directory" in status.message
 
 
 def test_idx_sources_are_split_record_by_record(cluster_pachd: FakePachd, tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from cdl.api.experiment import ExperimentSpec
 from cdl.engines.base import DataRef, ResourceKey, ServedModel, ServingRequest
 from cdl.engines.cluster_settings import ClusterSettings, DeterminedSettings, GpuSettings, SeldonSettings
 from cdl.engines.determined import checkpoint_uri, deep_merge, entrypoint_for, experiment_config
-from cdl.engines.pachyderm import Names, PachydermDataEngine, assign_split, split_csv
+from cdl.engines.pachyderm import Names, PachydermDataEngine
 from cdl.engines.seldon import seldon_deployment, serving_status
 from cdl.errors import PermanentEngineError
 from tests.fakes.seldon_controller import validate as seldon_webhook
@@ -253,20 +253,6 @@ def test_names_fit_pachds_limits() -> None:
         assert len(name) <= 51 and len(f"{names.project}-{name}-v99") <= 63
         assert all(c.isalnum() or c in "-_" for c in name)
     assert names.repo("x" * 60) != names.repo("x" * 61)
-
-
-def test_the_split_is_reproducible_and_stratified() -> None:
-    items = [(f"/{label}/{i}.txt", label) for label in ("a", "b") for i in range(10)] + [("/c/only.txt", "c")]
-    first = assign_split(items, 0.3, 7, True)
-    assert first == assign_split(list(reversed(items)), 0.3, 7, True)
-    assert first != assign_split(items, 0.3, 8, True)
-    for label in ("a", "b"):
-        assert sum(1 for p, side in first.items() if p.startswith(f"/{label}/") and side == "test") == 3
-    assert first["/c/only.txt"] == "train"
-    csv_parts = split_csv({"/rows.csv": b"text,label\n" + b"".join(b"x%d,%d\n" % (i, i % 2) for i in range(10))},
-                          0.2, 1, True)
-    assert csv_parts["test"]["/rows.csv"].startswith(b"text,label\n")
-    assert csv_parts["test"]["/rows.csv"].count(b"\n") == 3 and csv_parts["train"]["/rows.csv"].count(b"\n") == 9
 
 
 # --------------------------------------------------------------------------- Seldon

@@ -90,6 +90,7 @@ class PachydermSettings(_EngineSettings):
         None, description="Image for DataPipeline steps that name none (the cdl pipelines image)."
     )
     console_url: str | None = Field(None, description="Pachyderm Console base URL for links in status.")
+    s3_endpoint: str | None = Field(None, description="S3/MinIO endpoint of s3:// DataPipeline sources.")
     image_pull_secrets: list[str] = Field(default_factory=list, description="Secrets to pull step images.")
 
     @property

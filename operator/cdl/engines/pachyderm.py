@@ -3,13 +3,16 @@
 Layout, per DataPipeline `ns/name` (in Pachyderm project `settings.project`, else one project per
 namespace):
 
-- `<name>-raw`: the source, ingested as one commit per run (files put from the source; pachd
-  deduplicates content, so unchanged files cost nothing and their datums are skipped downstream);
+- `<name>-raw`: the source, ingested as one commit per run. The source is read exactly as the
+  local data engine reads it (`cdl.engines.local.data.ingest`: directories, archives with their
+  wrapper folder stripped, s3 prefixes, URLs, gunzipped IDX), then put file by file; pachd
+  deduplicates content, so unchanged files cost nothing and their datums are skipped downstream;
 - `<name>-<step>`: one Pachyderm pipeline per step, chained (step 1 reads `-raw`, step k reads
   step k-1's output repo), with the step's image, command, glob, parallelism, resources (GPU as
   a limit), datum tries, env and secrets;
-- `<name>-train` / `<name>-test`: the reproducible split of the last output, written by the
-  engine as commits (server-side copies; IDX and CSV sources are split record by record).
+- `<name>-train` / `<name>-test`: the split of the last output by `pipelines.split`'s rules (the
+  local engine's too, so both platforms split alike), written by the engine as commits: files are
+  copied server-side, CSV rows and IDX records are split by the operator and written back.
 
 A run is the raw commit: its id is the commit set every downstream output commit shares, so the
 engine waits on that commit set and reads each step's job (`<pipeline>@<run id>`) for lineage.
@@ -24,24 +27,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import logging
-import os
-import random
 import re
-import shutil
-import struct
-import tarfile
 import tempfile
 import threading
-import urllib.request
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 import grpc
 from pachyderm_sdk import Client
@@ -64,6 +58,7 @@ log = logging.getLogger("cdl.engines.pachyderm")
 
 SCHEME = "pfs://"
 BRANCH = "master"
+CHUNK = 1 << 20
 MARK = "cdl.dev"  # key of cdl's JSON in commit and pipeline descriptions
 MAX_PIPELINE_NAME = 51  # pachd: pipeline names
 MAX_RC_NAME = 63  # pachd: "<project>-<pipeline>-v<N>" must stay a DNS label
@@ -84,7 +79,6 @@ RUNNING_JOBS = {
 }
 FAILED_JOBS = {pps.JobState.JOB_FAILURE, pps.JobState.JOB_KILLED, pps.JobState.JOB_UNRUNNABLE}
 _NAME_BAD = re.compile(r"[^a-zA-Z0-9_-]")
-_IDX_PAIR = re.compile(r"^(?P<prefix>.*?)[-_.]?(?P<kind>images|labels)[-_.]idx(?P<dims>\d)-ubyte(\.gz)?$")
 
 
 # --------------------------------------------------------------------------- names
@@ -136,249 +130,6 @@ def _read_description(text: str) -> dict[str, Any]:
     return body.get(MARK, {}) if isinstance(body, dict) else {}
 
 
-# --------------------------------------------------------------------------- sources
-
-
-@dataclass
-class SourceFile:
-    path: str  # path inside the repo, starting with "/"
-    open: Any  # () -> binary file object
-    size: int = 0
-
-
-class SourceError(Exception):
-    """The source can't be read (missing directory, unreachable URL); says which and why."""
-
-
-def _resolve_uri(uri: str, base_dir: Path | None) -> str:
-    """file:rel/dir relative to the operator's base directory becomes file:///abs/dir."""
-    if not uri.startswith("file:"):
-        return uri
-    raw = unquote(uri[len("file:"):])
-    if raw.startswith("//"):
-        raw = urlparse(uri).path
-    path = Path(raw)
-    if not path.is_absolute():
-        path = (base_dir or Path.cwd()) / path
-    return path.resolve().as_uri()
-
-
-def _archive_members(path: Path) -> Iterator[SourceFile]:
-    name = path.name.lower()
-    if name.endswith(".zip"):
-        with zipfile.ZipFile(path) as archive:
-            infos = [i for i in archive.infolist() if not i.is_dir()]
-        for info in infos:
-            if _hidden(info.filename):
-                continue
-
-            def opener(member: str = info.filename) -> Any:
-                return io.BytesIO(zipfile.ZipFile(path).read(member))
-
-            yield SourceFile("/" + info.filename.lstrip("/"), opener, info.file_size)
-        return
-    with tarfile.open(path) as archive:
-        members = [m for m in archive.getmembers() if m.isfile()]
-    for member in members:
-        if _hidden(member.name):
-            continue
-
-        def topen(member_name: str = member.name) -> Any:
-            with tarfile.open(path) as tar:
-                extracted = tar.extractfile(member_name)
-                assert extracted is not None
-                return io.BytesIO(extracted.read())
-
-        yield SourceFile("/" + member.name.lstrip("./"), topen, member.size)
-
-
-def _is_archive(path: Path) -> bool:
-    name = path.name.lower()
-    return name.endswith((".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2"))
-
-
-def _hidden(relpath: str) -> bool:
-    return any(part.startswith(".") or part == "__MACOSX" for part in Path(relpath).parts)
-
-
-def source_files(uri: str, work_dir: Path) -> Iterator[SourceFile]:
-    """The files of a `file:` or `https:` source (archives unpacked), as repo paths.
-
-    `s3://` sources are not listed here: pachd reads them itself (`put_file_from_url`)."""
-    if uri.startswith(("http://", "https://")):
-        target = work_dir / (Path(urlparse(uri).path).name or "download")
-        if not target.exists():
-            try:
-                with urllib.request.urlopen(uri, timeout=60) as response, open(target, "wb") as out:
-                    shutil.copyfileobj(response, out)
-            except OSError as exc:
-                target.unlink(missing_ok=True)
-                raise SourceError(f"cannot download {uri}: {exc}") from exc
-        if _is_archive(target):
-            yield from _archive_members(target)
-        else:
-            yield SourceFile("/" + target.name, lambda: open(target, "rb"), target.stat().st_size)
-        return
-    root = Path(urlparse(uri).path)
-    if not root.exists():
-        raise SourceError(f"source {root} does not exist")
-    if root.is_file():
-        if _is_archive(root):
-            yield from _archive_members(root)
-        else:
-            yield SourceFile("/" + root.name, lambda: open(root, "rb"), root.stat().st_size)
-        return
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for filename in sorted(filenames):
-            if filename.startswith("."):
-                continue
-            full = Path(dirpath) / filename
-            rel = full.relative_to(root).as_posix()
-            yield SourceFile("/" + rel, lambda f=full: open(f, "rb"), full.stat().st_size)
-
-
-def fingerprint(uri: str) -> str:
-    """A cheap content hash of a source: names, sizes and modification times of its files
-    (`file:`), the validators of the HTTP resource (`https:`), the URI itself (`s3:`)."""
-    digest = hashlib.sha256(uri.encode())
-    if uri.startswith("file:"):
-        root = Path(urlparse(uri).path)
-        if not root.exists():
-            raise SourceError(f"source {root} does not exist")
-        entries = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-        for path in entries:
-            rel = path.name if path == root else path.relative_to(root).as_posix()
-            if _hidden(rel):
-                continue
-            stat = path.stat()
-            digest.update(f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    elif uri.startswith(("http://", "https://")):
-        request = urllib.request.Request(uri, method="HEAD")
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                for header in ("ETag", "Last-Modified", "Content-Length"):
-                    digest.update(f"{header}:{response.headers.get(header, '')}\n".encode())
-        except OSError as exc:
-            raise SourceError(f"cannot reach {uri}: {exc}") from exc
-    return digest.hexdigest()[:32]
-
-
-# --------------------------------------------------------------------------- split
-
-
-def assign_split(items: list[tuple[str, str]], test: float, seed: int, stratify: bool) -> dict[str, str]:
-    """`{item: "train" | "test"}` for `(item, label)` pairs: reproducible for the same seed and
-    items; with `stratify`, each label's share is the same in both outputs (at least one item of
-    a label with two or more items goes to each side)."""
-    groups: dict[str, list[str]] = {}
-    for item, label in sorted(items):
-        groups.setdefault(label if stratify else "", []).append(item)
-    out: dict[str, str] = {}
-    for label in sorted(groups):
-        members = groups[label]
-        rng = random.Random(f"{seed}:{label}")
-        rng.shuffle(members)
-        n_test = round(len(members) * test)
-        if len(members) >= 2:
-            n_test = min(max(n_test, 1), len(members) - 1)
-        for i, item in enumerate(members):
-            out[item] = "test" if i < n_test else "train"
-    return out
-
-
-def _label_of(path: str, labels_from: str) -> str:
-    parts = path.strip("/").split("/")
-    return parts[-2] if labels_from == "directory" and len(parts) >= 2 else ""
-
-
-def _idx_read(data: bytes) -> tuple[int, tuple[int, ...], bytes]:
-    """(type code, dimensions, payload) of an IDX file (gzip or plain)."""
-    if data[:2] == b"\x1f\x8b":
-        import gzip
-
-        data = gzip.decompress(data)
-    zero, dtype, ndim = struct.unpack(">HBB", data[:4])
-    if zero != 0:
-        raise ValueError("not an IDX file")
-    dims = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
-    return dtype, dims, data[4 + 4 * ndim :]
-
-
-def _idx_write(dtype: int, dims: tuple[int, ...], payload: bytes) -> bytes:
-    return struct.pack(">HBB", 0, dtype, len(dims)) + struct.pack(">" + "I" * len(dims), *dims) + payload
-
-
-_IDX_SIZES = {0x08: 1, 0x09: 1, 0x0B: 2, 0x0C: 4, 0x0D: 4, 0x0E: 8}
-
-
-def split_idx(files: dict[str, bytes], test: float, seed: int, stratify: bool) -> dict[str, dict[str, bytes]]:
-    """Split paired IDX image/label files record by record into `{"train": {...}, "test": {...}}`.
-
-    Every `X-images-idx3-ubyte` with its `X-labels-idx1-ubyte` is concatenated into one pool;
-    the outputs hold `train-images-idx3-ubyte` / `train-labels-idx1-ubyte` and the same for test."""
-    pairs: dict[str, dict[str, str]] = {}
-    for path in files:
-        m = _IDX_PAIR.match(Path(path).name)
-        if m:
-            pairs.setdefault(str(Path(path).parent / m.group("prefix")), {})[m.group("kind")] = path
-    records: list[tuple[bytes, bytes, int]] = []
-    img_meta: tuple[int, tuple[int, ...]] | None = None
-    for key in sorted(pairs):
-        pair = pairs[key]
-        if set(pair) != {"images", "labels"}:
-            raise ValueError(f"IDX files {sorted(pair.values())}: images and labels must come in pairs")
-        itype, idims, ipay = _idx_read(files[pair["images"]])
-        ltype, ldims, lpay = _idx_read(files[pair["labels"]])
-        if idims[0] != ldims[0]:
-            raise ValueError(f"{pair['images']} has {idims[0]} images but {pair['labels']} {ldims[0]} labels")
-        size = _IDX_SIZES[itype]
-        per = size
-        for d in idims[1:]:
-            per *= d
-        img_meta = img_meta or (itype, idims[1:])
-        for i in range(idims[0]):
-            label = lpay[i : i + 1]
-            records.append((ipay[i * per : (i + 1) * per], label, label[0]))
-    if img_meta is None:
-        raise ValueError("no IDX image/label pairs found (expected *-images-idx3-ubyte and *-labels-idx1-ubyte)")
-    sides = assign_split([(str(i), str(r[2])) for i, r in enumerate(records)], test, seed, stratify)
-    out: dict[str, dict[str, bytes]] = {}
-    for side in ("train", "test"):
-        chosen = [records[int(i)] for i in sorted(sides, key=int) if sides[i] == side]
-        itype, shape = img_meta
-        out[side] = {
-            f"/{side}-images-idx{len(shape) + 1}-ubyte": _idx_write(itype, (len(chosen), *shape),
-                                                                     b"".join(r[0] for r in chosen)),
-            f"/{side}-labels-idx1-ubyte": _idx_write(0x08, (len(chosen),), b"".join(r[1] for r in chosen)),
-        }
-    return out
-
-
-def split_csv(files: dict[str, bytes], test: float, seed: int, stratify: bool) -> dict[str, dict[str, bytes]]:
-    """Split CSV files row by row (header kept in both outputs), stratified on a `label` column."""
-    import csv
-
-    out: dict[str, dict[str, bytes]] = {"train": {}, "test": {}}
-    for path in sorted(files):
-        text = files[path].decode("utf-8")
-        rows = list(csv.reader(io.StringIO(text)))
-        if not rows:
-            continue
-        header, body = rows[0], rows[1:]
-        column = header.index("label") if "label" in header else None
-        items = [(str(i), row[column] if column is not None and column < len(row) else "")
-                 for i, row in enumerate(body)]
-        sides = assign_split(items, test, seed, stratify)
-        for side in ("train", "test"):
-            buf = io.StringIO()
-            writer = csv.writer(buf, lineterminator="\n")
-            writer.writerow(header)
-            writer.writerows(body[int(i)] for i in sorted(sides, key=int) if sides[i] == side)
-            out[side][path] = buf.getvalue().encode()
-    return out
-
-
 # --------------------------------------------------------------------------- engine
 
 
@@ -400,6 +151,7 @@ class _RunInfo:
     source_uri: str
     names: Names
     key: ResourceKey
+    base_dir: Path | None = None
     steps: list[str] = field(default_factory=list)
 
 
@@ -415,6 +167,8 @@ class PachydermDataEngine:
         self._client = client
         self._work_dir = work_dir
         self._drivers: dict[str, _Driver] = {}
+        self._secrets: dict[str, dict[str, str]] = {}
+        self._ingestor: Any = None
         self._finished: dict[str, DataRunStatus] = {}  # succeeded runs never change: answer from memory
         self._lock = threading.Lock()
 
@@ -472,24 +226,27 @@ class PachydermDataEngine:
     def _not_found(self, exc: grpc.RpcError) -> bool:
         return hasattr(exc, "code") and exc.code() == grpc.StatusCode.NOT_FOUND
 
-    def _scratch(self) -> Path:
-        base = self._work_dir or Path(tempfile.gettempdir()) / "cdl-pachyderm"
-        base.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(dir=base))
+    @property
+    def ingestor(self) -> Any:
+        """The local data engine's source reader (same files, paths and fingerprints as there),
+        over a content-addressed scratch store under the work directory."""
+        if self._ingestor is None:
+            from cdl.engines.local.data.ingest import Ingestor
+            from cdl.engines.local.data.objects import ObjectStore
+
+            root = self._work_dir or Path(tempfile.gettempdir()) / "cdl-pachyderm"
+            self._ingestor = Ingestor(root / "ingest", ObjectStore(root / "objects"), self.settings.s3_endpoint)
+        return self._ingestor
 
     # ------------------------------------------------------------------ protocol
 
     def source_fingerprint(self, request: DataRunRequest) -> str:
-        uri = _resolve_uri(request.spec.source.uri, request.base_dir)
-        try:
-            return fingerprint(uri)
-        except SourceError as exc:
-            raise PermanentEngineError(f"DataPipeline {request.key}: spec.source.uri: {exc}") from None
+        return self.ingestor.fingerprint(request.spec.source, request.secrets, request.base_dir)
 
     def start_run(self, request: DataRunRequest) -> EngineRef:
         key, spec = request.key, request.spec
         names = self.names(key)
-        source_uri = _resolve_uri(spec.source.uri, request.base_dir)
+        source_uri = spec.source.uri
         source_hash = self.source_fingerprint(request)
         with self._rpc(f"setting up the repos of DataPipeline {key}"):
             self._ensure_project(names.project)
@@ -511,13 +268,14 @@ class PachydermDataEngine:
                                               error=f"superseded by generation {request.generation}")
         description = _describe(
             resource=str(key), uid=key.uid, generation=request.generation, sourceHash=source_hash,
-            source=source_uri, spec=spec.wire(),
+            source=source_uri, baseDir=str(request.base_dir) if request.base_dir else None, spec=spec.wire(),
         )
         with self._rpc(f"starting the ingest commit of DataPipeline {key}"):
             commit = self.client.pfs.start_commit(
                 branch=pfs.Branch(repo=self._repo(names, names.raw), name=BRANCH), description=description)
         run_id = commit.id
         log.info("DataPipeline %s: run %s started (ingest %s)", key, run_id, source_uri)
+        self._secrets[run_id] = dict(request.secrets)  # for the ingest; never written anywhere
         self._ensure_driver(run_id, key)
         return EngineRef(run_id, self._console(names, names.raw, run_id), self.name)
 
@@ -778,7 +536,8 @@ class PachydermDataEngine:
             raise PermanentEngineError(f"commit {raw.commit.id} of {names.raw} was not made by cdl (no spec)")
         spec = DataPipelineSpec.model_validate(desc["spec"])
         return _RunInfo(spec, int(desc.get("generation", 0)), desc.get("sourceHash", ""), desc.get("source", ""),
-                        names, key, [s.name for s in spec.steps])
+                        names, key, Path(desc["baseDir"]) if desc.get("baseDir") else None,
+                        [s.name for s in spec.steps])
 
     def _last_repo(self, names: Names, info: _RunInfo) -> str:
         return names.pipeline(info.steps[-1]) if info.steps else names.raw
@@ -928,62 +687,74 @@ class PachydermDataEngine:
             log.exception("DataPipeline %s run %s", key, run_id)
 
     def _ingest(self, names: Names, info: _RunInfo, commit: pfs.Commit) -> None:
-        uri = info.source_uri
-        what = f"ingesting {uri} into {names.raw}@{commit.id}"
-        with self._rpc(what):
+        """Read the source as the local engine does, then put every file into the open commit
+        (pachd deduplicates content: unchanged files cost nothing downstream)."""
+        secrets = self._secrets.get(commit.id, {})
+        try:
+            ingested = self.ingestor.ingest(info.spec.source, secrets, info.base_dir)
+        except PermanentEngineError as exc:
+            with self._rpc(f"closing the ingest commit {names.raw}@{commit.id}"):
+                self.client.pfs.finish_commit(commit=commit, error=exc.message)
+            raise PermanentEngineError(f"DataPipeline {info.key}: spec.source.uri: {exc.message}",
+                                       reason=exc.reason) from None
+        objects = self.ingestor.objects
+        with self._rpc(f"ingesting {info.source_uri} into {names.raw}@{commit.id}"):
             self.client.pfs.delete_file(commit=commit, path="/")
-            if uri.startswith("s3://"):
-                self.client.pfs.put_file_from_url(commit=commit, path="/", url=uri, recursive=True)
-            else:
-                scratch = self._scratch()
-                try:
-                    for item in source_files(uri, scratch):
-                        with item.open() as handle:
-                            self.client.pfs.put_file_from_file(commit=commit, path=item.path, file=handle)
-                except SourceError as exc:
-                    self.client.pfs.finish_commit(commit=commit, error=str(exc))
-                    raise PermanentEngineError(f"DataPipeline {info.key}: spec.source.uri: {exc}") from None
-                finally:
-                    shutil.rmtree(scratch, ignore_errors=True)
+            for rel, entry in sorted(ingested.files.items()):
+                with open(objects.ensure_local(entry.sha256), "rb") as handle:
+                    self.client.pfs.put_file_from_file(commit=commit, path="/" + rel, file=handle)
             self.client.pfs.finish_commit(commit=commit)
+        self._secrets.pop(commit.id, None)
 
     def _split(self, names: Names, info: _RunInfo, run_id: str) -> None:
+        """train/test by `pipelines.split`'s rules, as the local engine splits: files are copied
+        server-side; CSV rows and IDX records are split here and written back."""
+        from pipelines.split import TEST, TRAIN, is_data_file, split_files
+
         spec = info.spec
         source_repo = self._last_repo(names, info)
         src = self._commit(names, source_repo, run_id)
-        sides = ["train", "test"] if spec.split else ["train"]
         with self._rpc(f"splitting {source_repo}@{run_id} of DataPipeline {info.key}"):
             if self._split_outputs(names, info, run_id) is not None:
                 return
-            listing = [fi for fi in self.client.pfs.walk_file(file=pfs.File(commit=src, path="/"))
-                       if fi.file_type == pfs.FileType.FILE]
-            record_level = spec.split is not None and spec.source.format in ("idx", "csv")
-            if record_level:
-                contents = {fi.file.path: self._read(fi.file) for fi in listing}
-                splitter = split_idx if spec.source.format == "idx" else split_csv
-                try:
-                    parts = splitter(contents, spec.split.test, spec.split.seed, spec.split.stratify)
-                except ValueError as exc:
-                    raise PermanentEngineError(f"DataPipeline {info.key}: cannot split {source_repo}: {exc}") from None
-                for side in sides:
-                    files = parts[side]
-                    self._write_side(names, names.repo(side), run_id, source_repo,
-                                     [pfs.ModifyFileRequest(add_file=pfs.AddFile(path=p, raw=data))
-                                      for p, data in files.items()],
-                                     len(files), sum(len(d) for d in files.values()))
+            listing = {fi.file.path.lstrip("/"): int(fi.size_bytes)
+                       for fi in self.client.pfs.walk_file(file=pfs.File(commit=src, path="/"))
+                       if fi.file_type == pfs.FileType.FILE and is_data_file(fi.file.path.lstrip("/"))}
+            if spec.split is not None and spec.source.format in ("csv", "idx"):
+                self._split_records(names, info, run_id, source_repo, listing)
                 return
-            paths = {fi.file.path: int(fi.size_bytes) for fi in listing}
             if spec.split is not None:
-                labels = [(p, _label_of(p, spec.source.labels_from)) for p in paths]
-                chosen = assign_split(labels, spec.split.test, spec.split.seed, spec.split.stratify)
+                where = split_files(list(listing), spec.split.test, spec.split.seed, spec.split.stratify,
+                                    spec.source.labels_from == "directory")
             else:
-                chosen = dict.fromkeys(paths, "train")
-            for side in sides:
-                mine = sorted(p for p, s in chosen.items() if s == side)
-                ops = [pfs.ModifyFileRequest(copy_file=pfs.CopyFile(dst=p, src=pfs.File(commit=src, path=p)))
-                       for p in mine]
+                where = dict.fromkeys(listing, TRAIN)
+            for side in ([TRAIN, TEST] if spec.split else [TRAIN]):
+                mine = sorted(rel for rel, s in where.items() if s == side)
+                ops = [pfs.ModifyFileRequest(copy_file=pfs.CopyFile(dst="/" + rel, src=pfs.File(commit=src,
+                                                                                                path="/" + rel)))
+                       for rel in mine]
                 self._write_side(names, names.repo(side), run_id, source_repo, ops, len(mine),
-                                 sum(paths[p] for p in mine))
+                                 sum(listing[rel] for rel in mine))
+
+    def _split_records(self, names: Names, info: _RunInfo, run_id: str, source_repo: str,
+                       listing: dict[str, int]) -> None:
+        from cdl.engines.local.data.split import split_commit
+
+        objects = self.ingestor.objects
+        src = self._commit(names, source_repo, run_id)
+        files = {rel: objects.put_bytes(self._read(pfs.File(commit=src, path="/" + rel))) for rel in listing}
+        assert info.spec.split is not None
+        try:
+            result = split_commit(files, objects, info.spec.source.format, info.spec.source.labels_from,
+                                  info.spec.split)
+        except PermanentEngineError as exc:
+            raise PermanentEngineError(f"DataPipeline {info.key}: cannot split {source_repo}: {exc.message}",
+                                       reason=exc.reason) from None
+        for side, entries in (("train", result.train), ("test", result.test)):
+            ops = [op for rel, e in sorted(entries.items())
+                   for op in _add_file("/" + rel, objects.ensure_local(e.sha256))]
+            self._write_side(names, names.repo(side), run_id, source_repo, ops, len(entries),
+                             sum(e.size for e in entries.values()))
 
     def _write_side(self, names: Names, repo: str, run_id: str, source_repo: str,
                     ops: list[pfs.ModifyFileRequest], files: int, size: int) -> None:
@@ -1009,6 +780,14 @@ class PachydermDataEngine:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _add_file(path: str, source: Path) -> Iterator[pfs.ModifyFileRequest]:
+    """AddFile requests for one file in chunks (pachd appends the chunks of a path in one stream)."""
+    with open(source, "rb") as handle:
+        yield pfs.ModifyFileRequest(add_file=pfs.AddFile(path=path, raw=b""))
+        while chunk := handle.read(CHUNK):
+            yield pfs.ModifyFileRequest(add_file=pfs.AddFile(path=path, raw=chunk))
 
 
 def _env_name(key: str) -> str:
@@ -1045,4 +824,4 @@ def _request_kwargs(request: pps.CreatePipelineRequest) -> dict[str, Any]:
     return {n: getattr(request, n) for n in names if request.is_set(n)}
 
 
-__all__ = ["PachydermDataEngine", "Names", "assign_split", "split_idx", "split_csv", "source_files", "fingerprint"]
+__all__ = ["PachydermDataEngine", "Names"]
