@@ -16,7 +16,8 @@ What it checks, as pachd does:
   downstream repo and a job per pipeline (state JOB_CREATED), the job runs when its input commit
   finishes, `InspectCommitSet(wait)` and `InspectCommit(wait=FINISHED)` block until done;
 - datums by glob; a datum already processed by the same pipeline salt is skipped (its output is
-  reused), `reprocess` on update draws a new salt; `datum_tries` attempts per datum; a failed
+  reused), `reprocess` on update draws a new salt; what several datums write to the same path is
+  concatenated in datum order; `datum_tries` attempts per datum; a failed
   datum fails the job (JOB_FAILURE, output commit finished with an error) and makes downstream
   jobs JOB_UNRUNNABLE; content-addressed file storage (no byte stored twice).
 
@@ -915,7 +916,7 @@ class FakePachd:
             job.total += 1
             if datum_id in done:
                 job.skipped += 1
-                outputs.update(done[datum_id])
+                self._merge(outputs, done[datum_id])
                 continue
             result = None
             for attempt in range(tries):
@@ -928,7 +929,7 @@ class FakePachd:
                 continue
             job.processed += 1
             done[datum_id] = result
-            outputs.update(result)
+            self._merge(outputs, result)
         with self._cv:
             if failed:
                 self._fail(job, out_commit, pps.JobState.JOB_FAILURE,
@@ -937,6 +938,12 @@ class FakePachd:
             out_commit.files = outputs
             job.state, job.finished = pps.JobState.JOB_SUCCESS, _now()
             self._finish(out_commit)
+
+    def _merge(self, outputs: dict[str, str], datum: dict[str, str]) -> None:
+        """pachd's merge of datum outputs: a path several datums write holds their contents one
+        after the other (in datum order)."""
+        for path, sha in datum.items():
+            outputs[path] = self._store(self.blobs[outputs[path]] + self.blobs[sha]) if path in outputs else sha
 
     def _fail(self, job: Job, out_commit: Commit, state: pps.JobState, reason: str) -> None:
         job.state, job.reason, job.finished = state, reason, _now()

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from pachyderm_sdk import Client
 from pachyderm_sdk.api import pfs, pps
 
@@ -281,3 +282,34 @@ def test_idx_sources_are_split_record_by_record(cluster_pachd: FakePachd, tmp_pa
     data = b"".join(c.value for c in client.pfs.get_file(file=pfs.File(commit=test, path="/test-labels-idx1-ubyte")))
     assert struct.unpack(">I", data[4:8])[0] == 4 and sorted(data[8:]) == [0, 0, 1, 1]  # stratified
     assert status.outputs["train"].files == 2 and status.outputs["test"].files == 2  # images + labels
+
+
+@pytest.mark.slow
+def test_the_bbc_use_case_steps_run_under_pachyderms_contract(cluster_pachd: FakePachd, tmp_path: Path) -> None:
+    """The real `pipelines.text` steps of usecases/bbc-news, as pipelines: /pfs/in datums, /pfs/out
+    outputs, one .cdl-report.json per datum merged into the step's report."""
+    manifest = yaml.safe_load((Path(__file__).resolve().parents[2] / "usecases" / "bbc-news" / "manifests"
+                               / "datapipeline.yaml").read_text())
+    words = "the market rallied as investors welcomed strong quarterly results from the banks".split()
+    source = tmp_path / "bbc"
+    for label in ("business", "sport", "tech"):
+        (source / label).mkdir(parents=True)
+        for i in range(3):
+            (source / label / f"{i:03d}.txt").write_text(f"A {label} headline {i}\n\n" + " ".join(words * (4 + i)))
+    (source / "tech" / "short.txt").write_text("too short")
+    spec = manifest["spec"]
+    spec.pop("labeling")
+    spec["source"]["uri"] = source.as_uri()
+    engine = engine_for(cluster_pachd)
+    key = ResourceKey("default", "bbc-news")
+    ref = engine.start_run(DataRunRequest(key, DataPipelineSpec.model_validate(spec), generation=1))
+    deadline = time.monotonic() + 120
+    while not (status := engine.run_status(key, ref.id)).state.finished and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+    assert status.state == JobState.SUCCEEDED, status.message
+    validate, clean = [s for s in status.lineage if s.step in ("validate", "clean")]
+    assert validate.datums_processed == 10 and validate.report["discardedTotal"] == 1
+    assert validate.report["discarded"] == {"too-short": 1} and clean.report["kept"] == 9
+    assert status.outputs["train"].files + status.outputs["test"].files == 9
+    assert status.outputs["test"].files == 3  # one per label: stratified

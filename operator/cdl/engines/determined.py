@@ -428,11 +428,14 @@ class DeterminedTrainingEngine:
         if existing is not None:
             log.info("Experiment %s: found Determined experiment %s (%s)", key, existing, name)
             return self.ref(existing)
-        created = self.master.call(
-            f"creating the experiment of Experiment {key}",
-            lambda: self.master.client.create_experiment(config, model_dir=str(request.model_dir),
-                                                         project_id=self.settings.project_id),
-        )
+        def create() -> Any:
+            try:
+                return self.master.client.create_experiment(config, model_dir=str(request.model_dir),
+                                                            project_id=self.settings.project_id)
+            except ValueError as exc:  # the SDK's checks of the model directory (size, paths)
+                raise PermanentEngineError(f"Experiment {key}: spec.model.path {request.model_dir}: {exc}") from None
+
+        created = self.master.call(f"creating the experiment of Experiment {key}", create)
         log.info("Experiment %s: submitted Determined experiment %s", key, created.id)
         return self.ref(created.id)
 

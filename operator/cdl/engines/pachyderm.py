@@ -574,8 +574,35 @@ class PachydermDataEngine:
                 state = pps.JobState(job.state).name.lower().removeprefix("job_")
                 return reports, "", f"step {step}: job {state} ({done}/{job.data_total} datums)"
             report.output_commit = f"{pipeline}@{job.output_commit.id if job.output_commit else run_id}"
+            report.report = self._step_report(names, pipeline, run_id)
             upstream = pipeline
         return reports, "", ""
+
+    def _step_report(self, names: Names, repo: str, run_id: str) -> dict[str, Any]:
+        """The step's `.cdl-report.json`: what it kept and discarded. Every datum writes its own, and
+        pachd concatenates what datums write to the same path, so the documents are merged here."""
+        from cdl.runtime.pfs import REPORT_NAME, merge_reports
+
+        try:
+            raw = self._read(pfs.File(commit=self._commit(names, repo, run_id), path="/" + REPORT_NAME))
+        except grpc.RpcError as exc:
+            if self._not_found(exc):
+                return {}
+            raise
+        merged: dict[str, Any] = {}
+        text, decoder, at = raw.decode("utf-8", "replace"), json.JSONDecoder(), 0
+        while at < len(text):
+            while at < len(text) and text[at].isspace():
+                at += 1
+            if at >= len(text):
+                break
+            try:
+                doc, at = decoder.raw_decode(text, at)
+            except json.JSONDecodeError:
+                break  # a truncated report: keep what was read
+            if isinstance(doc, dict):
+                merged = merge_reports(merged, doc)
+        return merged
 
     def _pipeline_trouble(self, names: Names, pipeline: str) -> str:
         try:
