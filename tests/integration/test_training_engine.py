@@ -43,6 +43,8 @@ def test_single_trial_trains_on_the_bound_commit_and_records_everything(
     # The function entrypoint (Core API) runs beside it, on no data.
     fn_spec = training_spec(model={"path": "m", "entrypoint": "model_def:core_train"})
     fn_ref = engine.submit(training_request(fn_spec, name="core-fn"))
+    script_spec = training_spec(model={"path": "m", "entrypoint": "core_script.py"}, searcher={"maxLength": {"epochs": 1}})
+    script_ref = engine.submit(training_request(script_spec, name="core-script"))
 
     status = engine.wait(ref, 180)
     assert status.state == JobState.SUCCEEDED, status.message
@@ -92,6 +94,9 @@ def test_single_trial_trains_on_the_bound_commit_and_records_everything(
     assert fn_trial.length_done == 2 and fn_trial.checkpoint is not None
     assert (Path(fn_trial.checkpoint.path) / "model.pt").is_file()
     assert database.trials(fn_ref.id)[0].metadata["model"]["parameters"] == 9  # record_model() from a function
+    script_status = engine.wait(script_ref, 120)
+    assert script_status.state == JobState.SUCCEEDED, script_status.message
+    assert script_status.trials[0].length_done == 1 and script_status.best is not None
 
 
 def test_failing_trials_show_tracebacks_and_fail_the_run(training_engine, training_spec, training_request) -> None:
@@ -158,3 +163,5 @@ def test_submit_is_idempotent_and_kill_stops_the_process_group(training_engine, 
         os.killpg(pid, 0)
     assert training_engine.submit(request) == ref  # a finished run is not started again
     assert training_engine.status(ref).state == JobState.CANCELED
+    training_engine.delete(ref)
+    assert not training_engine.run_dir(ref.id).exists()

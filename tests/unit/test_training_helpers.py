@@ -65,6 +65,14 @@ def test_check_entrypoint_refuses_missing_module_class_and_file(tmp_path: Path) 
         assert words in str(err.value) and str(err.value).startswith("Experiment ml/x: spec.model.entrypoint")
 
 
+def test_check_entrypoint_wants_a_length_for_pytorch_trials(tmp_path: Path) -> None:
+    (tmp_path / "model_def.py").write_text("from determined import pytorch\nclass T(pytorch.PyTorchTrial):\n    pass\n")
+    check_entrypoint(tmp_path, "model_def:T", "Experiment ml/x", has_max_length=True)
+    with pytest.raises(InvalidSpec) as err:
+        check_entrypoint(tmp_path, "model_def:T", "Experiment ml/x", has_max_length=False)
+    assert err.value.problems[0][0] == "spec.searcher.maxLength"
+
+
 def test_check_entrypoint_leaves_dynamic_modules_to_the_trial(tmp_path: Path) -> None:
     (tmp_path / "dyn.py").write_text("from helpers import *\n")
     check_entrypoint(tmp_path, "dyn:Anything", "Experiment ml/x")
@@ -92,3 +100,31 @@ def test_read_events_leaves_a_half_written_line_for_later(tmp_path: Path) -> Non
     events, offset = read_events(path, offset)
     assert [e["event"] for e in events] == ["metrics"]
     assert read_events(path, offset) == ([], offset)
+
+
+def test_status_maps_paused_asha_trials_and_progress(tmp_path: Path) -> None:
+    from cdl.api.experiment import ExperimentSpec
+    from cdl.engines.base import JobState
+    from cdl.engines.local.training import searchers
+    from cdl.engines.local.training.runner import build_status
+
+    spec = ExperimentSpec.model_validate({
+        "model": {"path": "m", "entrypoint": "model_def:T"}, "hyperparameters": {"lr": 0.1},
+        "searcher": {"name": "asha", "metric": "loss", "smallerIsBetter": True, "maxTrials": 4,
+                     "maxLength": {"epochs": 4}, "asha": {"divisor": 2, "maxRungs": 2}},
+    })
+    search = searchers.make(spec)  # rungs at 2 and 4 epochs: planned 4*2 + 2*2 = 12 epochs
+    done = TrialState("1", 0, {"lr": 0.1}, 1, state="succeeded", target=4, rung=1, units_done=4,
+                      validations=[Validation(8, 4, 0.2, {"loss": 0.2}, 1.0)])
+    paused = TrialState("2", 1, {"lr": 0.2}, 2, state="paused", target=2, rung=0, units_done=2,
+                        stop_reason="asha: not promoted at rung 0", validations=[Validation(4, 2, 0.5, {"loss": 0.5}, 1.0)])
+    running = TrialState("3", 2, {"lr": 0.3}, 3, state="running", target=2, rung=0, units_done=1)
+    run = RunState("r", "ml", "x", "", 1, 1, spec.model_dump(by_alias=True), "/m", None, state="running",
+                   trials=[done, paused, running])
+    status = build_status(run, search, tmp_path)
+    assert [t.state for t in status.trials] == [JobState.SUCCEEDED, JobState.PENDING, JobState.RUNNING]
+    assert status.trials[1].stop_reason == "asha: not promoted at rung 0"
+    assert status.counts() == {"total": 3, "running": 1, "completed": 1, "earlyStopped": 1, "failed": 0}
+    assert status.progress == round((4 + 2 + 1) / 12, 4)
+    assert status.best is not None and status.best.id == "1" and status.best.metrics == {"loss": 0.2}
+    assert "1 waiting for promotion" in status.message

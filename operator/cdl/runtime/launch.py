@@ -178,9 +178,7 @@ def _run_pytorch(trial_cls: type, found: TrialInfo, config: dict[str, Any], dist
                 trial_events.emit("model", **description)
             except Exception as exc:  # noqa: BLE001 - metadata must never break training
                 trial_events.emit("warning", message=f"could not describe the model: {exc}")
-        period = found.validation_period or pytorch.Epoch(1)
-        if not isinstance(period, pytorch.TrainUnit):
-            period = period.to_determined()
+        period = found.validation_period.to_determined() if found.validation_period else pytorch.Epoch(1)
         checkpoint_period = found.checkpoint_period.to_determined() if found.checkpoint_period else period
         pytorch.Trainer(trial, context).fit(
             max_length=found.max_length.to_determined(),

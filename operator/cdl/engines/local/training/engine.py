@@ -50,7 +50,7 @@ from cdl.engines.local.training.state import (
     save,
 )
 from cdl.engines.local.training.trial_process import TrialProcess, gpu_count
-from cdl.errors import InvalidSpec, PermanentEngineError
+from cdl.errors import InvalidSpec, PermanentEngineError, TransientEngineError
 
 ENGINE = "local"
 
@@ -82,9 +82,10 @@ def _ignore_for(model_dir: Path) -> Any:
     return ignore
 
 
-def check_entrypoint(model_dir: Path, entrypoint: str, resource: str) -> None:
+def check_entrypoint(model_dir: Path, entrypoint: str, resource: str, *, has_max_length: bool = True) -> None:
     """Refuse, before anything runs, an entrypoint whose file, module or top-level name is
-    missing from the model code (names bound dynamically are left to the trial to find)."""
+    missing from the model code (names bound dynamically are left to the trial to find), and a
+    PyTorchTrial class without spec.searcher.maxLength (Trainer.fit needs a length)."""
     field = "spec.model.entrypoint"
     if entrypoint.endswith(".py"):
         if not (model_dir / entrypoint).is_file():
@@ -107,6 +108,12 @@ def check_entrypoint(model_dir: Path, entrypoint: str, resource: str) -> None:
         raise InvalidSpec(resource, [(field, f"{entrypoint!r}: {path.name} does not parse: {exc}")]) from exc
     names: set[str] = set()
     for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == attr and not has_max_length:
+            bases = {b.id if isinstance(b, ast.Name) else getattr(b, "attr", "") for b in node.bases}
+            if "PyTorchTrial" in bases:
+                raise InvalidSpec(resource, [("spec.searcher.maxLength",
+                                              f"Required value: {entrypoint} is a PyTorchTrial, which trains "
+                                              "for maxLength epochs or batches")])
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
             names.add(node.name)
         elif isinstance(node, ast.Assign):
@@ -208,7 +215,8 @@ class LocalTrainingEngine:
             raise InvalidSpec(resource, problems)
         if not Path(model_dir).is_dir():
             raise InvalidSpec(resource, [("spec.model.path", f"directory {model_dir} does not exist")])
-        check_entrypoint(Path(model_dir), spec.model.entrypoint, resource)
+        check_entrypoint(Path(model_dir), spec.model.entrypoint, resource,
+                         has_max_length=spec.searcher.max_length is not None)
         try:
             searchers.make(spec)
         except hp.GridError as exc:
@@ -241,9 +249,9 @@ class LocalTrainingEngine:
                 on_event=self.recorder.event,
                 on_run_finished=self.recorder.run_finished,
             )
+            self.recorder.run_started(run, self.run_dir(run_id))
             if not driver.start():
                 return None  # another engine (process) drives it; read its state from disk
-            self.recorder.run_started(run, self.run_dir(run_id))
             self._drivers[run_id] = driver
             return driver
 
@@ -287,6 +295,22 @@ class LocalTrainingEngine:
         run.message = "canceled"
         run.finished = time.time()
         save(run, path)
+
+    def delete(self, ref: EngineRef) -> None:
+        """Cancel the run and remove its directory and the checkpoints it stored in the artifact
+        store. The Experiment Registry rows stay: ModelVersions' lineage points at them."""
+        self.kill(ref)
+        with self._lock:
+            self._drivers.pop(ref.id, None)
+        run_dir = self.run_dir(ref.id)
+        path = run_dir / "run.json"
+        if self.artifacts is not None and path.exists():
+            run = load(path)
+            try:
+                self.artifacts.delete_prefix(f"checkpoints/{run.namespace}/{run.name}/{run.id}")
+            except Exception as exc:  # noqa: BLE001 - the store may be down; the directory still goes
+                raise TransientEngineError(f"could not delete the checkpoints of run {ref.id}: {exc}") from exc
+        shutil.rmtree(run_dir, ignore_errors=True)
 
     def logs(self, ref: EngineRef | str, trial_id: str | None = None) -> str:
         return logs(self.root, ref, trial_id)

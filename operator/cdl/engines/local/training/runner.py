@@ -443,6 +443,7 @@ class RunDriver:
             "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1",
             "PYTHONUNBUFFERED": "1",
             "CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in gpus),
+            "CUDA_DEVICE_ORDER": "PCI_BUS_ID",  # the indices nvidia-smi reports
             "DET_CHIEF_IP": "127.0.0.1",
         }
         if "OMP_NUM_THREADS" not in os.environ:
