@@ -11,9 +11,6 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.fakes.determined_master import FakeDeterminedMaster
-from tests.fakes.pachd import FakePachd
-
 DET_USER, DET_PASSWORD = "cdl-operator", "Op3rator-pass"
 SELDON_CRD = Path(__file__).resolve().parents[2] / "crds" / "thirdparty" / "seldondeployment.yaml"
 
@@ -26,8 +23,10 @@ def closed_port() -> int:
 
 
 @pytest.fixture
-def cluster_pachd(tmp_path: Path) -> Iterator[FakePachd]:
+def cluster_pachd(tmp_path: Path) -> Iterator[Any]:
     """A fake pachd on a free loopback port, without auth."""
+    from tests.fakes.pachd import FakePachd
+
     server = FakePachd(tmp_path / "pachd")
     server.start()
     yield server
@@ -35,8 +34,10 @@ def cluster_pachd(tmp_path: Path) -> Iterator[FakePachd]:
 
 
 @pytest.fixture
-def cluster_pachd_with_auth(tmp_path: Path) -> Iterator[FakePachd]:
+def cluster_pachd_with_auth(tmp_path: Path) -> Iterator[Any]:
     """A fake pachd with auth on: every call must carry the token `cdl-test-token`."""
+    from tests.fakes.pachd import FakePachd
+
     server = FakePachd(tmp_path / "pachd-auth", token="cdl-test-token")
     server.start()
     yield server
@@ -49,8 +50,10 @@ def cluster_closed_port() -> int:
 
 
 @pytest.fixture
-def cluster_det_master() -> Iterator[FakeDeterminedMaster]:
+def cluster_det_master() -> Iterator[Any]:
     """A fake Determined master with one user (DET_USER / DET_PASSWORD)."""
+    from tests.fakes.determined_master import FakeDeterminedMaster
+
     master = FakeDeterminedMaster(users={DET_USER: DET_PASSWORD})
     master.start()
     yield master
