@@ -96,15 +96,28 @@ def overhead(root: Path, epochs: int, repeats: int) -> tuple[list[float], list[f
             status, wall = run(engine, f"overhead-{i}", s)
             assert status.state.value == "succeeded", status.message
             platform_walls.append(wall)
-            with tempfile.TemporaryDirectory() as xdg:
+            with tempfile.TemporaryDirectory() as xdg, tempfile.TemporaryDirectory() as cwd:
+                # cwd apart from XDG_DATA_HOME: Determined copies the working directory into each checkpoint.
                 env = {**os.environ, "XDG_DATA_HOME": xdg, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
                 start = time.perf_counter()
                 subprocess.run([sys.executable, "-c", DIRECT.format(model_dir=str(MODEL_DIR), epochs=epochs)],
-                               env=env, cwd=xdg, check=True, capture_output=True)
+                               env=env, cwd=cwd, check=True, capture_output=True)
                 direct_walls.append(time.perf_counter() - start)
     finally:
         engine.close()
     return platform_walls, direct_walls
+
+
+def search(root: Path, args: argparse.Namespace) -> None:
+    rows = search_table(root, args.trials, args.epochs, args.concurrency)
+    print(f"## Search: {args.trials} trials, up to {args.epochs} epochs each, {args.concurrency} at a time\n")
+    print("| searcher | trials | trial-epochs | stopped early | best validation_loss | best lr | wall s |")
+    print("|---|---|---|---|---|---|---|")
+    for name, n, units, stopped, best, lr, wall in rows:
+        print(f"| {name} | {n} | {units} | {stopped} | {best:.5f} | {lr:.4g} | {wall:.1f} |")
+    random_units = next(r[2] for r in rows if r[0] == "random")
+    asha_units = next(r[2] for r in rows if r[0] == "asha")
+    print(f"\nASHA spent {asha_units / random_units:.0%} of random search's trial-epochs.\n")
 
 
 def main() -> None:
@@ -113,20 +126,15 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=16)
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", choices=["search", "overhead"], help="run one part")
     args = parser.parse_args()
     print(f"# training_bench {datetime.date.today()} on {platform.node()} ({os.cpu_count()} CPUs, "
           f"Python {platform.python_version()})\n")
     with tempfile.TemporaryDirectory() as tmp:
-        rows = search_table(Path(tmp) / "search", args.trials, args.epochs, args.concurrency)
-        print(f"## Search: {args.trials} trials, up to {args.epochs} epochs each, {args.concurrency} at a time\n")
-        print("| searcher | trials | trial-epochs | stopped early | best validation_loss | best lr | wall s |")
-        print("|---|---|---|---|---|---|---|")
-        for name, n, units, stopped, best, lr, wall in rows:
-            print(f"| {name} | {n} | {units} | {stopped} | {best:.5f} | {lr:.4g} | {wall:.1f} |")
-        random_units = next(r[2] for r in rows if r[0] == "random")
-        asha_units = next(r[2] for r in rows if r[0] == "asha")
-        print(f"\nASHA spent {asha_units / random_units:.0%} of random search's trial-epochs.\n")
-
+        if args.only != "overhead":
+            search(Path(tmp) / "search", args)
+        if args.only == "search":
+            return
         platform_walls, direct_walls = overhead(Path(tmp) / "overhead", args.epochs, args.repeats)
         p, d = statistics.median(platform_walls), statistics.median(direct_walls)
         print(f"## Overhead: one trial of {args.epochs} epochs, median of {args.repeats}\n")
