@@ -1,0 +1,156 @@
+"""The content-addressed object store under the data engine: a file's bytes are kept once, named
+by their sha256, however many commits, repos or pipelines hold the file.
+
+Objects are read-only files at `objects/<sha[:2]>/<sha>`; checkouts and datum inputs are
+hardlinks to them (copies where the filesystem refuses links). With an `ArtifactStore` given,
+every new object is also written through it under `data/objects/<sha[:2]>/<sha>` (so an S3
+store holds the data too) and an object missing locally is fetched back from it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import stat
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CHUNK = 1024 * 1024
+READ_ONLY = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
+ARTIFACT_PREFIX = "data/objects"
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One file of a commit: the object holding its bytes and its size."""
+
+    sha256: str
+    size: int
+
+    def wire(self) -> list[Any]:
+        return [self.sha256, self.size]
+
+    @classmethod
+    def from_wire(cls, value: list[Any]) -> FileEntry:
+        return cls(str(value[0]), int(value[1]))
+
+
+def sha256_file(path: Path) -> tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+class ObjectStore:
+    """Put files in by content; link them out by sha256."""
+
+    def __init__(self, root: Path, artifacts: Any | None = None) -> None:
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.tmp = root / ".tmp"
+        self.tmp.mkdir(exist_ok=True)
+        self.artifacts = artifacts
+        self._lock = threading.Lock()
+        self.created = 0  # objects written by this process (dedup checks in tests and the bench)
+
+    def path(self, sha256: str) -> Path:
+        return self.root / sha256[:2] / sha256
+
+    def has(self, sha256: str) -> bool:
+        return self.path(sha256).exists()
+
+    def _artifact_key(self, sha256: str) -> str:
+        return f"{ARTIFACT_PREFIX}/{sha256[:2]}/{sha256}"
+
+    def _admit(self, tmp: Path, sha256: str) -> bool:
+        """Move a finished temporary file into place unless the object exists; True if it was new."""
+        dest = self.path(sha256)
+        if dest.exists():
+            tmp.unlink(missing_ok=True)
+            return False
+        dest.parent.mkdir(exist_ok=True)
+        os.chmod(tmp, READ_ONLY)
+        os.replace(tmp, dest)
+        with self._lock:
+            self.created += 1
+        if self.artifacts is not None:
+            self.artifacts.put_file(self._artifact_key(sha256), dest)
+        return True
+
+    def put_file(self, src: Path, sha256: str | None = None, move: bool = False) -> FileEntry:
+        """Store a file's bytes; with `move` the file itself becomes the object (no copy)."""
+        if sha256 is None:
+            sha256, size = sha256_file(src)
+        else:
+            size = src.stat().st_size
+        if self.has(sha256):
+            if move:
+                src.unlink(missing_ok=True)
+            return FileEntry(sha256, size)
+        fd, name = tempfile.mkstemp(dir=self.tmp, prefix=sha256[:8])
+        os.close(fd)
+        tmp = Path(name)
+        if move:
+            os.replace(src, tmp)
+        else:
+            shutil.copyfile(src, tmp)
+        self._admit(tmp, sha256)
+        return FileEntry(sha256, size)
+
+    def put_bytes(self, data: bytes) -> FileEntry:
+        sha256 = hashlib.sha256(data).hexdigest()
+        if not self.has(sha256):
+            fd, name = tempfile.mkstemp(dir=self.tmp, prefix=sha256[:8])
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            self._admit(Path(name), sha256)
+        return FileEntry(sha256, len(data))
+
+    def ensure_local(self, sha256: str) -> Path:
+        """The object's local path, fetched from the artifact store when only that holds it."""
+        path = self.path(sha256)
+        if path.exists():
+            return path
+        if self.artifacts is None:
+            raise FileNotFoundError(f"object {sha256} is missing from the data store {self.root}")
+        fd, name = tempfile.mkstemp(dir=self.tmp, prefix=sha256[:8])
+        os.close(fd)
+        self.artifacts.get_file(self._artifact_key(sha256), Path(name), sha256)
+        path.parent.mkdir(exist_ok=True)
+        os.chmod(name, READ_ONLY)
+        os.replace(name, path)
+        return path
+
+    def link(self, sha256: str, dest: Path) -> None:
+        """Make `dest` hold the object: a hardlink, or a read-only copy across filesystems."""
+        src = self.ensure_local(sha256)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(src, dest)
+        except FileExistsError:
+            dest.unlink()
+            os.link(src, dest)
+        except OSError:
+            shutil.copyfile(src, dest)
+            os.chmod(dest, READ_ONLY)
+
+    def count(self) -> int:
+        return sum(1 for d in self.root.iterdir() if d.is_dir() and d.name != ".tmp" for _ in d.iterdir())
+
+    def all(self) -> set[str]:
+        return {p.name for d in self.root.iterdir() if d.is_dir() and d.name != ".tmp" for p in d.iterdir()}
+
+    def remove(self, sha256: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path(sha256).unlink()
+        if self.artifacts is not None:
+            with contextlib.suppress(Exception):
+                self.artifacts.delete(self._artifact_key(sha256))

@@ -1,0 +1,1 @@
+"""Image steps: IDX (MNIST-style) and image-file validation."""

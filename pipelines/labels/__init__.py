@@ -1,0 +1,1 @@
+"""Label steps: moving finished annotations from Label Studio into PostgreSQL."""

@@ -1,0 +1,1 @@
+"""Text steps: validation and cleaning of plain-text documents."""
