@@ -110,6 +110,7 @@ class StepReport:
     datums_skipped: int = 0
     datums_failed: int = 0
     failed_datum_log: str = ""
+    report: dict[str, Any] = field(default_factory=dict)  # the step's .cdl-report.json: kept/discarded counts
 
 
 @dataclass
@@ -155,6 +156,8 @@ class LabelItem:
     url: str | None = None  # a URL the labeling server can read (images)
     label: str | None = None  # automatic label (pre-annotation)
     split: str | None = None
+    repo: str | None = None  # the item's own repo and commit (e.g. the test output's); default the request's
+    commit: str | None = None
 
 
 @dataclass
