@@ -141,6 +141,8 @@ class Microservice:
             CDL_MODEL_VERSION=self.state.model_version,
             OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "1"),  # one thread per worker: workers are the parallelism
             MKL_NUM_THREADS=env.get("MKL_NUM_THREADS", "1"),
+            # Keras 3 predictors run on torch here: tensorflow cannot share seldon-core's environment
+            KERAS_BACKEND=env.get("KERAS_BACKEND", "torch"),
         )
         env.update(self.extra_env)
         return env

@@ -4,7 +4,8 @@ seldon-core 1.18.2 pins old Flask, click, urllib3, numpy and protobuf, so it get
 environment, as it would get its own container. It is created on first use (or up front by
 `scripts/setup-seldon.sh`), once: a marker file records the hash of the install list
 (`requirements.txt` beside this module) and a file lock keeps two processes from building it at
-the same time. A changed install list rebuilds it.
+the same time. A changed install list is installed into the existing environment; a broken one
+is rebuilt.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 from cdl.errors import PermanentEngineError
 
@@ -88,31 +90,41 @@ def ensure_seldon_venv(venv: Path | None = None, *, log: Path | None = None) -> 
         fcntl.flock(lock, fcntl.LOCK_EX)
         if is_ready(venv):
             return venv
-        if venv.exists():
-            shutil.rmtree(venv)  # a half-built or outdated environment: start clean
         started = time.monotonic()
         with open(log, "w") as out:
-            for cmd in (
-                [_base_python(), "-m", "venv", str(venv)],
-                [str(venv / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check",
-                 "-q", *requirements()],
-            ):
-                out.write(f"$ {' '.join(cmd)}\n")
-                out.flush()
-                try:
-                    rc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, timeout=INSTALL_TIMEOUT_S,
-                                        start_new_session=True).returncode
-                except subprocess.TimeoutExpired:
-                    rc = -1
-                if rc != 0:
-                    out.flush()
-                    tail = "\n".join(log.read_text().splitlines()[-15:])
-                    raise PermanentEngineError(
-                        f"could not create the seldon environment {venv} ({cmd[2] if len(cmd) > 2 else cmd[0]} "
-                        f"exited {rc}); see {log}:\n{tail}", reason="SeldonEnvironmentFailed")
+            python = venv / "bin" / "python"
+            # an environment built from an older list is brought up to date in place (running
+            # servers keep going); a missing or broken one is built from scratch
+            if not (python.exists() and _pip_install(python, out) == 0):
+                if venv.exists():
+                    shutil.rmtree(venv)
+                for step in (lambda: _run([_base_python(), "-m", "venv", str(venv)], out),
+                             lambda: _pip_install(python, out)):
+                    rc = step()
+                    if rc != 0:
+                        out.flush()
+                        tail = "\n".join(log.read_text().splitlines()[-15:])
+                        raise PermanentEngineError(
+                            f"could not create the seldon environment {venv} (exit {rc}); see {log}:\n{tail}",
+                            reason="SeldonEnvironmentFailed")
             out.write(f"ready in {time.monotonic() - started:.0f} s\n")
         (venv / MARKER).write_text(requirements_hash() + "\n")
     return venv
+
+
+def _run(cmd: list[str], out: IO[str]) -> int:
+    out.write(f"$ {' '.join(cmd)}\n")
+    out.flush()
+    try:
+        return subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, timeout=INSTALL_TIMEOUT_S,
+                              start_new_session=True).returncode
+    except subprocess.TimeoutExpired:
+        return -1
+
+
+def _pip_install(python: Path, out: IO[str]) -> int:
+    """One pip call with the whole list, so every pin (seldon-core's numpy<2 too) holds together."""
+    return _run([str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q", *requirements()], out)
 
 
 def _base_python() -> str:
