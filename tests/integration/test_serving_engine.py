@@ -265,6 +265,29 @@ def test_killed_model_server_and_router_are_restarted(serving_deploy, serving_en
     serving_engine.delete(key)
 
 
+def test_a_server_that_stops_answering_is_restarted(serving_deploy, serving_engine, serving_packages,
+                                                    serving_post, monkeypatch) -> None:
+    from cdl.engines.local.serving import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "HEALTH_EVERY_S", 0.5)
+    monkeypatch.setattr(engine_module, "HEALTH_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(engine_module, "HEALTH_MISSES", 3)
+    key, status = serving_deploy("hung", [served(serving_packages["v1"])])
+    (sid, pid), = serving_engine.server_pids(key).items()
+    os.killpg(pid, signal.SIGSTOP)  # alive, but answering nothing: a deadlocked predictor
+    try:
+        wait_for(lambda: (serving_engine.server_pids(key).get(sid) or pid) != pid, 30, "a replacement server")
+        assert serving_engine.wait_available(key, 60).state == "Available"
+        assert serving_post(status.url, {"data": {"ndarray": [[3, 0, 0, 0]]}})[0] == 200
+        assert not _alive(pid)
+    finally:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        serving_engine.delete(key)
+
+
 def test_a_model_that_fails_to_load_is_degraded_with_the_reason(serving_deploy, serving_engine,
                                                                 serving_packages) -> None:
     key, _ = serving_deploy("broken", [served(serving_packages["broken"])], wait=False)

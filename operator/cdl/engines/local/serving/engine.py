@@ -52,6 +52,9 @@ log = logging.getLogger("cdl.engines.local.serving")
 START_TIMEOUT_S = 180.0  # a server not healthy by then is killed and counted as a failed start
 MAX_BACKOFF_S = 30.0
 DRAIN_TIMEOUT_S = 30.0  # an old server still busy after this long is stopped anyway
+HEALTH_EVERY_S = 3.0  # a ready server is pinged this often
+HEALTH_TIMEOUT_S = 3.0
+HEALTH_MISSES = 5  # consecutive unanswered pings (15 s) before a running server is restarted
 FAILURES_FOR_DEGRADED = 1  # a server that exited before ever answering makes the Deployment Degraded
 STATE_FILE = "state.json"
 
@@ -528,6 +531,18 @@ class LocalServingEngine:
                         s.failures += 1
                         s.last_exit = f"not healthy {START_TIMEOUT_S:.0f} s after starting"
                         s.next_start = now + _backoff(s.failures)
+                elif now - float(s.extra.get("checked_at", 0.0)) >= HEALTH_EVERY_S:
+                    # a server that runs but stopped answering (a deadlocked predictor) is restarted
+                    s.extra["checked_at"] = now
+                    misses = 0 if ms.healthy(timeout=HEALTH_TIMEOUT_S) else int(s.extra.get("misses", 0)) + 1
+                    s.extra["misses"] = misses
+                    if misses >= HEALTH_MISSES:
+                        ms.stop()
+                        s.pid, s.ready = None, False
+                        s.failures, s.extra["misses"] = 1, 0
+                        s.last_exit = f"stopped answering health checks for {misses * HEALTH_EVERY_S:.0f} s"
+                        s.next_start = now
+                        log.warning("model server %s of %s %s; restarting", sid, dep.key, s.last_exit)
             else:
                 code = ms.exit_code()
                 stop_group(s.pid, s.create_time, grace=0.5)  # workers orphaned by a killed master
