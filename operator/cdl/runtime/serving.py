@@ -210,7 +210,14 @@ def validate_rows(rows: list[Any], input_type: str | None, input_shape: tuple[in
         bad = next(i for i, r in enumerate(texts) if isinstance(r, str))
         raise _bad_request(f"row {bad} is a string: this model takes numbers "
                            f"{'of shape ' + _fmt(input_shape) if input_shape else ''}".rstrip())
-    shapes = [_shape(r) for r in rows]
+    try:  # fast path: numpy sees a regular array of numbers at C speed
+        array = np.asarray(rows)
+    except (ValueError, TypeError):
+        array = None
+    if array is not None and array.dtype.kind in "iuf" and array.ndim >= 1:
+        check_shape(tuple(array.shape[1:]), input_shape)
+        return rows
+    shapes = [_shape(r) for r in rows]  # slow path, for a message that says which row is wrong
     for i, s in enumerate(shapes):
         if s is None:
             raise _bad_request(f"row {i} is not an array of numbers (ragged or holding non-numbers): "
@@ -218,15 +225,21 @@ def validate_rows(rows: list[Any], input_type: str | None, input_shape: tuple[in
     if any(s != shapes[0] for s in shapes):
         i = next(i for i, s in enumerate(shapes) if s != shapes[0])
         raise _bad_request(f"rows differ in shape: row 0 is {_fmt(shapes[0])}, row {i} is {_fmt(shapes[i])}")
-    if input_shape is not None:
-        got = shapes[0] or ()
-        want = tuple(input_shape)
-        fits = len(got) == len(want) and all(w in (None, -1) or w == g for w, g in zip(want, got, strict=True))
-        flat_fits = (not fits and len(got) == 1 and all(w not in (None, -1) for w in want)
-                     and got[0] == int(np.prod(want)))
-        if not (fits or flat_fits):
-            raise _bad_request(f"each row must have shape {_fmt(want)}, got {_fmt(got)}")
+    check_shape(shapes[0] or (), input_shape)
     return rows
+
+
+def check_shape(got: tuple[int, ...], input_shape: tuple[int | None, ...] | None) -> None:
+    """Each example's shape against the model's (None/-1: any size; a flat row of the right size
+    passes for a multi-dimensional input, e.g. 784 pixels for 28x28)."""
+    if input_shape is None:
+        return
+    want = tuple(input_shape)
+    fits = len(got) == len(want) and all(w in (None, -1) or w == g for w, g in zip(want, got, strict=True))
+    flat_fits = (not fits and len(got) == 1 and all(w not in (None, -1) for w in want)
+                 and got[0] == int(np.prod(want)))
+    if not (fits or flat_fits):
+        raise _bad_request(f"each row must have shape {_fmt(want)}, got {_fmt(got)}")
 
 
 def _fmt(shape: Any) -> str:
@@ -325,7 +338,14 @@ class CdlPredictor:
         if not self.ready:
             self.load()
         started = time.perf_counter()
-        rows = validate_rows(as_rows(X), self.input_type, self.input_shape)
+        if isinstance(X, np.ndarray) and X.dtype.kind in "iuf" and X.ndim >= 2 and self.input_type != "text":
+            # what seldon hands over for data.ndarray of numbers: the shape is known without a walk
+            if not 0 < len(X) <= MAX_ROWS:
+                raise _bad_request(f"send between 1 and {MAX_ROWS} examples per request, got {len(X)}")
+            check_shape(tuple(X.shape[1:]), self.input_shape)
+            rows = X.tolist()
+        else:
+            rows = validate_rows(as_rows(X), self.input_type, self.input_shape)
         try:
             out = self.model.predict(rows)
         except (TypeError, ValueError) as exc:
