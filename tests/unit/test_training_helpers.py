@@ -106,7 +106,7 @@ def test_status_maps_paused_asha_trials_and_progress(tmp_path: Path) -> None:
     from cdl.api.experiment import ExperimentSpec
     from cdl.engines.base import JobState
     from cdl.engines.local.training import searchers
-    from cdl.engines.local.training.runner import build_status
+    from cdl.engines.local.training.status import build_status
 
     spec = ExperimentSpec.model_validate({
         "model": {"path": "m", "entrypoint": "model_def:T"}, "hyperparameters": {"lr": 0.1},

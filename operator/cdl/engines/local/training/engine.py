@@ -38,7 +38,8 @@ from cdl.engines.base import EngineRef, JobState, ResourceKey, TrainingRequest, 
 from cdl.engines.local.training import hparams as hp
 from cdl.engines.local.training import searchers
 from cdl.engines.local.training.records import Recorder
-from cdl.engines.local.training.runner import DriverSettings, RunDriver, Slots, build_status
+from cdl.engines.local.training.runner import DriverSettings, RunDriver
+from cdl.engines.local.training.slots import Slots
 from cdl.engines.local.training.state import (
     CANCELED,
     PAUSED,
@@ -49,6 +50,7 @@ from cdl.engines.local.training.state import (
     load,
     save,
 )
+from cdl.engines.local.training.status import build_status
 from cdl.engines.local.training.trial_process import TrialProcess, gpu_count
 from cdl.errors import InvalidSpec, PermanentEngineError, TransientEngineError
 
