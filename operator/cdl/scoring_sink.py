@@ -3,7 +3,9 @@
 On a cluster, each SeldonDeployment's `logger` posts CloudEvents (binary mode: the payload is the
 body; `Ce-Type` says `io.seldon.serving.inference.request` or `.response`, `Ce-Requestid` pairs
 them, `Ce-Inferenceservicename` names the SeldonDeployment, `Ce-Namespace` its namespace and
-`Ce-Endpoint` the predictor). The sink pairs each request with its response and writes one
+`Ce-Endpoint` the predictor). cdl's Seldon engine also puts `namespace`, `deployment`,
+`modelVersion`, `role` and `sampleRate` in the logger URL's query, which win over the headers;
+Seldon's logger cannot sample, so the sink applies `sampleRate` per request. The sink pairs each request with its response and writes one
 Scoring Data row per pair into PostgreSQL, the same rows the local router writes, so monitoring
 and drift work the same on both platforms. The latency recorded is the time between the two
 events arriving here, an upper bound of the model's own latency.
@@ -12,6 +14,7 @@ events arriving here, an upper bound of the model's own latency.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -75,6 +78,15 @@ class ScoringSink:
         except orjson.JSONDecodeError:
             body = raw.decode(errors="replace")
         headers = {k.lower(): v for k, v in request.headers.items() if k.lower().startswith("ce-")}
+        query = request.query
+        for param, header in (("namespace", "ce-namespace"), ("deployment", "ce-inferenceservicename"),
+                              ("modelVersion", "ce-endpoint")):
+            if query.get(param):
+                headers[header] = query[param]
+        if query.get("role") == "shadow":
+            headers["ce-endpoint"] = headers.get("ce-endpoint", "unknown").removesuffix(SHADOW_SUFFIX) + SHADOW_SUFFIX
+        if not _sampled(request_id, query.get("sampleRate")):
+            return web.Response(status=202)
         now = time.monotonic()
         if kind.endswith(".request"):
             self._pending[request_id] = _Pending(now, body, headers)
@@ -135,6 +147,18 @@ class ScoringSink:
         while True:
             await asyncio.sleep(self.flush_seconds)
             await self.flush()
+
+
+def _sampled(request_id: str, rate: str | None) -> bool:
+    """Keep a request with probability `rate`, decided by its id so request and response agree."""
+    try:
+        value = float(rate) if rate is not None else 1.0
+    except ValueError:
+        value = 1.0
+    if value >= 1.0:
+        return True
+    digest = int(hashlib.sha256(request_id.encode()).hexdigest()[:8], 16)
+    return digest / 0xFFFFFFFF < value
 
 
 def serve_in_thread(database: Any, port: int, host: str = "0.0.0.0") -> None:

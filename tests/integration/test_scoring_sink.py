@@ -68,3 +68,16 @@ async def test_not_a_seldon_event_is_refused(sink_client):
     resp = await client.post("/", data="{}", headers={"Content-Type": "application/json"})
     assert resp.status == 400
     assert "Ce-Type" in (await resp.json())["error"]
+
+
+async def test_query_from_the_seldon_engine_names_the_row_and_samples(sink_client, database):
+    sink, client = sink_client
+    query = "?namespace=team&deployment=clf&modelVersion=clf-v2&role=shadow&sampleRate=0.5"
+    for i in range(200):
+        rid = f"req-{i}"
+        await client.post(f"/{query}", data="{}", headers=headers("request", rid, "predictor-b"))
+        await client.post(f"/{query}", data='{"data": {"ndarray": [1]}}', headers=headers("response", rid, "predictor-b"))
+    await sink.flush()
+    rows = database.scoring_window("team", "clf", 1000)
+    assert 70 <= len(rows) <= 130  # about half, each request with its response
+    assert all(r.model_version == "clf-v2" and r.shadow and r.request == {} for r in rows)

@@ -76,7 +76,7 @@ def promote(
             console.print(status.get("message") or f"{name} is now in {stage}")
             return
         promoted = next((c for c in status.get("conditions", []) if c["type"] == "Promoted"), None)
-        if promoted and promoted["status"] == "False" and promoted.get("reason") == "GateNotPassed":
+        if promoted and promoted["status"] == "False" and promoted.get("reason") == "PromotionRefused":
             err_console.print(f"promotion refused: {promoted['message']}")
             raise typer.Exit(EXIT_USER)
         time.sleep(0.5)

@@ -130,7 +130,8 @@ class EngineRegistry:
     def _build_data_pachyderm(self) -> Any:
         from cdl.engines.pachyderm import PachydermDataEngine
 
-        return PachydermDataEngine(self._cluster().pachyderm)
+        cluster = self._cluster()
+        return PachydermDataEngine(cluster.pachyderm, work_dir=self._root("pachyderm"), gpu=cluster.gpu)
 
     def _build_training_determined(self) -> Any:
         from cdl.engines.determined import DeterminedTrainingEngine
@@ -140,9 +141,11 @@ class EngineRegistry:
     def _build_registry_determined(self) -> Any:
         from cdl.engines.determined import DeterminedRegistryEngine
 
-        return DeterminedRegistryEngine(self._cluster().determined, self.artifacts)
+        return DeterminedRegistryEngine(self._cluster().determined, self.artifacts,
+                                        root=self._root("registry-determined"))
 
     def _build_serving_seldon(self) -> Any:
         from cdl.engines.seldon import SeldonServingEngine
 
-        return SeldonServingEngine(self._cluster().seldon)
+        cluster = self._cluster()
+        return SeldonServingEngine(cluster.seldon, gpu=cluster.gpu)

@@ -79,7 +79,12 @@ def reconcile(res: Resource, ctx: Context) -> Result:
         model_dir = ctx.resolve_path(spec.model.path)
         if not model_dir.is_dir():
             raise InvalidSpec(res.title, [("spec.model.path", f"directory {model_dir} does not exist")])
-        request = TrainingRequest(res.key, spec, res.generation, run, model_dir, data)
+        secrets = {}
+        storage = spec.checkpoint_storage
+        if storage is not None and storage.credentials_secret_ref is not None:
+            ref_ = storage.credentials_secret_ref
+            secrets[f"{ref_.name}/{ref_.key}"] = ctx.cluster.read_secret(res.namespace, ref_.name, ref_.key)
+        request = TrainingRequest(res.key, spec, res.generation, run, model_dir, data, secrets)
         submitted = engine.submit(request)
         result.status.update(
             phase="Submitted",

@@ -13,7 +13,8 @@ from typing import Any
 from cdl.api.modelversion import ModelVersionSpec
 from cdl.engines.base import CheckpointInfo, EngineRef, RegistrationRequest, ResourceKey
 from cdl.errors import DependencyNotReady, PermanentEngineError
-from cdl.reconcile.base import Context, Resource, Result, now, parse, set_condition
+from cdl.promotion import PromotionRefused, VersionState, plan_promotion
+from cdl.reconcile.base import Context, Resource, Result, condition, now, parse, set_condition
 from cdl.reconcile.experiment import resolve_output
 
 KIND = "ModelVersion"
@@ -106,6 +107,21 @@ def _checkpoint(res: Resource, spec: ModelVersionSpec, ctx: Context, exp: dict[s
         "hparams", {})
 
 
+def _training_figures(ctx: Context, exp: dict[str, Any], trial_id: str) -> dict[str, Any]:
+    """The registered trial's resource figures, for the report's reproducibility section."""
+    ref = (exp.get("status") or {}).get("engineRef") or {}
+    try:
+        engine = ctx.engines.training(engine_name(exp.get("spec") or {}, ctx))
+        report = engine.status(EngineRef(ref.get("id", ""), ref.get("url", ""), ref.get("engine", "")))
+    except Exception:  # figures are nice to have; registration does not depend on them
+        return {}
+    trial = next((t for t in report.trials if t.id == trial_id), None)
+    if trial is None:
+        return {}
+    return {"training": {"wallSeconds": trial.wall_seconds, "cpuSeconds": trial.cpu_seconds,
+                         "peakRssBytes": trial.peak_rss_bytes, "gpuUtilization": trial.gpu_utilization}}
+
+
 def _local(uri: str) -> str | None:
     return uri.removeprefix("file://") if uri.startswith("file://") else None
 
@@ -149,7 +165,8 @@ def _register(res: Resource, spec: ModelVersionSpec, ctx: Context, fingerprint: 
     registry = ctx.engines.registry(engine_name(exp_spec, ctx))
     registered = registry.register(RegistrationRequest(
         key=res.key, model_name=spec.model, version=int(version), checkpoint=checkpoint, model_dir=model_dir,
-        hparams=hparams, metadata={"lineage": lineage, "experiment": exp_spec},
+        hparams=hparams, metadata={"lineage": lineage, "experiment": exp_spec, "trials": est.get("trials"),
+                                   **_training_figures(ctx, exp, trial)},
     ))
     artifact = {"uri": registered.artifact_uri, "sha256": registered.sha256, "bytes": registered.bytes,
                 "format": registered.format}
@@ -191,13 +208,19 @@ def _evaluate(res: Resource, spec: ModelVersionSpec, ctx: Context) -> Result:
     job_id = f"eval-{res.namespace}-{res.name}-{res.status['specHash']}"
     compression = spec.compression.method if spec.compression else "none"
 
+    registry = ctx.engines.registry((res.status.get("registry") or {}).get("engine") or "local")
+    version = int(res.status["version"])
+
     def work() -> dict[str, Any]:
         out = evaluate_package(package, ev.entrypoint, Path(data.path), timeout=1800)
-        record = {"metrics": out.metrics, "confusion": out.confusion, "classNames": out.class_names}
+        record = {"metrics": out.metrics, "confusion": out.confusion, "classNames": out.class_names,
+                  "evaluation": out.wire()}
         if compression == "dynamic-int8":
             from cdl.compression import compress_and_evaluate
 
-            record["compressed"] = compress_and_evaluate(package, ev.entrypoint, Path(data.path))
+            record["compressed"] = compress_and_evaluate(
+                package, ev.entrypoint, Path(data.path), method="dynamic-int8", original=out,
+                store_variant=lambda variant: registry.store_variant(spec.model, version, "dynamic-int8", variant))
         return record
 
     job = ctx.engines.jobs.ensure(job_id, work)
@@ -216,7 +239,7 @@ def _evaluate(res: Resource, spec: ModelVersionSpec, ctx: Context) -> Result:
                 stage_metrics[gate.max_drop_vs_stage] = ((current.get("status") or {}).get("evaluation") or {}).get(
                     "metrics", {})
     passed, gates = apply_gates(ev.gates, metrics, stage_metrics)
-    gate_rows = [g if isinstance(g, dict) else g.__dict__ for g in gates]
+    gate_rows = [g.wire() for g in gates]
     evaluation = {"metrics": metrics, "gates": gate_rows, "passed": passed}
     if job.result.get("compressed"):
         evaluation["compressed"] = job.result["compressed"]
@@ -226,6 +249,9 @@ def _evaluate(res: Resource, spec: ModelVersionSpec, ctx: Context) -> Result:
         "metrics": metrics, "gates": gate_rows, "passed": passed, "confusion": job.result.get("confusion"),
         "classNames": job.result.get("classNames"), "lineage": res.status.get("lineage"),
         "artifact": res.status.get("artifact"), "compressed": job.result.get("compressed"),
+        "packageDir": str(package), "evaluation": job.result.get("evaluation"),
+        "data": {"repo": data.repo, "commit": data.commit, "files": data.files},
+        "experiment": _experiment_summary(ctx, res),
     })
     if ctx.artifacts is not None:
         base = f"reports/{spec.model}/{res.status.get('version')}"
@@ -253,41 +279,67 @@ def _evaluate(res: Resource, spec: ModelVersionSpec, ctx: Context) -> Result:
     return result
 
 
+def _experiment_summary(ctx: Context, res: Resource) -> dict[str, Any]:
+    name = (res.status.get("lineage") or {}).get("experiment")
+    exp = ctx.cluster.get("Experiment", res.namespace, name) if name else None
+    return {"spec": exp.get("spec"), "status": exp.get("status")} if exp else {}
+
+
 def _in_stage(ctx: Context, res: Resource, model: str, stage: str) -> dict[str, Any] | None:
     found = [mv for mv in siblings(ctx, res, model) if (mv.get("status") or {}).get("stage") == stage]
     return max(found, key=lambda mv: mv["status"].get("version") or 0, default=None)
 
 
+def _version_state(mv: dict[str, Any]) -> VersionState:
+    st = mv.get("status") or {}
+    evaluation = st.get("evaluation") or {}
+    gates = evaluation.get("gates") or []
+    has_evaluation = (mv.get("spec") or {}).get("evaluation") is not None
+    return VersionState(
+        version=int(st.get("version") or 0),
+        stage=st.get("stage") or "candidate",
+        gates_passed=evaluation.get("passed") if has_evaluation else None,
+        gates=len(gates),
+        failures=tuple(g.get("rule") or g.get("metric", "") for g in gates if not g.get("passed")),
+        resource=mv["metadata"]["name"],
+    )
+
+
 def _promote(res: Resource, spec: ModelVersionSpec, ctx: Context, result: Result) -> None:
     status = res.status
     current = status.get("stage") or "candidate"
-    desired = spec.stage
     passed = (status.get("evaluation") or {}).get("passed")
     if status.get("phase") in ("Evaluating", "Registering", None):
-        result.status["phase"] = "Ready" if passed is not False else "Rejected"
-    if desired == current:
+        result.status["phase"] = "Rejected" if passed is False else "Ready"
+    if spec.stage == current:
         return
-    if desired == "production" and spec.evaluation is not None and passed is not True:
-        message = f"cannot promote to production: the evaluation gate did not pass ({status.get('message')})"
-        if status.get("message") != message:
+    me = {"metadata": {"name": res.name}, "spec": res.spec, "status": status}
+    others = [mv for mv in siblings(ctx, res, spec.model) if (mv.get("status") or {}).get("version")]
+    try:
+        changes = plan_promotion(spec.model, [_version_state(me), *map(_version_state, others)],
+                                 int(status["version"]), spec.stage)
+    except PromotionRefused as exc:
+        message = exc.problems[0][1]
+        if (condition(status, "Promoted") or {}).get("message") != message:
             result.event("PromotionRefused", message, warning=True)
-        set_condition(result.status, status, "Promoted", False, "GateNotPassed", message, res.generation)
-        result.status["message"] = message
+        set_condition(result.status, status, "Promoted", False, "PromotionRefused", message, res.generation)
+        if result.status.get("phase", status.get("phase")) != "Rejected":
+            result.status["message"] = message
         return
+    engine = (status.get("registry") or {}).get("engine") or "local"
     archived = []
-    if desired == "production":
-        for mv in siblings(ctx, res, spec.model):
-            if (mv.get("status") or {}).get("stage") == "production" or (mv.get("spec") or {}).get("stage") == "production":
-                ctx.cluster.patch_spec(KIND, res.namespace, mv["metadata"]["name"], {"stage": "archived"})
-                archived.append(mv["metadata"]["name"])
-    engine = (res.status.get("registry") or {}).get("engine") or "local"
-    ctx.engines.registry(engine).set_stage(spec.model, int(status["version"]), desired)
-    if ctx.database is not None:
-        ctx.database.set_model_stage(spec.model, int(status["version"]), desired)
-    message = f"{spec.model} version {status.get('version')} moved from {current} to {desired}"
+    for change in changes:
+        if change.resource != res.name:  # the previous production version: its own reconcile follows
+            ctx.cluster.patch_spec(KIND, res.namespace, change.resource, {"stage": change.stage})
+            archived.append(change.resource)
+            continue
+        ctx.engines.registry(engine).set_stage(spec.model, change.version, change.stage)
+        if ctx.database is not None:
+            ctx.database.set_model_stage(spec.model, change.version, change.stage)
+    message = f"{spec.model} version {status.get('version')} moved from {current} to {spec.stage}"
     if archived:
         message += f"; archived {', '.join(archived)}"
-    result.status.update(stage=desired, promotedAt=now(), message=message)
+    result.status.update(stage=spec.stage, promotedAt=now(), message=message)
     set_condition(result.status, status, "Promoted", True, "Promoted", message, res.generation)
     result.event("Promoted", message)
 
