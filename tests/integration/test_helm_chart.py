@@ -99,3 +99,20 @@ def test_helm_install_into_the_embedded_control_plane(devcluster, kubectl, tmp_p
     assert got.stdout == "files"  # the CRD's default was applied by the API server
     out = helm("uninstall", "cdl", "-n", "cdl-system", kubeconfig=devcluster.kubeconfig)
     assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.parametrize("values", VALUES, ids=list(VALUES))
+def test_rendered_operator_configuration_is_what_the_operator_accepts(values):
+    from cdl.config import OperatorConfig
+    from cdl.engines.cluster_settings import ClusterSettings
+
+    out = helm("template", "cdl", str(CHART), "--namespace", "cdl", *VALUES[values])
+    config_map = next(o for o in yaml.safe_load_all(out.stdout) if o and o["kind"] == "ConfigMap")
+    config = OperatorConfig.model_validate(yaml.safe_load(config_map["data"]["config.yaml"]))
+    cluster = ClusterSettings.model_validate(config.cluster)
+    assert config.engines["Experiment"] == "determined" and config.scoring_sink_port == 8081
+    assert cluster.seldon.scoring_sink_url == "http://cdl-scoring-sink.cdl.svc:8081"
+    if values == "microk8s-gpu":
+        assert cluster.gpu.runtime_class_name == "nvidia"
+        assert cluster.gpu.node_selector == {"nvidia.com/gpu.present": "true"}
+        assert cluster.gpu.tolerations[0]["key"] == "nvidia.com/gpu"
