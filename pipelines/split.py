@@ -26,7 +26,6 @@ import io
 import sys
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from pathlib import PurePosixPath
 
 import numpy as np
 
@@ -76,8 +75,8 @@ def _quotas(sizes: dict[str | None, int], test: float, seed: int) -> dict[str | 
 
 def file_label(rel: str) -> str | None:
     """The automatic label of a file: its parent folder's name (None at the top level)."""
-    parent = PurePosixPath(rel).parent.name
-    return parent or None
+    parts = rel.strip("/").rsplit("/", 2)
+    return parts[-2] if len(parts) >= 2 else None
 
 
 def is_data_file(rel: str) -> bool:

@@ -10,6 +10,7 @@ import pytest
 
 from cdl.engines.base import LabelItem
 from cdl.engines.labelstudio import (
+    LabelStudioEngine,
     annotation_rows,
     config_fields,
     default_label_config,
@@ -82,3 +83,14 @@ def test_label_of_reads_other_controls() -> None:
     assert label_of([{"from_name": "x", "value": {"labels": ["PER"]}}]) == "PER"
     assert label_of([{"from_name": "note", "value": {"text": ["free text"]}}], "label") == "free text"
     assert label_of([]) is None
+
+
+def test_only_images_are_imported_into_an_image_project_in_bounded_batches() -> None:
+    from cdl.engines.labelstudio import MAX_BATCH_BYTES, is_image_url
+
+    assert is_image_url("file:///data/boot/1.png") and is_image_url("https://cdn.example/x")
+    assert not is_image_url("file:///data/train-images-idx3-ubyte")
+    engine = LabelStudioEngine(batch_size=3)
+    big = "x" * (MAX_BATCH_BYTES // 2 + 1)
+    tasks = [{"data": {"image": big}}] * 3 + [{"data": {"text": "a"}}] * 4
+    assert [len(b) for b in engine._batches(tasks)] == [1, 1, 3, 2]  # by bytes, then by count

@@ -118,3 +118,18 @@ def test_code_fingerprint_follows_the_steps_package(tmp_path: Path) -> None:
     (tmp_path / "mysteps" / "run.py").write_text("print(2)")
     assert code_fingerprint(command, tmp_path) != first
     assert code_fingerprint(["sh", "-c", "true"], tmp_path) == ""
+
+
+def test_unused_old_checkouts_are_pruned_and_rebuilt_on_demand(store: RepoStore) -> None:
+    import os
+
+    old = store.commit("r", {"a": store.objects.put_bytes(b"old")})
+    new = store.commit("r", {"a": store.objects.put_bytes(b"new")}, parent=old.id)
+    old_path, new_path = store.checkout("r", old.id), store.checkout("r", new.id)
+    assert store.prune_checkouts("r", {new.id}, unused_for=3600) == 0  # used a moment ago
+    marker = old_path.with_name(f".{old.id}.complete")
+    os.utime(marker, (1, 1))
+    os.utime(new_path.with_name(f".{new.id}.complete"), (1, 1))
+    assert store.prune_checkouts("r", {new.id}, unused_for=3600) == 1
+    assert not old_path.exists() and new_path.exists()
+    assert (store.checkout("r", old.id) / "a").read_bytes() == b"old"

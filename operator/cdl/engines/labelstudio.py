@@ -37,6 +37,7 @@ from cdl.errors import PermanentEngineError, TransientEngineError
 log = logging.getLogger("cdl.engines.labelstudio")
 
 PREDICTION_MODEL = "cdl-automatic-labels"
+MAX_BATCH_BYTES = 16 * 1024 * 1024
 DESCRIPTION_MARK = "Created by cdl for DataPipeline"
 OBJECT_TAGS = {"Text": "text", "HyperText": "text", "Paragraphs": "text", "Image": "image"}
 RESULT_VALUE_KEYS = ("choices", "labels", "rectanglelabels", "polygonlabels", "keypointlabels", "brushlabels",
@@ -99,6 +100,12 @@ def image_url(item: LabelItem) -> tuple[str, bytes]:
         mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         return f"data:{mime};base64,{base64.b64encode(data).decode()}", data
     return url, url.encode()
+
+
+def is_image_url(url: str) -> bool:
+    if url.startswith("file:"):
+        return (mimetypes.guess_type(unquote(urlsplit(url).path))[0] or "").startswith("image/")
+    return url.startswith(("http://", "https://", "data:image/", "s3://", "gs://"))
 
 
 def label_of(result: list[dict[str, Any]], from_name: str | None = None) -> str | None:
@@ -182,7 +189,7 @@ class LabelStudioEngine:
         client = self._client(ls.url, request.token)
         with self._calls(ls.url, f"project {ls.project!r}"):
             project = self._find_project(client, ls.project)
-            kind = "image" if any(i.text is None and i.url for i in request.items) and \
+            kind = "image" if any(i.text is None and i.url and is_image_url(i.url) for i in request.items) and \
                 not any(i.text is not None for i in request.items) else "text"
             label_config = ls.label_config or default_label_config(request.labels, kind)
             fields = config_fields(label_config)
@@ -195,10 +202,9 @@ class LabelStudioEngine:
                 self._extend_labels(client, project, request.labels, kind)
             tasks = self._tasks(client, project.id)
             known = {t.get("data", {}).get("cdl_key") for t in tasks}
-            new = [t for t in self._new_tasks(request, fields, known)]
-            for start in range(0, len(new), self.batch_size):
-                client.projects.import_tasks(project.id, request=new[start:start + self.batch_size],
-                                             commit_to_project=True)
+            new = list(self._new_tasks(request, fields, known))
+            for batch in self._batches(new):
+                client.projects.import_tasks(project.id, request=batch, commit_to_project=True)
             if new:
                 log.info("Label Studio project %r: %d task(s) imported for %s", ls.project, len(new), request.key)
             users = self._users(client)
@@ -319,8 +325,8 @@ class LabelStudioEngine:
         seen = set(known)
         for item in request.items:
             if fields.kind == "image":
-                if not item.url:
-                    continue
+                if not item.url or not is_image_url(item.url):
+                    continue  # e.g. IDX files or reports in an image output
                 try:
                     value, identity = image_url(item)
                 except OSError as exc:
@@ -350,6 +356,20 @@ class LabelStudioEngine:
                     "value": {"choices": [item.label]},
                 }]}]
             yield task
+
+    def _batches(self, tasks: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+        """Import batches of at most `batch_size` tasks and about MAX_BATCH_BYTES (data URLs are big)."""
+        batch: list[dict[str, Any]] = []
+        size = 0
+        for task in tasks:
+            task_size = sum(len(v) for v in task["data"].values() if isinstance(v, str))
+            if batch and (len(batch) >= self.batch_size or size + task_size > MAX_BATCH_BYTES):
+                yield batch
+                batch, size = [], 0
+            batch.append(task)
+            size += task_size
+        if batch:
+            yield batch
 
     def _automatic_rows(self, request: LabelingRequest, annotated: set[str], project: str) -> list[Any]:
         from cdl.stores.records import LabelRow

@@ -54,6 +54,8 @@ log = logging.getLogger("cdl.engines.local.data")
 
 INPUT_NAME = "in"  # every step's input is /pfs/in, as the Pachyderm engine names it
 INGEST_TRIES = 3
+CHECKOUT_TTL = 24 * 3600.0  # old versions' checkouts are removed a day after their last use
+SCRATCH_TTL = 3600.0  # leftovers of a crashed process in the scratch folders
 MAX_ATTEMPTS = 3  # drivers started on one run before it is declared failed
 
 
@@ -83,6 +85,7 @@ class LocalDataEngine:
         self._requests: dict[str, DataRunRequest] = {}  # slug -> last request (secrets to resume with)
         self._shutdown = False
         self._save_lock = threading.Lock()
+        self._clean_scratch()
 
     # ------------------------------------------------------------------ names
 
@@ -188,7 +191,8 @@ class LocalDataEngine:
             self.runs.forget(key.slug)
             self._requests.pop(key.slug, None)
             self._active.pop(key.slug, None)
-            shutil.rmtree(self.steps.logs / key.slug, ignore_errors=True)
+            for logs in self.steps.logs.glob(f"{key.slug}_*"):
+                shutil.rmtree(logs, ignore_errors=True)
             if not any(t.is_alive() for t in self._threads.values()):
                 self.gc()
 
@@ -264,7 +268,7 @@ class LocalDataEngine:
         event = self._cancels.get(run_id)
         if event is not None:
             event.set()
-        self.steps.kill_jobs(f"-{run_id}-")
+        self.steps.kill_jobs(f"_{run_id}_")
 
     def _resume(self, record: RunRecord) -> None:
         slug = f"{record.namespace}--{record.name}"
@@ -367,15 +371,16 @@ class LocalDataEngine:
         ingested = None
         for attempt in range(1, INGEST_TRIES + 1):
             try:
-                fingerprint = self.ingestor.fingerprint(spec.source, request.secrets, request.base_dir)
                 ingested = self.ingestor.ingest(spec.source, request.secrets, request.base_dir)
                 break
             except TransientEngineError:
                 if attempt == INGEST_TRIES or cancel.wait(2.0 * attempt):
                     raise
         assert ingested is not None
+        fingerprint = ingested.fingerprint
         raw = self.repos.commit(repos["raw"], ingested.files, origin={
-            "kind": "ingest", "source": spec.source.uri, "format": spec.source.format, "fingerprint": fingerprint})
+            "kind": "ingest", "source": spec.source.uri, "format": spec.source.format, "fingerprint": fingerprint},
+            check=False)
         commits: dict[str, Commit] = {"raw": raw}
         notes = [f"ingested {raw.n_files} file(s) ({ingested.new_objects} new object(s))"]
         self._save(slug, record, cancel, source_hash=fingerprint, phase="Processing",
@@ -384,7 +389,7 @@ class LocalDataEngine:
         # 2. steps, each over the previous output
         previous, lineage = raw, []
         for index, step in enumerate(spec.steps):
-            job = f"{slug}-{record.run_id}-{step.name}"
+            job = job_id(slug, record.run_id, step.name)
 
             last_save = [0.0]
 
@@ -434,16 +439,18 @@ class LocalDataEngine:
                                  spec.split)
             origin = {"kind": "split", "test": spec.split.test, "seed": spec.split.seed,
                       "stratify": spec.split.stratify, "format": spec.source.format}
-            commits["train"] = self.repos.commit(repos["train"], split.train, provenance, origin | {"side": "train"})
-            commits["test"] = self.repos.commit(repos["test"], split.test, provenance, origin | {"side": "test"})
-            lineage.append(StepReport("split", previous.id, commits["train"].id, f"{slug}-{record.run_id}-split",
+            commits["train"] = self.repos.commit(repos["train"], split.train, provenance, origin | {"side": "train"},
+                                                 check=False)
+            commits["test"] = self.repos.commit(repos["test"], split.test, provenance, origin | {"side": "test"},
+                                                check=False)
+            lineage.append(StepReport("split", previous.id, commits["train"].id, job_id(slug, record.run_id, "split"),
                                       datums_processed=split.items["train"] + split.items["test"],
                                       report={"train": split.items["train"], "test": split.items["test"],
                                               "labels": split.labels}))
             notes.append(f"split: {split.items['train']} train / {split.items['test']} test")
         else:
             files = data_files(previous.files)
-            commits["train"] = self.repos.commit(repos["train"], files, provenance, {"kind": "output"})
+            commits["train"] = self.repos.commit(repos["train"], files, provenance, {"kind": "output"}, check=False)
             labels = label_counts(files) if spec.source.labels_from == "directory" else {}
             notes.append(f"train: {len(files)} file(s)" + (f", {len(labels)} label(s)" if labels else ""))
 
@@ -459,6 +466,7 @@ class LocalDataEngine:
                                          "updated": now_iso()})
         for commit in commits.values():
             self.repos.checkout(commit.repo, commit.id)
+            self.repos.prune_checkouts(commit.repo, {commit.id}, CHECKOUT_TTL)
         self._save_record(slug, record, lineage=[asdict(s) for s in lineage], outputs=outputs, progress=1.0)
         self._finish(slug, record, JobState.SUCCEEDED, "Ready", "; ".join(notes))
 
@@ -486,11 +494,29 @@ class LocalDataEngine:
                 paths[name] = str(self.repos.checkout(output["repo"], output["commit"]))
         return paths
 
+    def _clean_scratch(self) -> None:
+        """Remove what a crashed process left in the scratch folders (datum sandboxes, partial objects)."""
+        cutoff = time.time() - SCRATCH_TTL
+        for folder in (self.steps.work, self.objects.tmp):
+            for entry in folder.iterdir():
+                with contextlib.suppress(OSError):
+                    if entry.lstat().st_mtime < cutoff:
+                        if entry.is_dir():
+                            make_writable(entry)
+                            shutil.rmtree(entry, ignore_errors=True)
+                        else:
+                            entry.unlink()
+
     def remove_checkouts(self) -> None:
         """Drop every materialized checkout (they are rebuilt on demand)."""
         make_writable(self.repos.checkouts)
         shutil.rmtree(self.repos.checkouts, ignore_errors=True)
         self.repos.checkouts.mkdir()
+
+
+def job_id(slug: str, run_id: str, step: str) -> str:
+    """`<ns>--<name>_<run>_<step>`: '_' never occurs in resource names, so a job names its pipeline."""
+    return f"{slug}_{run_id}_{step}"
 
 
 def _wire(commit: Commit) -> dict[str, Any]:

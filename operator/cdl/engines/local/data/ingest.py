@@ -48,6 +48,7 @@ class Ingested:
     files: dict[str, FileEntry]
     new_objects: int = 0
     skipped: list[str] = field(default_factory=list)
+    fingerprint: str = ""  # the source's fingerprint as read by this ingest (what `fingerprint` returns)
 
 
 def _digest(parts: list[str]) -> str:
@@ -68,6 +69,14 @@ def missing_fingerprint(uri: str) -> str:
 
 def is_missing(fingerprint: str) -> bool:
     return fingerprint.startswith(MISSING_PREFIX)
+
+
+def tree_fingerprint(hashes: dict[str, tuple[str, int]]) -> str:
+    return _digest([f"{rel}\x00{sha}" for rel, (sha, _) in hashes.items()])
+
+
+def listing_fingerprint(listing: list[tuple[str, str, int]]) -> str:
+    return _digest([f"{k}\x00{etag}\x00{size}" for k, etag, size in listing])
 
 
 def hidden(rel: str) -> bool:
@@ -156,7 +165,7 @@ def extract_archive(path: Path, dest: Path, uri: str, kind: str) -> None:
                                    reason="BadArchive")
 
 
-def strip_wrapper(files: dict[str, Path]) -> dict[str, Path]:
+def strip_wrapper(files: dict[str, str]) -> dict[str, str]:
     """Drop one folder that wraps every file (`bbc/business/1.txt` -> `business/1.txt`)."""
     firsts = {rel.split("/", 1)[0] for rel in files}
     if len(firsts) == 1 and all("/" in rel for rel in files):
@@ -164,25 +173,22 @@ def strip_wrapper(files: dict[str, Path]) -> dict[str, Path]:
     return files
 
 
-def walk(directory: Path) -> tuple[dict[str, Path], list[str]]:
-    """(files by relative path, skipped hidden paths) of a directory, links to files followed."""
-    found: dict[str, Path] = {}
+def walk(directory: Path) -> tuple[dict[str, str], list[str]]:
+    """(file paths by relative path, skipped hidden paths) of a directory, links to files followed."""
+    found: dict[str, str] = {}
     skipped: list[str] = []
-    for root, dirs, names in os.walk(directory):
-        base = Path(root)
-        rel_root = base.relative_to(directory).as_posix()
-        for d in list(dirs):
-            if d.startswith(".") or d in SKIP_NAMES:
-                skipped.append(f"{rel_root}/{d}/".lstrip("./"))
-                dirs.remove(d)
-        for name in names:
-            rel = name if rel_root == "." else f"{rel_root}/{name}"
-            if hidden(rel):
-                skipped.append(rel)
-                continue
-            path = base / name
-            if path.is_file():
-                found[rel] = path
+    stack = [(str(directory), "")]
+    while stack:
+        folder, prefix = stack.pop()
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                rel = prefix + entry.name
+                if entry.name.startswith(".") or entry.name in SKIP_NAMES:
+                    skipped.append(rel + ("/" if entry.is_dir() else ""))
+                elif entry.is_dir():
+                    stack.append((entry.path, rel + "/"))
+                elif entry.is_file():
+                    found[rel] = entry.path
     return dict(sorted(found.items())), skipped
 
 
@@ -201,15 +207,22 @@ class StatCache:
             with contextlib.suppress(ValueError, OSError):
                 self._data = json.loads(path.read_text())
 
-    def sha256(self, path: Path) -> tuple[str, int]:
-        st = path.stat()
-        key = str(path)
-        sig = [st.st_size, st.st_mtime_ns, st.st_ino]
-        with self._lock:
-            hit = self._data.get(key)
-        if hit and hit[:3] == sig:
+    def known(self, path: str) -> tuple[str, int] | None:
+        """The remembered (sha256, size) if the file is unchanged since, else None."""
+        st = os.stat(path)
+        hit = self._data.get(path)
+        if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns and hit[2] == st.st_ino:
             return hit[3], st.st_size
-        sha, size = sha256_file(path)
+        return None
+
+    def sha256(self, path: str | Path) -> tuple[str, int]:
+        key = str(path)
+        hit = self.known(key)
+        if hit is not None:
+            return hit
+        st = os.stat(key)
+        sig = [st.st_size, st.st_mtime_ns, st.st_ino]
+        sha, size = sha256_file(Path(key))
         with self._lock:
             self._data[key] = [*sig, sha]
             self._dirty = True
@@ -252,7 +265,7 @@ class Ingestor:
             listing = self._s3_listing(source, secrets)
             if not listing:
                 return missing_fingerprint(uri)
-            return _digest([f"{k}\x00{etag}\x00{size}" for k, etag, size in listing])
+            return listing_fingerprint(listing)
         return self._http_fingerprint(uri)
 
     def _file_fingerprint(self, path: Path, uri: str) -> str:
@@ -263,16 +276,29 @@ class Ingestor:
         files, _ = walk(path)
         parts = self._hash_all(files)
         self.stat_cache.save()
-        return _digest([f"{rel}\x00{sha}" for rel, (sha, _) in parts.items()])
+        return tree_fingerprint(parts)
 
-    def _hash_all(self, files: dict[str, Path]) -> dict[str, tuple[str, int]]:
+    def _hash_all(self, files: dict[str, str]) -> dict[str, tuple[str, int]]:
+        """(sha256, size) per file: remembered ones by a stat, the rest read (in parallel)."""
         from concurrent.futures import ThreadPoolExecutor
 
-        if len(files) < 64:
-            return {rel: self.stat_cache.sha256(p) for rel, p in files.items()}
-        with ThreadPoolExecutor(self.workers) as pool:
-            hashes = list(pool.map(self.stat_cache.sha256, files.values()))
-        return dict(zip(files, hashes, strict=True))
+        out: dict[str, tuple[str, int]] = {}
+        todo: dict[str, str] = {}
+        for rel, path in files.items():
+            hit = self.stat_cache.known(path)
+            if hit is None:
+                todo[rel] = path
+            else:
+                out[rel] = hit
+        if len(todo) < 16 or self.workers == 1:
+            out.update({rel: self.stat_cache.sha256(p) for rel, p in todo.items()})
+        else:  # one task per worker: hashing releases the GIL, submitting 10k tasks would not
+            items = list(todo.items())
+            chunks = [items[i::self.workers] for i in range(self.workers)]
+            with ThreadPoolExecutor(self.workers) as pool:
+                for part in pool.map(lambda chunk: [(r, self.stat_cache.sha256(p)) for r, p in chunk], chunks):
+                    out.update(part)
+        return {rel: out[rel] for rel in files}
 
     # ------------------------------------------------------------------ ingest
 
@@ -307,7 +333,9 @@ class Ingestor:
             stored = {rel: self.objects.put_file(p, move=True) for rel, p in files.items()}
         else:
             hashes = self._hash_all(files)
-            stored = {rel: self.objects.put_file(p, sha256=hashes[rel][0]) for rel, p in files.items()}
+            stored = {rel: self.objects.put_file(p, sha256=hashes[rel][0], size=hashes[rel][1])
+                      for rel, p in files.items()}
+            return Ingested(stored, skipped=skipped, fingerprint=tree_fingerprint(hashes))
         return Ingested(stored, skipped=skipped)
 
     def _store_single(self, path: Path, name: str, uri: str, scratch: Path, move: bool) -> Ingested:
@@ -335,7 +363,10 @@ class Ingestor:
         if path.is_dir():
             return self._store_tree(path, move=False, strip=False)
         if path.is_file():
-            return self._store_single(path, path.name, uri, scratch, move=False)
+            fingerprint = self._file_fingerprint(path, uri)
+            result = self._store_single(path, path.name, uri, scratch, move=False)
+            result.fingerprint = fingerprint
+            return result
         raise PermanentEngineError(f"source {uri}: no such file or directory ({path})", reason="SourceMissing")
 
     def _gunzip_idx(self, files: dict[str, FileEntry]) -> dict[str, FileEntry]:
@@ -428,7 +459,9 @@ class Ingestor:
             key = prefix
             target = scratch / "object"
             client.fget_object(bucket, key, str(target))
-            return self._store_single(target, PurePosixPath(key).name, source.uri, scratch, move=True)
+            result = self._store_single(target, PurePosixPath(key).name, source.uri, scratch, move=True)
+            result.fingerprint = listing_fingerprint(listing)
+            return result
         files: dict[str, FileEntry] = {}
         skipped: list[str] = []
         try:
@@ -450,7 +483,7 @@ class Ingestor:
             raise TransientEngineError(f"source {source.uri}: S3 error {exc.code} while downloading")
         finally:
             self._save_json("s3-etags.json", etags)
-        return Ingested(files, skipped=skipped)
+        return Ingested(files, skipped=skipped, fingerprint=listing_fingerprint(listing))
 
     # ------------------------------------------------------------------ http(s)
 
@@ -519,7 +552,7 @@ class Ingestor:
         if known and known["fingerprint"] == fingerprint and not is_missing(fingerprint):
             files = {rel: FileEntry.from_wire(v) for rel, v in known["files"].items()}
             if all(self.objects.has(e.sha256) for e in files.values()):
-                return Ingested(files)
+                return Ingested(files, fingerprint=fingerprint)
         cached = self._download_path(uri)  # left by a body-hash fingerprint a moment ago
         try:
             path = cached if cached.exists() else self._download(uri)
@@ -529,6 +562,7 @@ class Ingestor:
         cached.unlink(missing_ok=True)
         manifests[uri] = {"fingerprint": fingerprint, "files": {r: e.wire() for r, e in result.files.items()}}
         self._save_json("http-manifests.json", manifests)
+        result.fingerprint = fingerprint
         return result
 
     # ------------------------------------------------------------------ small state files

@@ -14,7 +14,6 @@ import hashlib
 import os
 import shutil
 import stat
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,54 +49,69 @@ def sha256_file(path: Path) -> tuple[str, int]:
 
 
 class ObjectStore:
-    """Put files in by content; link them out by sha256."""
+    """Put files in by content; link them out by sha256.
+
+    The hot paths (ten thousand files per commit) use string paths and `os` calls: pathlib's
+    object creation cost more than the filesystem work."""
 
     def __init__(self, root: Path, artifacts: Any | None = None) -> None:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
         self.tmp = root / ".tmp"
         self.tmp.mkdir(exist_ok=True)
+        self._root = str(root)
+        self._tmp = str(self.tmp)
         self.artifacts = artifacts
         self._lock = threading.Lock()
         self.created = 0  # objects written by this process (dedup checks in tests and the bench)
 
     def path(self, sha256: str) -> Path:
-        return self.root / sha256[:2] / sha256
+        return Path(self.where(sha256))
+
+    def where(self, sha256: str) -> str:
+        return f"{self._root}/{sha256[:2]}/{sha256}"
 
     def has(self, sha256: str) -> bool:
-        return self.path(sha256).exists()
+        return os.path.exists(self.where(sha256))
 
     def _artifact_key(self, sha256: str) -> str:
         return f"{ARTIFACT_PREFIX}/{sha256[:2]}/{sha256}"
 
-    def _admit(self, tmp: Path, sha256: str) -> bool:
+    def _temp_name(self, sha256: str) -> str:
+        return f"{self._tmp}/{sha256}.{os.getpid()}.{threading.get_ident()}"
+
+    def _admit(self, tmp: str, sha256: str) -> bool:
         """Move a finished temporary file into place unless the object exists; True if it was new."""
-        dest = self.path(sha256)
-        if dest.exists():
-            tmp.unlink(missing_ok=True)
+        dest = self.where(sha256)
+        if os.path.exists(dest):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
             return False
-        dest.parent.mkdir(exist_ok=True)
         os.chmod(tmp, READ_ONLY)
-        os.replace(tmp, dest)
+        try:
+            os.replace(tmp, dest)
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            os.replace(tmp, dest)
         with self._lock:
             self.created += 1
         if self.artifacts is not None:
-            self.artifacts.put_file(self._artifact_key(sha256), dest)
+            self.artifacts.put_file(self._artifact_key(sha256), Path(dest))
         return True
 
-    def put_file(self, src: Path, sha256: str | None = None, move: bool = False) -> FileEntry:
+    def put_file(self, src: Path | str, sha256: str | None = None, move: bool = False,
+                 size: int | None = None) -> FileEntry:
         """Store a file's bytes; with `move` the file itself becomes the object (no copy)."""
         if sha256 is None:
-            sha256, size = sha256_file(src)
-        else:
-            size = src.stat().st_size
+            sha256, size = sha256_file(Path(src))
+        elif size is None:
+            size = os.stat(src).st_size
         if self.has(sha256):
             if move:
-                src.unlink(missing_ok=True)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(src)
             return FileEntry(sha256, size)
-        fd, name = tempfile.mkstemp(dir=self.tmp, prefix=sha256[:8])
-        os.close(fd)
-        tmp = Path(name)
+        tmp = self._temp_name(sha256)
         if move:
             os.replace(src, tmp)
         else:
@@ -108,49 +122,54 @@ class ObjectStore:
     def put_bytes(self, data: bytes) -> FileEntry:
         sha256 = hashlib.sha256(data).hexdigest()
         if not self.has(sha256):
-            fd, name = tempfile.mkstemp(dir=self.tmp, prefix=sha256[:8])
-            with os.fdopen(fd, "wb") as f:
+            tmp = self._temp_name(sha256)
+            with open(tmp, "wb") as f:
                 f.write(data)
-            self._admit(Path(name), sha256)
+            self._admit(tmp, sha256)
         return FileEntry(sha256, len(data))
 
     def ensure_local(self, sha256: str) -> Path:
         """The object's local path, fetched from the artifact store when only that holds it."""
-        path = self.path(sha256)
-        if path.exists():
+        return Path(self._ensure_local(sha256))
+
+    def _ensure_local(self, sha256: str) -> str:
+        path = self.where(sha256)
+        if os.path.exists(path):
             return path
         if self.artifacts is None:
             raise FileNotFoundError(f"object {sha256} is missing from the data store {self.root}")
-        fd, name = tempfile.mkstemp(dir=self.tmp, prefix=sha256[:8])
-        os.close(fd)
-        self.artifacts.get_file(self._artifact_key(sha256), Path(name), sha256)
-        path.parent.mkdir(exist_ok=True)
-        os.chmod(name, READ_ONLY)
-        os.replace(name, path)
+        tmp = self._temp_name(sha256)
+        self.artifacts.get_file(self._artifact_key(sha256), Path(tmp), sha256)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.chmod(tmp, READ_ONLY)
+        os.replace(tmp, path)
         return path
 
-    def link(self, sha256: str, dest: Path) -> None:
+    def link(self, sha256: str, dest: Path | str) -> None:
         """Make `dest` hold the object: a hardlink, or a read-only copy across filesystems."""
-        src = self.ensure_local(sha256)
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        src = self.where(sha256)
         try:
             os.link(src, dest)
+        except FileNotFoundError:
+            src = self._ensure_local(sha256)
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            os.link(src, dest)
         except FileExistsError:
-            dest.unlink()
+            os.unlink(dest)
             os.link(src, dest)
         except OSError:
             shutil.copyfile(src, dest)
             os.chmod(dest, READ_ONLY)
 
-    def count(self) -> int:
-        return sum(1 for d in self.root.iterdir() if d.is_dir() and d.name != ".tmp" for _ in d.iterdir())
-
     def all(self) -> set[str]:
-        return {p.name for d in self.root.iterdir() if d.is_dir() and d.name != ".tmp" for p in d.iterdir()}
+        return {name for d in os.scandir(self._root) if d.is_dir() and d.name != ".tmp" for name in os.listdir(d.path)}
+
+    def count(self) -> int:
+        return len(self.all())
 
     def remove(self, sha256: str) -> None:
         with contextlib.suppress(FileNotFoundError):
-            self.path(sha256).unlink()
+            os.unlink(self.where(sha256))
         if self.artifacts is not None:
             with contextlib.suppress(Exception):
                 self.artifacts.delete(self._artifact_key(sha256))

@@ -175,15 +175,17 @@ class RepoStore:
         origin: dict[str, Any] | None = None,
         branch: str = DEFAULT_BRANCH,
         parent: str | None = None,
+        check: bool = True,
     ) -> Commit:
         """A new commit of these files, or the parent itself when nothing at all changed.
 
-        Files must already be in the object store. The branch does not move (see `set_branch`),
+        Files must already be in the object store (`check=False`: the caller just put them there).
+        The branch does not move (see `set_branch`),
         so a run that fails later leaves the current outputs as they were."""
         self.ensure_repo(repo)
         provenance = provenance or []
         origin = origin or {}
-        missing = [p for p, e in files.items() if not self.objects.has(e.sha256)]
+        missing = [p for p, e in files.items() if not self.objects.has(e.sha256)] if check else []
         if missing:
             raise FileNotFoundError(f"repo {repo}: objects of {len(missing)} file(s) missing, e.g. {missing[0]}")
         parent = parent if parent is not None else self.head(repo, branch)
@@ -216,6 +218,8 @@ class RepoStore:
         target = self.checkouts / repo / commit
         done = target.with_name(f".{commit}.complete")  # beside, not inside: readers see only data
         if done.exists() and target.exists():
+            with contextlib.suppress(OSError):
+                os.utime(done)  # last use: what pruning goes by
             return target
         found = self.get_commit(repo, commit)
         with self._lock:
@@ -226,8 +230,11 @@ class RepoStore:
                 _make_writable(build)
                 shutil.rmtree(build)
             build.mkdir(parents=True)
+            base = str(build)
+            for folder in sorted({rel.rsplit("/", 1)[0] for rel in found.files if "/" in rel}):
+                os.makedirs(f"{base}/{folder}", exist_ok=True)
             for rel, entry in found.files.items():
-                self.objects.link(entry.sha256, build / rel)
+                self.objects.link(entry.sha256, f"{base}/{rel}")
             _make_read_only(build)
             if target.exists():
                 _make_writable(target)
@@ -235,6 +242,31 @@ class RepoStore:
             os.replace(build, target)
             done.write_text(commit)
         return target
+
+
+    def prune_checkouts(self, repo: str, keep: set[str], unused_for: float) -> int:
+        """Remove checkouts of `repo` not in `keep` and not handed out for `unused_for` seconds
+        (a reader of an old version gets it back from `checkout`, rebuilt from the objects)."""
+        import time
+
+        folder = self.checkouts / repo
+        if not folder.exists():
+            return 0
+        removed = 0
+        cutoff = time.time() - unused_for
+        for done in folder.glob(".*.complete"):
+            commit = done.name[1:-len(".complete")]
+            if commit in keep:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                if done.stat().st_mtime > cutoff:
+                    continue
+                done.unlink()
+                target = folder / commit
+                _make_writable(target)
+                shutil.rmtree(target, ignore_errors=True)
+                removed += 1
+        return removed
 
 
 def _make_read_only(directory: Path) -> None:
