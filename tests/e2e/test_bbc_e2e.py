@@ -53,7 +53,7 @@ def manifests(corpus: Path) -> list[dict]:
             spec.pop("labeling")  # Label Studio has its own tests
         if doc["kind"] == "Experiment":
             spec["model"]["path"] = str(ROOT / spec["model"]["path"])
-            spec["searcher"].update(maxTrials=3, maxLength={"epochs": 2}, asha={"divisor": 2, "maxRungs": 2})
+            spec["searcher"].update(maxTrials=3, maxLength={"epochs": 4}, asha={"divisor": 2, "maxRungs": 2})
         docs.append(doc)
     return docs
 
@@ -62,7 +62,7 @@ def manifests(corpus: Path) -> list[dict]:
 def corpus(tmp_path_factory):
     out = tmp_path_factory.mktemp("bbc") / "corpus"
     subprocess.run([sys.executable, str(ROOT / "usecases/bbc-news/data/generate.py"), "--out", str(out),
-                    "--per-class", "30", "--seed", "7"], check=True, capture_output=True)
+                    "--per-class", "40", "--seed", "7"], check=True, capture_output=True)
     return out
 
 
@@ -83,7 +83,7 @@ def test_bbc_from_kubectl_apply_to_a_served_prediction(operator_runner, kubectl,
         assert "news-classifier" in table and "production" in table and "true" in table
 
         # The invalid files of the corpus were discarded by the validate step, the split is 80/20.
-        assert data["outputs"]["test"]["files"] == 30 and data["outputs"]["train"]["files"] == 120
+        assert data["outputs"]["test"]["files"] == 40 and data["outputs"]["train"]["files"] == 160
         assert exp["data"]["commit"] == data["outputs"]["train"]["commit"]
         assert exp["trials"]["total"] == 3 and exp["bestMetric"] >= 0.7
         assert mv["evaluation"]["passed"] is True and mv["evaluation"]["metrics"]["accuracy"] >= 0.7
