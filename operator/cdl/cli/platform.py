@@ -82,11 +82,32 @@ def _stopper(name: str) -> Callable[[Path], bool]:
     return lambda data_dir: embedded.stop_component(data_dir, name)
 
 
+def _no_start(ctx: UpContext) -> str:
+    return "started by the operator on demand"
+
+
+def _stop_model_servers(data_dir: Path) -> bool:
+    """Model servers run in their own process groups (they outlive an operator restart); stop them."""
+    root = data_dir / "serving"
+    if not (root / "deployments").is_dir():
+        return False
+    from cdl.engines.local.serving import LocalServingEngine
+
+    engine = LocalServingEngine(root, supervise=False)
+    engine.close(stop_servers=True)
+    return True
+
+
+def _model_servers_status(data_dir: Path) -> dict[str, object] | None:
+    return None
+
+
 # The platform, in start order; each gets the UpContext, so the operator can use
 # ctx.cluster.kubeconfig and ctx.database_url. `down` stops them in reverse order.
 PLATFORM_COMPONENTS: list[Component] = [
     Component("control plane", _start_control_plane, process.stop, _control_plane_status),
     Component("postgres", _start_postgres, _stopper("postgres"), _component_status("postgres")),
+    Component("model servers", _no_start, _stop_model_servers, _model_servers_status),
     Component("operator", _start_operator, _stopper("operator"), _component_status("operator")),
 ]
 

@@ -41,6 +41,9 @@ class ControllerState:
     context: Context | None = None
     poll_seconds: float = 3.0
     due: dict[str, float] = field(default_factory=dict)
+    # The status this process last wrote, per object: kopf may hand a timer an older copy of the
+    # object, and only the operator writes status, so what it wrote is the newest truth.
+    known_status: dict[str, dict[str, Any]] = field(default_factory=dict)
     failures: dict[str, int] = field(default_factory=dict)
     locks: dict[str, threading.Lock] = field(default_factory=dict)
     guard: threading.Lock = field(default_factory=threading.Lock)
@@ -58,6 +61,7 @@ def configure(context: Context, poll_seconds: float) -> None:
     STATE.poll_seconds = poll_seconds
     STATE.due.clear()
     STATE.failures.clear()
+    STATE.known_status.clear()
 
 
 def reconcile_body(info: KindInfo, module: ModuleType, body: Any, patch: Any, force: bool) -> None:
@@ -71,12 +75,18 @@ def reconcile_body(info: KindInfo, module: ModuleType, body: Any, patch: Any, fo
         res = Resource.from_body(info, _plain(body))
         if res.deleting:
             return
+        known = STATE.known_status.get(uid)
+        if known is not None:
+            res.status = _merge(res.status, known)
         started = time.perf_counter()
         result, outcome = outcomes.run(module.reconcile, res, ctx)
         metrics.LATENCY.labels(info.kind).observe(time.perf_counter() - started)
         metrics.RECONCILES.labels(info.kind, outcome).inc()
-        for key, value in result.status.items():
-            patch.status[key] = _without_nulls_in_lists(value)
+        changes = {k: _without_nulls_in_lists(v) for k, v in result.status.items() if res.status.get(k) != v
+                   and not (v is None and k not in res.status)}
+        for key, value in changes.items():  # only what changed: a pass that changes nothing writes nothing
+            patch.status[key] = value
+        STATE.known_status[uid] = _merge(res.status, changes)
         for event in result.events:
             kopf.event(body, type=event.type, reason=event.reason, message=event.message)
             if event.type == "Warning":
@@ -92,6 +102,19 @@ def _schedule(info: KindInfo, uid: str, outcome: str, requeue: bool) -> None:
         STATE.failures.pop(uid, None)
         delay = STATE.poll_seconds if requeue else IDLE_SECONDS[info.kind]
     STATE.due[uid] = time.monotonic() + delay
+
+
+def _merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """JSON merge patch (RFC 7386) of `patch` onto `base`, as the API server applies it."""
+    out = dict(base)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def _without_nulls_in_lists(value: Any, in_list: bool = False) -> Any:
@@ -134,6 +157,7 @@ def cleanup_body(info: KindInfo, module: ModuleType, body: Any) -> None:
         if not isinstance(exc, InvalidSpec):
             raise kopf.PermanentError(f"cleanup of {res.title} failed: {exc}")
     STATE.due.pop(res.uid, None)
+    STATE.known_status.pop(res.uid, None)
 
 
 def register(registry: kopf.OperatorRegistry, poll_seconds: float) -> None:

@@ -101,8 +101,9 @@ def reconcile(res: Resource, ctx: Context) -> Result:
         result.event("RunSucceeded", message)
     result.status.update(phase=phase, message=message)
     set_condition(result.status, status, "Ready", True, "OutputsReady", message, res.generation)
-    # Keep following: the source may change, the schedule may come, labelers keep labeling.
-    result.requeue = True
+    # Labelers keep labeling: follow them closely. The source and the schedule are checked when
+    # the resource is next looked at (the controller's idle interval).
+    result.requeue = phase == "Labeling"
     return result
 
 

@@ -77,7 +77,8 @@ def reconcile(res: Resource, ctx: Context) -> Result:
     fingerprint = hashlib.sha256(json.dumps(
         [res.generation, [m.__dict__ for m, _ in models]], sort_keys=True).encode()).hexdigest()[:16]
     ref = status.get("engineRef") or {}
-    if ref.get("fingerprint") != fingerprint:
+    if ref.get("fingerprint") != fingerprint or engine.status(res.key).state == "Pending":
+        # New models or spec, or an engine that lost its state (it reports Pending): apply.
         applied = engine.apply(request)
         result.status["engineRef"] = {**applied.wire(), "fingerprint": fingerprint}
         names = ", ".join(f"{m.model_version} ({m.role} {m.percent}%)" for m, _ in models)
