@@ -70,7 +70,7 @@ def test_steps_validate_and_clean_then_the_split(data_engine: LocalDataEngine, t
     assert "2 discarded" not in status.message and "1 discarded: suffix" in status.message
 
     train, test = status.outputs["train"], status.outputs["test"]
-    cleaned = {k: v for k, v in files_of(status.outputs["clean"].path).items() if not k.startswith(".")}
+    cleaned = {k: v for k, v in files_of(data_engine.resolve(KEY, "clean").path).items() if not k.startswith(".")}
     train_files, test_files = files_of(train.path), files_of(test.path)
     assert not set(train_files) & set(test_files)
     assert {**train_files, **test_files} == cleaned  # what was cleaned is what is split
@@ -79,7 +79,7 @@ def test_steps_validate_and_clean_then_the_split(data_engine: LocalDataEngine, t
     assert (train.files, test.files) == (len(train_files), len(test_files))
     assert train.bytes == sum(len(v) for v in train_files.values())
     assert oct(Path(train.path, "sport").stat().st_mode & 0o777) == "0o555"
-    report = json.loads(Path(status.outputs["validate"].path, ".cdl-report.json").read_text())
+    report = json.loads(Path(data_engine.resolve(KEY, "validate").path, ".cdl-report.json").read_text())
     assert {f["path"]: f["reason"] for f in report["files"] if f["action"] == "discarded"} == {
         "sport/short.txt": "too-short", "tech/notes.md": "suffix"}
 
@@ -141,7 +141,8 @@ def test_without_a_split_train_is_the_last_steps_data(data_engine: LocalDataEngi
     status = run(data_engine, spec(src.as_uri(), [CLEAN]))
     assert "test" not in status.outputs and status.repos["train"] == "ml--bbc-train"
     assert set(files_of(status.outputs["train"].path)) == {"sport/000.txt", "sport/001.txt"}
-    assert ".cdl-report.json" in files_of(status.outputs["clean"].path)
+    assert status.outputs["clean"].path is None  # materialized on demand
+    assert ".cdl-report.json" in files_of(data_engine.resolve(KEY, "clean").path)
 
 
 def test_no_outputs_before_the_first_run(data_engine: LocalDataEngine) -> None:
@@ -203,7 +204,7 @@ def test_a_failing_step_fails_the_run_with_the_datums_log(data_engine: LocalData
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_bytes(p.read_bytes())
     """)
-    src = Path(good_run.outputs["raw"].path)
+    src = Path(data_engine.resolve(KEY, "raw").path)
     step = {"name": "parse", "command": ["python", "-c", code], "glob": "/*/*", "datumTries": 2, "parallelism": 1}
     status = run(data_engine, spec(src.as_uri(), [step], {"test": 0.3, "seed": 1}), generation=2)
     assert status.state == JobState.FAILED
@@ -267,6 +268,30 @@ def test_start_run_is_idempotent_and_status_survives_a_restart(tmp_path: Path) -
         assert {k: v.commit for k, v in again.outputs.items()} == {k: v.commit for k, v in done.outputs.items()}
         assert again.outputs["train"].path == done.outputs["train"].path
         assert again.lineage[0].datums_processed == 6
+    finally:
+        restarted.close()
+
+
+def test_an_orderly_stop_leaves_the_run_to_the_next_engine(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    make_text_corpus(src, labels=("sport",), per_label=6)
+    root = tmp_path / "engine"
+    slow = {"name": "slow", "glob": "/*/*", "command": [
+        "python", "-c", "import shutil, os, time; time.sleep(0.2); "
+                        "shutil.copytree(os.environ['PFS_INPUT_DIR'], os.environ['PFS_OUT'], dirs_exist_ok=True)"]}
+    pipeline = spec(src.as_uri(), [slow])
+    engine = LocalDataEngine(root, workers=1)
+    ref = engine.start_run(DataRunRequest(KEY, pipeline, 1, base_dir=REPO_ROOT))
+    while len(list((root / "cache").rglob("*.json"))) < 2:
+        assert not engine.run_status(KEY, ref.id).state.finished
+    engine.close()  # the operator shuts down mid-run
+    assert engine.run_status(KEY, ref.id).state == JobState.RUNNING  # left to the next engine, not failed
+
+    restarted = LocalDataEngine(root, workers=2)
+    try:
+        done = restarted.wait(KEY, ref.id, timeout=120)
+        assert done.state == JobState.SUCCEEDED, done.message
+        assert done.lineage[0].datums_skipped >= 2 and done.outputs["train"].files == 6
     finally:
         restarted.close()
 
@@ -362,7 +387,7 @@ def test_an_http_zip_archive_is_ingested(data_engine: LocalDataEngine, tmp_path:
     pipeline = spec(data_http_server.url("bbc-fulltext.zip"), split={"test": 0.34, "seed": 42})
     status = run(data_engine, pipeline)
     assert status.state == JobState.SUCCEEDED, status.message
-    assert set(files_of(status.outputs["raw"].path)) == {"README.TXT", *made}
+    assert set(files_of(data_engine.resolve(KEY, "raw").path)) == {"README.TXT", *made}
     assert status.outputs["train"].files + status.outputs["test"].files == 7
 
     request = DataRunRequest(KEY, pipeline, 1, base_dir=REPO_ROOT)
@@ -395,7 +420,7 @@ def test_s3_source_with_credentials_from_the_secret(tmp_path: Path, s3_server) -
         secret = f"{s3_server.access_key}:{s3_server.secret_key}"
         status = run(engine, pipeline, secrets={"s3/creds": secret})
         assert status.state == JobState.SUCCEEDED, status.message
-        assert files_of(status.outputs["raw"].path) == {rel: (corpus / rel).read_bytes() for rel in made}
+        assert files_of(engine.resolve(KEY, "raw").path) == {rel: (corpus / rel).read_bytes() for rel in made}
 
         assert secret not in json.dumps([p.read_text() for p in (tmp_path / "engine").rglob("*.json")])
 

@@ -8,8 +8,9 @@ A run of DataPipeline `ns/name`:
    `spec.split` is set) of the last step's output, so cleaning and validation happen before
    splitting and both sides are treated alike, commits to `<ns>--<name>-train` and `-test`.
    Without a split, `-train` holds the last step's data files (reports left out).
-3. Ready: every output branch moves to its new commit at once and the outputs are materialized as
-   read-only checkouts (`DataRef.path`). A failed run moves nothing: the last good outputs stay.
+3. Ready: every output branch moves to its new commit at once; train and test are materialized as
+   read-only checkouts (`DataRef.path`; the raw and step outputs when `resolve`d). A failed run
+   moves nothing: the last good outputs stay current.
 
 Runs execute in background threads owned by the engine; their state is persisted under the root
 (`runs`), so `run_status` after a restart reports a finished run, or resumes an interrupted
@@ -56,6 +57,7 @@ INPUT_NAME = "in"  # every step's input is /pfs/in, as the Pachyderm engine name
 INGEST_TRIES = 3
 CHECKOUT_TTL = 24 * 3600.0  # old versions' checkouts are removed a day after their last use
 SCRATCH_TTL = 3600.0  # leftovers of a crashed process in the scratch folders
+EAGER_OUTPUTS = ("train", "test")  # materialized when a run ends; raw and step outputs on demand
 MAX_ATTEMPTS = 3  # drivers started on one run before it is declared failed
 
 
@@ -319,8 +321,9 @@ class LocalDataEngine:
         try:
             self._run(record, request, cancel)
         except _Canceled:
-            if self._shutdown:
-                self._save_record(slug, record, message="interrupted: the engine stopped; resumes on the next check")
+            if self._shutdown:  # an orderly stop does not count against the run's attempts
+                self._save_record(slug, record, attempts=max(record.attempts - 1, 0),
+                                  message="interrupted: the engine stopped; resumes on the next check")
             else:
                 self._finish(slug, record, JobState.CANCELED, "Failed", "run canceled: a newer run superseded it")
         except (PermanentEngineError, TransientEngineError) as exc:
@@ -464,8 +467,9 @@ class LocalDataEngine:
             self.runs.set_current(slug, {"run": record.run_id, "generation": record.generation,
                                          "sourceHash": fingerprint, "repos": repos, "outputs": outputs,
                                          "updated": now_iso()})
-        for commit in commits.values():
-            self.repos.checkout(commit.repo, commit.id)
+        for name, commit in commits.items():
+            if name in EAGER_OUTPUTS:  # what Experiments read; the others on `resolve`
+                self.repos.checkout(commit.repo, commit.id)
             self.repos.prune_checkouts(commit.repo, {commit.id}, CHECKOUT_TTL)
         self._save_record(slug, record, lineage=[asdict(s) for s in lineage], outputs=outputs, progress=1.0)
         self._finish(slug, record, JobState.SUCCEEDED, "Ready", "; ".join(notes))
@@ -488,10 +492,15 @@ class LocalDataEngine:
                        files=output.get("files", 0), bytes=output.get("bytes", 0), path=str(path))
 
     def _paths(self, record: RunRecord) -> dict[str, str]:
+        """Checkout paths of a finished run's outputs: train and test always, others once
+        materialized (`resolve` materializes any output)."""
         paths = {}
         for name, output in record.outputs.items():
             with contextlib.suppress(KeyError, FileNotFoundError):
-                paths[name] = str(self.repos.checkout(output["repo"], output["commit"]))
+                if name in EAGER_OUTPUTS:
+                    paths[name] = str(self.repos.checkout(output["repo"], output["commit"]))
+                elif self.repos.is_checked_out(output["repo"], output["commit"]):
+                    paths[name] = str(self.repos.checkouts / output["repo"] / output["commit"])
         return paths
 
     def _clean_scratch(self) -> None:

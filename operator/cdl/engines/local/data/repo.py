@@ -213,6 +213,9 @@ class RepoStore:
 
     # ------------------------------------------------------------------ checkouts
 
+    def is_checked_out(self, repo: str, commit: str) -> bool:
+        return (self.checkouts / repo / f".{commit}.complete").exists()
+
     def checkout(self, repo: str, commit: str) -> Path:
         """A read-only directory holding the commit's files (built once, then reused)."""
         target = self.checkouts / repo / commit
