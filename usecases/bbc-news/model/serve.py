@@ -33,6 +33,8 @@ def _as_text(item: Any) -> str:
 
 
 class NewsPredictor:
+    input_type = "text"  # one article per row: the serving wrapper checks requests against it
+
     def __init__(self) -> None:
         self._model: LoadedModel | None = None
         self.class_names: list[str] = []

@@ -95,7 +95,7 @@ def test_checkpoint_carries_vocabulary_class_names_and_network_shape(bbc_checkpo
     weights = state["models_state_dict"][0]
     linear = [k for k in weights if k.endswith(".weight") and weights[k].dim() == 2]
     norms = [k for k in weights if k.endswith(".weight") and weights[k].dim() == 1]
-    assert len(linear) == 5 and len(norms) == 4  # five linear layers, layer norm after the hidden ones
+    assert len(linear) == 5 and len(norms) == 5  # five linear layers, each but the last with a layer norm
     # Determined copied the model code, without caches (.detignore).
     code = sorted(p.name for p in (bbc_checkpoint / "code").iterdir())
     assert "model_def.py" in code and "news_model.py" in code and "__pycache__" not in code

@@ -21,6 +21,10 @@ from fashion_model import LoadedModel, load_model  # noqa: E402
 
 
 class FashionPredictor:
+    # What the serving wrapper checks requests against: rows of 28x28 pixels (784 flat also fit).
+    input_type = "tensor"
+    input_shape = (28, 28)
+
     def __init__(self) -> None:
         self._model: LoadedModel | None = None
         self.class_names: list[str] = []
