@@ -49,6 +49,11 @@ def make_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         settings.watching.server_timeout = 60
         settings.networking.request_timeout = 90
 
+    @kopf.on.cleanup(registry=registry)
+    def close_engines(**_: Any) -> None:
+        if handlers.STATE.context is not None:
+            handlers.STATE.context.engines.close()
+
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         """In a pod: the service account; elsewhere: $KUBECONFIG, read now (not at import)."""

@@ -70,6 +70,23 @@ class EngineRegistry:
                 self._built[("labeling", "labelstudio")] = LabelStudioEngine()
             return self._built[("labeling", "labelstudio")]
 
+    def close(self) -> None:
+        """Operator shutdown: stop following engine work. Trials are stopped (a restarted
+        operator resumes them from their checkpoints); model servers keep serving and are
+        adopted by the next operator (`cdl down` stops them)."""
+        with self._lock:
+            built = dict(self._built)
+        for (role, _), engine in built.items():
+            close = getattr(engine, "close", None)
+            if close is None:
+                continue
+            if role == "training":
+                close(kill_trials=True)
+            elif role == "serving":
+                close(stop_servers=False)
+            else:
+                close()
+
     def package_dir(self, uri: str, sha256: str) -> Path:
         """A local unpacked copy of a ModelVersion package (downloaded once, checked by sha256)."""
         from cdl.runtime.package import unpack

@@ -154,4 +154,8 @@ def cleanup(res: Resource, ctx: Context) -> None:
     spec: ExperimentSpec = parse(res)
     ref = engine_ref(res.status)
     if ref is not None:
-        ctx.engines.training(engine_name(spec, ctx)).kill(ref)
+        engine = ctx.engines.training(engine_name(spec, ctx))
+        engine.kill(ref)
+        remove = getattr(engine, "delete", None)  # engines that keep run state remove it too
+        if remove is not None:
+            remove(ref)
