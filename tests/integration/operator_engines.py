@@ -73,7 +73,7 @@ class ScriptedDataEngine:
         self.runs[run_id] = 0
         return EngineRef(run_id, engine="scripted")
 
-    def run_status(self, key, run_id) -> DataRunStatus:
+    def run_status(self, key, run_id, request=None) -> DataRunStatus:
         self.faults.check("run_status")
         self.runs[run_id] = self.runs.get(run_id, 0) + 1
         if self.runs[run_id] <= self.polls:

@@ -136,8 +136,9 @@ class DataEngine(Protocol):
     def start_run(self, request: DataRunRequest) -> EngineRef:
         """Start ingest + split + steps; idempotent for the same key, generation and source hash."""
 
-    def run_status(self, key: ResourceKey, run_id: str) -> DataRunStatus:
-        """Where a run stands. A run whose driver died (operator restart) is resumed."""
+    def run_status(self, key: ResourceKey, run_id: str, request: DataRunRequest | None = None) -> DataRunStatus:
+        """Where a run stands. A run whose driver died (operator restart) is resumed; `request`
+        carries what resuming needs again (secrets are never persisted by engines)."""
 
     def outputs(self, key: ResourceKey) -> dict[str, DataRef]:
         """The current (last successful) outputs, by output name (train, test, <step>...)."""

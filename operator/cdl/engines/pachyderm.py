@@ -279,7 +279,7 @@ class PachydermDataEngine:
         self._ensure_driver(run_id, key)
         return EngineRef(run_id, self._console(names, names.raw, run_id), self.name)
 
-    def run_status(self, key: ResourceKey, run_id: str) -> DataRunStatus:
+    def run_status(self, key: ResourceKey, run_id: str, request: DataRunRequest | None = None) -> DataRunStatus:
         if run_id in self._finished:
             return self._finished[run_id]
         names = self.names(key)

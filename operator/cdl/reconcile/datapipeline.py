@@ -51,7 +51,7 @@ def reconcile(res: Resource, ctx: Context) -> Result:
     if ref.get("generation") != str(res.generation):
         start_reason = "spec changed" if ref else "new pipeline"
     else:
-        previous = engine.run_status(res.key, ref["id"])
+        previous = engine.run_status(res.key, ref["id"], request=request)
         if previous.state.finished:
             on_new_data = spec.trigger.on_new_data if spec.trigger else True
             ingested = previous.source_hash or status.get("sourceHash")
@@ -74,7 +74,7 @@ def reconcile(res: Resource, ctx: Context) -> Result:
         result.requeue = True
         return result
 
-    run = engine.run_status(res.key, ref["id"])
+    run = engine.run_status(res.key, ref["id"], request=request)
     _publish(run, res, result)
     if run.state == JobState.FAILED:
         last_good = engine.outputs(res.key)
@@ -140,7 +140,7 @@ def _sync_labels(res: Resource, spec: DataPipelineSpec, ctx: Context, run: DataR
         items, labels = [], []
         for name, output in run.outputs.items():
             if name in ("train", "test") and output.path:
-                found, classes = label_items(Path(output.path), name)
+                found, classes = label_items(Path(output.path), name, output.repo, output.commit)
                 items.extend(found)
                 labels.extend(c for c in classes if c not in labels)
         request = LabelingRequest(

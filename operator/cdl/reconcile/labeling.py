@@ -10,7 +10,8 @@ TEXT_SUFFIXES = {".txt", ".md", ".csv"}
 MAX_INLINE = 20_000
 
 
-def label_items(directory: Path, split: str) -> tuple[list[LabelItem], list[str]]:
+def label_items(directory: Path, split: str, repo: str | None = None,
+                commit: str | None = None) -> tuple[list[LabelItem], list[str]]:
     """Items of one output, with automatic labels from the parent folder name when there is one."""
     items: list[LabelItem] = []
     classes: list[str] = []
@@ -21,7 +22,7 @@ def label_items(directory: Path, split: str) -> tuple[list[LabelItem], list[str]
             classes.append(label)
         if path.suffix in TEXT_SUFFIXES:
             text = path.read_text(errors="replace")[:MAX_INLINE]
-            items.append(LabelItem(path=rel, text=text, label=label, split=split))
+            items.append(LabelItem(path=rel, text=text, label=label, split=split, repo=repo, commit=commit))
         else:
-            items.append(LabelItem(path=rel, url=path.as_uri(), label=label, split=split))
+            items.append(LabelItem(path=rel, url=path.as_uri(), label=label, split=split, repo=repo, commit=commit))
     return items, classes
