@@ -49,7 +49,7 @@ DEFAULT_HPARAMS: dict[str, Any] = {
     "learning_rate": 0.001,
     "hidden_size": 256,
     "dropout": 0.3,
-    "vocab_size": 5000,
+    "vocab_size": 10000,
     "batch_size": 32,
 }
 

@@ -162,7 +162,7 @@ def test_trial_runs_under_the_local_training_engine_with_the_asha_manifest(
     bbc_corpora: tuple[Path, Path], tmp_path: Path
 ) -> None:
     """The Experiment manifest's hyperparameters and entrypoint, run by the platform's engine
-    (a shortened search: two trials, two epochs)."""
+    (a shortened search: two trials, the better one promoted from its checkpoint to two epochs)."""
     training = pytest.importorskip("cdl.engines.local.training")
     from cdl.api.experiment import ExperimentSpec
     from cdl.engines.base import DataRef, JobState, ResourceKey, TrainingRequest
@@ -170,7 +170,7 @@ def test_trial_runs_under_the_local_training_engine_with_the_asha_manifest(
     manifest = yaml.safe_load((USECASE / "manifests" / "experiment-asha.yaml").read_text())
     spec = manifest["spec"]
     spec["searcher"].update(maxTrials=2, maxConcurrentTrials=2, maxLength={"epochs": 2})
-    spec["searcher"]["asha"] = {"divisor": 2, "maxRungs": 1}
+    spec["searcher"]["asha"] = {"divisor": 2, "maxRungs": 2}  # rung 1 at 1 epoch; the better trial resumes
     spec.pop("data", None)
     train, _ = bbc_corpora
     engine = training.LocalTrainingEngine(
@@ -187,7 +187,8 @@ def test_trial_runs_under_the_local_training_engine_with_the_asha_manifest(
     finally:
         engine.close(kill_trials=True)
     assert status.state == JobState.SUCCEEDED, status.message
-    assert len(status.trials) == 2
+    assert sorted(t.length_done for t in status.trials) == [1, 2], [(t.id, t.length_done, t.stop_reason)
+                                                                   for t in status.trials]
     best = status.best
     assert best is not None and best.metrics["validation_accuracy"] >= 0.6, best.metrics
     assert "validation_loss" in best.metrics
