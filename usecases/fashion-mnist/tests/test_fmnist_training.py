@@ -21,7 +21,13 @@ import yaml
 pytestmark = pytest.mark.slow
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-pytest.importorskip("tensorflow", reason="tensorflow-cpu is not installed (pip install -e '.[tf]')")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fmnist_tensorflow() -> None:
+    """Skip, with the reason, where TensorFlow cannot be imported (imported when these tests
+    run, not when the suite is collected: it takes seconds)."""
+    pytest.importorskip("tensorflow", reason="tensorflow-cpu is not importable (pip install -e '.[tf]')")
 
 USECASE = Path(__file__).resolve().parents[1]
 MODEL = USECASE / "model"
