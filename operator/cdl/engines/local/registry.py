@@ -38,10 +38,11 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import pathspec
 
 from cdl.api.modelversion import MODEL_NAME, STAGES
 from cdl.engines.base import RegisteredModel, RegistrationRequest
@@ -72,63 +73,13 @@ PASSED_METADATA = ("model", "training", "trials", "packages", "environment", "da
 # --------------------------------------------------------------------------- ignore rules
 
 
-@dataclass(frozen=True)
-class _Rule:
-    regex: re.Pattern[str]
-    negate: bool
-    dir_only: bool
-
-
-def _glob_regex(pattern: str) -> str:
-    out, i = [], 0
-    while i < len(pattern):
-        c = pattern[i]
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-        elif pattern.startswith("/**", i) and i + 3 == len(pattern):
-            out.append("(?:/.*)?")
-            i += 3
-        elif pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif c == "*":
-            out.append("[^/]*")
-            i += 1
-        elif c == "?":
-            out.append("[^/]")
-            i += 1
-        elif c == "[" and "]" in pattern[i + 1:]:
-            end = pattern.index("]", i + 1)
-            body = pattern[i + 1:end].replace("\\", "\\\\")
-            out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
-            i = end + 1
-        else:
-            out.append(re.escape(c))
-            i += 1
-    return "".join(out)
-
-
 class IgnoreRules:
-    """`.gitignore`-style patterns: `*`, `?`, `**`, `[...]`, trailing `/` for folders, a slash
-    anchoring to the top, `!` to re-include; the last matching pattern decides."""
+    """`.gitignore`-style patterns (pathspec's GitIgnoreSpec, as Determined reads `.detignore`):
+    `*`, `?`, `**`, `[...]`, trailing `/` for folders, a slash anchoring to the top, `!` to
+    re-include; the last matching pattern decides."""
 
     def __init__(self, patterns: Sequence[str]) -> None:
-        self.rules: list[_Rule] = []
-        for raw in patterns:
-            line = raw.rstrip()
-            if not line or line.startswith("#"):
-                continue
-            negate = line.startswith("!")
-            line = line[1:] if negate else line.removeprefix("\\")
-            dir_only = line.endswith("/")
-            line = line.rstrip("/")
-            if not line:
-                continue
-            anchored = "/" in line
-            body = _glob_regex(line.lstrip("/"))
-            regex = re.compile(("" if anchored else "(?:.*/)?") + body + r"\Z")
-            self.rules.append(_Rule(regex, negate, dir_only))
+        self.spec = pathspec.GitIgnoreSpec.from_lines(list(patterns))
 
     @classmethod
     def for_directory(cls, directory: Path, defaults: Sequence[str] = DEFAULT_EXCLUDES) -> IgnoreRules:
@@ -140,13 +91,7 @@ class IgnoreRules:
         return cls(patterns)
 
     def ignored(self, rel: str, is_dir: bool) -> bool:
-        verdict = False
-        for rule in self.rules:
-            if rule.dir_only and not is_dir:
-                continue
-            if rule.regex.match(rel):
-                verdict = not rule.negate
-        return verdict
+        return self.spec.match_file(f"{rel}/" if is_dir else rel)
 
     def files(self, root: Path) -> Iterator[tuple[str, Path]]:
         """(relative POSIX path, path) of each kept regular file under root, sorted; an ignored

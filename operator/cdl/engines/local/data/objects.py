@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cdl.stores.artifacts import sha256_file
+
 CHUNK = 1024 * 1024
 READ_ONLY = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
 ARTIFACT_PREFIX = "data/objects"
@@ -39,13 +41,6 @@ class FileEntry:
         return cls(str(value[0]), int(value[1]))
 
 
-def sha256_file(path: Path) -> tuple[str, int]:
-    digest, size = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
 
 
 class ObjectStore:
