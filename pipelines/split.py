@@ -86,7 +86,11 @@ def is_data_file(rel: str) -> bool:
 
 def split_files(paths: Sequence[str], test: float, seed: int, stratify: bool, labels_from_dirs: bool = True
                 ) -> dict[str, str]:
+    """Train/test side of each path. With labels from folders, a file outside any label folder (a
+    README at the top of an archive) has no class and belongs to neither output."""
     items = [(p, file_label(p) if labels_from_dirs else None) for p in paths if is_data_file(p)]
+    if labels_from_dirs:
+        items = [(p, label) for p, label in items if label is not None]
     return assign(items, test, seed, stratify)
 
 

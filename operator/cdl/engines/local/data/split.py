@@ -35,7 +35,7 @@ def data_files(files: dict[str, FileEntry]) -> dict[str, FileEntry]:
 
 
 def label_counts(files: dict[str, FileEntry]) -> dict[str, int]:
-    return dict(sorted(Counter(file_label(rel) or "" for rel in files).items()))
+    return dict(sorted(Counter(label for rel in files if (label := file_label(rel)) is not None).items()))
 
 
 def split_commit(files: dict[str, FileEntry], objects: ObjectStore, fmt: str, labels_from: str,
