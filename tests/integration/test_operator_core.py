@@ -221,3 +221,42 @@ def test_invalid_spec_fails_with_the_field(operator_runner, k8s, namespace, tmp_
         st = wait_for(phase_is(custom, namespace, "Experiment", "train", "Failed"), timeout=30, what="Failed")
     assert "spec.hyperparameters.lr.type" in st["message"]
     assert cond(st, "Ready")["reason"] == "InvalidSpec"
+
+
+def test_drift_in_scoring_data_starts_a_retrain(operator_runner, k8s, namespace, tmp_path, postgres_url):
+    """Model Maintenance: predictions that drift from the training label distribution raise an
+    Event and start a new run of the Experiment named in monitoring.retrain."""
+    from cdl.stores.postgres import Database
+    from cdl.stores.records import ScoringRow
+
+    custom, core = k8s
+    overrides, data, train, *_ = engines(tmp_path, train_polls=0)
+    for label in ("business", "sport", "tech"):  # the training output the model learned from
+        folder = tmp_path / "outputs" / "news" / label
+        folder.mkdir(parents=True)
+        for i in range(10):
+            (folder / f"{i}.txt").write_text("x")
+    deployment = dep()
+    deployment["spec"]["monitoring"] = {"drift": {"threshold": 0.2, "window": 50},
+                                        "retrain": {"experimentRef": {"name": "train"}}}
+    with operator_runner(tmp_path / "state", overrides, database_url=postgres_url):
+        for body in (dpl(), exp(), mv(), deployment):
+            create(custom, namespace, body)
+        wait_for(phase_is(custom, namespace, "Deployment", "clf", "Available"), timeout=60, what="Available")
+        db = Database(postgres_url)
+        db.insert_scoring_rows([
+            ScoringRow(namespace=namespace, deployment="clf", model_version="clf-v1", status_code=200,
+                       latency_ms=3.0, request={"data": {"ndarray": ["t"]}},
+                       response={"data": {"ndarray": ["sport"]}})  # everything is sport now
+            for _ in range(60)
+        ])
+        st = wait_for(lambda: (s := get(custom, namespace, "Deployment", "clf")["status"]).get(
+            "monitoring", {}).get("driftDetected") and s, timeout=60, what="drift detected")
+        assert st["monitoring"]["drift"] > 0.2 and st["monitoring"]["requests"] == 50  # the window
+        assert st["monitoring"]["lastRetrain"]
+        run2 = wait_for(lambda: (s := get(custom, namespace, "Experiment", "train")["status"]).get("run") == 2 and s,
+                        timeout=60, what="retrain run 2")
+        assert run2["engineRef"]["run"] == "2"
+    assert [r.run for r in train.requests] == [1, 2]
+    assert any(r == "DriftDetected" for _, r, _ in events(core, namespace, "clf"))
+    assert any(r == "RetrainStarted" for _, r, _ in events(core, namespace, "clf"))
