@@ -42,6 +42,10 @@ SKIP_NAMES = {"__MACOSX", "Thumbs.db"}
 
 
 @dataclass
+
+class _HeadNotAllowed(Exception):
+    """The server refuses HEAD (405): fall back to fingerprinting the downloaded body."""
+
 class Ingested:
     """The files of the raw commit and what ingestion noticed on the way."""
 
@@ -497,7 +501,7 @@ class Ingestor:
             if exc.code in (401, 403):
                 raise PermanentEngineError(f"source {uri}: access refused (HTTP {exc.code})", reason="AccessDenied")
             if exc.code == 405 and method == "HEAD":
-                raise NotImplementedError
+                raise _HeadNotAllowed(uri)
             if 400 <= exc.code < 500:
                 raise PermanentEngineError(f"source {uri}: HTTP {exc.code} {exc.reason}", reason="SourceMissing")
             raise TransientEngineError(f"source {uri}: HTTP {exc.code} {exc.reason}")
@@ -513,7 +517,7 @@ class Ingestor:
                               headers.get("Content-Length", "")]
         except FileNotFoundError:
             return missing_fingerprint(uri)
-        except NotImplementedError:
+        except _HeadNotAllowed:
             validators = ["", "", ""]
         if validators[0] or validators[1]:
             return _digest(["http", uri, *validators])
