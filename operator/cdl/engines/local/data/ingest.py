@@ -41,11 +41,11 @@ USER_AGENT = "cdl-data-engine/0.1"
 SKIP_NAMES = {"__MACOSX", "Thumbs.db"}
 
 
-@dataclass
 
 class _HeadNotAllowed(Exception):
     """The server refuses HEAD (405): fall back to fingerprinting the downloaded body."""
 
+@dataclass
 class Ingested:
     """The files of the raw commit and what ingestion noticed on the way."""
 
