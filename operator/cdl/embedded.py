@@ -4,7 +4,6 @@ process in its own process group with a log file and a pidfile under the data di
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -13,6 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from cdl.processes import _alive as _process_alive
+from cdl.processes import stop_group
 
 
 @dataclass
@@ -25,17 +27,7 @@ class Component:
 
 
 def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    try:  # a zombie child of ours counts as gone
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        return done == 0
-    except ChildProcessError:
-        return True
+    return bool(pid) and _process_alive(pid)
 
 
 def _pid(path: Path) -> int | None:
@@ -47,21 +39,9 @@ def _pid(path: Path) -> int | None:
 
 def _stop_group(pidfile: Path, timeout: float = 15) -> bool:
     pid = _pid(pidfile)
-    if not _alive(pid):
-        pidfile.unlink(missing_ok=True)
-        return False
-    assert pid is not None
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if _alive(pid):
-        os.killpg(pid, signal.SIGKILL)
+    stopped = bool(pid) and stop_group(pid, grace=timeout)
     pidfile.unlink(missing_ok=True)
-    return True
+    return stopped
 
 
 # --------------------------------------------------------------------------- PostgreSQL

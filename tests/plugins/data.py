@@ -16,7 +16,6 @@ import http.server
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import threading
@@ -29,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from cdl.processes import stop_group
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LABEL_STUDIO_VENV = REPO_ROOT / ".venvs" / "label-studio"
@@ -149,21 +150,6 @@ class LabelStudioServer:
     pid: int
 
 
-def _stop_group(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 def _api_ready(url: str, token: str) -> bool:
     request = urllib.request.Request(f"{url}/api/projects?page_size=1", headers={"Authorization": f"Token {token}"})
     try:
@@ -214,7 +200,7 @@ def labelstudio_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab
             delay = min(delay * 1.5, 3.0)
         yield LabelStudioServer(url, token, username, log_path, proc.pid)
     finally:
-        _stop_group(proc)
+        stop_group(proc)
         shutil.rmtree(data_dir, ignore_errors=True)
 
 

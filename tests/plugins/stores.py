@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from cdl.processes import stop_group
 
 # fixture name -> (section title, log file) for failure reports
 _SERVER_LOGS: dict[str, tuple[str, Path]] = {}
@@ -148,7 +149,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         _wait_healthy(proc, f"{server.endpoint}/moto-api/", log_path)
         yield server
     finally:
-        _stop_group(proc)
+        stop_group(proc)
 
 
 def _wait_healthy(proc: subprocess.Popen, url: str, log_path: Path, timeout: float = 30.0) -> None:
@@ -166,21 +167,6 @@ def _wait_healthy(proc: subprocess.Popen, url: str, log_path: Path, timeout: flo
         time.sleep(delay)
         delay = min(delay * 1.5, 0.5)
     pytest.fail(f"moto_server not ready at {url} within {timeout:.0f} s:\n{_tail(log_path)}")
-
-
-def _stop_group(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from cdl.errors import PermanentEngineError
+from cdl.processes import stop_group
 
 LOG_TAIL_CHARS = 20_000
 MAX_CLASSES = 200  # more distinct labels than this: not a classifier a confusion matrix can show
@@ -132,27 +132,14 @@ def run_child(argv: list[str], log_path: Path, timeout: float, env: dict[str, st
         try:
             return proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            _stop_group(proc)
+            stop_group(proc, grace=5.0)
             raise PermanentEngineError(
                 f"timed out after {timeout:.0f}s (log: {log_path}); the process group was stopped",
                 reason="EvaluationTimeout",
             ) from None
         finally:
             if proc.poll() is None:
-                _stop_group(proc)
-
-
-def _stop_group(proc: subprocess.Popen[bytes]) -> None:
-    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+                stop_group(proc, grace=5.0)
 
 
 def tail(text: str, lines: int = TRACEBACK_TAIL_LINES) -> str:
