@@ -23,6 +23,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import orjson
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
@@ -605,8 +606,15 @@ def _artifact_fields(artifact: Any) -> dict[str, Any]:
 
 
 def _json(value: Any) -> Jsonb:
-    """JSONB that PostgreSQL accepts: NaN and infinities become null, numpy scalars plain numbers."""
-    return Jsonb(_jsonable(value))
+    """JSONB that PostgreSQL accepts: NaN and infinities become null, numpy values plain numbers.
+    orjson does that natively and fast (a 5,000-value request row costs microseconds, not the
+    milliseconds of a Python walk); anything it refuses goes through `_jsonable` first."""
+    try:
+        text = orjson.dumps(value, default=_jsonable,
+                            option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS).decode()
+    except (TypeError, orjson.JSONEncodeError):
+        return Jsonb(_jsonable(value))
+    return Jsonb(value, dumps=lambda _: text)
 
 
 def _jsonable(value: Any) -> Any:
