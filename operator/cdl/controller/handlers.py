@@ -91,16 +91,16 @@ def reconcile_body(info: KindInfo, module: ModuleType, body: Any, patch: Any, fo
             kopf.event(body, type=event.type, reason=event.reason, message=event.message)
             if event.type == "Warning":
                 metrics.ERRORS.labels(info.kind, event.reason).inc()
-        _schedule(info, uid, outcome, result.requeue)
+        _schedule(info, uid, outcome, result.requeue, result.requeue_after)
 
 
-def _schedule(info: KindInfo, uid: str, outcome: str, requeue: bool) -> None:
+def _schedule(info: KindInfo, uid: str, outcome: str, requeue: bool, after: float | None = None) -> None:
     if outcome == "retry":
         n = STATE.failures[uid] = STATE.failures.get(uid, 0) + 1
         delay = min(MAX_BACKOFF, STATE.poll_seconds * 2 ** (n - 1))
     else:
         STATE.failures.pop(uid, None)
-        delay = STATE.poll_seconds if requeue else IDLE_SECONDS[info.kind]
+        delay = (after or STATE.poll_seconds) if requeue else IDLE_SECONDS[info.kind]
     STATE.due[uid] = time.monotonic() + delay
 
 

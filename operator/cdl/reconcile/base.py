@@ -54,6 +54,7 @@ class Result:
     status: dict[str, Any] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     requeue: bool = False  # True while engine work is running or a dependency is awaited
+    requeue_after: float | None = None  # a slower follow-up than the poll interval, in seconds
 
     def event(self, reason: str, message: str, warning: bool = False) -> None:
         self.events.append(Event("Warning" if warning else "Normal", reason, message))

@@ -17,6 +17,7 @@ from cdl.reconcile.labeling import label_items
 
 log = logging.getLogger("cdl.reconcile.datapipeline")
 KIND = "DataPipeline"
+LABELING_SYNC_SECONDS = 15.0
 
 
 def engine_name(spec: DataPipelineSpec, ctx: Context) -> str:
@@ -104,6 +105,7 @@ def reconcile(res: Resource, ctx: Context) -> Result:
     # Labelers keep labeling: follow them closely. The source and the schedule are checked when
     # the resource is next looked at (the controller's idle interval).
     result.requeue = phase == "Labeling"
+    result.requeue_after = LABELING_SYNC_SECONDS  # each sync reads the whole project once
     return result
 
 
