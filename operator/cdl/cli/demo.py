@@ -171,7 +171,7 @@ def _summary(kube: Any, namespace: str, url: str, latencies: list[float], starte
     table.add_row("experiment", f"bbc-asha: {t.get('total')} trials, {t.get('earlyStopped', 0)} stopped early")
     table.add_row("best trial", f"{best.get('id')}: validation_accuracy {exp.get('bestMetric')}, "
                                 f"hyperparameters {json.dumps(best.get('hparams'))}")
-    gates = "; ".join(f"{g['metric']} {g.get('rule', '')}: {'pass' if g['passed'] else 'FAIL'}"
+    gates = "; ".join(f"{g.get('rule') or g['metric']}: {'pass' if g['passed'] else 'FAIL'}"
                       for g in evaluation.get("gates", []))
     metrics = ", ".join(f"{k} {v:.3f}" for k, v in (evaluation.get("metrics") or {}).items())
     table.add_row("model version", f"news-classifier v{mv.get('version')} ({mv.get('stage')}), {metrics}")
