@@ -139,6 +139,18 @@ def status(data_dir: Path) -> list[Component]:
     return out
 
 
+def stop_model_servers(data_dir: Path) -> bool:
+    """Model servers run in their own process groups so they outlive an operator restart (the
+    next operator adopts them); `cdl down` and test teardown stop them here."""
+    root = data_dir / "serving"
+    if not (root / "deployments").is_dir() or not any((root / "deployments").iterdir()):
+        return False
+    from cdl.engines.local.serving import LocalServingEngine
+
+    LocalServingEngine(root, supervise=False).close(stop_servers=True)
+    return True
+
+
 def stop_component(data_dir: Path, name: str) -> bool:
     """Stop one component (operator or postgres) by process group; True if it was running."""
     return _stop_group(data_dir / f"{name}.pid")

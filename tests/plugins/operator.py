@@ -81,6 +81,9 @@ def running_operator(devcluster, data_dir: Path, overrides: dict[str, dict[str, 
     finally:
         stop.set()
         thread.join(timeout=30)
+        from cdl.embedded import stop_model_servers
+
+        stop_model_servers(data_dir)  # servers outlive an operator by design; not a test's
         if errors:
             raise errors[0]
 

@@ -86,18 +86,6 @@ def _no_start(ctx: UpContext) -> str:
     return "started by the operator on demand"
 
 
-def _stop_model_servers(data_dir: Path) -> bool:
-    """Model servers run in their own process groups (they outlive an operator restart); stop them."""
-    root = data_dir / "serving"
-    if not (root / "deployments").is_dir():
-        return False
-    from cdl.engines.local.serving import LocalServingEngine
-
-    engine = LocalServingEngine(root, supervise=False)
-    engine.close(stop_servers=True)
-    return True
-
-
 def _model_servers_status(data_dir: Path) -> dict[str, object] | None:
     return None
 
@@ -107,7 +95,7 @@ def _model_servers_status(data_dir: Path) -> dict[str, object] | None:
 PLATFORM_COMPONENTS: list[Component] = [
     Component("control plane", _start_control_plane, process.stop, _control_plane_status),
     Component("postgres", _start_postgres, _stopper("postgres"), _component_status("postgres")),
-    Component("model servers", _no_start, _stop_model_servers, _model_servers_status),
+    Component("model servers", _no_start, embedded.stop_model_servers, _model_servers_status),
     Component("operator", _start_operator, _stopper("operator"), _component_status("operator")),
 ]
 
