@@ -160,28 +160,6 @@ def condition(status: dict[str, Any], type_: str) -> dict[str, Any] | None:
     return None
 
 
-def is_true(status: dict[str, Any], type_: str) -> bool:
-    c = condition(status, type_)
-    return bool(c and c.get("status") == "True")
-
-
-# --------------------------------------------------------------------------- dependencies
-
-
-def require(ctx: Context, res: Resource, kind: str, name: str, ready: str) -> dict[str, Any]:
-    """Fetch an upstream resource or raise DependencyNotReady saying what we wait for."""
-    body = ctx.cluster.get(kind, res.namespace, name)
-    if body is None:
-        raise DependencyNotReady(f"waiting for {kind} {res.namespace}/{name} to exist")
-    status = body.get("status") or {}
-    if status.get("phase") == "Failed":
-        raise DependencyNotReady(
-            f"waiting for {kind} {name}, which failed: {status.get('message') or 'see its status'}",
-            reason="DependencyFailed",
-        )
-    return body
-
-
 def secret(ctx: Context, res: Resource, ref: dict[str, str] | None) -> str | None:
     if not ref:
         return None
@@ -204,10 +182,8 @@ __all__ = [
     "Resource",
     "Result",
     "condition",
-    "is_true",
     "now",
     "parse",
-    "require",
     "secret",
     "set_condition",
 ]

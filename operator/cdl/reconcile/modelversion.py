@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cdl.api.modelversion import ModelVersionSpec
-from cdl.engines.base import CheckpointInfo, EngineRef, RegistrationRequest, ResourceKey
+from cdl.engines.base import CheckpointInfo, EngineRef, RegistrationRequest
 from cdl.errors import DependencyNotReady, PermanentEngineError
 from cdl.promotion import PromotionRefused, VersionState, plan_promotion
 from cdl.reconcile.base import Context, Resource, Result, condition, now, parse, set_condition
@@ -352,4 +352,4 @@ def cleanup(res: Resource, ctx: Context) -> None:
     ctx.engines.jobs.forget(f"eval-{res.namespace}-{res.name}-")
 
 
-__all__ = ["reconcile", "cleanup", "ResourceKey"]
+__all__ = ["reconcile", "cleanup"]
