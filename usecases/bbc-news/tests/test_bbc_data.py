@@ -4,31 +4,17 @@ download's unpacking, and the feature code shared by training, evaluation and se
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-import sys
 import zipfile
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
+from tests.usecase_helpers import load
+
 USECASE = Path(__file__).resolve().parents[1]
 CATEGORIES = ["business", "entertainment", "politics", "sport", "tech"]
 
-
-def load(name: str, path: Path) -> ModuleType:
-    """Import a use-case file under a unique name (the model folders of both use cases have
-    modules called `evaluate` and `serve`), leaving sys.path as it was."""
-    saved = list(sys.path)
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path[:] = saved
-    return module
 
 
 generate = load("bbc_generate", USECASE / "data" / "generate.py")

@@ -5,32 +5,17 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
+
+from tests.usecase_helpers import load
 
 USECASE = Path(__file__).resolve().parents[1]
 OFFICIAL = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
             "t10k-labels-idx1-ubyte.gz"]
 
-
-def load(name: str, path: Path) -> ModuleType:
-    """Import a use-case file under a unique name (both use cases have `evaluate`, `serve`,
-    `generate` modules), leaving sys.path as it was."""
-    saved = list(sys.path)
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path[:] = saved
-    return module
 
 
 generate = load("fmnist_generate", USECASE / "data" / "generate.py")

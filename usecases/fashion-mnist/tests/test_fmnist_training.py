@@ -5,18 +5,17 @@ leaves, evaluation and the predictor on it, and the same code under the local tr
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
 import yaml
+
+from tests.usecase_helpers import load, run_logged
 
 pytestmark = pytest.mark.slow
 
@@ -35,37 +34,9 @@ CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", 
                "Ankle boot"]
 
 
-def load(name: str, path: Path) -> ModuleType:
-    """Import a use-case file under a unique name, leaving sys.path as it was."""
-    saved = list(sys.path)
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path[:] = saved
-    return module
-
 
 generate = load("fmnist_generate", USECASE / "data" / "generate.py")
 
-
-def run_logged(cmd: list[str], cwd: Path, log: Path, timeout: float) -> str:
-    """Run a child in its own process group with its output in a log file; fail with the log."""
-    with log.open("w") as fh:
-        proc = subprocess.Popen(cmd, cwd=cwd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        try:
-            code = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.wait()
-            raise
-    text = log.read_text()
-    assert code == 0, f"{' '.join(cmd)} exited {code}:\n{text[-4000:]}"
-    return text
 
 
 @pytest.fixture(scope="module")
