@@ -246,6 +246,10 @@ class RunDriver:
                     self._log(f"trial {trial.id}: stopping process group {old.pid} left by a previous driver")
                     old.kill_now()
                 trial.process = None
+            # What the old segment reported after the dead driver's last read (a validation, a
+            # checkpoint) is taken in now, before trimming to the checkpoint it resumes from;
+            # otherwise it would be read after the trim and duplicate the relaunch's reports.
+            self._consume(trial)
             latest = trial.latest_checkpoint()
             keep_to = latest.steps if latest else -1
             trial.validations = [v for v in trial.validations if v.steps <= keep_to]
