@@ -78,7 +78,9 @@ def test_bbc_from_kubectl_apply_to_a_served_prediction(operator_runner, kubectl,
         mv = wait_phase(kubectl, namespace, "mv/news-classifier-v1", "Ready", 300)
         dep = wait_phase(kubectl, namespace, "mdep/news-classifier", "Available", 600)
 
-        # What the user sees in kubectl get.
+        # What the user sees in kubectl get, once the promotion the spec asks for has happened.
+        wait_for(lambda: phase(kubectl, namespace, "mv/news-classifier-v1").get("stage") == "production",
+                 timeout=60, what="news-classifier-v1 promoted to production")
         table = kubectl("get", "mv", "-n", namespace).stdout
         assert "news-classifier" in table and "production" in table and "true" in table
 

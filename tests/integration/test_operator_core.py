@@ -99,6 +99,9 @@ def test_the_chain_reaches_ready_and_waits_on_dependencies(operator_runner, k8s,
         st = wait_for(phase_is(custom, namespace, "Deployment", "clf", "Available"), timeout=60, what="Available")
         assert st["url"].startswith("http://")
         assert st["replicas"] == {"desired": 1, "ready": 1}
+        # Promotion to the stage the spec asks for follows registration in a later pass.
+        wait_for(lambda: get(custom, namespace, "ModelVersion", "clf-v1")["status"].get("stage") == "staging",
+                 timeout=30, what="ModelVersion promoted to staging")
 
     d = get(custom, namespace, "DataPipeline", "news")["status"]
     e = get(custom, namespace, "Experiment", "train")["status"]
