@@ -1,4 +1,4 @@
-"""The Determined engines against a protocol-level fake master (tests/fakes/determined_master.py):
+"""The Determined engines against a protocol-level fake master (cdl/simulation/determined.py):
 the real Determined 0.38.1 SDK over HTTP, responses built from its own generated bindings."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from cdl.engines.base import (
 from cdl.engines.cluster_settings import DeterminedSettings
 from cdl.engines.determined import DeterminedRegistryEngine, DeterminedTrainingEngine
 from cdl.errors import PermanentEngineError, TransientEngineError
-from tests.fakes.determined_master import FakeDeterminedMaster, MasterError
+from cdl.simulation.determined import FakeDeterminedMaster, MasterError
 from tests.plugins.cluster_fakes import DET_PASSWORD, DET_USER
 
 KEY = ResourceKey("ml", "bbc-asha", "uid-42")

@@ -1,4 +1,4 @@
-"""The Pachyderm data engine against a protocol-level fake pachd (tests/fakes/pachd.py): the real
+"""The Pachyderm data engine against a protocol-level fake pachd (cdl/simulation/pachd.py): the real
 pachyderm-sdk client, real gRPC, pachd's commit-set, job and datum semantics."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from cdl.engines.base import DataEngine, DataRunRequest, DataRunStatus, JobState
 from cdl.engines.cluster_settings import PachydermSettings
 from cdl.engines.pachyderm import PachydermDataEngine
 from cdl.errors import PermanentEngineError, TransientEngineError
-from tests.fakes.pachd import FakePachd
+from cdl.simulation.pachd import FakePachd
 
 KEY = ResourceKey("ml", "news", "uid-1")
 # One datum per file: upper-case it into the same path under /pfs/out (Pachyderm's contract).

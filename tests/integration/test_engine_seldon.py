@@ -1,6 +1,6 @@
 """The Seldon serving engine on the embedded Kubernetes API server (devcluster), with the
 SeldonDeployment CRD installed by kubectl and a fake Seldon controller writing the status
-(tests/fakes/seldon_controller.py)."""
+(cdl/simulation/seldon.py)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Fixtures for the cluster engines' contract tests: the protocol-level fakes of pachd, the
-Determined master and Seldon's controller (tests/fakes/), started per test and stopped after."""
+Determined master and Seldon's controller (cdl/simulation/), started per test and stopped after."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def closed_port() -> int:
 @pytest.fixture
 def cluster_pachd(tmp_path: Path) -> Iterator[Any]:
     """A fake pachd on a free loopback port, without auth."""
-    from tests.fakes.pachd import FakePachd
+    from cdl.simulation.pachd import FakePachd
 
     server = FakePachd(tmp_path / "pachd")
     server.start()
@@ -36,7 +36,7 @@ def cluster_pachd(tmp_path: Path) -> Iterator[Any]:
 @pytest.fixture
 def cluster_pachd_with_auth(tmp_path: Path) -> Iterator[Any]:
     """A fake pachd with auth on: every call must carry the token `cdl-test-token`."""
-    from tests.fakes.pachd import FakePachd
+    from cdl.simulation.pachd import FakePachd
 
     server = FakePachd(tmp_path / "pachd-auth", token="cdl-test-token")
     server.start()
@@ -52,7 +52,7 @@ def cluster_closed_port() -> int:
 @pytest.fixture
 def cluster_det_master() -> Iterator[Any]:
     """A fake Determined master with one user (DET_USER / DET_PASSWORD)."""
-    from tests.fakes.determined_master import FakeDeterminedMaster
+    from cdl.simulation.determined import FakeDeterminedMaster
 
     master = FakeDeterminedMaster(users={DET_USER: DET_PASSWORD})
     master.start()
@@ -72,7 +72,7 @@ def cluster_seldon_crd(devcluster: Any, kubectl: Any) -> dict[str, Any]:
 @pytest.fixture
 def cluster_seldon_controller(cluster_seldon_crd: dict[str, Any], k8s_client: Any) -> Iterator[Any]:
     """The fake Seldon controller watching the embedded control plane (stopped after the test)."""
-    from tests.fakes.seldon_controller import FakeSeldonController
+    from cdl.simulation.seldon import FakeSeldonController
 
     controller = FakeSeldonController(k8s_client)
     controller.start()

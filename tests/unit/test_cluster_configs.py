@@ -19,7 +19,7 @@ from cdl.engines.determined import checkpoint_uri, deep_merge, entrypoint_for, e
 from cdl.engines.pachyderm import Names, PachydermDataEngine
 from cdl.engines.seldon import seldon_deployment, serving_status
 from cdl.errors import PermanentEngineError
-from tests.fakes.seldon_controller import validate as seldon_webhook
+from cdl.simulation.seldon import validate as seldon_webhook
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = ResourceKey("ml", "bbc-asha", "uid-1")

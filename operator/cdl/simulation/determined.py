@@ -39,6 +39,7 @@ import itertools
 import json
 import math
 import random
+import tarfile
 import threading
 import uuid
 from collections.abc import Callable
@@ -242,6 +243,11 @@ class Trial:
     start: str = field(default_factory=_now)
     end: str | None = None
     seconds: float = 0.0
+    token: str = ""
+    process: Any = None
+    preempt: bool = False
+    checkpoints: list[tuple[str, int]] = field(default_factory=list)  # (uuid, steps) as reported
+    validations: list[tuple[dict[str, Any], int]] = field(default_factory=list)
 
 
 @dataclass
@@ -286,7 +292,12 @@ class Model:
 class FakeDeterminedMaster:
     """The fake master on 127.0.0.1:<free port>; `url` once started."""
 
-    def __init__(self, users: dict[str, str] | None = None, s3_credentials: tuple[str, str] | None = None) -> None:
+    def __init__(self, users: dict[str, str] | None = None, s3_credentials: tuple[str, str] | None = None,
+                 executor: Any | None = None) -> None:
+        """`executor` (a `cdl.simulation.trials.TrialExecutor`) runs the trials of every new
+        experiment; without one, trials move only when a test calls run_trials/complete/fail."""
+        self.executor = executor
+        self.task_tokens: dict[str, Trial] = {}
         self.users = users or {"admin": "Adm1n-pass"}
         self.s3_credentials = s3_credentials
         self.tokens: dict[str, str] = {}
@@ -361,6 +372,24 @@ class FakeDeterminedMaster:
         r.add_get("/api/v1/models/{name}/versions/{num}", self._get_version)
         r.add_patch("/api/v1/models/{name}/versions/{num}", self._patch_version)
         r.add_delete("/api/v1/models/{name}/versions/{num}", self._delete_version)
+        # What a trial's container calls (prep_container, det.core, the PyTorch Trainer).
+        r.add_get("/api/v1/tasks/{task}/context_directory", self._context_directory)
+        r.add_post("/api/v1/allocations/{id}/acceleratorData", self._ok)
+        r.add_post("/api/v1/allocations/{id}/proxy_address", self._ok)
+        r.add_post("/api/v1/allocations/{id}/all_gather", self._all_gather)
+        r.add_get("/api/v1/allocations/{id}/signals/preemption", self._preemption)
+        r.add_post("/api/v1/allocations/{id}/signals/ack_preemption", self._ok)
+        r.add_post("/api/v1/allocations/{id}/signals/pending_preemption", self._ok)
+        r.add_post("/api/v1/trials/{id}/metrics", self._report_metrics)
+        r.add_post("/api/v1/trials/{id}/progress", self._progress)
+        r.add_post("/api/v1/trials/{id}/early_exit", self._ok)
+        r.add_post("/api/v1/trials/{id}/runner/metadata", self._ok)
+        r.add_patch("/api/v1/trials/{id}", self._patch_trial)
+        r.add_post("/api/v1/checkpoints", self._report_checkpoint)
+        r.add_post("/api/v1/runs/start", self._prepare_run)
+        r.add_post("/api/v1/task-logs", self._task_logs)
+        r.add_post("/api/v1/trial-source-info", self._ok)
+        r.add_get("/api/v1/experiments/{id}/searcher/best_searcher_validation_metric", self._best_metric)
         return app
 
     @web.middleware
@@ -379,6 +408,9 @@ class FakeDeterminedMaster:
                 status=GRPC_HTTP.get(exc.code, 500))
 
     def _user(self, request: web.Request) -> str:
+        task = request.headers.get("Grpc-Metadata-x-allocation-token", "").removeprefix("Bearer ").strip()
+        if task and task in self.task_tokens:
+            return "determined"
         auth = request.headers.get("Authorization", "")
         user = self.tokens.get(auth.removeprefix("Bearer ").strip()) if auth.startswith("Bearer ") else None
         if user is None:
@@ -444,6 +476,8 @@ class FakeDeterminedMaster:
             exp = Experiment(next(self._ids), config, body.config or "", files, body.projectId or 1, user)
             exp.trials = [Trial(next(self._trial_ids), exp.id, hp) for hp in self._draw(config)]
             self.experiments[exp.id] = exp
+            if self.executor is not None:
+                self.executor.submit(self, exp)
             return web.json_response(b.v1CreateExperimentResponse(
                 config=copy.deepcopy(config), experiment=self._v1experiment(exp)).to_json())
 
@@ -487,7 +521,9 @@ class FakeDeterminedMaster:
                 exp.state, exp.end = "STATE_CANCELED", _now()
                 for t in exp.trials:
                     if t.state not in ("STATE_COMPLETED", "STATE_ERROR"):
-                        t.state, t.end = "STATE_CANCELED", _now()
+                        t.state, t.end, t.preempt = "STATE_CANCELED", _now(), True
+        if self.executor is not None:
+            self.executor.kill(exp)
         return web.json_response({})
 
     # ------------------------------------------------------------------ trials and checkpoints
@@ -665,6 +701,168 @@ class FakeDeterminedMaster:
             del m.versions[v["version"]]
         return web.json_response({})
 
+    # ------------------------------------------------------------------ the trial container's side
+
+    def _task_trial(self, request: web.Request) -> Trial:
+        token = request.headers.get("Grpc-Metadata-x-allocation-token", "").removeprefix("Bearer ").strip()
+        trial = self.task_tokens.get(token)
+        if trial is None:
+            raise MasterError(16, "this call needs a task session (DET_SESSION_TOKEN)")
+        return trial
+
+    async def _ok(self, request: web.Request) -> web.Response:
+        return web.json_response({})
+
+    async def _all_gather(self, request: web.Request) -> web.Response:
+        """Rendezvous of a one-pod trial: the only peer's data comes back."""
+        body = b.v1AllocationAllGatherRequest.from_json(await request.json())
+        with self._lock:
+            self._task_trial(request)
+        if (body.numPeers or 1) != 1:
+            raise MasterError(3, "the simulation runs every trial in one container (numPeers must be 1)")
+        return web.json_response(b.v1AllocationAllGatherResponse(data=[body.data]).to_json())
+
+    async def _prepare_run(self, request: web.Request) -> web.Response:
+        body = b.v1RunPrepareForReportingRequest.from_json(await request.json())
+        with self._lock:
+            self._task_trial(request)
+        return web.json_response(b.v1RunPrepareForReportingResponse(storageId=body.runId).to_json())
+
+    async def _context_directory(self, request: web.Request) -> web.Response:
+        """The experiment's model definition as the gzipped tar `prep_container` extracts."""
+        with self._lock:
+            trial = self._task_trial(request)
+            files = self.experiments[trial.experiment_id].files
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+            for path, data in sorted(files.items()):
+                info = tarfile.TarInfo(path)
+                info.size, info.mode = len(data), 0o644
+                tar.addfile(info, io.BytesIO(data))
+        return web.json_response(b.v1GetTaskContextDirectoryResponse(
+            b64Tgz=base64.b64encode(buffer.getvalue()).decode()).to_json())
+
+    async def _preemption(self, request: web.Request) -> web.Response:
+        """The long poll the trial's PreemptionWatcher runs: answers at once when the trial must
+        stop (the experiment was killed), else after at most `timeout_seconds` (capped at 2 s)."""
+        timeout = min(float(request.query.get("timeout_seconds", 1) or 1), 2.0)
+        with self._lock:
+            trial = self._task_trial(request)
+        waited = 0.0
+        while not trial.preempt and waited < timeout:
+            await asyncio.sleep(0.2)
+            waited += 0.2
+        return web.json_response({"preempt": trial.preempt})
+
+    async def _report_metrics(self, request: web.Request) -> web.Response:
+        body = b.v1ReportTrialMetricsRequest.from_json(await request.json())
+        with self._lock:
+            trial = self._task_trial(request)
+            metrics = body.metrics
+            steps = int(metrics.stepsCompleted or 0)
+            avg = dict(metrics.metrics.avgMetrics or {})
+            if body.group == "validation":
+                exp = self.experiments[trial.experiment_id]
+                searcher = exp.config["searcher"]
+                metric, smaller = searcher["metric"], searcher.get("smaller_is_better", True)
+                trial.latest = (avg, steps)
+                trial.validations.append((avg, steps))
+                if metric in avg and (trial.best is None or metric not in trial.best[0] or (
+                        avg[metric] < trial.best[0][metric] if smaller else avg[metric] > trial.best[0][metric])):
+                    trial.best = (avg, steps)
+                self._best_checkpoint(trial)
+            trial.batches = max(trial.batches, steps)
+        return web.json_response({})
+
+    def _best_checkpoint(self, trial: Trial) -> None:
+        """The trial's best checkpoint: the one at its best validation's step, else its latest."""
+        if not trial.checkpoints:
+            return
+        at_best = [u for u, steps in trial.checkpoints if trial.best is not None and steps == trial.best[1]]
+        trial.checkpoint = at_best[-1] if at_best else trial.checkpoints[-1][0]
+        trial.checkpoint_batches = self.checkpoints[trial.checkpoint].batches
+
+    async def _progress(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        with self._lock:
+            trial = self._task_trial(request)
+            exp = self.experiments[trial.experiment_id]
+            done = sum(1 for t in exp.trials if t.state == "STATE_COMPLETED")
+            exp.progress = min(1.0, (done + float(body.get("progress") or 0.0)) / max(len(exp.trials), 1))
+        return web.json_response({})
+
+    async def _patch_trial(self, request: web.Request) -> web.Response:
+        with self._lock:
+            trial = self._task_trial(request)
+            return web.json_response(b.v1PatchTrialResponse(trial=self._v1trial(trial)).to_json())
+
+    async def _report_checkpoint(self, request: web.Request) -> web.Response:
+        ck = b.v1Checkpoint.from_json(await request.json())
+        with self._lock:
+            trial = self._task_trial(request)
+            exp = self.experiments[trial.experiment_id]
+            metadata = dict(ck.metadata or {})
+            steps = int(metadata.get("steps_completed") or 0)
+            self.checkpoints[ck.uuid] = Checkpoint(ck.uuid, trial, exp, steps, metadata,
+                                                   {k: str(v) for k, v in (ck.resources or {}).items()})
+            trial.checkpoints.append((ck.uuid, steps))
+            self._best_checkpoint(trial)
+        return web.json_response({})
+
+    async def _task_logs(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        with self._lock:
+            self._task_trial(request)
+            for entry in body if isinstance(body, list) else body.get("logs", []):
+                trial = self._trial(int(entry.get("task_id", "trial-0").rpartition("-")[2] or 0)) \
+                    if str(entry.get("task_id", "")).startswith("trial-") else None
+                if trial is not None and entry.get("log"):
+                    trial.logs.append(entry["log"].rstrip("\n"))
+        return web.json_response({})
+
+    async def _best_metric(self, request: web.Request) -> web.Response:
+        with self._lock:
+            exp = self._exp(request)
+            metric = exp.config["searcher"]["metric"]
+            values = [t.best[0][metric] for t in exp.trials if t.best is not None and metric in t.best[0]]
+        if not values:
+            raise MasterError(5, "no validation metrics yet")
+        smaller = exp.config["searcher"].get("smaller_is_better", True)
+        return web.json_response({"metric": (min if smaller else max)(values)})
+
+    def finish_trial(self, trial: Trial, code: int, output: str) -> None:
+        """The executor's word that a trial's container ended with `code`."""
+        with self._lock:
+            exp = self.experiments[trial.experiment_id]
+            if output and not any(output.strip() in line for line in trial.logs[-1:]):
+                trial.logs.extend(output.rstrip("\n").splitlines())
+            if trial.state != "STATE_CANCELED":
+                trial.state = "STATE_COMPLETED" if code == 0 else "STATE_ERROR"
+            trial.end = _now()
+            self.task_tokens.pop(trial.token, None)
+            if all(t.state in ("STATE_COMPLETED", "STATE_ERROR", "STATE_CANCELED") for t in exp.trials):
+                searcher = exp.config["searcher"]
+                metric, smaller = searcher["metric"], searcher.get("smaller_is_better", True)
+                scored = [t for t in exp.trials if t.best is not None and metric in t.best[0]]
+                if scored:
+                    exp.best_trial = (min if smaller else max)(scored, key=lambda t: t.best[0][metric]).id  # type: ignore[index]
+                if exp.state != "STATE_CANCELED":
+                    errored = any(t.state == "STATE_ERROR" for t in exp.trials)
+                    exp.state = "STATE_ERROR" if errored else "STATE_COMPLETED"
+                    exp.progress = exp.progress if errored else 1.0
+                exp.end = _now()
+
+    def start_trial(self, trial: Trial) -> str:
+        """A task session token for the trial's container; the trial and experiment are running."""
+        with self._lock:
+            trial.token = uuid.uuid4().hex
+            self.task_tokens[trial.token] = trial
+            trial.state, trial.start = "STATE_RUNNING", _now()
+            exp = self.experiments[trial.experiment_id]
+            if exp.state == "STATE_ACTIVE":
+                exp.state = "STATE_RUNNING"
+            return trial.token
+
     # ------------------------------------------------------------------ driving experiments (tests)
 
     def run_trials(self, experiment_id: int, progress: float = 0.25) -> None:
@@ -755,6 +953,176 @@ class FakeDeterminedMaster:
         return {name: str(len(data)) for name, data in files.items()}
 
 
+# --------------------------------------------------------------------------- running trials
+
+# What Determined's Kubernetes resource manager runs in a trial pod (master/static/srv/entrypoint.sh):
+# prep_container fetches the model definition into the working directory and writes the task's
+# info files under /run/determined/info, then determined.exec.launch starts the entrypoint.
+TRIAL_COMMAND = ["sh", "-c", "python3 -m determined.exec.prep_container --rendezvous --download_context_directory "
+                 "--resources --proxy && exec python3 -m determined.exec.launch"]
+DEFAULT_TRIAL_IMAGE = "determinedai/pytorch-ngc:0.38.1"
+# The master's defaults for what the harness reads from the merged experiment config.
+MASTER_DEFAULTS: dict[str, Any] = {
+    "checkpoint_policy": "best", "debug": False, "max_restarts": 5, "min_checkpoint_period": {"batches": 0},
+    "min_validation_period": {"batches": 0}, "perform_initial_validation": False, "records_per_epoch": 0,
+    "scheduling_unit": 100, "data": {}, "bind_mounts": [], "labels": [],
+    "optimizations": {"aggregation_frequency": 1, "average_aggregated_gradients": True,
+                      "average_training_metrics": True, "gradient_compression": False, "mixed_precision": "O0",
+                      "tensor_fusion_threshold": 64, "tensor_fusion_cycle_time": 1, "auto_tune_tensor_fusion": False,
+                      "grad_updates_size_file": None},
+    "profiling": {"enabled": False, "begin_on_batch": 0, "end_after_batch": None, "sync_timings": True},
+    "reproducibility": {"experiment_seed": 0},
+    "searcher": {"smaller_is_better": True, "source_trial_id": None, "source_checkpoint_uuid": None},
+    "resources": {"slots_per_trial": 1, "native_parallel": False, "max_slots": None, "weight": 1,
+                  "shm_size": None, "resource_pool": "default", "priority": None, "devices": []},
+}
+
+
+def merged_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The experiment config with the master's defaults under it, as a trial receives it."""
+    out = copy.deepcopy(MASTER_DEFAULTS)
+    for key, value in config.items():  # sections merge; a length (e.g. min_validation_period) replaces
+        if key in ("optimizations", "profiling", "resources", "reproducibility", "searcher") and isinstance(value, dict):
+            out[key] = {**out[key], **copy.deepcopy(value)}
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+class TrialExecutor:
+    """Runs the trials of the fake master's experiments, one at a time, each as Determined would:
+    a container from the experiment's image (`environment.image`, else `default_image`) running
+    Determined's own prep_container and launch entry points in an empty working directory, with
+    the environment Determined sets for a trial (DET_*), the experiment config's
+    `environment_variables` and the literal `env` of its `pod_spec` container, and nothing else.
+    The trial reports metrics and checkpoints to the master through the Core API, as on a cluster.
+
+    shared_fs checkpoint storage is mounted at /determined_shared_fs, as Determined does. Not
+    done: several trials at once, slots > 1 across containers, ASHA promotions decided by the
+    master (every trial trains its full length), max_restarts, Secret references in the pod spec
+    (refused with a clear error)."""
+
+    def __init__(self, images: Any, work_dir: Path, default_image: str = "cdl/train",
+                 master_url: str | None = None, secret_env: dict[str, str] | None = None) -> None:
+        self.images = images
+        self.work_dir = Path(work_dir)
+        self.default_image = default_image
+        self.master_url = master_url
+        self.secret_env = secret_env or {}
+        self._queue: list[tuple[FakeDeterminedMaster, Experiment]] = []
+        self._cv = threading.Condition()
+        self._stopping = False
+        self._running: dict[int, Any] = {}  # trial id -> Container
+        self._thread: threading.Thread | None = None
+
+    def submit(self, master: FakeDeterminedMaster, exp: Experiment) -> None:
+        with self._cv:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="fake-determined-trials", daemon=True)
+                self._thread.start()
+            self._queue.append((master, exp))
+            self._cv.notify_all()
+
+    def kill(self, exp: Experiment) -> None:
+        for t in exp.trials:
+            container = self._running.get(t.id)
+            if container is not None:
+                threading.Thread(target=container.stop, args=(20,), daemon=True).start()
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stopping = True
+            self._cv.notify_all()
+        for container in list(self._running.values()):
+            container.stop(5)
+        if self._thread is not None:
+            self._thread.join(30)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                self._cv.wait_for(lambda: self._queue or self._stopping)
+                if self._stopping:
+                    return
+                master, exp = self._queue.pop(0)
+            for trial in exp.trials:
+                if self._stopping:
+                    return
+                if trial.state != "STATE_QUEUED":
+                    continue
+                try:
+                    code, output = self._run(master, exp, trial)
+                except Exception as exc:  # noqa: BLE001 - the trial fails with the reason, as a pod that cannot start
+                    code, output = 1, f"the simulation could not start trial {trial.id}: {exc}"
+                master.finish_trial(trial, code, output)
+
+    def trial_env(self, master: FakeDeterminedMaster, exp: Experiment, trial: Trial, token: str) -> dict[str, str]:
+        """The environment of a trial container: what Determined sets, then the experiment's."""
+        url = self.master_url or master.url
+        host, _, port = url.split("://", 1)[-1].partition(":")
+        allocation = f"trial-{trial.id}.{trial.id}.1"
+        env = {
+            "DET_MASTER": url, "DET_MASTER_HOST": host, "DET_MASTER_IP": host, "DET_MASTER_PORT": port or "80",
+            "DET_CLUSTER_ID": "cdl-simulation", "DET_AGENT_ID": "simulation", "DET_CONTAINER_ID": allocation,
+            "DET_SLOT_IDS": "[0]", "DET_TASK_ID": f"trial-{trial.id}", "DET_ALLOCATION_ID": allocation,
+            "DET_RESOURCES_ID": allocation, "DET_RESOURCES_TYPE": "k8s-job", "DET_KUBERNETES_POD_IP": "127.0.0.1",
+            "DET_KUBERNETES_JOB_PARALLELISM": "1",
+            "DET_SESSION_TOKEN": token, "DET_USER": exp.user, "DET_TASK_TYPE": "TRIAL",
+            "DET_TRIAL_ID": str(trial.id), "DET_TRIAL_RUN_ID": "1", "DET_EXPERIMENT_ID": str(exp.id),
+            "DET_TRIAL_SEED": str(((exp.config.get("reproducibility") or {}).get("experiment_seed", 0) + trial.id)
+                                  % (2 ** 31)),
+            "DET_HPARAMS": json.dumps(trial.hparams), "DET_EXPERIMENT_CONFIG": json.dumps(merged_config(exp.config)),
+            "DET_STEPS_COMPLETED": "0", "DET_UNIQUE_PORT_OFFSET": "0",
+        }
+        environment = exp.config.get("environment") or {}
+        variables = environment.get("environment_variables") or []
+        if isinstance(variables, dict):
+            variables = variables.get("cpu") or []
+        for entry in variables:
+            key, _, value = str(entry).partition("=")
+            env[key] = value
+        for container in ((environment.get("pod_spec") or {}).get("spec") or {}).get("containers") or []:
+            for var in container.get("env") or []:
+                if "value" in var:
+                    env[var["name"]] = str(var["value"])
+                elif var["name"] in self.secret_env:
+                    env[var["name"]] = self.secret_env[var["name"]]
+                else:
+                    raise MasterError(3, f"pod_spec env {var['name']}: the simulation resolves only literal values "
+                                         "and the Secret values it was given")
+        return env
+
+    def _run(self, master: FakeDeterminedMaster, exp: Experiment, trial: Trial) -> tuple[int, str]:
+        from cdl.simulation import containers
+
+        reference = (exp.config.get("environment") or {}).get("image") or self.default_image
+        if isinstance(reference, dict):
+            reference = reference.get("cpu") or reference.get("cuda") or self.default_image
+        if reference == DEFAULT_TRIAL_IMAGE:
+            reference = self.default_image
+        image = self.images.image(reference)
+        token = master.start_trial(trial)
+        env = self.trial_env(master, exp, trial, token)
+        base = self.work_dir / f"experiment-{exp.id}" / f"trial-{trial.id}"
+        run_dir = base / "run"
+        workdir = run_dir / "determined" / "workdir"
+        (run_dir / "determined" / "info").mkdir(parents=True, exist_ok=True)
+        (run_dir / "determined" / "train").mkdir(parents=True, exist_ok=True)
+        mounts: dict[str, Path] = {"/run": run_dir}
+        storage = exp.config.get("checkpoint_storage") or {}
+        if storage.get("type") == "shared_fs":
+            mounts["/determined_shared_fs"] = Path(storage["host_path"])
+        env["HOME"] = str(base / "home")
+        container = containers.start(f"trial-{trial.id}", image, TRIAL_COMMAND, env, workdir,
+                                     base / "container.log", mounts)
+        self._running[trial.id] = container
+        try:
+            code = container.wait()
+        finally:
+            self._running.pop(trial.id, None)
+        return code, container.output()
+
+
 def _length(searcher: dict[str, Any]) -> tuple[str, int]:
     if searcher.get("time_metric") and searcher.get("max_time"):
         return searcher["time_metric"], int(searcher["max_time"])
@@ -763,4 +1131,4 @@ def _length(searcher: dict[str, Any]) -> tuple[str, int]:
     return unit, int(value)
 
 
-__all__ = ["FakeDeterminedMaster", "MasterError", "check_config"]
+__all__ = ["FakeDeterminedMaster", "MasterError", "TrialExecutor", "check_config"]
