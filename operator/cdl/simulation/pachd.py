@@ -195,7 +195,12 @@ class Job:
 class FakePachd:
     """The fake server. `start()` returns its port; `stop()` ends it and its datum processes."""
 
-    def __init__(self, work_dir: Path, token: str | None = None) -> None:
+    def __init__(self, work_dir: Path, token: str | None = None, images: Any | None = None,
+                 secrets: dict[str, dict[str, str]] | None = None) -> None:
+        """`images` (a `cdl.simulation.images.ImageBuilder`): run each datum in a container of the
+        transform's image; `secrets`: {secret name: {key: value}} for the transform's `secrets`."""
+        self.images = images
+        self.secrets = secrets
         self.work_dir = Path(work_dir)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.token = token
@@ -966,29 +971,16 @@ class FakePachd:
                 return str(pfs_root) + value[len("/pfs"):] if value == "/pfs" or value.startswith("/pfs/") else value
 
             t = p.request.transform
-            cmd = [local(a) for a in t.cmd]
-            if cmd and cmd[0] in ("python", "python3"):
-                cmd[0] = sys.executable
-            env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "PYTHONPATH", "TMPDIR")}
-            env.update({k: local(v) for k, v in t.env.items()})
-            env.update({
-                name: local(f"/pfs/{name}{root if root != '/' else ''}"),
+            log_path = self.work_dir / f"{p.name}-{job.id[:12]}-{datum_id[:8]}-{attempt}.log"
+            pach_env = {
+                name: local(f"/pfs/{name}{root if root != '/' else ''}"), "PFS_ROOT": str(pfs_root),
                 "PACH_JOB_ID": job.id, "PACH_DATUM_ID": datum_id, "PACH_OUTPUT_COMMIT_ID": job.id,
                 "PPS_PIPELINE_NAME": p.name, "PPS_PROJECT_NAME": p.project,
-            })
-            for secret in t.secrets:
-                if secret.env_var:
-                    env[secret.env_var] = f"fake-secret-{secret.name}-{secret.key}"
-            log_path = self.work_dir / f"{p.name}-{job.id[:12]}-{datum_id[:8]}-{attempt}.log"
-            with open(log_path, "wb") as log:
-                proc = subprocess.Popen(cmd, cwd=base, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
-                try:
-                    code = proc.wait(timeout=300)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, 9)
-                    proc.wait()
-                    code = -9
+            }
+            if self.images is not None:
+                code = self._run_container(p, t, pach_env, local, base, log_path)
+            else:
+                code = self._run_local(t, pach_env, local, base, log_path)
             job.logs.append(log_path.read_text(errors="replace"))
             if code not in [0, *t.accept_return_code]:
                 return None
@@ -999,6 +991,56 @@ class FakePachd:
             return out
         finally:
             shutil.rmtree(base, ignore_errors=True)
+
+    def _secret_env(self, t: pps.Transform) -> dict[str, str]:
+        env: dict[str, str] = {}
+        for secret in t.secrets:
+            if not secret.env_var:
+                continue
+            if self.secrets is None:
+                env[secret.env_var] = f"fake-secret-{secret.name}-{secret.key}"
+            elif secret.key in self.secrets.get(secret.name, {}):
+                env[secret.env_var] = self.secrets[secret.name][secret.key]
+            else:
+                raise RuntimeError(f"transform.secrets: Secret {secret.name} has no key {secret.key}")
+        return env
+
+    def _run_container(self, p: Pipeline, t: pps.Transform, pach_env: dict[str, str], local: Callable[[str], str],
+                       base: Path, log_path: Path) -> int:
+        """The datum in a container of the transform's image: its command, the spec's env and
+        Pachyderm's variables (with /pfs mapped to the datum's folder), nothing else."""
+        from cdl.simulation import containers
+
+        image = self.images.image(t.image)  # type: ignore[union-attr]
+        env = {k: local(v) for k, v in t.env.items()}
+        env.update(self._secret_env(t))
+        env.update(pach_env)
+        work = base / "work"
+        container = containers.start(f"{p.name}-datum", image, [local(a) for a in t.cmd], env, work, log_path)
+        try:
+            return container.wait(timeout=300)
+        except subprocess.TimeoutExpired:
+            return container.stop(1) or -9
+
+    def _run_local(self, t: pps.Transform, pach_env: dict[str, str], local: Callable[[str], str], base: Path,
+                   log_path: Path) -> int:
+        """The datum as a subprocess of this interpreter (the contract tests' mode, no images)."""
+        cmd = [local(a) for a in t.cmd]
+        if cmd and cmd[0] in ("python", "python3"):
+            cmd[0] = sys.executable
+        env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "PYTHONPATH", "TMPDIR")}
+        env.update({k: local(v) for k, v in t.env.items()})
+        env.update(pach_env)
+        env.update(self._secret_env(t))
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(cmd, cwd=base, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+            try:
+                return proc.wait(timeout=300)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+                proc.wait()
+                return -9
 
 
 # --------------------------------------------------------------------------- helpers
