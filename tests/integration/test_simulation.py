@@ -267,3 +267,58 @@ def test_a_seldon_deployment_serves_predictions_through_seldon_core(
     assert answer["meta"]  # seldon-core's envelope: it went through the microservice
 
     engine.delete(key)
+
+
+# --------------------------------------------------------------------------- Kubernetes Jobs
+
+
+@pytest.fixture
+def job_runner(k8s_client: Any, images: ImageBuilder, tmp_path: Path) -> Iterator[Any]:
+    from cdl.simulation.jobs import JobRunner
+
+    runner = JobRunner(k8s_client, images, tmp_path / "jobs")
+    runner.start()
+    yield runner
+    runner.stop()
+
+
+def job_body(name: str, code: str) -> dict[str, Any]:
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name}, "spec": {
+        "backoffLimit": 0, "template": {"spec": {"restartPolicy": "Never", "containers": [{
+            "name": "main", "image": TRAIN_IMAGE, "command": ["python3", "-c", code],
+            "env": [{"name": "CDL_STEP", "value": "assess"},
+                    {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "store", "key": "token"}}}]}]}}}}
+
+
+def wait_job(k8s_client: Any, namespace: str, name: str, timeout: float = 60) -> dict[str, Any]:
+    from kubernetes import client
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.BatchV1Api(k8s_client).read_namespaced_job(name, namespace)
+        kinds = {c.type for c in (job.status.conditions or []) if c.status == "True"}
+        if kinds & {"Complete", "Failed"}:
+            return k8s_client.sanitize_for_serialization(job)
+        time.sleep(0.2)
+    raise AssertionError(f"Job {namespace}/{name} did not finish")
+
+
+def test_a_job_runs_its_pod_command_with_the_pods_env_from_its_image(
+        job_runner: Any, k8s_client: Any, fresh_namespace: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kubernetes import client
+
+    monkeypatch.setenv("CDL_TEST_SECRET", "the operator's own setting")
+    core, batch = client.CoreV1Api(k8s_client), client.BatchV1Api(k8s_client)
+    core.create_namespaced_secret(fresh_namespace, {"metadata": {"name": "store"}, "stringData": {"token": "t0k3n"}})
+    show = ("import os, cdl.runtime.pfs; print('token', os.environ['TOKEN'], os.environ['CDL_STEP'], "
+            "'CDL_TEST_SECRET' in os.environ)")
+    batch.create_namespaced_job(fresh_namespace, job_body("shows-env", show))
+    batch.create_namespaced_job(fresh_namespace, job_body("needs-operator-code", "import cdl.engines.base"))
+
+    done = wait_job(k8s_client, fresh_namespace, "shows-env")
+    assert done["status"]["succeeded"] == 1 and done["status"]["completionTime"]
+    assert "token t0k3n assess False" in job_runner.logs(fresh_namespace, "shows-env")
+    failed = wait_job(k8s_client, fresh_namespace, "needs-operator-code")
+    assert failed["status"]["failed"] == 1
+    assert [c["reason"] for c in failed["status"]["conditions"] if c["type"] == "Failed"] == ["BackoffLimitExceeded"]
+    assert "No module named 'cdl.engines'" in job_runner.logs(fresh_namespace, "needs-operator-code")

@@ -21,7 +21,7 @@ import subprocess
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from cdl.simulation.images import Image
 
@@ -91,6 +91,50 @@ class Container:
             return ""
 
 
+def pod_env(container: dict[str, Any], namespace: str, core_api: Any) -> dict[str, str]:
+    """A pod container's environment as the kubelet builds it: `envFrom` Secrets and ConfigMaps,
+    then `env` (`value`, `secretKeyRef`, `configMapKeyRef`), read from the API server; a missing
+    key fails with the variable's name."""
+    import base64
+
+    def secret(name: str) -> dict[str, str]:
+        data = core_api.read_namespaced_secret(name, namespace).data or {}
+        return {k: base64.b64decode(v).decode() for k, v in data.items()}
+
+    def config_map(name: str) -> dict[str, str]:
+        return dict(core_api.read_namespaced_config_map(name, namespace).data or {})
+
+    env: dict[str, str] = {}
+    for ref in container.get("envFrom") or []:
+        if "secretRef" in ref:
+            env.update(secret(ref["secretRef"]["name"]))
+        elif "configMapRef" in ref:
+            env.update(config_map(ref["configMapRef"]["name"]))
+    for var in container.get("env") or []:
+        source = var.get("valueFrom") or {}
+        if "value" in var or not source:
+            env[var["name"]] = str(var.get("value", ""))
+            continue
+        kind, read = ("secretKeyRef", secret) if "secretKeyRef" in source else ("configMapKeyRef", config_map)
+        if kind not in source:
+            raise ContainerError(f"container {container.get('name')}: env {var['name']}: the simulation resolves "
+                                 "value, secretKeyRef and configMapKeyRef only")
+        ref = source[kind]
+        data = read(ref["name"])
+        if ref["key"] not in data:
+            raise ContainerError(f"container {container.get('name')}: env {var['name']}: {kind} {ref['name']} has "
+                                 f"no key {ref['key']}")
+        env[var["name"]] = data[ref["key"]]
+    return env
+
+
+def pod_command(container: dict[str, Any], image: Image) -> list[str]:
+    """What a pod container runs: `command` replaces the image's ENTRYPOINT, `args` its CMD."""
+    entrypoint = list(container.get("command") or image.dockerfile.entrypoint or [])
+    args = list(container.get("args") or ([] if container.get("command") else image.dockerfile.cmd))
+    return entrypoint + args
+
+
 def start(name: str, image: Image, argv: list[str], env: dict[str, str], workdir: Path, log_path: Path,
           mounts: dict[str, Path] | None = None) -> Container:
     """Start `argv` from `image` in `workdir` with exactly `env` (and the image's ENV under it)."""
@@ -121,4 +165,4 @@ def start(name: str, image: Image, argv: list[str], env: dict[str, str], workdir
     return Container(name, process, log_path, log)
 
 
-__all__ = ["Container", "ContainerError", "namespaces_available", "start"]
+__all__ = ["Container", "ContainerError", "namespaces_available", "pod_command", "pod_env", "start"]

@@ -249,8 +249,7 @@ class FakeSeldonController:
         if container is None:
             raise RuntimeError(f"predictor {predictor.get('name')}: no container for graph node {graph.get('name')}")
         image = self.images.image(container["image"])  # type: ignore[union-attr]
-        argv = list(container.get("command") or image.dockerfile.entrypoint or []) + list(
-            container.get("args") or ([] if container.get("command") else image.dockerfile.cmd))
+        argv = containers.pod_command(container, image)
         http, grpc_port, metrics = _free_port(), _free_port(), _free_port()
         env = {
             "PREDICTIVE_UNIT_SERVICE_PORT": str(http), "PREDICTIVE_UNIT_HTTP_SERVICE_PORT": str(http),
@@ -260,30 +259,12 @@ class FakeSeldonController:
             "PREDICTIVE_UNIT_ID": graph.get("name", ""), "PREDICTOR_ID": predictor.get("name", ""),
             "SELDON_DEPLOYMENT_ID": name, "PREDICTOR_LABELS": json.dumps(predictor.get("labels") or {}),
         }
-        for ref in container.get("envFrom") or []:
-            if "secretRef" in ref:
-                env.update(self._secret(namespace, ref["secretRef"]["name"]))
-        for var in container.get("env") or []:
-            if "value" in var:
-                env[var["name"]] = str(var["value"])
-            elif "secretKeyRef" in (var.get("valueFrom") or {}):
-                ref = var["valueFrom"]["secretKeyRef"]
-                data = self._secret(namespace, ref["name"])
-                if ref["key"] not in data:
-                    raise RuntimeError(f"container {container['name']}: env {var['name']}: Secret {ref['name']} has "
-                                       f"no key {ref['key']}")
-                env[var["name"]] = data[ref["key"]]
+        env.update(containers.pod_env(container, namespace, self.core))
         base = self.work_dir / namespace / name / f"g{generation}-{predictor.get('name')}"
         started = containers.start(f"{name}-{predictor.get('name')}", image, argv, env,
                                    image.path(image.dockerfile.workdir), base / "container.log")
         return {"predictor": predictor.get("name"), "port": http, "container": started,
                 "traffic": int(predictor.get("traffic") or 0), "shadow": bool(predictor.get("shadow"))}
-
-    def _secret(self, namespace: str, name: str) -> dict[str, str]:
-        import base64
-
-        secret = self.core.read_namespaced_secret(name, namespace)
-        return {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
 
     def _wait_ready(self, entry: dict[str, Any]) -> str | None:
         """None once the predictor answers /health/ping; the reason when it exits or times out."""
