@@ -131,9 +131,56 @@ def start_operator(data_dir: Path, kubeconfig: Path, base_dir: Path, database_ur
     return Component("operator", proc.pid, True, log)
 
 
+# --------------------------------------------------------------------------- cluster simulation
+
+
+def start_simulation(data_dir: Path, kubeconfig: Path, source: Path) -> Component:
+    """Start (or find) the cluster simulation process (cdl.simulation.cluster.serve)."""
+    from cdl.simulation.cluster import STATE_FILE, SimulationInfo
+
+    pidfile = data_dir / "simulation.pid"
+    log = data_dir / "logs" / "simulation.log"
+    if _alive(_pid(pidfile)) and SimulationInfo.read(data_dir) is not None:
+        return Component("simulation", _pid(pidfile), True, log, "already running")
+    (data_dir / STATE_FILE).unlink(missing_ok=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "cdl.simulation", str(data_dir), str(kubeconfig), str(source)],
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    pidfile.write_text(str(proc.pid))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the cluster simulation exited with {proc.returncode}; see {log}")
+        if SimulationInfo.read(data_dir) is not None:
+            return Component("simulation", proc.pid, True, log)
+        time.sleep(0.2)
+    raise RuntimeError(f"the cluster simulation did not start in 60 s; see {log}")
+
+
+def start_operator_pod(data_dir: Path, kubeconfig: Path, source: Path, database_url: str) -> Component:
+    """Start the operator from its image, configured as the Helm chart deploys it (cluster engines)."""
+    from cdl.simulation.cluster import operator_pod
+
+    pidfile = data_dir / "operator.pid"
+    log = data_dir / "logs" / "operator.log"
+    if _alive(_pid(pidfile)):
+        return Component("operator", _pid(pidfile), True, log, "already running")
+    container = operator_pod(data_dir, kubeconfig, source, database_url)
+    pidfile.write_text(str(container.process.pid))
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if container.poll() is not None:
+            raise RuntimeError(f"the operator exited with {container.process.returncode}; see {log}")
+        if "cdl operator starting" in log.read_text(errors="replace"):
+            break
+        time.sleep(0.2)
+    return Component("operator", container.process.pid, True, log)
+
+
 def status(data_dir: Path) -> list[Component]:
     out = []
-    for name in ("postgres", "operator"):
+    for name in ("postgres", "simulation", "operator"):
         pid = _pid(data_dir / f"{name}.pid")
         out.append(Component(name, pid, _alive(pid), data_dir / "logs" / f"{name}.log"))
     return out
@@ -157,9 +204,9 @@ def stop_component(data_dir: Path, name: str) -> bool:
 
 
 def stop(data_dir: Path) -> list[str]:
-    """Stop the operator, then PostgreSQL; return the names of what was stopped."""
+    """Stop the operator, the cluster simulation, then PostgreSQL; return the names of what was stopped."""
     stopped = []
-    for name in ("operator", "postgres"):
+    for name in ("operator", "simulation", "postgres"):
         if _stop_group(data_dir / f"{name}.pid"):
             stopped.append(name)
     return stopped

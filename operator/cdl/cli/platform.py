@@ -1,8 +1,13 @@
 """`cdl up`, `cdl status`, `cdl down`: the embedded platform on this machine.
 
-`up` starts each entry of PLATFORM_COMPONENTS in order (today: the control plane; PostgreSQL and
-the operator join the list later) and prints the `export KUBECONFIG=...` line on stdout, so that
-`eval "$(cdl up)"` works; progress goes to stderr. `down` stops them in reverse order.
+`up` starts each entry of PLATFORM_COMPONENTS in order (control plane, PostgreSQL, the cluster
+simulation when asked for, the operator) and prints the `export KUBECONFIG=...` line on stdout, so
+that `eval "$(cdl up)"` works; progress goes to stderr. `down` stops them in reverse order.
+
+`--engines local` (default) runs the operator with the local engines. `--engines cluster` starts
+the cluster simulation (cdl.simulation: fakes of pachd, the Determined master, Seldon's controller
+and the Job controller that run the workloads) and the operator as the Helm chart deploys it, with
+the cluster engines pointed at the fakes.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ class UpContext:
     data_dir: Path
     port: int | None
     crds_dir: Path | None
+    engines: str = "local"
     cluster: process.ServerInfo | None = None
     database_url: str | None = None
     notes: list[str] = field(default_factory=list)
@@ -62,8 +68,22 @@ def _start_postgres(ctx: UpContext) -> str:
     return f"ready (log {ctx.data_dir / 'logs' / 'postgres.log'})"
 
 
+def _start_simulation(ctx: UpContext) -> str:
+    if ctx.engines != "cluster":
+        return "not asked for (--engines cluster)"
+    assert ctx.cluster is not None
+    started = embedded.start_simulation(ctx.data_dir, ctx.cluster.kubeconfig, project_root())
+    state = started.detail or "started"
+    return f"{state}: pachd, Determined master, Seldon controller, Job runner (pid {started.pid}, log {started.log})"
+
+
 def _start_operator(ctx: UpContext) -> str:
     assert ctx.cluster is not None
+    if ctx.engines == "cluster":
+        assert ctx.database_url is not None
+        started = embedded.start_operator_pod(ctx.data_dir, ctx.cluster.kubeconfig, project_root(), ctx.database_url)
+        return f"{started.detail or 'started'} as the chart deploys it, with the cluster engines " \
+               f"(pid {started.pid}, log {started.log})"
     started = embedded.start_operator(ctx.data_dir, ctx.cluster.kubeconfig, project_root(), ctx.database_url)
     state = started.detail or "started"
     return f"{state} with the local engines (pid {started.pid}, log {started.log})"
@@ -96,6 +116,7 @@ PLATFORM_COMPONENTS: list[Component] = [
     Component("control plane", _start_control_plane, process.stop, _control_plane_status),
     Component("postgres", _start_postgres, _stopper("postgres"), _component_status("postgres")),
     Component("model servers", _no_start, embedded.stop_model_servers, _model_servers_status),
+    Component("cluster simulation", _start_simulation, _stopper("simulation"), _component_status("simulation")),
     Component("operator", _start_operator, _stopper("operator"), _component_status("operator")),
 ]
 
@@ -108,6 +129,8 @@ def up(
     data_dir: Path = _data_dir_option(),
     port: int = typer.Option(None, "--port", "-p", help="API server port; default: the last one, else a free one."),
     crds: Path = typer.Option(None, "--crds", help="Directory of CRD YAML to install; default <repo>/crds."),
+    engines: str = typer.Option("local", "--engines", help="local: the local engines; cluster: the cluster "
+                                "engines against the cluster simulation."),
 ) -> None:
     """Start the embedded platform in the background and print the KUBECONFIG to use.
 
@@ -119,8 +142,11 @@ def up(
     if crds is not None and not crds.is_dir():
         err_console.print(f"[red]--crds {crds} is not a directory[/red]")
         raise typer.Exit(EXIT_USER)
+    if engines not in ("local", "cluster"):
+        err_console.print(f"[red]--engines {engines!r}: use local or cluster[/red]")
+        raise typer.Exit(EXIT_USER)
     crds_dir = crds if crds is not None else project_root() / "crds"
-    ctx = UpContext(data_dir.resolve(), port, crds_dir if crds_dir.is_dir() else None)
+    ctx = UpContext(data_dir.resolve(), port, crds_dir if crds_dir.is_dir() else None, engines)
     for component in PLATFORM_COMPONENTS:
         try:
             with err_console.status(f"starting {component.name}"):
