@@ -14,7 +14,8 @@ No container runtime runs here, so an image is reproduced from its Dockerfile (d
 
 `Image.command_env` gives what a process started from the image sees; `Image.path` maps a path
 inside the container to the host. A container reference (`registry/cdl/bbc-train:0.1.0`) names the
-Dockerfile by its last path segment: `<name>.Dockerfile`, and `*-train` names `train.Dockerfile`.
+Dockerfile by its last path segment: `<name>.Dockerfile`; a team's `*-train` image is built from
+`train.Dockerfile` and its `*-serve` image from `predictor.Dockerfile`.
 """
 
 from __future__ import annotations
@@ -240,7 +241,11 @@ class ImageBuilder:
         repository = reference.rsplit("@", 1)[0]
         last = repository.rsplit("/", 1)[-1]
         name = last.split(":", 1)[0]
-        candidates = [name, "train"] if name.endswith("train") else [name]
+        candidates = [name]
+        if name.endswith("-train"):
+            candidates.append("train")
+        elif name.endswith("-serve"):
+            candidates.append("predictor")
         for candidate in candidates:
             path = self.source / "docker" / f"{candidate}.Dockerfile"
             if path.exists():
