@@ -20,13 +20,22 @@ What it checks, as the master does:
 - the uploaded model definition (files decoded and kept, `.detignore` already applied by the SDK);
 - registering a model version needs an existing model and a checkpoint the master knows.
 
-What it cannot do: schedule or run trials. Trials are drawn from the searcher (single: one;
-random/adaptive_asha: `max_trials` samples of the hyperparameters with the experiment seed; grid:
-the grid) and move only when the test calls `run_trials`, `complete` (validation metrics from a
-function of the hyperparameters, a checkpoint per trial written to the experiment's checkpoint
-storage: shared_fs host_path, or S3 with the config's keys and endpoint; adaptive_asha stops all
-but the top 1/divisor trials after the first rung) or `fail`. No agents, resource pools, pod specs,
-images, TensorBoard, webhooks, RBAC or workspaces beyond a name.
+Running trials: with a `TrialExecutor` (below), every new experiment's trials run, one at a time,
+as Determined runs them on Kubernetes: Determined's own `prep_container` (which downloads the
+model definition from the master and writes the task's info files) and `determined.exec.launch`
+(which starts the entrypoint: the legacy harness through torch_distributed, or a command) in a
+container of the experiment's image, with the DET_* environment and the config's variables; the
+trial reports metrics, progress and checkpoints through the endpoints a trial uses (task
+session tokens, context directory, rendezvous, preemption long poll, metrics, checkpoints), and a
+kill reaches it as a preemption signal, then SIGTERM.
+
+Without an executor, trials are drawn from the searcher (single: one; random/adaptive_asha:
+`max_trials` samples of the hyperparameters with the experiment seed; grid: the grid) and move
+only when the test calls `run_trials`, `complete` (validation metrics from a function of the
+hyperparameters, a checkpoint per trial written to the experiment's checkpoint storage:
+shared_fs host_path, or S3 with the config's keys and endpoint; adaptive_asha stops all but the
+top 1/divisor trials after the first rung) or `fail`. No agents, resource pools, TensorBoard,
+webhooks, RBAC or workspaces beyond a name.
 """
 
 from __future__ import annotations

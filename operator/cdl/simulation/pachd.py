@@ -21,13 +21,16 @@ What it checks, as pachd does:
   datum fails the job (JOB_FAILURE, output commit finished with an error) and makes downstream
   jobs JOB_UNRUNNABLE; content-addressed file storage (no byte stored twice).
 
+Running datums: with `images` (cdl.simulation.images), a datum runs the transform's `cmd` in a
+container of the transform's image (only that image's files and packages, the spec's env, the
+Secrets given as `secrets`, Pachyderm's variables, and PFS_ROOT); without, as a local subprocess
+of this interpreter (the contract tests). Either way every argument or environment value starting
+with `/pfs` is rewritten to a temporary directory that holds the datum's files under
+`/pfs/<input name>/<path>` and collects `/pfs/out`.
+
 What it cannot do:
-- run container images: a datum runs the transform's `cmd` as a local subprocess (its own
-  process group, log under the work dir), with `python`/`python3` mapped to this interpreter and
-  every argument or environment value starting with `/pfs` rewritten to a temporary directory
-  that holds the datum's files under `/pfs/<input name>/<path>` and collects `/pfs/out`;
-  Kubernetes secrets, resource requests/limits, GPUs, parallelism and image pull secrets are
-  recorded and returned by InspectPipeline but not enforced;
+- resource requests/limits, GPUs, parallelism and image pull secrets are recorded and returned
+  by InspectPipeline but not enforced;
 - fetch `s3://` URLs (`put_file_from_url` reads `file:`, `http:` and `https:` only); cron, join,
   group, cross and union inputs; services, spouts, egress, transactions, branch triggers,
   enterprise/identity APIs, logs (GetLogs returns the datum logs only).
