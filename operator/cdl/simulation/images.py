@@ -232,7 +232,7 @@ class ImageBuilder:
     def __init__(self, source: Path, work_dir: Path, venvs: dict[str, Path] | None = None) -> None:
         self.source = Path(source)
         self.work_dir = Path(work_dir)
-        self.venvs = venvs or default_venvs(self.source)
+        self.venvs = {k: v.resolve() for k, v in (venvs or default_venvs(self.source)).items()}
         self._built: dict[str, Image] = {}
         self._lock = threading.Lock()
 
