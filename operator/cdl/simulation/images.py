@@ -158,6 +158,18 @@ def _written_files(run: str) -> list[tuple[str, str, bool]]:
     return out
 
 
+def _project_roots(project: Path) -> list[Path]:
+    """The source roots `pip install <project>` takes packages from (setuptools' packages.find `where`)."""
+    import tomllib
+
+    pyproject = project / "pyproject.toml"
+    if not pyproject.is_file():
+        raise ImageError(f"pip install {project}: the image holds no pyproject.toml there")
+    data = tomllib.loads(pyproject.read_text())
+    where = (((data.get("tool") or {}).get("setuptools") or {}).get("packages") or {}).get("find", {}).get("where")
+    return [(project / w).resolve() for w in (where or ["."])]
+
+
 def _requirement_name(spec: str) -> str:
     return re.split(r"[<>=!~\[; ]", spec.strip(), maxsplit=1)[0].lower().replace("_", "-")
 
@@ -292,9 +304,12 @@ class ImageBuilder:
         requirements = self._requirements(dockerfile, root)
         base = self.venvs["seldon" if any(_requirement_name(r) == SELDON_PACKAGE for r in requirements) else "main"]
         self._check_packages(name, dockerfile, requirements, base)
-        # `pip install .` of the project: its packages as the image's copy holds them (source root `operator/`).
-        project = [root / dockerfile.workdir.lstrip("/") / "operator" for spec in dockerfile.packages
-                   if spec.startswith("project:")]
+        # `pip install .` of the project: its packages as the image's copy holds them.
+        project: list[Path] = []
+        for spec in dockerfile.packages:
+            if spec.startswith("project:"):
+                local = spec[len("project:"):].split("[", 1)[0]  # ".[operator,cluster]" -> "."
+                project += _project_roots(root / dockerfile.workdir.lstrip("/") / local)
         python_env = self._environment(name, base, project)
         return Image(name, dockerfile, root, python_env, base)
 
