@@ -92,8 +92,14 @@ def serve(data_dir: Path, kubeconfig: Path, source: Path) -> None:
         stopped.wait()
     finally:
         (data_dir / STATE_FILE).unlink(missing_ok=True)
-        for part in (jobs, seldon, executor, master, pachd):
-            part.stop()
+        for part in (jobs, seldon, executor, master, pachd):  # each stops its containers by process group
+            try:
+                part.stop()
+            except Exception:  # noqa: BLE001 - stop the rest regardless
+                pass
+    # A gRPC handler blocked in a waiting call (InspectCommit wait=FINISHED) would hold the
+    # interpreter's exit on its worker thread: everything that matters is stopped, so leave now.
+    os._exit(0)
 
 
 def _apply_crd(api: Any, path: Path) -> None:
