@@ -174,6 +174,8 @@ def _ensure_secrets(api: Any, database_url: str, info: SimulationInfo) -> None:
         "cdl-postgres": {"url": database_url},
         "cdl-s3": {"accessKey": "simulation", "secretKey": secrets.token_urlsafe(12)},
         "cdl-determined": {"username": info.determined_user, "password": info.determined_password},
+        # What the install guide has a DevOps engineer create for the evaluation Jobs (artifact-store keys).
+        "cdl-s3-workload": {"AWS_ACCESS_KEY_ID": "simulation", "AWS_SECRET_ACCESS_KEY": secrets.token_urlsafe(12)},
     }
     for name, data in wanted.items():
         body = {"metadata": {"name": name}, "stringData": data}
