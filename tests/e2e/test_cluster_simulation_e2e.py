@@ -7,6 +7,7 @@ pipeline delivers it: `cdl push` uploads the bundle and fills it into the manife
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import subprocess
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.e2e.test_fmnist_e2e import read_idx_images
 from tests.plugins.operator import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -101,9 +103,15 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def needs_push(env: dict[str, str]) -> None:
+    if cdl("push", "--help", env=env, check=False).returncode != 0:
+        pytest.skip("code delivery (`cdl push`, issue 15 item 1) is not on this branch")
+
+
 def test_bbc_from_kubectl_apply_to_a_served_prediction_on_the_simulated_cluster(
         simulated_cluster: tuple[Path, dict[str, str]], corpus: Path, tmp_path: Path) -> None:
     data_dir, env = simulated_cluster
+    needs_push(env)
     logs = data_dir / "logs"
     source = manifests(corpus, tmp_path / "manifests")
     filled = tmp_path / "filled"
@@ -130,3 +138,54 @@ def test_bbc_from_kubectl_apply_to_a_served_prediction_on_the_simulated_cluster(
     with urllib.request.urlopen(request, timeout=60) as resp:
         answer = json.loads(resp.read())
     assert answer["data"]["ndarray"] == ["politics"]
+
+
+def test_fashion_mnist_from_kubectl_apply_to_a_served_prediction_on_the_simulated_cluster(
+        simulated_cluster: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    """A `module:function` Keras trial (cdl.runtime.launch under Determined's launcher), IDX data,
+    serving by stage."""
+    data_dir, env = simulated_cluster
+    needs_push(env)
+    logs = data_dir / "logs"
+    fmnist = ROOT / "usecases" / "fashion-mnist"
+    corpus = tmp_path / "fmnist"
+    subprocess.run([sys.executable, str(fmnist / "data" / "generate.py"), "--out", str(corpus), "--train", "1500",
+                    "--test", "300", "--seed", "7"], check=True, capture_output=True)
+    source = tmp_path / "manifests"
+    source.mkdir()
+    for name in ("datapipeline.yaml", "experiment.yaml", "modelversion.yaml", "deployment.yaml"):
+        doc = yaml.safe_load((fmnist / "manifests" / name).read_text())
+        if doc["kind"] == "DataPipeline":
+            doc["spec"]["source"]["uri"] = corpus.as_uri()
+        if doc["kind"] == "Experiment":
+            doc["spec"]["searcher"].update(maxTrials=1, maxLength={"epochs": 3})
+        (source / name).write_text(yaml.safe_dump(doc, sort_keys=False))
+    filled = tmp_path / "filled"
+    cdl("push", str(fmnist / "model"), "-f", str(source), "-o", str(filled), "--artifacts",
+        (data_dir / "artifacts").as_uri(), env=env)
+    namespace = "fmnist-sim"
+    assert kubectl(env, "create", "namespace", namespace).returncode == 0
+    out = kubectl(env, "apply", "-n", namespace, "-f", str(filled))
+    assert out.returncode == 0, out.stderr
+
+    data = wait_phase(env, namespace, "dpl/fashion-mnist", "Ready", 300, logs)
+    exp = wait_phase(env, namespace, "exp/fmnist-random", "Completed", 900, logs)
+    wait_phase(env, namespace, "mv/fashion-classifier-v1", "Ready", 600, logs)
+    dep = wait_phase(env, namespace, "mdep/fashion-classifier", "Available", 600, logs)
+
+    assert data["outputs"]["train"]["commit"] == exp["data"]["commit"]
+    mv = status_of(env, namespace, "mv/fashion-classifier-v1")
+    assert mv["evaluation"]["passed"] is True and mv["evaluation"]["metrics"]["accuracy"] >= 0.7
+    # Test images of the generated sample, sent as 28x28 pixels, come back as their classes.
+    count, rows, cols, pixels = read_idx_images(corpus / "t10k-images-idx3-ubyte.gz")
+    labels = gzip.decompress((corpus / "t10k-labels-idx1-ubyte.gz").read_bytes())[8:]
+    names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+    correct = 0
+    for i in range(20):
+        image = [list(pixels[(i * rows + r) * cols:(i * rows + r + 1) * cols]) for r in range(rows)]
+        body = json.dumps({"data": {"ndarray": [image]}}).encode()
+        request = urllib.request.Request(dep["url"], data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as resp:
+            answer = json.loads(resp.read())["data"]["ndarray"][0]
+        correct += answer == names[labels[i]]
+    assert correct >= 14, f"{correct}/20 test images classified correctly"

@@ -7,9 +7,10 @@ No container runtime runs here, so an image is reproduced from its Dockerfile (d
 - its packages: the Python environment whose packages match what the image's `RUN pip install`
   lines (and the requirement files they name) install: the project's main virtual environment
   for the operator, training and pipeline images, `.venvs/seldon` for the predictor image. The
-  image gets an environment of its own that sees that environment's site-packages and nothing
-  else: not the checkout (the editable install of `cdl` is left out), so a module the image does
-  not copy cannot be imported;
+  image gets an environment of its own that sees that environment's site-packages but not the
+  checkout (the editable install of `cdl` is left out), so a module of the project the image does
+  not copy cannot be imported. A package the image installs that the environment lacks fails the
+  build; packages the environment holds beyond the image's list are not hidden;
 - its `ENV` and `WORKDIR`, with paths that point inside the image mapped into its root.
 
 `Image.command_env` gives what a process started from the image sees; `Image.path` maps a path
