@@ -36,6 +36,11 @@ def cdl(*args: str, env: dict[str, str], timeout: float = 300, check: bool = Tru
     return done
 
 
+def needs_push(env: dict[str, str]) -> None:
+    if cdl("push", "--help", env=env, check=False).returncode != 0:
+        pytest.skip("code delivery (`cdl push`, issue 15 item 1) is not on this branch")
+
+
 @pytest.fixture(scope="module")
 def simulated_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, str]]]:
     from cdl.simulation.containers import namespaces_available
@@ -44,6 +49,7 @@ def simulated_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tupl
         pytest.skip("the simulation's containers need mount namespaces (root or user namespaces)")
     data_dir = tmp_path_factory.mktemp("cluster-sim")
     env = {**os.environ, "PATH": f"{TOOLS}:{os.environ.get('PATH', '')}"}
+    needs_push(env)
     up = cdl("up", "--engines", "cluster", "--data-dir", str(data_dir), env=env, check=False)
     try:
         log = data_dir / "logs" / "operator.log"
@@ -103,15 +109,9 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def needs_push(env: dict[str, str]) -> None:
-    if cdl("push", "--help", env=env, check=False).returncode != 0:
-        pytest.skip("code delivery (`cdl push`, issue 15 item 1) is not on this branch")
-
-
 def test_bbc_from_kubectl_apply_to_a_served_prediction_on_the_simulated_cluster(
         simulated_cluster: tuple[Path, dict[str, str]], corpus: Path, tmp_path: Path) -> None:
     data_dir, env = simulated_cluster
-    needs_push(env)
     logs = data_dir / "logs"
     source = manifests(corpus, tmp_path / "manifests")
     filled = tmp_path / "filled"
@@ -145,7 +145,6 @@ def test_fashion_mnist_from_kubectl_apply_to_a_served_prediction_on_the_simulate
     """A `module:function` Keras trial (cdl.runtime.launch under Determined's launcher), IDX data,
     serving by stage."""
     data_dir, env = simulated_cluster
-    needs_push(env)
     logs = data_dir / "logs"
     fmnist = ROOT / "usecases" / "fashion-mnist"
     corpus = tmp_path / "fmnist"
