@@ -149,6 +149,40 @@ def test_a_trial_that_crashes_fails_the_experiment_with_its_traceback(
     assert "Traceback" in engine.logs(ref)
 
 
+def test_asha_stops_a_trial_that_is_not_promoted_past_its_rung(master: FakeDeterminedMaster, tmp_path: Path) -> None:
+    from cdl.engines.determined import experiment_config
+
+    settings = DeterminedSettings.from_env({}, master=master.url, user=USER, password=PASSWORD,
+                                           checkpoint_storage=(tmp_path / "checkpoints").as_uri())
+    spec = {
+        "model": {"path": "model", "image": TRAIN_IMAGE, "entrypoint": "model_def:LinRegTrial"},
+        "hyperparameters": {"lr": {"type": "categorical", "vals": [0.2, 0.0005]}, "batch_size": 32,
+                            "sleep_per_batch": 0.05},  # epochs long enough for the preemption to arrive
+        "searcher": {"name": "asha", "metric": "validation_loss", "smallerIsBetter": True, "maxTrials": 2,
+                     "maxConcurrentTrials": 1,
+                     "maxLength": {"epochs": 4}, "asha": {"divisor": 2, "maxRungs": 2}},
+    }
+    # A seed whose first trial learns (lr 0.2) and whose second hardly moves (lr 0.0005): the
+    # second reaches the first rung (2 epochs) behind the first and is stopped.
+    for seed in range(50):
+        request = training_request(tmp_path / str(seed), "model_def:LinRegTrial")
+        request.spec = ExperimentSpec.model_validate({**spec, "seed": seed})
+        drawn = [t["lr"] for t in master._draw(experiment_config(request.spec, None, {}, settings, request.key))]
+        if drawn == [0.2, 0.0005]:
+            break
+    engine = DeterminedTrainingEngine(settings)
+
+    ref = engine.submit(request)
+    status = wait_training(engine, ref, timeout=300)
+
+    assert status.state == JobState.SUCCEEDED, engine.logs(ref)[-3000:]
+    first, second = sorted(status.trials, key=lambda t: int(t.id))
+    assert first.length_done == 4 and first.stop_reason is None
+    # Preempted by the master after its rung-0 validation; it stops at its next boundary check.
+    assert second.length_done in (2, 3) and second.stop_reason == "asha: not promoted"
+    assert status.best is not None and status.best.id == first.id
+
+
 # --------------------------------------------------------------------------- Pachyderm
 
 

@@ -780,8 +780,37 @@ class FakeDeterminedMaster:
                         avg[metric] < trial.best[0][metric] if smaller else avg[metric] > trial.best[0][metric])):
                     trial.best = (avg, steps)
                 self._best_checkpoint(trial)
+                if searcher.get("name") == "adaptive_asha" and metric in avg:
+                    self._asha_rungs(exp, trial, avg, steps)
             trial.batches = max(trial.batches, steps)
         return web.json_response({})
+
+    def _asha_rungs(self, exp: Experiment, trial: Trial, avg: dict[str, Any], steps: int) -> None:
+        """Asynchronous successive halving as the master decides it: when a trial's validation
+        reaches a rung (max_time / divisor^(R-1-r) in time_metric units; no more rungs than
+        max_trials can fill), it goes on only while it ranks in the top 1/divisor (at least one)
+        of the trials that reached that rung so far; otherwise the master preempts it, and the
+        trial checkpoints and ends, as Determined 0.38 stops ASHA trials."""
+        searcher = exp.config["searcher"]
+        divisor = float(searcher.get("divisor", 4))
+        max_trials = int(searcher.get("max_trials", 1))
+        fillable = 1 + int(math.floor(math.log(max(1, max_trials)) / math.log(divisor) + 1e-9))
+        rungs = max(1, min(int(searcher.get("max_rungs", 5)), fillable))
+        max_time = float(searcher["max_time"])
+        lengths = [max(1.0, round(max_time / divisor ** (rungs - 1 - r))) for r in range(rungs)]
+        unit = searcher.get("time_metric", "batches")
+        done = float(avg.get(unit, steps))
+        metric, smaller = searcher["metric"], searcher.get("smaller_is_better", True)
+        table = exp.__dict__.setdefault("rung_values", {})
+        for r, length in enumerate(lengths[:-1]):
+            reached = table.setdefault(r, {})
+            if done < length or trial.id in reached:
+                continue
+            reached[trial.id] = float(avg[metric])
+            ranked = sorted(reached, key=lambda tid: reached[tid], reverse=not smaller)
+            if trial.id not in ranked[:max(1, int(len(ranked) // divisor))]:
+                trial.preempt = True
+                trial.logs.append(f"asha: not promoted past rung {r} ({length:g} {unit})")
 
     def _best_checkpoint(self, trial: Trial) -> None:
         """The trial's best checkpoint: the one at its best validation's step, else its latest."""
@@ -1006,10 +1035,11 @@ class TrialExecutor:
     `environment_variables` and the literal `env` of its `pod_spec` container, and nothing else.
     The trial reports metrics and checkpoints to the master through the Core API, as on a cluster.
 
-    shared_fs checkpoint storage is mounted at /determined_shared_fs, as Determined does. Not
-    done: several trials at once, slots > 1 across containers, ASHA promotions decided by the
-    master (every trial trains its full length), max_restarts, Secret references in the pod spec
-    (refused with a clear error)."""
+    shared_fs checkpoint storage is mounted at /determined_shared_fs, as Determined does.
+    adaptive_asha: the master preempts a trial that does not rank in the top 1/divisor at a rung
+    (see `_asha_rungs`); trials run one after the other, so a rung's ranking only counts trials
+    that reached it before. Not done: several trials at once, slots > 1 across containers,
+    max_restarts, Secret references in the pod spec (refused with a clear error)."""
 
     def __init__(self, images: Any, work_dir: Path, default_image: str = "cdl/train",
                  master_url: str | None = None, secret_env: dict[str, str] | None = None) -> None:
