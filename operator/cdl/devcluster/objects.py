@@ -17,9 +17,9 @@ from typing import Any, Protocol
 
 import yaml
 
+from cdl.devcluster import defaulting, kube_schema, schema, validation
 from cdl.devcluster import patch as patches
 from cdl.devcluster import scale as scales
-from cdl.devcluster import schema
 from cdl.devcluster.errors import (
     ApiError,
     Cause,
@@ -110,6 +110,19 @@ def apply_patch_body(current: dict[str, Any], ctype: str, body: Any, builtin: bo
     return new
 
 
+def _unknown_fields(rt: ResourceType, version: str, dropped: list[str], opts: WriteOptions) -> None:
+    """Fields the schema does not know were dropped: refuse (Strict), warn (Warn, the default) or
+    say nothing (Ignore), as kube's fieldValidation does."""
+    if not dropped:
+        return
+    unknown = ", ".join(f'unknown field "{p}"' for p in dropped)
+    if opts.field_validation == "Strict":
+        raise bad_request(f"{rt.kind} in version \"{version}\" cannot be handled as a {rt.kind}: "
+                          f"strict decoding error: {unknown}")
+    if opts.field_validation != "Ignore":
+        opts.warnings += [f'unknown field "{p}"' for p in dropped]
+
+
 def _drop_empty_metadata(meta: dict[str, Any]) -> None:
     """ObjectMeta's maps and lists are `omitempty` in kube: `annotations: {}` is not kept."""
     for k in ("labels", "annotations", "finalizers", "ownerReferences", "generateName"):
@@ -186,11 +199,11 @@ class Api:
             meta.pop(k, None)
         if rt.status_subresource and rt.key != CRD_KEY:
             obj.pop("status", None)
-        self._prepare(rt, version, obj, None, opts)
-        _drop_empty_metadata(meta)
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = now_rfc3339()
         meta["generation"] = 1
+        self._prepare(rt, version, obj, None, opts)
+        _drop_empty_metadata(meta)
         if opts.dry_run:
             return obj
         rv = self.store.next_rv()
@@ -434,17 +447,29 @@ class Api:
         elif rt.key == CRD_KEY:
             self._prepare_crd(obj, old)
         info = rt.version(version)
-        if not rt.builtin and info is not None and info.schema:
+        if rt.builtin:
+            self._prepare_builtin(rt, version, obj, old, opts)
+        elif info is not None and info.schema:
             dropped, causes = schema.process(obj, info.schema)
             if causes:
                 raise invalid(rt.kind, rt.group, name, causes)
-            if dropped:
-                unknown = ", ".join(f'unknown field "{p}"' for p in dropped)
-                if opts.field_validation == "Strict":
-                    raise bad_request(f"{rt.kind} in version \"{version}\" cannot be handled as a {rt.kind}: "
-                                      f"strict decoding error: {unknown}")
-                if opts.field_validation != "Ignore":
-                    opts.warnings += [f'unknown field "{p}"' for p in dropped]
+            _unknown_fields(rt, version, dropped, opts)
+
+    def _prepare_builtin(self, rt: ResourceType, version: str, obj: dict[str, Any], old: dict[str, Any] | None,
+                         opts: WriteOptions) -> None:
+        """Decode as kube's typed decoder would (unknown fields dropped or refused, wrong types
+        refused), then default, give a new object its initial status, and validate."""
+        def_name = kube_schema.definition_name(rt.group, version, rt.kind)
+        if def_name is not None:
+            try:
+                dropped = kube_schema.decode(obj, def_name)
+            except kube_schema.TypeMismatch as e:
+                raise bad_request(f'{rt.kind} in version "{version}" cannot be handled as a {rt.kind}: {e}')
+            _unknown_fields(rt, version, dropped, opts)
+        defaulting.apply(rt.key, obj, old is None, lambda: (st.obj for st in self.store.items(rt.key)))
+        causes = validation.validate(rt.key, obj)
+        if causes:
+            raise invalid(rt.kind, rt.group, obj["metadata"].get("name", ""), causes)
 
     def _prepare_crd(self, crd: dict[str, Any], old: dict[str, Any] | None) -> None:
         problem = crd_names_problem(crd)
