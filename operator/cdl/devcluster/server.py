@@ -226,7 +226,7 @@ def openapi_handler(cp: ControlPlane, request: web.Request, path: str) -> web.Re
     if path in ("/openapi/v2", "/swagger-2.0.0.pb-v1", "/swagger.json"):
         if "protobuf" in request.headers.get("Accept", "") or path.endswith("pb-v1"):
             return web.Response(body=openapi.EMPTY_V2_PROTOBUF, headers={"Content-Type": openapi.PROTOBUF_V2_TYPE})
-        return json_response(openapi.EMPTY_V2_JSON)
+        return json_response(cp.openapi("v2", lambda: dumps(openapi.v2_document(cp.registry))))
     if path == "/openapi/v3":
         return json_response(cp.openapi("index", lambda: dumps(openapi.v3_index(cp.registry))))
     segs = path.split("/")[3:]
