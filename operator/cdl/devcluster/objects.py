@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import yaml
 
-from cdl.devcluster import defaulting, kube_schema, schema, validation
+from cdl.devcluster import defaulting, fieldmanager, kube_schema, schema, validation
 from cdl.devcluster import patch as patches
 from cdl.devcluster import scale as scales
 from cdl.devcluster.errors import (
@@ -58,7 +58,13 @@ class WriteOptions:
     field_validation: str = ""  # Strict | Warn | Ignore ("" = Warn)
     field_manager: str = ""
     force: bool = False
+    user_agent: str = ""
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def manager(self) -> str:
+        """The field manager of an update: `fieldManager`, else the User-Agent's product name."""
+        return self.field_manager or self.user_agent.split("/", 1)[0].strip() or "unknown"
 
 
 @dataclass
@@ -165,7 +171,9 @@ class Api:
         return out
 
     # --- create ---------------------------------------------------------------------------
-    def create(self, rt: ResourceType, version: str, ns: str, body: Any, opts: WriteOptions) -> dict[str, Any]:
+    def create(self, rt: ResourceType, version: str, ns: str, body: Any, opts: WriteOptions,
+               managed: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """`managed`: the managedFields an apply computed; an ordinary create owns every field."""
         if not isinstance(body, dict):
             raise bad_request("the body of the request must be a JSON object")
         obj = clone(body)
@@ -204,6 +212,14 @@ class Api:
         meta["generation"] = 1
         self._prepare(rt, version, obj, None, opts)
         _drop_empty_metadata(meta)
+        if managed is None:
+            now = meta["creationTimestamp"]
+            entries = fieldmanager.record_update(
+                {}, fieldmanager.object_leaves(obj, self._field_schema(rt, version), "", rt.status_subresource),
+                [], opts.manager, "", rt.api_version(version), now)
+            managed = fieldmanager.write_entries(entries)
+        if managed:
+            meta["managedFields"] = managed
         if opts.dry_run:
             return obj
         rv = self.store.next_rv()
@@ -237,9 +253,12 @@ class Api:
         ctype = content_type.split(";")[0].strip().lower()
         if ctype == patches.APPLY_PATCH:
             try:
-                body = yaml.safe_load(raw) if raw else None
-            except yaml.YAMLError as e:
-                raise bad_request(f"error decoding YAML: {e}")
+                body = loads(raw) if raw else None  # kubectl, helm and client-go send JSON
+            except ValueError:
+                try:
+                    body = yaml.safe_load(raw)
+                except yaml.YAMLError as e:
+                    raise bad_request(f"error decoding YAML: {e}")
         else:
             try:
                 body = loads(raw) if raw else None
@@ -254,16 +273,21 @@ class Api:
             if st is None:
                 if subresource:
                     raise not_found(rt.plural, rt.group, name)
+                self._check_type(rt, version, body)
                 body.setdefault("metadata", {}).setdefault("name", name)
-                return self.create(rt, version, ns, body, opts), True
+                new, entries = fieldmanager.apply(
+                    None, body, self._field_schema(rt, version), opts.field_manager, "", rt.status_subresource,
+                    opts.force, rt.api_version(version), now_rfc3339())
+                return self.create(rt, version, ns, new, opts, fieldmanager.write_entries(entries)), True
             self._check_type(rt, version, body)
-            base = clone(st.obj)
-            base.get("metadata", {}).pop("resourceVersion", None)
-            applied = {**body, "metadata": {k: v for k, v in (body.get("metadata") or {}).items()
-                                            if k not in ("resourceVersion", "managedFields")}}
-            new = patches.apply_patch(base, applied, rt.builtin)
-            new.setdefault("metadata", {})["resourceVersion"] = str(st.rv)
-            return self._update(rt, version, st, new, opts, subresource), False
+            wanted_rv = (body.get("metadata") or {}).get("resourceVersion")
+            config = {**body, "metadata": {k: v for k, v in (body.get("metadata") or {}).items()
+                                           if k not in ("resourceVersion", "managedFields")}}
+            new, entries = fieldmanager.apply(
+                st.obj, config, self._field_schema(rt, version), opts.field_manager, subresource,
+                rt.status_subresource, opts.force, rt.api_version(version), now_rfc3339())
+            new.setdefault("metadata", {})["resourceVersion"] = str(wanted_rv or st.rv)
+            return self._update(rt, version, st, new, opts, subresource, fieldmanager.write_entries(entries)), False
         old = self.get(rt, ns, name)
         new = apply_patch_body(clone(old.obj), ctype, body, rt.builtin)
         return self._update(rt, version, old, new, opts, subresource), False
@@ -295,7 +319,8 @@ class Api:
         return scales.to_scale(rt, self._update(rt, version, old, new, opts, ""))
 
     def _update(self, rt: ResourceType, version: str, old: Stored, new: dict[str, Any], opts: WriteOptions,
-                subresource: str) -> dict[str, Any]:
+                subresource: str, managed: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """`managed`: the managedFields an apply computed; an ordinary update records its own."""
         if subresource and subresource != "status":
             raise not_found(rt.plural, rt.group, old.obj["metadata"]["name"])
         if subresource == "status" and not rt.status_subresource:
@@ -341,7 +366,18 @@ class Api:
         if _spec_part(result, rt.status_subresource) != _spec_part(old.obj, rt.status_subresource):
             meta["generation"] = int(old_meta.get("generation", 1)) + 1
         _drop_empty_metadata(meta)
-        if _comparable(result) == _comparable(old.obj):
+        if managed is None:
+            schema = self._field_schema(rt, version)
+            entries = fieldmanager.record_update(
+                fieldmanager.object_leaves(old.obj, schema, subresource, rt.status_subresource),
+                fieldmanager.object_leaves(result, schema, subresource, rt.status_subresource),
+                fieldmanager.read_entries(old.obj), opts.manager, subresource, rt.api_version(version),
+                now_rfc3339())
+            managed = fieldmanager.write_entries(entries)
+        if managed:
+            meta["managedFields"] = managed
+        if _comparable(result) == _comparable(old.obj) and fieldmanager.comparable(managed) == \
+                fieldmanager.comparable(old_meta.get("managedFields")):
             return old.obj
         if opts.dry_run:
             return result
@@ -409,6 +445,14 @@ class Api:
         return obj
 
     # --- helpers --------------------------------------------------------------------------
+    def _field_schema(self, rt: ResourceType, version: str) -> dict[str, Any]:
+        """The schema field ownership and apply follow (list keys, sets, atomic maps)."""
+        if rt.builtin:
+            name = kube_schema.definition_name(rt.group, version, rt.kind)
+            return fieldmanager.root_schema({"$ref": kube_schema.REF_PREFIX + name} if name else None)
+        info = rt.version(version)
+        return fieldmanager.root_schema(info.schema if info else None)
+
     def _check_type(self, rt: ResourceType, version: str, obj: dict[str, Any]) -> None:
         expected = rt.api_version(version)
         api_version = obj.get("apiVersion")

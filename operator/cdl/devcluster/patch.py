@@ -1,5 +1,5 @@
-"""The four PATCH flavours: JSON merge (RFC 7386), JSON patch (RFC 6902), strategic merge
-(an approximation of kube's, for built-in kinds) and server-side apply (create-or-merge).
+"""Three PATCH flavours: JSON merge (RFC 7386), JSON patch (RFC 6902) and strategic merge (an
+approximation of kube's, for built-in kinds). Server-side apply, the fourth, is fieldmanager.py.
 
 All functions are pure: they return a new document and never change their inputs.
 """
@@ -247,10 +247,3 @@ def _reorder(result: dict[str, Any], name: str, order: list[Any]) -> None:
     else:
         rank = {v: n for n, v in enumerate(order)}
         items.sort(key=lambda v: rank.get(v, len(rank)))
-
-
-def apply_patch(current: dict[str, Any] | None, applied: dict[str, Any], builtin: bool) -> dict[str, Any]:
-    """Server-side apply without field ownership: create, or merge the applied configuration."""
-    if current is None:
-        return copy.deepcopy(applied)
-    return strategic_merge(current, applied) if builtin else merge_patch(current, applied)

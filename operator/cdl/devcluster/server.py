@@ -166,6 +166,7 @@ def write_options(request: web.Request) -> WriteOptions:
         field_validation=q.get("fieldValidation", ""),
         field_manager=q.get("fieldManager", ""),
         force=q.get("force", "") == "true",
+        user_agent=request.headers.get("User-Agent", ""),
     )
 
 
