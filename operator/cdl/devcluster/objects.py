@@ -33,6 +33,7 @@ from cdl.devcluster.jsonutil import clone, loads
 from cdl.devcluster.registry import (
     CRD_KEY,
     NAMESPACE_KEY,
+    SERVICE_ACCOUNT_KEY,
     Registry,
     ResourceType,
     crd_names_problem,
@@ -196,7 +197,7 @@ class Api:
                 if self.store.get(rt.key, ns if rt.namespaced else "", meta["name"]) is None:
                     break
         name = meta["name"]
-        causes = schema.validate_name(name) if isinstance(name, str) else [
+        causes = schema.validate_name(name, rt.key) if isinstance(name, str) else [
             Cause("FieldValueInvalid", "Invalid value: must be a string", "metadata.name")]
         if causes:
             raise invalid(rt.kind, rt.group, str(name), causes)
@@ -227,7 +228,17 @@ class Api:
         self.store.put(rt.key, meta.get("namespace", ""), name, obj, rv)
         self.events.publish(Event("ADDED", rt.key, meta.get("namespace", ""), rv, obj))
         self._after_write(rt, obj)
+        if rt.key == NAMESPACE_KEY:
+            self.ensure_default_service_account(name)
         return obj
+
+    def ensure_default_service_account(self, namespace: str) -> None:
+        """Every namespace has a `default` ServiceAccount, as kube's service account controller
+        makes sure (`kubectl create token default`, pods' serviceAccountName)."""
+        sa = self.registry.by_key(SERVICE_ACCOUNT_KEY)
+        if sa is not None and self.store.get(SERVICE_ACCOUNT_KEY, namespace, "default") is None:
+            self.create(sa, "v1", namespace, {"metadata": {"name": "default"}},
+                        WriteOptions(field_manager="kube-controller-manager"))
 
     # --- update ---------------------------------------------------------------------------
     def replace(self, rt: ResourceType, version: str, ns: str, name: str, body: Any, opts: WriteOptions,
