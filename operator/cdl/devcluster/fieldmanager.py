@@ -410,7 +410,7 @@ def apply(live: dict[str, Any] | None, config: dict[str, Any], schema: Any, mana
         raise conflict_error(conflicts)
     for e, p in conflicts:
         e.fields.discard(p)
-    merged = merge(base, {k: v for k, v in config.items() if k not in ("apiVersion", "kind")}, schema)
+    merged = merge(copy.deepcopy(base), {k: v for k, v in config.items() if k not in ("apiVersion", "kind")}, schema)
     if mine is not None:
         others: set[Path] = set().union(*(e.fields for e in entries if e is not mine))
         gone: list[Path] = []
