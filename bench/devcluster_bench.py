@@ -7,7 +7,12 @@ Beside each: the same operation done directly on SQLite with the server's schema
 requests; for watch delivery the baseline is that write plus an in-process asyncio queue hop.
 The ratio shows the cost of HTTP+TLS, JSON, validation and fan-out.
 
-Usage: .venv/bin/python bench/devcluster_bench.py [--sizes 1000,10000] [--samples 400]
+With `--against DIR` (another revision's source, e.g. `git archive main operator | tar -x -C DIR`)
+the server measurements are repeated in the same run with DIR/operator first on PYTHONPATH, and
+the ratio this tree / that tree is printed per operation: the check that a change to the write
+path did not make it slower.
+
+Usage: .venv/bin/python bench/devcluster_bench.py [--sizes 1000,10000] [--samples 400] [--against DIR]
 """
 
 from __future__ import annotations
@@ -179,10 +184,21 @@ async def measure_sqlite(path: Path, stored: int, samples: int) -> dict[str, lis
     return out
 
 
-async def run(sizes: list[int], samples: int) -> list[tuple[int, str, float, float, float, float, float]]:
+async def run(sizes: list[int], samples: int, source: str | None = None
+              ) -> list[tuple[int, str, float, float, float, float, float]]:
+    """The table's rows; `source`: serve from that tree's operator/ instead of this one."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        info = process.start_background(Path(tmp) / "server")
+        saved = os.environ.get("PYTHONPATH")
+        if source:
+            os.environ["PYTHONPATH"] = str(Path(source).resolve() / "operator")
+        try:
+            info = process.start_background(Path(tmp) / "server")
+        finally:
+            if saved is None:
+                os.environ.pop("PYTHONPATH", None)
+            else:
+                os.environ["PYTHONPATH"] = saved
         client = Client(info)
         try:
             status, _ = process.request(f"{info.url}/api/v1/namespaces", info.token, "POST",
@@ -208,10 +224,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="1000,10000")
     parser.add_argument("--samples", type=int, default=400)
+    parser.add_argument("--against", default="", help="another revision's source tree to compare with")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     started = time.perf_counter()
     rows = asyncio.run(run(sizes, args.samples))
+    other = asyncio.run(run(sizes, args.samples, args.against)) if args.against else []
     print(f"devcluster benchmark, {datetime.date.today()}, {platform.machine()} {os.cpu_count()} cores, "
           f"Python {sys.version.split()[0]}, {args.samples} samples per op, client c=1 over HTTPS")
     print(f"{'stored':>7} {'op':<7} {'p50 ms':>8} {'p99 ms':>8} {'sqlite p50':>11} {'sqlite p99':>11} "
@@ -219,6 +237,13 @@ def main() -> None:
     for size, op, p50, p99, b50, b99, rss in rows:
         print(f"{size:>7} {op:<7} {p50:>8.2f} {p99:>8.2f} {b50:>11.3f} {b99:>11.3f} "
               f"{p50 / b50:>7.1f} {p99 / b99:>7.1f} {rss:>7.0f}")
+    if other:
+        print(f"\nthis tree against {args.against} (same run, same machine)")
+        print(f"{'stored':>7} {'op':<7} {'p50 ms':>8} {'there p50':>10} {'x p50':>7} {'p99 ms':>8} {'there p99':>10} "
+              f"{'x p99':>7}")
+        for (size, op, p50, p99, *_), (_, _, o50, o99, *_) in zip(rows, other, strict=True):
+            print(f"{size:>7} {op:<7} {p50:>8.2f} {o50:>10.2f} {p50 / o50:>7.2f} {p99:>8.2f} {o99:>10.2f} "
+                  f"{p99 / o99:>7.2f}")
     print(f"(took {time.perf_counter() - started:.0f} s; median of medians {statistics.median(r[2] for r in rows):.2f} ms)")
 
 
