@@ -41,10 +41,25 @@ def definition_name(group: str, version: str, kind: str) -> str | None:
     return _by_gvk().get((group, version, kind))
 
 
+_RESOLVED: dict[str, dict[str, Any]] = {}
+
+
 def resolve(schema: dict[str, Any] | None) -> dict[str, Any]:
-    """A schema with its `$ref` followed (sibling keys such as a description are kept)."""
+    """A schema with its `$ref` followed (sibling keys other than the description are kept)."""
     if not schema:
         return {}
+    ref = schema.get("$ref")
+    if ref is None:
+        return schema
+    if len(schema) == 1 or (len(schema) == 2 and "description" in schema):
+        hit = _RESOLVED.get(ref)
+        if hit is None:
+            hit = _RESOLVED[ref] = _resolve({"$ref": ref})
+        return hit
+    return _resolve(schema)
+
+
+def _resolve(schema: dict[str, Any]) -> dict[str, Any]:
     seen = 0
     while "$ref" in schema and seen < 32:
         ref = schema["$ref"]
@@ -55,7 +70,19 @@ def resolve(schema: dict[str, Any] | None) -> dict[str, Any]:
     return schema
 
 
+_TYPES: dict[int, set[str]] = {}
+
+
 def _types(schema: dict[str, Any]) -> set[str]:
+    """The JSON types a (resolved, built-in) schema allows; memoised: built-in schemas live as long
+    as the process."""
+    hit = _TYPES.get(id(schema))
+    if hit is None:
+        hit = _TYPES[id(schema)] = _compute_types(schema)
+    return hit
+
+
+def _compute_types(schema: dict[str, Any]) -> set[str]:
     typ = schema.get("type")
     if isinstance(typ, list):
         return set(typ)
@@ -63,11 +90,18 @@ def _types(schema: dict[str, Any]) -> set[str]:
         return {typ}
     out: set[str] = set()
     for alt in schema.get("oneOf") or []:
-        out |= _types(resolve(alt))
+        out |= _compute_types(resolve(alt))
     return out
 
 
+_PY_TYPES: dict[type, str] = {str: "string", bool: "boolean", int: "integer", float: "number", list: "array",
+                               dict: "object", type(None): "null"}
+
+
 def _json_type(value: Any) -> str:
+    fast = _PY_TYPES.get(type(value))
+    if fast is not None:
+        return fast
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -117,7 +151,7 @@ def _walk(value: Any, schema: dict[str, Any], path: str, dropped: list[str], kin
     if value is None:
         return
     types = _types(schema)
-    if not _fits(value, types):
+    if types and _PY_TYPES.get(type(value)) not in types and not _fits(value, types):
         want = sorted(types - {"null"})
         go = _GO_TYPES.get(want[0], want[0]) if want else "value"
         raise TypeMismatch(f"json: cannot unmarshal {_GO_VALUES[_json_type(value)]} into Go struct field "
