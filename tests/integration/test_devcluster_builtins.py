@@ -191,3 +191,17 @@ def test_service_account_token_and_whoami(kubectl, fresh_namespace):
 def test_apiservices_list_every_served_group_version(kubectl, widget_crd):
     rows = {line.split()[0]: line.split()[1] for line in kubectl("get", "apiservices", "--no-headers").stdout.splitlines()}
     assert rows["v1."] == "True" and rows["v1.apps"] == "True" and rows["v1.test.cdl.dev"] == "True"
+
+
+def test_a_service_keeps_its_allocated_ip_and_node_port_across_a_replace(k8s_client, fresh_namespace):
+    from kubernetes import client
+
+    core = client.CoreV1Api(k8s_client)
+    body = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "np"},
+            "spec": {"type": "NodePort", "selector": {"app": "np"}, "ports": [{"port": 80}]}}
+    created = core.create_namespaced_service(fresh_namespace, body)
+    assert created.spec.ports[0].target_port == 80 and created.spec.ports[0].node_port
+    body["metadata"]["labels"] = {"tier": "web"}  # the manifest again: no IP, no node port
+    replaced = core.replace_namespaced_service("np", fresh_namespace, body)
+    assert replaced.spec.cluster_ip == created.spec.cluster_ip
+    assert replaced.spec.ports[0].node_port == created.spec.ports[0].node_port

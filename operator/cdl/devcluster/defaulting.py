@@ -344,10 +344,33 @@ DEFAULTERS: dict[str, Callable[[dict[str, Any], bool, Any], None]] = {
 }
 
 
-def apply(key: str, obj: dict[str, Any], create: bool,
+def _keep_allocated(svc: dict[str, Any], old: dict[str, Any]) -> None:
+    """An update that leaves out a Service's allocated cluster IP or node ports keeps them, as
+    kube's service storage does (a PUT of a manifest without them does not re-allocate)."""
+    spec, old_spec = svc.get("spec"), old.get("spec") or {}
+    if not isinstance(spec, dict) or spec.get("type", "ClusterIP") == "ExternalName":
+        return
+    if not spec.get("clusterIP") and old_spec.get("clusterIP"):
+        for k in ("clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"):
+            if k in old_spec and not spec.get(k):
+                spec[k] = old_spec[k]
+    old_ports = {(p.get("port"), p.get("protocol", "TCP")): p.get("nodePort")
+                 for p in old_spec.get("ports") or [] if isinstance(p, dict)}
+    if spec.get("type") in ("NodePort", "LoadBalancer"):
+        for p in spec.get("ports") or []:
+            if isinstance(p, dict) and not p.get("nodePort"):
+                allocated = old_ports.get((p.get("port"), p.get("protocol", "TCP")))
+                if allocated:
+                    p["nodePort"] = allocated
+
+
+def apply(key: str, obj: dict[str, Any], old: dict[str, Any] | None,
           existing: Callable[[], Iterable[dict[str, Any]]]) -> None:
-    """Default `obj` (of resource `key`) in place; on create also give it its initial status.
-    `existing` lists the other objects of the kind (for cluster IP and node port allocation)."""
+    """Default `obj` (of resource `key`; `old` its stored state, None on create) in place; on
+    create also give it its initial status. `existing` lists the other objects of the kind (for
+    cluster IP and node port allocation)."""
+    if key == "/services" and old is not None:
+        _keep_allocated(obj, old)
     fn = DEFAULTERS.get(key)
     if fn is not None:
-        fn(obj, create, existing)
+        fn(obj, old is None, existing)

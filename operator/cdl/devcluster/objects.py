@@ -521,7 +521,7 @@ class Api:
             except kube_schema.TypeMismatch as e:
                 raise bad_request(f'{rt.kind} in version "{version}" cannot be handled as a {rt.kind}: {e}')
             _unknown_fields(rt, version, dropped, opts)
-        defaulting.apply(rt.key, obj, old is None, lambda: (st.obj for st in self.store.items(rt.key)))
+        defaulting.apply(rt.key, obj, old, lambda: (st.obj for st in self.store.items(rt.key)))
         causes = validation.validate(rt.key, obj)
         if causes:
             raise invalid(rt.kind, rt.group, obj["metadata"].get("name", ""), causes)
