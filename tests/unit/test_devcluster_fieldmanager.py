@@ -45,7 +45,7 @@ def test_conflict_names_the_owner_and_field_and_force_takes_it_over():
     with pytest.raises(ApiError) as err:
         apply(obj, {"spec": {"size": 2}}, "m2")
     assert err.value.code == 409
-    assert err.value.message == 'Apply failed with 1 conflict: conflict with "m1" using test/v1: .spec.size'
+    assert err.value.message == 'Apply failed with 1 conflict: conflict with "m1": .spec.size'
     # the same value is shared ownership, not a conflict
     shared, entries = apply(obj, {"spec": {"size": 1}}, "m2")
     assert {e.manager for e in entries if ("f:spec", "f:size") in e.fields} == {"m1", "m2"}
@@ -95,7 +95,7 @@ def test_an_update_takes_ownership_of_what_it_changed():
     owners = {e.manager: e.fields for e in entries}
     assert owners["kubectl-edit"] == {("f:spec", "f:size")}
     assert owners["m1"] == {("f:spec", "f:color")}
-    with pytest.raises(ApiError, match='conflict with "kubectl-edit"'):
+    with pytest.raises(ApiError, match='conflict with "kubectl-edit" using test/v1: .spec.size'):
         apply(stored(new, entries), {"spec": {"size": 1, "color": "red"}}, "m1")
 
 

@@ -372,11 +372,22 @@ def _value_at(obj: Any, path: Path) -> Any:
     return cur
 
 
+def describe(e: Entry) -> str:
+    """A manager as kube names it in a conflict: `"m"` for an applier, `"kubectl" with subresource
+    "scale" using apps/v1` for an update."""
+    out = f'"{e.manager}"'
+    if e.subresource:
+        out += f' with subresource "{e.subresource}"'
+    if e.operation == "Update":
+        out += f" using {e.api_version}"
+    return out
+
+
 def conflict_error(conflicts: list[tuple[Entry, Path]]) -> ApiError:
-    """409 with kube's wording: `Apply failed with 1 conflict: conflict with "m" using v1: .a.b`."""
+    """409 with kube's wording: `Apply failed with 1 conflict: conflict with "kubectl-edit" using
+    v1: .a.b`."""
     n = len(conflicts)
-    causes = [Cause("FieldManagerConflict", f'conflict with "{e.manager}"'
-                    + (f" using {e.api_version}" if e.api_version else ""), render(p)) for e, p in conflicts]
+    causes = [Cause("FieldManagerConflict", "conflict with " + describe(e), render(p)) for e, p in conflicts]
     if n == 1:
         message = f"Apply failed with 1 conflict: {causes[0].message}: {causes[0].field}"
     else:

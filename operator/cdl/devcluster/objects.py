@@ -327,11 +327,13 @@ class Api:
         scales.set_path(new, rt.scale.spec_replicas, replicas)
         wanted_rv = (changed.get("metadata") or {}).get("resourceVersion") if isinstance(changed, dict) else None
         new["metadata"]["resourceVersion"] = wanted_rv or str(old.rv)
-        return scales.to_scale(rt, self._update(rt, version, old, new, opts, ""))
+        return scales.to_scale(rt, self._update(rt, version, old, new, opts, "", owner_subresource="scale"))
 
     def _update(self, rt: ResourceType, version: str, old: Stored, new: dict[str, Any], opts: WriteOptions,
-                subresource: str, managed: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-        """`managed`: the managedFields an apply computed; an ordinary update records its own."""
+                subresource: str, managed: list[dict[str, Any]] | None = None,
+                owner_subresource: str | None = None) -> dict[str, Any]:
+        """`managed`: the managedFields an apply computed; an ordinary update records its own
+        (under `owner_subresource`, e.g. "scale", when that is not `subresource`)."""
         if subresource and subresource != "status":
             raise not_found(rt.plural, rt.group, old.obj["metadata"]["name"])
         if subresource == "status" and not rt.status_subresource:
@@ -382,7 +384,8 @@ class Api:
             entries = fieldmanager.record_update(
                 fieldmanager.object_leaves(old.obj, schema, subresource, rt.status_subresource),
                 fieldmanager.object_leaves(result, schema, subresource, rt.status_subresource),
-                fieldmanager.read_entries(old.obj), opts.manager, subresource, rt.api_version(version),
+                fieldmanager.read_entries(old.obj), opts.manager,
+                subresource if owner_subresource is None else owner_subresource, rt.api_version(version),
                 now_rfc3339())
             managed = fieldmanager.write_entries(entries)
         if managed:
