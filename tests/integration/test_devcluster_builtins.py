@@ -205,3 +205,30 @@ def test_a_service_keeps_its_allocated_ip_and_node_port_across_a_replace(k8s_cli
     replaced = core.replace_namespaced_service("np", fresh_namespace, body)
     assert replaced.spec.cluster_ip == created.spec.cluster_ip
     assert replaced.spec.ports[0].node_port == created.spec.ports[0].node_port
+
+
+def test_client_side_apply_follows_each_lists_patch_strategy(kubectl, fresh_namespace):
+    ns = fresh_namespace
+    binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "metadata": {"name": "readers", "namespace": ns},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "reader"},
+               "subjects": [{"kind": "User", "name": "ada", "apiGroup": "rbac.authorization.k8s.io"},
+                            {"kind": "User", "name": "bob", "apiGroup": "rbac.authorization.k8s.io"}]}
+    kubectl("apply", "-f", "-", input=json.dumps(binding))
+    kubectl("patch", "rolebinding", "readers", "-n", ns, "--type=strategic", "-p",
+            json.dumps({"subjects": [{"kind": "User", "name": "cy", "apiGroup": "rbac.authorization.k8s.io"}]}))
+    # subjects has no merge strategy: a strategic patch replaces the list
+    assert [s["name"] for s in get(kubectl, "rolebinding", "readers", "-n", ns)["subjects"]] == ["cy"]
+    kubectl("create", "deployment", "web", "--image=nginx", "-n", ns)
+    kubectl("patch", "deploy", "web", "-n", ns, "--type=strategic", "-p", json.dumps({"spec": {"template": {"spec": {
+        "containers": [{"name": "nginx", "volumeMounts": [{"name": "v", "mountPath": "/a"}]}],
+        "volumes": [{"name": "v", "emptyDir": {}}]}}}}))
+    pod = get(kubectl, "deploy", "web", "-n", ns)["spec"]["template"]["spec"]
+    assert pod["containers"][0]["image"] == "nginx"  # containers merged by name
+    assert pod["containers"][0]["volumeMounts"] == [{"name": "v", "mountPath": "/a"}]
+    kubectl("patch", "deploy", "web", "-n", ns, "--type=strategic", "-p", json.dumps({"metadata": {
+        "finalizers": ["example.com/x"]}}))
+    kubectl("patch", "deploy", "web", "-n", ns, "--type=strategic", "-p", json.dumps({"metadata": {
+        "finalizers": ["example.com/y"]}}))
+    assert get(kubectl, "deploy", "web", "-n", ns)["metadata"]["finalizers"] == ["example.com/x", "example.com/y"]
+    kubectl("patch", "deploy", "web", "-n", ns, "--type=json", "-p", '[{"op":"remove","path":"/metadata/finalizers"}]')

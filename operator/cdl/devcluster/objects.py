@@ -92,8 +92,10 @@ def _spec_part(obj: dict[str, Any], drop_status: bool) -> dict[str, Any]:
     return {k: v for k, v in obj.items() if k != "metadata" and not (drop_status and k == "status")}
 
 
-def apply_patch_body(current: dict[str, Any], ctype: str, body: Any, builtin: bool) -> dict[str, Any]:
-    """`current` changed by a merge, JSON or strategic patch body (415 for other types)."""
+def apply_patch_body(current: dict[str, Any], ctype: str, body: Any, builtin: bool,
+                     schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`current` changed by a merge, JSON or strategic patch body (415 for other types);
+    `schema` gives a strategic merge the kind's list merge keys."""
     if ctype == patches.MERGE_PATCH:
         if not isinstance(body, dict):
             raise bad_request("json: cannot unmarshal the patch into an object: a merge patch must be a JSON object")
@@ -107,7 +109,7 @@ def apply_patch_body(current: dict[str, Any], ctype: str, body: Any, builtin: bo
                            "application/apply-patch+yaml")
         if not isinstance(body, dict):
             raise bad_request("a strategic merge patch must be a JSON object")
-        new = patches.strategic_merge(current, body)
+        new = patches.strategic_merge(current, body, schema)
     else:
         raise ApiError(415, f"the body of the request was in an unknown format - accepted media types include: "
                        f"{patches.JSON_PATCH}, {patches.MERGE_PATCH}, {patches.APPLY_PATCH}"
@@ -300,7 +302,8 @@ class Api:
             new.setdefault("metadata", {})["resourceVersion"] = str(wanted_rv or st.rv)
             return self._update(rt, version, st, new, opts, subresource, fieldmanager.write_entries(entries)), False
         old = self.get(rt, ns, name)
-        new = apply_patch_body(clone(old.obj), ctype, body, rt.builtin)
+        new = apply_patch_body(clone(old.obj), ctype, body, rt.builtin,
+                               self._field_schema(rt, version) if rt.builtin else None)
         return self._update(rt, version, old, new, opts, subresource), False
 
     def scale(self, rt: ResourceType, version: str, ns: str, name: str, method: str, content_type: str,
