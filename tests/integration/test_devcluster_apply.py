@@ -187,3 +187,18 @@ def test_helm_upgrade_after_another_manager_changed_a_field(helm, kubectl):
     finally:
         helm("uninstall", "cdlup", "-n", ns, check=False)
         kubectl("delete", "ns", ns, "--wait=false", check=False)
+
+
+def test_upgrade_from_client_side_to_server_side_apply(kubectl, fresh_namespace):
+    ns = fresh_namespace
+    kubectl("apply", "-f", "-", input=config_map(ns, {"lr": "0.1"}))  # client-side
+    assert managers(kubectl, "cm", "shared", "-n", ns) == {"kubectl-client-side-apply": "Update"}
+    # the documented path: the same manifest, changed, applied server-side takes over without a conflict
+    kubectl("apply", "--server-side", "-f", "-", input=config_map(ns, {"lr": "0.2"}))
+    assert kubectl("get", "cm", "shared", "-n", ns, "-o", "jsonpath={.data.lr}").stdout == "0.2"
+    assert "kubectl-client-side-apply" not in managers(kubectl, "cm", "shared", "-n", ns)
+    # ownership can be cleared by writing managedFields: [{}], as on a real server
+    kubectl("patch", "cm", "shared", "-n", ns, "--type=json",
+            "-p", '[{"op":"replace","path":"/metadata/managedFields","value":[{}]}]')
+    obj = json.loads(kubectl("get", "cm", "shared", "-n", ns, "-o", "json", "--show-managed-fields").stdout)
+    assert [e["manager"] for e in obj["metadata"].get("managedFields", [])] == []

@@ -417,7 +417,7 @@ def apply(live: dict[str, Any] | None, config: dict[str, Any], schema: Any, mana
         for p in sorted(e.fields & wanted.keys()):
             if wanted[p] is not ITEM and current.get(p, _MISSING) != wanted[p]:
                 conflicts.append((e, p))
-    if conflicts and not force:
+    if conflicts and not force and not _client_side_apply_upgrade(live, conflicts, manager, schema):
         raise conflict_error(conflicts)
     for e, p in conflicts:
         e.fields.discard(p)
@@ -438,6 +438,31 @@ def apply(live: dict[str, Any] | None, config: dict[str, Any], schema: Any, mana
         entries.append(mine)
     mine.fields, mine.api_version, mine.time = set(wanted), api_version, now
     return merged, [e for e in entries if e.fields]
+
+
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+
+def _client_side_apply_upgrade(live: dict[str, Any] | None, conflicts: list[tuple[Entry, Path]], manager: str,
+                               schema: Any) -> bool:
+    """kube lets `kubectl apply --server-side` take over, without conflicts, the fields a client-side
+    `kubectl apply` applied (those in its last-applied-configuration annotation): the documented
+    upgrade path from client-side to server-side apply. Only for the field manager `kubectl`, and
+    only where the object still holds the client-side applied value."""
+    if manager != "kubectl" or live is None:
+        return False
+    text = ((live.get("metadata") or {}).get("annotations") or {}).get(LAST_APPLIED)
+    try:
+        last = json.loads(text) if text else None
+    except ValueError:
+        return False
+    if not isinstance(last, dict):
+        return False
+    applied = object_leaves(align_keys(last, live, schema), schema, "", False)
+    current = object_leaves(live, schema, "", False)
+    # only fields that still hold what client-side apply set: a later change by someone else
+    # (kubectl scale, an edit) is a real conflict
+    return all(p in applied and current.get(p, _MISSING) == applied[p] for _, p in conflicts)
 
 
 def _drop_empty_parents(obj: dict[str, Any], path: Path, owned: set[Path]) -> None:

@@ -370,7 +370,7 @@ class Api:
                 meta[k] = old_meta[k]
             else:
                 meta.pop(k, None)
-        meta.pop("managedFields", None)
+        sent_managed = meta.pop("managedFields", None) if subresource != "status" else None
         meta.pop("selfLink", None)
         self._prepare(rt, version, result, old.obj, opts)
         if old_meta.get("deletionTimestamp"):
@@ -384,10 +384,17 @@ class Api:
         _drop_empty_metadata(meta)
         if managed is None:
             schema = self._field_schema(rt, version)
+            entries = fieldmanager.read_entries(old.obj)
+            if isinstance(sent_managed, list) and sent_managed and \
+                    fieldmanager.comparable(sent_managed) != fieldmanager.comparable(old_meta.get("managedFields")):
+                # the client rewrote ownership (kubectl's client-side to server-side apply
+                # migration); `[{}]` clears it, as in kube
+                entries = [] if sent_managed == [{}] else fieldmanager.read_entries(
+                    {"metadata": {"managedFields": sent_managed}})
             entries = fieldmanager.record_update(
                 fieldmanager.object_leaves(old.obj, schema, subresource, rt.status_subresource),
                 fieldmanager.object_leaves(result, schema, subresource, rt.status_subresource),
-                fieldmanager.read_entries(old.obj), opts.manager,
+                entries, opts.manager,
                 subresource if owner_subresource is None else owner_subresource, rt.api_version(version),
                 now_rfc3339())
             managed = fieldmanager.write_entries(entries)
