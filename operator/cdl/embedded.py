@@ -145,7 +145,7 @@ def stop_model_servers(data_dir: Path) -> bool:
     root = data_dir / "serving"
     if not (root / "deployments").is_dir() or not any((root / "deployments").iterdir()):
         return False
-    from cdl.engines.local.serving import LocalServingEngine
+    from cdl.engines.serving.local import LocalServingEngine
 
     LocalServingEngine(root, supervise=False).close(stop_servers=True)
     return True

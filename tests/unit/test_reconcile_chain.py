@@ -9,7 +9,7 @@ import pytest
 
 from cdl.api.kinds import BY_KIND
 from cdl.config import OperatorConfig
-from cdl.engines.registry import EngineRegistry
+from cdl.engines.chooser import EngineRegistry
 from cdl.errors import DependencyNotReady
 from cdl.reconcile import datapipeline, deployment, experiment, modelversion, outcomes
 from cdl.reconcile.base import Context, Resource

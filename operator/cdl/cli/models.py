@@ -44,7 +44,7 @@ def read_uri(uri: str) -> bytes:
     from pathlib import Path
 
     from cdl.config import OperatorConfig
-    from cdl.engines.registry import EngineRegistry
+    from cdl.engines.chooser import EngineRegistry
     from cdl.stores.artifacts import download_uri
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -13,7 +13,7 @@ import kopf
 from cdl.config import OperatorConfig
 from cdl.controller import handlers, metrics, redaction
 from cdl.controller.cluster import KubeClusterView, load_client_config
-from cdl.engines.registry import EngineRegistry
+from cdl.engines.chooser import EngineRegistry
 from cdl.reconcile.base import Context
 
 log = logging.getLogger("cdl.operator")
@@ -77,7 +77,7 @@ def run(config: OperatorConfig, *, kubeconfig: str | None = None,
     if config.metrics_port:
         metrics.serve(config.metrics_port)
     if config.scoring_sink_port and context.database is not None:
-        from cdl.scoring_sink import serve_in_thread
+        from cdl.engines.serving.scoring_sink import serve_in_thread
 
         serve_in_thread(context.database, config.scoring_sink_port)
     liveness = f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port else None

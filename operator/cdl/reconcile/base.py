@@ -116,7 +116,7 @@ class Context:
 
     config: OperatorConfig
     cluster: ClusterView
-    engines: Any  # cdl.engines.registry.EngineRegistry (kept loose to avoid an import cycle)
+    engines: Any  # cdl.engines.chooser.EngineRegistry (kept loose to avoid an import cycle)
     database: Any | None = None  # cdl.stores.postgres.Database
     artifacts: Any | None = None  # cdl.stores.artifacts.ArtifactStore
 
