@@ -13,7 +13,7 @@ import kopf
 from cdl.config import OperatorConfig
 from cdl.controller import handlers, metrics, redaction
 from cdl.controller.cluster import KubeClusterView, load_client_config
-from cdl.engines.chooser import EngineRegistry
+from cdl.engines.chooser import EngineChooser
 from cdl.reconcile.base import Context
 
 log = logging.getLogger("cdl.operator")
@@ -30,8 +30,8 @@ def build_context(config: OperatorConfig, overrides: dict[str, dict[str, Any]] |
         database.migrate()
     from cdl.stores.artifacts import open_artifact_store
 
-    artifacts = open_artifact_store(config.artifacts, s3=EngineRegistry(config)._s3())
-    engines = EngineRegistry(config, artifacts=artifacts, database=database, overrides=overrides)
+    artifacts = open_artifact_store(config.artifacts, s3=EngineChooser(config)._s3())
+    engines = EngineChooser(config, artifacts=artifacts, database=database, overrides=overrides)
     return Context(config=config, cluster=cluster or KubeClusterView(), engines=engines, database=database,
                    artifacts=artifacts)
 

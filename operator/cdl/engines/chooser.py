@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cdl.config import OperatorConfig
+from cdl.engines.base import DataEngine, LabelingEngine, RegistryEngine, ServingEngine, TrainingEngine
 from cdl.engines.jobs import JobRunner
 from cdl.errors import PermanentEngineError
 
@@ -22,7 +23,10 @@ ALLOWED = {
 }
 
 
-class EngineRegistry:
+class EngineChooser:
+    """Builds each engine once and hands it out by role and name, typed by its protocol, so a reader
+    can follow a reconciler's call into `cdl.engines.base` and from there to the engine."""
+
     def __init__(
         self,
         config: OperatorConfig,
@@ -50,19 +54,19 @@ class EngineRegistry:
                 self._built[(role, name)] = getattr(self, f"_build_{role}_{name}")()
             return self._built[(role, name)]
 
-    def data(self, name: str) -> Any:
+    def data(self, name: str) -> DataEngine:
         return self._get("data", name)
 
-    def training(self, name: str) -> Any:
+    def training(self, name: str) -> TrainingEngine:
         return self._get("training", name)
 
-    def registry(self, name: str) -> Any:
+    def registry(self, name: str) -> RegistryEngine:
         return self._get("registry", name)
 
-    def serving(self, name: str) -> Any:
+    def serving(self, name: str) -> ServingEngine:
         return self._get("serving", name)
 
-    def labeling(self) -> Any:
+    def labeling(self) -> LabelingEngine:
         with self._lock:
             if ("labeling", "labelstudio") not in self._built:
                 from cdl.engines.labeling.labelstudio import LabelStudioEngine
