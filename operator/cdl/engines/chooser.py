@@ -93,17 +93,9 @@ class EngineChooser:
 
     def package_dir(self, uri: str, sha256: str) -> Path:
         """A local unpacked copy of a ModelVersion package (downloaded once, checked by sha256)."""
-        from cdl.runtime.package import unpack
-        from cdl.stores.artifacts import download_uri
+        from cdl.engines.registry.cache import PackageCache
 
-        target = self.config.data_dir / "packages" / sha256[:16]
-        if (target / "cdl-package.json").exists():
-            return target
-        archive = self.config.data_dir / "packages" / f"{sha256[:16]}.tar.gz"
-        archive.parent.mkdir(parents=True, exist_ok=True)
-        download_uri(uri, archive, sha256=sha256, s3=self._s3())
-        unpack(archive, target)
-        return target
+        return PackageCache(self.config.data_dir / "packages", s3=self._s3()).get(uri, sha256)
 
     # ------------------------------------------------------------------ builders
 

@@ -21,7 +21,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from typing import Any
 
 from cdl.api.datapipeline import Step
 from cdl.engines.data.objects import FileEntry, ObjectStore, sha256_file
+from cdl.processes import kill_group
 from cdl.runtime.pfs import REPORT_NAME, input_env_name, merge_reports
 
 LOG_TAIL = 4000
@@ -401,7 +401,7 @@ class StepRunner:
                 finally:
                     with self._procs_lock:
                         self._procs.pop(proc.pid, None)
-                    _kill_group(proc.pid)  # anything the step left running in its group
+                    kill_group(proc.pid)  # anything the step left running in its group
         except OSError as exc:
             return False, None, f"cannot start {step.command[0]!r}: {exc}", {}, {}
         log = log_file.read_text(errors="replace")
@@ -462,12 +462,7 @@ class StepRunner:
         with self._procs_lock:
             pids = [pid for pid, job in self._procs.items() if marker in job]
         for pid in pids:
-            _kill_group(pid)
-
-
-def _kill_group(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
+            kill_group(pid)
 
 
 def _read_only_dirs(directory: Path) -> None:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from cdl.engines.base import EngineRef, ResourceKey, ServedModel, ServingRequest, ServingStatus
+from cdl.engines.registry.cache import PackageCache
 from cdl.engines.serving.local import venv as seldon_venv
 from cdl.engines.serving.local.microservice import (
     Microservice,
@@ -45,7 +46,7 @@ from cdl.engines.serving.local.microservice import (
     stop_groups,
 )
 from cdl.engines.serving.local.router import DATABASE_SCHEMA_ENV, DATABASE_URL_ENV, PREDICT_PATH
-from cdl.errors import PermanentEngineError, TransientEngineError
+from cdl.errors import PermanentEngineError
 
 log = logging.getLogger("cdl.engines.serving.local")
 
@@ -163,6 +164,7 @@ class LocalServingEngine:
         self.root.mkdir(parents=True, exist_ok=True)
         self.database = database
         self.artifacts = artifacts
+        self.packages = PackageCache(self.root / "packages", artifacts=artifacts)
         self.venv_dir = Path(venv_dir).resolve() if venv_dir else seldon_venv.default_venv_dir()
         self.workers = workers
         self.poll_seconds = poll_seconds
@@ -336,59 +338,8 @@ class LocalServingEngine:
 
     def _package_dir(self, key: ResourceKey, model: ServedModel) -> Path:
         """A local unpacked copy of the model's package (shared by Deployments, checked by sha256)."""
-        from cdl.runtime import package
-
-        uri = model.artifact_uri
-        local: Path | None = None
-        if uri.startswith("file://") or uri.startswith("/"):
-            from cdl.stores.artifacts import file_uri_path
-
-            local = file_uri_path(uri) if uri.startswith("file://") else Path(uri)
-            if local.is_dir():  # an unpacked package folder: serve it in place
-                try:
-                    package.load_package(local)
-                except package.PackageError as exc:
-                    raise PermanentEngineError(f"Deployment {key}: ModelVersion {model.model_version}: {exc}",
-                                               reason="BadPackage") from None
-                return local
-        target = self.root / "packages" / (model.sha256[:16] or hashlib.sha256(uri.encode()).hexdigest()[:16])
-        if (target / package.MANIFEST).is_file():
-            return target
-        target.parent.mkdir(parents=True, exist_ok=True)
-        archive = target.with_name(target.name + ".tar.gz")
-        try:
-            self._download(uri, archive, model.sha256 or None)
-            package.unpack(archive, target)
-        except FileNotFoundError as exc:
-            raise PermanentEngineError(f"Deployment {key}: the package of ModelVersion {model.model_version} is "
-                                       f"missing: {exc}", reason="ArtifactNotFound") from None
-        except package.PackageError as exc:
-            raise PermanentEngineError(f"Deployment {key}: ModelVersion {model.model_version}: {exc}",
-                                       reason="BadPackage") from None
-        except (ConnectionError, TimeoutError) as exc:
-            raise TransientEngineError(f"Deployment {key}: cannot fetch {uri}: {exc}") from None
-        except Exception as exc:
-            reason = getattr(exc, "reason", "")
-            if reason in ("StoreUnavailable", "TransientError"):
-                raise TransientEngineError(f"Deployment {key}: cannot fetch {uri}: {exc}") from None
-            raise PermanentEngineError(f"Deployment {key}: cannot fetch the package of ModelVersion "
-                                       f"{model.model_version} ({uri}): {exc}", reason="ArtifactUnavailable") from None
-        finally:
-            archive.unlink(missing_ok=True)
-        return target
-
-    def _download(self, uri: str, dest: Path, sha256: str | None) -> None:
-        from cdl.stores.artifacts import download_uri
-
-        if self.artifacts is not None:
-            try:
-                key = self.artifacts.key_for(uri)
-            except ValueError:
-                key = None
-            if key is not None:
-                self.artifacts.get_file(key, dest, sha256)
-                return
-        download_uri(uri, dest, sha256=sha256)
+        return self.packages.get(model.artifact_uri, model.sha256,
+                                 what=f"Deployment {key}: the package of ModelVersion {model.model_version}")
 
     def _ref(self, dep: _Deployment) -> EngineRef:
         return EngineRef(id=dep.key.slug, url=dep.url, engine="local")

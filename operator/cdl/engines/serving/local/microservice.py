@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
+from cdl import processes
 
 LOAD_ERROR_MARK = "CDL-LOAD-ERROR:"  # written by cdl.runtime.serving when a package fails to load
 WRAPPER_MODULE = "CdlPredictor"
@@ -212,82 +213,17 @@ def _three_ports() -> tuple[int, int, int]:
 
 def process_alive(pid: int | None, create_time: float | None) -> bool:
     """Whether the process we started is still there (not a new one that reuses its pid)."""
-    if not pid:
-        return False
-    try:
-        proc = psutil.Process(pid)
-        if create_time is not None and abs(proc.create_time() - create_time) > 1.0:
-            return False
-        return proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
+    return processes.alive(pid, create_time)
 
 
 def stop_group(pid: int | None, create_time: float | None, grace: float = STOP_GRACE_S) -> None:
     """SIGTERM the process group led by pid, then SIGKILL what is left after `grace` seconds."""
-    stop_groups([(pid, create_time)], grace)
+    processes.stop_groups([(pid, create_time)], grace)
 
 
-def stop_groups(processes: list[tuple[int | None, float | None]], grace: float = STOP_GRACE_S) -> None:
-    """Stop several process groups at once: SIGTERM to all, one shared grace period, then SIGKILL
-    to whatever is left (a Deployment's servers stop in the time of one)."""
-    waiting = []
-    for pid, create_time in processes:
-        if not pid:
-            continue
-        if process_alive(pid, create_time):
-            _kill_group(pid, signal.SIGTERM)
-            waiting.append(pid)
-        else:
-            _reap(pid)
-            _kill_group(pid, signal.SIGKILL)  # children of a dead leader may still hold the group
-    deadline = time.monotonic() + grace
-    while waiting and time.monotonic() < deadline:
-        for pid in list(waiting):
-            _reap(pid)
-            if not _group_alive(pid):
-                waiting.remove(pid)
-        if waiting:
-            time.sleep(0.05)
-    for pid in waiting:
-        _kill_group(pid, signal.SIGKILL)
-        _reap(pid)
-
-
-def _kill_group(pgid: int | None, sig: int) -> None:
-    if not pgid:
-        return
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    for proc in psutil.process_iter(["pid", "status"]):
-        try:
-            if os.getpgid(proc.info["pid"]) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
-                return True
-        except (ProcessLookupError, psutil.Error, OSError):
-            continue
-    return False
-
-
-def _reap(pid: int | None) -> None:
-    if not pid:
-        return
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-    except OSError:
-        pass
+def stop_groups(servers: list[tuple[int | None, float | None]], grace: float = STOP_GRACE_S) -> None:
+    """Stop several servers at once (a Deployment's servers stop in the time of one)."""
+    processes.stop_groups(servers, grace)
 
 
 def load_error_from_log(path: Path, tail_bytes: int = 200_000) -> str | None:
