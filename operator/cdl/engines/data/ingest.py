@@ -35,6 +35,7 @@ from urllib.parse import unquote, urlsplit
 from cdl.api.datapipeline import Source
 from cdl.engines.data.objects import FileEntry, ObjectStore, sha256_file
 from cdl.errors import PermanentEngineError, TransientEngineError
+from cdl.files import write_atomic
 
 HTTP_TIMEOUT = 30.0
 USER_AGENT = "cdl-data-engine/0.1"
@@ -238,10 +239,7 @@ class StatCache:
                 return
             data = json.dumps(self._data, separators=(",", ":"))
             self._dirty = False
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{threading.get_ident()}.tmp")
-        tmp.write_text(data)
-        os.replace(tmp, self.path)
+        write_atomic(self.path, data)
 
 
 # --------------------------------------------------------------------------- the ingestor
@@ -579,8 +577,5 @@ class Ingestor:
         return {}
 
     def _save_json(self, name: str, data: dict) -> None:
-        path = self.state_dir / name
-        tmp = path.with_name(f".{name}.{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps(data, separators=(",", ":")))
-        os.replace(tmp, path)
+        write_atomic(self.state_dir / name, json.dumps(data, separators=(",", ":")))
 

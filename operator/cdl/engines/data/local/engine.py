@@ -43,12 +43,13 @@ from cdl.engines.base import (
     StepReport,
 )
 from cdl.engines.data.ingest import Ingestor
-from cdl.engines.data.local.repo import DEFAULT_BRANCH, Commit, RepoStore, make_writable, now_iso
+from cdl.engines.data.local.repo import DEFAULT_BRANCH, Commit, RepoStore, now_iso
 from cdl.engines.data.local.runs import RunRecord, RunStore
 from cdl.engines.data.local.steps import StepRunner
 from cdl.engines.data.objects import FileEntry, ObjectStore
 from cdl.engines.data.split import data_files, label_counts, split_commit
 from cdl.errors import DependencyNotReady, PermanentEngineError, TransientEngineError
+from cdl.files import writable_tree
 from cdl.runtime.pfs import REPORT_NAME
 
 log = logging.getLogger("cdl.engines.data.local")
@@ -511,14 +512,14 @@ class LocalDataEngine:
                 with contextlib.suppress(OSError):
                     if entry.lstat().st_mtime < cutoff:
                         if entry.is_dir():
-                            make_writable(entry)
+                            writable_tree(entry)
                             shutil.rmtree(entry, ignore_errors=True)
                         else:
                             entry.unlink()
 
     def remove_checkouts(self) -> None:
         """Drop every materialized checkout (they are rebuilt on demand)."""
-        make_writable(self.repos.checkouts)
+        writable_tree(self.repos.checkouts)
         shutil.rmtree(self.repos.checkouts, ignore_errors=True)
         self.repos.checkouts.mkdir()
 

@@ -16,7 +16,6 @@ import contextlib
 import json
 import os
 import shutil
-import stat
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -25,15 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from cdl.engines.data.objects import FileEntry, ObjectStore
+from cdl.files import read_only_tree, writable_tree, write_json_atomic
 
 DEFAULT_BRANCH = "master"
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(data, separators=(",", ":"), sort_keys=True))
-    os.replace(tmp, path)
 
 
 def now_iso() -> str:
@@ -142,7 +135,7 @@ class RepoStore:
         shutil.rmtree(self._repo_dir(repo), ignore_errors=True)
         target = self.checkouts / repo
         if target.exists():
-            _make_writable(target)
+            writable_tree(target)
             shutil.rmtree(target, ignore_errors=True)
 
     # ------------------------------------------------------------------ commits
@@ -230,7 +223,7 @@ class RepoStore:
                 return target
             build = target.with_name(f".{commit}.building")
             if build.exists():
-                _make_writable(build)
+                writable_tree(build)
                 shutil.rmtree(build)
             build.mkdir(parents=True)
             base = str(build)
@@ -238,9 +231,9 @@ class RepoStore:
                 os.makedirs(f"{base}/{folder}", exist_ok=True)
             for rel, entry in found.files.items():
                 self.objects.link(entry.sha256, f"{base}/{rel}")
-            _make_read_only(build)
+            read_only_tree(build)
             if target.exists():
-                _make_writable(target)
+                writable_tree(target)
                 shutil.rmtree(target)
             os.replace(build, target)
             done.write_text(commit)
@@ -266,30 +259,7 @@ class RepoStore:
                     continue
                 done.unlink()
                 target = folder / commit
-                _make_writable(target)
+                writable_tree(target)
                 shutil.rmtree(target, ignore_errors=True)
                 removed += 1
         return removed
-
-
-def _make_read_only(directory: Path) -> None:
-    for root, dirs, _ in os.walk(directory):
-        for d in dirs:
-            os.chmod(os.path.join(root, d), 0o555)
-    os.chmod(directory, 0o555)
-
-
-def _make_writable(directory: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.chmod(directory, 0o755)
-    for root, dirs, _ in os.walk(directory):
-        for d in dirs:
-            with contextlib.suppress(FileNotFoundError):
-                os.chmod(os.path.join(root, d), 0o755)
-
-
-def make_writable(directory: Path) -> None:
-    """Undo a checkout's read-only directories before removing it."""
-    if directory.exists():
-        os.chmod(directory, os.stat(directory).st_mode | stat.S_IWUSR)
-        _make_writable(directory)

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from cdl.engines.base import DataRef, DataRunStatus, JobState, StepReport
-from cdl.engines.data.local.repo import now_iso, write_json_atomic
+from cdl.engines.data.local.repo import now_iso
+from cdl.files import write_json_atomic
 
 
 @dataclass

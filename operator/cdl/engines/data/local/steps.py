@@ -15,12 +15,10 @@ the step with its log; the outputs of the datums that ran are cached all the sam
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -33,6 +31,7 @@ from typing import Any
 
 from cdl.api.datapipeline import Step
 from cdl.engines.data.objects import FileEntry, ObjectStore, sha256_file
+from cdl.files import read_only_tree, remove_tree, write_atomic
 from cdl.processes import kill_group
 from cdl.runtime.pfs import REPORT_NAME, input_env_name, merge_reports
 
@@ -223,11 +222,8 @@ class StepRunner:
 
     def _cache_put(self, shash: str, dhash: str, files: dict[str, FileEntry], report: dict[str, Any]) -> None:
         path = self._cache_path(shash, dhash)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps({"files": {r: e.wire() for r, e in files.items()}, "report": report},
-                                  separators=(",", ":")))
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps({"files": {r: e.wire() for r, e in files.items()}, "report": report},
+                                      separators=(",", ":")))
 
     # ------------------------------------------------------------------ running
 
@@ -344,7 +340,7 @@ class StepRunner:
                 ok, returncode, log, files, report = self._attempt(step, datum, dhash, input_name, job, base_dir,
                                                                    base_env, scratch)
             finally:
-                _remove_tree(scratch)
+                remove_tree(scratch)
             if ok:
                 self._cache_put(shash, dhash, files, report)
                 return DatumOutcome(datum, "processed", files, report, tries=attempt)
@@ -370,7 +366,7 @@ class StepRunner:
             self.objects.link(entry.sha256, target)
             st = target.stat()
             stats[rel] = (st.st_ino, st.st_size, st.st_mtime_ns)
-        _read_only_dirs(inp)
+        read_only_tree(inp)
         datum_path = str(inp / datum.path.lstrip("/")) if datum.path != "/" else str(inp)
         env = dict(base_env)
         env.update({
@@ -463,18 +459,3 @@ class StepRunner:
             pids = [pid for pid, job in self._procs.items() if marker in job]
         for pid in pids:
             kill_group(pid)
-
-
-def _read_only_dirs(directory: Path) -> None:
-    for root, dirs, _ in os.walk(directory):
-        for d in dirs:
-            os.chmod(os.path.join(root, d), 0o555)
-    os.chmod(directory, 0o555)
-
-
-def _remove_tree(directory: Path) -> None:
-    for root, dirs, _ in os.walk(directory):
-        for d in dirs:
-            with contextlib.suppress(OSError):
-                os.chmod(os.path.join(root, d), 0o755)
-    shutil.rmtree(directory, ignore_errors=True)

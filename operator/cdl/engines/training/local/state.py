@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from cdl.files import write_atomic
 
 # Trial states. "paused" is ASHA's: the trial finished a rung and waits for a promotion.
 PENDING, RUNNING, PAUSED, SUCCEEDED, FAILED, CANCELED = (
@@ -156,9 +157,7 @@ def _json_default(value: Any) -> Any:
 
 def save(run: RunState, path: Path) -> None:
     """Write atomically: a crash leaves the previous complete state, never half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(asdict(run), default=_json_default, indent=1))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(asdict(run), default=_json_default, indent=1))
 
 
 def load(path: Path) -> RunState:
