@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from cdl.config import DEFAULT_ENGINES
 from cdl.processes import alive, stop_group
 
 
@@ -94,7 +95,7 @@ def write_operator_config(data_dir: Path, base_dir: Path, database_url: str | No
         "base_dir": str(base_dir),
         "database_url": database_url,
         "artifact_url": (data_dir / "artifacts").as_uri(),
-        "engines": {"DataPipeline": "local", "Experiment": "local", "ModelVersion": "local", "Deployment": "local"},
+        "engines": dict(DEFAULT_ENGINES),
         "poll_seconds": 2.0,
     }
     path = data_dir / "operator.yaml"

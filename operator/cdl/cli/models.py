@@ -45,7 +45,7 @@ def read_uri(uri: str) -> bytes:
 
     from cdl.config import OperatorConfig
     from cdl.engines.chooser import EngineChooser
-    from cdl.stores.artifacts import download_uri
+    from cdl.stores.opener import download_uri
 
     with tempfile.TemporaryDirectory() as tmp:
         dest = Path(tmp) / "artifact"

@@ -28,9 +28,9 @@ def build_context(config: OperatorConfig, overrides: dict[str, dict[str, Any]] |
 
         database = Database(config.database_url)
         database.migrate()
-    from cdl.stores.artifacts import open_artifact_store
+    from cdl.stores.opener import open_artifact_store
 
-    artifacts = open_artifact_store(config.artifacts, s3=EngineChooser(config)._s3())
+    artifacts = open_artifact_store(config.artifacts, s3=config.s3_settings())
     engines = EngineChooser(config, artifacts=artifacts, database=database, overrides=overrides)
     return Context(config=config, cluster=cluster or KubeClusterView(), engines=engines, database=database,
                    artifacts=artifacts)

@@ -105,13 +105,7 @@ class EngineChooser:
         return path
 
     def _s3(self) -> Any:
-        if not self.config.s3.endpoint:
-            return None
-        from cdl.stores.artifacts import S3Settings
-
-        s3 = self.config.s3
-        return S3Settings(endpoint=s3.endpoint, access_key=s3.access_key, secret_key=s3.secret_key,
-                          secure=s3.secure, region=s3.region)
+        return self.config.s3_settings()
 
     def _build_data_local(self) -> Any:
         from cdl.engines.data.local import LocalDataEngine

@@ -37,13 +37,10 @@ class DeterminedRegistryEngine:
     def packager(self) -> Any:
         if self._packager is None:
             from cdl.engines.registry.local import LocalRegistryEngine
-            from cdl.stores.artifacts import S3Settings
+            from cdl.stores.artifacts import s3_settings
 
             s = self.settings
-            s3 = None
-            if s.s3_endpoint_url and s.s3_access_key and s.s3_secret_key:
-                s3 = S3Settings(endpoint=s.s3_endpoint_url, access_key=s.s3_access_key.get_secret_value(),
-                                secret_key=s.s3_secret_key.get_secret_value())
+            s3 = s3_settings(s.s3_endpoint_url, s.s3_access_key, s.s3_secret_key) if s.s3_access_key else None
             root = self._root or Path(tempfile.gettempdir()) / "cdl-determined-registry"
             self._packager = LocalRegistryEngine(root, self.artifacts, s3=s3)
         return self._packager

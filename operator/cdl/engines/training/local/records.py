@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cdl.engines.training.local import hparams as hp
+import cdl.engines.training.local.hparams as hp
 from cdl.engines.training.local.state import RunState, TrialState, Validation
 
 logger = logging.getLogger("cdl.engines.training.local")

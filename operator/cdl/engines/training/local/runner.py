@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cdl.engines.training.local.searchers as searchers
 from cdl.api.experiment import ExperimentSpec
 from cdl.engines.base import JobState, TrainingStatus
-from cdl.engines.training.local import searchers
 from cdl.engines.training.local.slots import Slots
 from cdl.engines.training.local.state import (
     CANCELED,
