@@ -11,7 +11,7 @@ from typing import Any
 
 from cdl.devcluster import kube_schema
 from cdl.devcluster.errors import ApiError, bad_request
-from cdl.merge_patch import merge_patch
+from cdl.merge_patch import merge_patch as merge_patch  # RFC 7386, the one copy; re-exported
 
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
