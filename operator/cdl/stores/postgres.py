@@ -10,6 +10,7 @@ retry later and nothing is half-written, since every method runs in one transact
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -75,6 +76,12 @@ CREATE TABLE IF NOT EXISTS {table} (
 """
 SCORING_COLUMNS = ("namespace", "deployment", "model_version", "request", "response", "status_code", "latency_ms",
                    "shadow", "error", "created_at")
+SCORING_COPY = sql.SQL("COPY scoring_data ({}) FROM STDIN").format(sql.SQL(", ").join(map(sql.Identifier,
+                                                                                     SCORING_COLUMNS)))
+# SQLSTATE classes of a refusal caused by the row itself (data exception, integrity constraint,
+# program limit exceeded such as a jsonb nested too deep), as opposed to the database being away.
+ROW_REFUSAL_CLASSES = frozenset({"22", "23", "54"})
+NUL_ESCAPED = "\\u0000"
 IDLE_PING_SECONDS = 10.0
 
 
@@ -526,20 +533,65 @@ class Database:
     # -- scoring data ------------------------------------------------------------------------
 
     def insert_scoring_rows(self, rows: Iterable[ScoringRow]) -> int:
-        """Append scoring rows in one COPY (fast for the request logger's batches); return the count."""
-        count = 0
+        """Append scoring rows in one COPY (fast for the request logger's batches); return how many
+        were stored.
+
+        A row PostgreSQL refuses never blocks the others: NUL characters (which neither text nor
+        jsonb can hold) are stored escaped as the six characters `\\u0000`, and a row refused for
+        any other reason of its own (a data or limit error) is found by halving the batch and set
+        aside in `scoring_rejects` with the refusal, in the same transaction as the rest. Only an
+        unavailable database raises (`StoreUnavailable`): then nothing of the batch was written."""
+        prepared: list[tuple[ScoringRow, tuple[Any, ...]]] = []
+        rejected: list[tuple[ScoringRow, str]] = []
+        for r in rows:
+            try:
+                prepared.append((r, _scoring_values(r)))
+            except (ValueError, TypeError, RecursionError, orjson.JSONEncodeError) as exc:
+                rejected.append((r, f"not storable: {type(exc).__name__}: {exc}"))
+        if not prepared and not rejected:
+            return 0
         with self.transaction() as cur:
-            with cur.copy(sql.SQL("COPY scoring_data ({}) FROM STDIN").format(
-                    sql.SQL(", ").join(map(sql.Identifier, SCORING_COLUMNS)))) as copy:
-                for r in rows:
-                    copy.write_row((
-                        r.namespace, r.deployment, r.model_version,
-                        None if r.request is None else _json(r.request),
-                        None if r.response is None else _json(r.response),
-                        int(r.status_code), float(r.latency_ms), bool(r.shadow), r.error, r.created_at or _now(),
-                    ))
-                    count += 1
-        return count
+            written = self._copy_isolating(cur, prepared, rejected)
+            if rejected:
+                self._set_aside(cur, rejected)
+        return written
+
+    def _copy_isolating(self, cur: psycopg.Cursor[Any], items: list[tuple[ScoringRow, tuple[Any, ...]]],
+                        rejected: list[tuple[ScoringRow, str]]) -> int:
+        """COPY `items` inside a savepoint; when PostgreSQL refuses the data, halve and retry, so
+        a refused row ends up alone in `rejected` (log2 of the batch extra round trips per row)."""
+        if not items:
+            return 0
+        try:
+            with cur.connection.transaction(), cur.copy(SCORING_COPY) as copy:
+                for _, values in items:
+                    copy.write_row(values)
+            return len(items)
+        except psycopg.Error as exc:
+            if not _refused_data(exc):
+                raise
+            if len(items) == 1:
+                rejected.append((items[0][0], _first_line(exc)))
+                log.warning("scoring row of %s/%s set aside in scoring_rejects: %s", items[0][0].namespace,
+                            items[0][0].deployment, _first_line(exc))
+                return 0
+        half = len(items) // 2
+        return self._copy_isolating(cur, items[:half], rejected) + self._copy_isolating(cur, items[half:], rejected)
+
+    def _set_aside(self, cur: psycopg.Cursor[Any], rejected: list[tuple[ScoringRow, str]]) -> None:
+        with cur.copy("COPY scoring_rejects (namespace, deployment, model_version, row_json, error, created_at) "
+                      "FROM STDIN") as copy:
+            for row, error in rejected:
+                copy.write_row((_text(row.namespace), _text(row.deployment), _text(row.model_version),
+                                _row_text(row), _text(error)[:10_000], row.created_at or _now()))
+
+    def scoring_rejects(self, namespace: str, deployment: str, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest scoring rows set aside for `deployment`, newest first: row_json (the row as
+        JSON text) and the error PostgreSQL gave."""
+        with self.transaction() as cur:
+            cur.execute("SELECT * FROM scoring_rejects WHERE namespace = %s AND deployment = %s "
+                        "ORDER BY created_at DESC, id DESC LIMIT %s", (namespace, deployment, max(0, int(limit))))
+            return list(cur.fetchall())
 
     def scoring_window(self, namespace: str, deployment: str, limit: int = 1000, *,
                        shadow: bool | None = None) -> list[ScoringRow]:
@@ -606,15 +658,63 @@ def _artifact_fields(artifact: Any) -> dict[str, Any]:
 
 
 def _json(value: Any) -> Jsonb:
-    """JSONB that PostgreSQL accepts: NaN and infinities become null, numpy values plain numbers.
-    orjson does that natively and fast (a 5,000-value request row costs microseconds, not the
-    milliseconds of a Python walk); anything it refuses goes through `_jsonable` first."""
+    """JSONB that PostgreSQL accepts: NaN and infinities become null, numpy values plain numbers,
+    NUL characters (which jsonb refuses) the six characters `\\u0000`. orjson does that natively
+    and fast (a 5,000-value request row costs microseconds, not the milliseconds of a Python walk);
+    anything it refuses goes through `_jsonable` first."""
+    text = _json_text(value)
+    return Jsonb(value, dumps=lambda _: text)
+
+
+def _json_text(value: Any) -> str:
+    """`value` as JSON text PostgreSQL's jsonb accepts (see `_json`)."""
     try:
         text = orjson.dumps(value, default=_jsonable,
                             option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS).decode()
+    except (TypeError, orjson.JSONEncodeError):  # also deeper than orjson's 254 levels
+        text = json.dumps(_jsonable(value), separators=(",", ":"))
+    if "\\u0000" in text:  # rare: only then pay for the walk that escapes NULs in strings and keys
+        text = json.dumps(_without_nul(json.loads(text)), separators=(",", ":"))
+    return text
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", NUL_ESCAPED)
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    return value
+
+
+def _text(value: Any) -> Any:
+    """A text column's value with NULs escaped (PostgreSQL text cannot hold them)."""
+    return value.replace("\x00", NUL_ESCAPED) if isinstance(value, str) else value
+
+
+def _scoring_values(r: ScoringRow) -> tuple[Any, ...]:
+    """One scoring_data row for COPY, in SCORING_COLUMNS order (jsonb columns as JSON text)."""
+    return (
+        _text(r.namespace), _text(r.deployment), _text(r.model_version),
+        None if r.request is None else _json_text(r.request),
+        None if r.response is None else _json_text(r.response),
+        int(r.status_code), float(r.latency_ms), bool(r.shadow), _text(r.error), r.created_at or _now(),
+    )
+
+
+def _row_text(row: ScoringRow) -> str:
+    """A refused row as JSON text (never refused itself: orjson escapes control characters)."""
+    try:
+        return orjson.dumps(row, default=str)[:1_000_000].decode("utf-8", errors="replace")
     except (TypeError, orjson.JSONEncodeError):
-        return Jsonb(_jsonable(value))
-    return Jsonb(value, dumps=lambda _: text)
+        return _text(repr(row)[:1_000_000])
+
+
+def _refused_data(exc: BaseException) -> bool:
+    """Did PostgreSQL refuse the data itself (rather than fail to be reached)?"""
+    state = getattr(exc, "sqlstate", None)
+    return bool(state) and state[:2] in ROW_REFUSAL_CLASSES
 
 
 def _jsonable(value: Any) -> Any:
