@@ -168,6 +168,10 @@ def down(data_dir: Path = _data_dir_option()) -> None:
     """
     failed = False
     for component in reversed(PLATFORM_COMPONENTS):
+        if component.stop is process.stop:  # the last moment the API server answers
+            marked = embedded.mark_deployments_stopped(data_dir.resolve())
+            if marked:
+                err_console.print(f"deployments: {marked} marked Deploying until they answer again")
         try:
             stopped = component.stop(data_dir.resolve())
         except OSError as e:

@@ -191,7 +191,10 @@ def read_status(data_dir: Path) -> ServerInfo | None:
 
 
 def _port_free(port: int) -> bool:
+    """Can the server bind `port`? Asked the way the server binds (SO_REUSEADDR): the connections
+    a stopped server closed stay in TIME_WAIT for a minute, and do not stop it listening there."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
             return True
