@@ -104,7 +104,7 @@ def test_helm_install_into_the_embedded_control_plane(devcluster, kubectl, tmp_p
 @pytest.mark.parametrize("values", VALUES, ids=list(VALUES))
 def test_rendered_operator_configuration_is_what_the_operator_accepts(values):
     from cdl.config import OperatorConfig
-    from cdl.engines.cluster_settings import ClusterSettings
+    from cdl.engines.settings import ClusterSettings
 
     out = helm("template", "cdl", str(CHART), "--namespace", "cdl", *VALUES[values])
     config_map = next(o for o in yaml.safe_load_all(out.stdout) if o and o["kind"] == "ConfigMap")

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from cdl.engines.local.serving.router import ScoringWriter
+from cdl.engines.serving.local.router import ScoringWriter
 from cdl.stores.postgres import Database
 from cdl.stores.records import ScoringRow
 from cdl.stores.spool import ScoringSpool

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from cdl.engines.local.training import hparams as hp
+from cdl.engines.training.local import hparams as hp
 
 SPACE = {
     "lr": {"type": "log", "minval": -4, "maxval": -1, "base": 10},

@@ -13,7 +13,7 @@ import kopf
 from cdl.config import OperatorConfig
 from cdl.controller import handlers, metrics, redaction
 from cdl.controller.cluster import KubeClusterView, load_client_config
-from cdl.engines.registry import EngineRegistry
+from cdl.engines.chooser import EngineChooser
 from cdl.reconcile.base import Context
 
 log = logging.getLogger("cdl.operator")
@@ -30,8 +30,8 @@ def build_context(config: OperatorConfig, overrides: dict[str, dict[str, Any]] |
         database.migrate()
     from cdl.stores.artifacts import open_artifact_store
 
-    artifacts = open_artifact_store(config.artifacts, s3=EngineRegistry(config)._s3())
-    engines = EngineRegistry(config, artifacts=artifacts, database=database, overrides=overrides)
+    artifacts = open_artifact_store(config.artifacts, s3=EngineChooser(config)._s3())
+    engines = EngineChooser(config, artifacts=artifacts, database=database, overrides=overrides)
     return Context(config=config, cluster=cluster or KubeClusterView(), engines=engines, database=database,
                    artifacts=artifacts)
 
@@ -86,7 +86,7 @@ def run(config: OperatorConfig, *, kubeconfig: str | None = None,
             if config.metrics_port:
                 metrics.serve(config.metrics_port)
             if config.scoring_sink_port and context.database is not None:
-                from cdl.scoring_sink import serve_in_thread
+                from cdl.engines.serving.scoring_sink import serve_in_thread
 
                 serve_in_thread(context.database, config.scoring_sink_port)
         liveness = f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port and first else None

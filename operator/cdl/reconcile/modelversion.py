@@ -13,7 +13,7 @@ from typing import Any
 from cdl.api.modelversion import ModelVersionSpec
 from cdl.engines.base import CheckpointInfo, EngineRef, RegistrationRequest
 from cdl.errors import DependencyNotReady, PermanentEngineError
-from cdl.promotion import PromotionRefused, VersionState, plan_promotion
+from cdl.quality.promotion import PromotionRefused, VersionState, plan_promotion
 from cdl.reconcile.base import Context, Resource, Result, condition, now, parse, set_condition
 from cdl.reconcile.experiment import resolve_output
 
@@ -196,9 +196,9 @@ def _register(res: Resource, spec: ModelVersionSpec, ctx: Context, fingerprint: 
 
 
 def _evaluate(res: Resource, spec: ModelVersionSpec, ctx: Context) -> Result:
-    from cdl.engines.local.evaluation import evaluate_package
-    from cdl.gates import apply_gates
-    from cdl.reports import render_report
+    from cdl.quality.evaluation import evaluate_package
+    from cdl.quality.gates import apply_gates
+    from cdl.quality.reports import render_report
 
     assert spec.evaluation is not None
     result = Result()
@@ -216,7 +216,7 @@ def _evaluate(res: Resource, spec: ModelVersionSpec, ctx: Context) -> Result:
         record = {"metrics": out.metrics, "confusion": out.confusion, "classNames": out.class_names,
                   "evaluation": out.wire()}
         if compression == "dynamic-int8":
-            from cdl.compression import compress_and_evaluate
+            from cdl.quality.compression import compress_and_evaluate
 
             record["compressed"] = compress_and_evaluate(
                 package, ev.entrypoint, Path(data.path), method="dynamic-int8", original=out,
