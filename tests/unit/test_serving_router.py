@@ -56,6 +56,20 @@ def test_well_formed_requests_pass(body: bytes) -> None:
         (b'{"data": {"tensor": {"shape": [-1], "values": []}}}', "non-negative integers"),
         (b'{"data": {"tensor": [1, 2]}}', "must hold"),
         (b'{"meta": {}}', 'must hold "data"'),
+        # the envelope (cdl.engines.serving.protocol): what seldon answered 500 or predicted on
+        (b'{"binData": "!!aGk="}', '"binData" is not valid base64'),
+        (b'{"binData": 5}', '"binData" must be a base64 string'),
+        (b'{"strData": [1]}', '"strData" must be a string'),
+        (b'{"jsonData": "text"}', '"jsonData" must be an object'),
+        (b'{"data": {"ndarray": [[1]]}, "meta": []}', '"meta" must be an object'),
+        (b'{"data": {"ndarray": [[1]]}, "meta": {"tags": [1]}}', '"meta.tags" must be an object'),
+        (b'{"data": {"ndarray": [[1]]}, "meta": {"puid": 3}}', '"meta.puid" must be a string'),
+        (b'{"data": {"ndarray": [[1]]}, "strData": "x"}', "send exactly one of"),
+        (b'{"data": {"names": "a", "ndarray": [[1]]}}', '"data.names" must be a list of strings'),
+        (b'{"data": {"ndarray": [[1, true]]}}', '"data.ndarray" holds true/false'),
+        (b'{"jsonData": {"instances": [[1, false]]}}', '"jsonData.instances" holds true/false'),
+        (b'{"data": {"ndarray": [[1, 2], [3, [4]]]}}', '"data.ndarray" is ragged'),
+        (b'{"data": {"ndarray": ' + b"[" * 40 + b"1" + b"]" * 40 + b"}}", "nested deeper than 32"),
     ],
 )
 def test_malformed_requests_are_refused_with_a_message(body: bytes, message: str) -> None:

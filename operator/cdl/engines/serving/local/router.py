@@ -38,6 +38,8 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from cdl.engines.serving.protocol import EnvelopeError, check_envelope
+
 log = logging.getLogger("cdl.router")
 
 PREDICT_PATH = "/api/v1.0/predictions"
@@ -171,6 +173,10 @@ def check_request(body: bytes) -> Any:
             raise BadRequest('"data" must hold "ndarray" (a list of examples) or "tensor"')
     elif not any(k in payload for k in ("strData", "jsonData", "binData")):
         raise BadRequest('the request must hold "data" (with "ndarray"), "strData" or "jsonData"')
+    try:
+        check_envelope(payload, body)
+    except EnvelopeError as exc:
+        raise BadRequest(str(exc)) from None
     return payload
 
 
