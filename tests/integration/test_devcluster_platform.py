@@ -118,6 +118,28 @@ def test_after_cdl_down_no_deployment_says_available_until_it_answers_again(tmp_
         runner.invoke(app, ["down", "--data-dir", str(data)])
 
 
+def test_the_data_directory_is_its_owners_alone(tmp_path):
+    """state.db holds every Secret: the data directory is 0700 and its files 0600, also when an
+    older cdl left them readable."""
+    import stat
+
+    data = tmp_path / "state"
+    data.mkdir(mode=0o755)
+    (data / "state.db").touch(mode=0o644)
+    info = process.start_background(data)
+    try:
+        code, _ = process.request(f"{info.url}/api/v1/namespaces/default/secrets", info.token, "POST",
+                                  {"metadata": {"name": "db"}, "stringData": {"password": "hunter2"}},
+                                  ca_file=info.ca_file)
+        assert code == 201
+    finally:
+        process.stop(data)
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in data.iterdir() if p.is_file()}
+    assert {"state.db", "token", "kubeconfig", "devcluster.log"} <= set(modes)
+    assert {name: mode for name, mode in modes.items() if mode & 0o077} == {}
+
+
 def test_cdl_up_status_down(tmp_path, monkeypatch):
     # Only the control plane: PostgreSQL and the operator have their own tests.
     monkeypatch.setattr(platform, "PLATFORM_COMPONENTS", platform.PLATFORM_COMPONENTS[:1])

@@ -417,3 +417,19 @@ def test_a_deployment_stopped_with_the_platform_comes_back_at_the_same_url(tmp_p
     finally:
         (second or first).delete(key)
         (second or first).close()
+
+
+def test_model_servers_and_router_listen_on_loopback_only(main_deployment, serving_engine) -> None:
+    """The router is the only door: no model server, metrics port or router is reachable from
+    another machine (requests sent around the router would never be logged)."""
+    import psutil
+
+    key, _ = main_deployment
+    dep = serving_engine._deployments[key.slug]
+    ports = {dep.state.router.port}
+    for server in dep.state.servers.values():
+        ports |= {server["http_port"], server["metrics_port"]}
+    listening = [c for c in psutil.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN
+                 and c.laddr.port in ports]
+    assert {c.laddr.port for c in listening} == ports
+    assert {c.laddr.ip for c in listening} == {"127.0.0.1"}, listening

@@ -258,3 +258,36 @@ async def test_no_ready_server_is_a_503(tmp_path: Path) -> None:
                 assert "no model server" in (await resp.json())["status"]["info"]
     finally:
         await front.close()
+
+
+class QuotingSink(ListSink):
+    """A database refusing rows with an error that quotes the request, as PostgreSQL's do."""
+
+    def insert_scoring_rows(self, rows: list[Any]) -> int:
+        raise ValueError(f"invalid input: {rows[0].request}")
+
+
+async def test_health_shows_counts_only(tmp_path: Path) -> None:
+    """/health is unauthenticated: it never shows a client's request (nor an error quoting one)."""
+    good = await start(backend("good"))
+    config = tmp_path / "router.json"
+    write_config(config, 1, [{"model_version": "m-1", "role": "primary", "percent": 100, "backends": [url_of(good)]}])
+    router = Router(config, ScoringWriter(None, database=QuotingSink()))
+    front = await start(router.app())
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(url_of(front), json={"data": {"ndarray": [["secret-token-123"]]}}) as resp:
+                assert resp.status == 200
+            for _ in range(50):
+                if router.writer.failures:
+                    break
+                await asyncio.sleep(0.1)
+            assert router.writer.failures
+            async with session.get(str(front.make_url("/health"))) as resp:
+                text = await resp.text()
+        assert "secret-token-123" not in text
+        scoring = json.loads(text)["scoring"]
+        assert all(isinstance(v, int) for v in scoring.values()), scoring
+    finally:
+        await front.close()
+        await good.close()
