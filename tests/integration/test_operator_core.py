@@ -214,6 +214,53 @@ def test_permanent_failure_is_surfaced(operator_runner, k8s, namespace, tmp_path
     assert "Failed" in out.stdout
 
 
+def test_a_secret_value_never_reaches_status_or_events(operator_runner, k8s, namespace, tmp_path):
+    """An engine error quoting a Secret's value (a URL with a password, say) is masked in the
+    status and the Event, as it is in the log."""
+    from cdl.controller.redaction import MASK, redact_value
+
+    custom, core = k8s
+    overrides, data, *_ = engines(tmp_path)
+    secret = "s3cr3t-pa55w0rd-xyz"
+    redact_value(secret)  # as KubeClusterView.read_secret does for every Secret value it reads
+    data.faults.permanent["start_run"] = f"cannot reach postgresql://cdl:{secret}@db/cdl"
+    with operator_runner(tmp_path / "state", overrides):
+        create(custom, namespace, dpl())
+        st = wait_for(phase_is(custom, namespace, "DataPipeline", "news", "Failed"), timeout=60, what="Failed")
+        seen = wait_for(lambda: [m for _, r, m in events(core, namespace, "news") if r == "EngineFailed"], 30,
+                        "the EngineFailed Event")
+    assert st["message"] == f"cannot reach postgresql://cdl:{MASK}@db/cdl"
+    assert secret not in str(st) and secret not in str(seen)
+    assert seen == [f"cannot reach postgresql://cdl:{MASK}@db/cdl"]
+
+
+def test_kopfs_own_events_are_redacted_like_log_lines():
+    """kopf posts its records as Events through a handler on `kopf.objects`, not below the root
+    logger's handlers: the redaction filter sits on that logger too."""
+    import io
+    import logging
+
+    import kopf  # noqa: F401 - attaches its Event poster to kopf.objects
+
+    from cdl.controller import redaction
+
+    redaction.install()
+    redaction.redact_value("another-secret-value")
+    out = io.StringIO()
+    capture = logging.StreamHandler(out)  # formats records as kopf's Event poster does
+    objects = logging.getLogger("kopf.objects")
+    objects.addHandler(capture)
+    try:
+        try:
+            raise RuntimeError("login failed with another-secret-value")
+        except RuntimeError:
+            objects.error("handler failed: %s", "another-secret-value", exc_info=True)
+    finally:
+        objects.removeHandler(capture)
+    assert "another-secret-value" not in out.getvalue()
+    assert "handler failed: ***" in out.getvalue() and "RuntimeError: login failed with ***" in out.getvalue()
+
+
 def test_invalid_spec_fails_with_the_field(operator_runner, k8s, namespace, tmp_path):
     custom, _ = k8s
     overrides, *_ = engines(tmp_path)
