@@ -79,6 +79,13 @@ def test_only_seldon_pods_reach_the_scoring_sink_and_it_needs_a_key():
     assert "NetworkPolicy" not in off.stdout
 
 
+def test_the_operator_allows_only_the_charts_label_studio_by_default():
+    out = helm("template", "cdl", str(CHART), "--namespace", "cdl")
+    config_map = next(o for o in yaml.safe_load_all(out.stdout) if o and o["kind"] == "ConfigMap")
+    config = yaml.safe_load(config_map["data"]["config.yaml"])
+    assert config["label_studio_urls"] == ["http://label-studio.label-studio.svc:8080"]
+
+
 def test_rbac_is_namespaced_when_namespaces_are_listed():
     out = helm("template", "cdl", str(CHART), "--namespace", "cdl", *VALUES["namespaced"])
     objects = [o for o in yaml.safe_load_all(out.stdout) if o]

@@ -261,6 +261,37 @@ def test_kopfs_own_events_are_redacted_like_log_lines():
     assert "handler failed: ***" in out.getvalue() and "RuntimeError: login failed with ***" in out.getvalue()
 
 
+def test_a_label_studio_url_outside_the_allow_list_fails_before_any_secret_is_read(operator_runner, k8s, namespace,
+                                                                                    tmp_path):
+    """labelStudio.tokenSecretRef is sent to labelStudio.url: with the operator's allow-list, a
+    DataPipeline naming another server fails on the field (its Secret is never read: it does not
+    even exist here, which would otherwise keep the resource waiting for it)."""
+    custom, _ = k8s
+    overrides, *_ = engines(tmp_path)
+    with operator_runner(tmp_path / "state", overrides, label_studio_urls=["https://ls.example.com"]):
+        pipeline = dpl()
+        pipeline["spec"]["labeling"] = {"labelStudio": {
+            "url": "https://ls.example.com.attacker.io", "project": "news",
+            "tokenSecretRef": {"name": "any-secret-of-the-namespace", "key": "token"}}}
+        create(custom, namespace, pipeline)
+        st = wait_for(phase_is(custom, namespace, "DataPipeline", "news", "Failed"), timeout=60, what="Failed")
+    assert "spec.labeling.labelStudio.url: https://ls.example.com.attacker.io is not a Label Studio server" \
+        in st["message"]
+
+
+def test_the_label_studio_allow_list_matches_servers_not_prefixes_of_names():
+    from cdl.config import OperatorConfig
+
+    config = OperatorConfig.load(env={"CDL_LABEL_STUDIO_URLS": "https://ls.example.com, http://10.0.0.5:8080/ls"})
+    assert config.label_studio_allowed("https://ls.example.com/")
+    assert config.label_studio_allowed("https://LS.example.com/projects")
+    assert config.label_studio_allowed("http://10.0.0.5:8080/ls/api")
+    for url in ("https://ls.example.com.attacker.io", "http://ls.example.com", "https://ls.example.com:444",
+                "http://10.0.0.5:8080/lsx", "https://evil.io/?https://ls.example.com"):
+        assert not config.label_studio_allowed(url), url
+    assert OperatorConfig.load(env={}).label_studio_allowed("https://anything.io")  # no list: any
+
+
 def test_invalid_spec_fails_with_the_field(operator_runner, k8s, namespace, tmp_path):
     custom, _ = k8s
     overrides, *_ = engines(tmp_path)
