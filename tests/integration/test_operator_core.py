@@ -126,6 +126,36 @@ def test_the_chain_reaches_ready_and_waits_on_dependencies(operator_runner, k8s,
     assert out.returncode == 0 and "clf-v1" in out.stdout and "news" in out.stdout
 
 
+def test_two_teams_applying_the_same_manifests_each_get_version_1(operator_runner, k8s, namespace, tmp_path,
+                                                                  postgres_url, postgres_schema):
+    """A namespace is a team's boundary: model `clf` is version 1 and staging in each team's
+    namespace, kept apart in PostgreSQL and registered under names that carry the namespace."""
+    from kubernetes import client
+
+    from cdl.stores.postgres import Database
+
+    custom, core = k8s
+    other = f"{namespace[:50]}-b"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=other)))
+    db = Database(postgres_url, schema=postgres_schema)
+    db.migrate()
+    overrides, _, _, reg, _ = engines(tmp_path)
+    url = f"{postgres_url}{'&' if '?' in postgres_url else '?'}options=-csearch_path%3D{postgres_schema}"
+    with operator_runner(tmp_path / "state", overrides, database_url=url):
+        for team in (namespace, other):
+            for body in (dpl(), exp(), mv()):
+                create(custom, team, body)
+        for team in (namespace, other):
+            wait_for(lambda t=team: get(custom, t, "ModelVersion", "clf-v1").get("status", {}).get("stage") == "staging",
+                     timeout=60, what=f"clf-v1 staging in {team}")
+    for team in (namespace, other):
+        assert get(custom, team, "ModelVersion", "clf-v1")["status"]["version"] == 1
+        assert [(v.version, v.stage) for v in db.model_versions("clf", namespace=team)] == [(1, "staging")]
+        assert reg.stages[(f"{team}.clf", 1)] == "staging"
+    assert {who for what, who in reg.calls.log if what == "register"} == {f"{namespace}.clf:1", f"{other}.clf:1"}
+    db.close()
+
+
 def test_spec_update_is_reconciled_with_observed_generation(operator_runner, k8s, namespace, tmp_path):
     custom, _ = k8s
     overrides, data, train, *_ = engines(tmp_path, train_polls=1)

@@ -274,20 +274,37 @@ def test_model_version_register_evaluate_promote(database):
 
     database.record_evaluation("news", version, metrics={"accuracy": 0.91, "f1": 0.9},
                                gates=[{"metric": "accuracy", "passed": True, "value": 0.91, "threshold": 0.7}],
-                               passed=True, report_uri="file:///a/reports/news/1/report.md")
-    database.set_model_stage("news", version, "production")
-    record = database.get_model_version("news", version)
+                               passed=True, report_uri="file:///a/reports/news/1/report.md", namespace="ml")
+    database.set_model_stage("news", version, "production", namespace="ml")
+    record = database.get_model_version("news", version, namespace="ml")
     assert (record.stage, record.passed, record.metrics["accuracy"], record.artifact_bytes) == (
         "production", True, 0.91, 1234)
     assert record.lineage["data"]["commit"] == "c0ffee"
     assert record.gates[0]["metric"] == "accuracy" and record.promoted_at is not None
-    assert database.model_in_stage("news", "production").version == version
-    assert [v.version for v in database.model_versions("news")] == [1, 2]
+    assert database.model_in_stage("news", "production", namespace="ml").version == version
+    assert [v.version for v in database.model_versions("news", namespace="ml")] == [1, 2]
 
-    with pytest.raises(RecordNotFound, match="news version 99 is not recorded"):
-        database.set_model_stage("news", 99, "staging")
+    with pytest.raises(RecordNotFound, match="ml/news version 99 is not recorded"):
+        database.set_model_stage("news", 99, "staging", namespace="ml")
     with pytest.raises(ValueError, match="expected one of candidate, staging, production, archived"):
-        database.set_model_stage("news", version, "prod")
+        database.set_model_stage("news", version, "prod", namespace="ml")
+
+
+def test_versions_and_stages_are_per_namespace(database):
+    """A namespace is a team's boundary: the same model name counts 1, 2 ... in each, and each
+    has its own production version."""
+    for team in ("team-a", "team-b"):
+        version = database.next_model_version("digits", namespace=team, resource="digits-v1")
+        assert version == 1
+        database.record_model_version("digits", version, namespace=team, resource="digits-v1", stage="candidate",
+                                      artifact={"uri": f"file:///{team}/digits/1", "sha256": "ab" * 32})
+        database.set_model_stage("digits", version, "production", namespace=team)
+    assert database.next_model_version("digits", namespace="team-a", resource="digits-v2") == 2
+    assert [v.version for v in database.model_versions("digits", namespace="team-b")] == [1]
+    database.set_model_stage("digits", 1, "archived", namespace="team-a")
+    assert database.model_in_stage("digits", "production", namespace="team-a") is None
+    assert database.model_in_stage("digits", "production", namespace="team-b").artifact_uri == \
+        "file:///team-b/digits/1"
 
 
 # -- lineage -----------------------------------------------------------------------------------

@@ -403,25 +403,27 @@ class Database:
     # -- model registry index ----------------------------------------------------------------
 
     def next_model_version(self, model: str, *, namespace: str | None = None, resource: str | None = None) -> int:
-        """Reserve and return the next version number of `model` (1, 2, 3 ... per model name).
+        """Reserve and return the next version number of `model` in `namespace` (1, 2, 3 ... per
+        namespace and model name: a namespace is a team's boundary).
 
         Safe when several operators or threads register versions of one model at once. Given
         the ModelVersion resource (namespace and name), a number it reserved but never
         recorded an artifact for is handed back again, so a retried registration leaves no gap.
         """
+        ns = namespace or ""
         with self.transaction() as cur:
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_id("cdl.model_version", model),))
-            if namespace is not None and resource is not None:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_id("cdl.model_version", f"{ns}/{model}"),))
+            if resource is not None:
                 cur.execute(
-                    "SELECT version FROM model_versions WHERE model = %s AND namespace = %s AND resource = %s "
-                    "AND artifact_uri IS NULL ORDER BY version DESC LIMIT 1", (model, namespace, resource))
+                    "SELECT version FROM model_versions WHERE namespace = %s AND model = %s AND resource = %s "
+                    "AND artifact_uri IS NULL ORDER BY version DESC LIMIT 1", (ns, model, resource))
                 row = cur.fetchone()
                 if row:
                     return int(row["version"])
             cur.execute(
                 "INSERT INTO model_versions (model, version, namespace, resource) "
-                "SELECT %s, coalesce(max(version), 0) + 1, %s, %s FROM model_versions WHERE model = %s "
-                "RETURNING version", (model, namespace, resource, model))
+                "SELECT %s, coalesce(max(version), 0) + 1, %s, %s FROM model_versions "
+                "WHERE namespace = %s AND model = %s RETURNING version", (model, ns, resource, ns, model))
             return int(cur.fetchone()["version"])
 
     def record_model_version(self, model: str, version: int, *, namespace: str | None = None,
@@ -440,57 +442,59 @@ class Database:
                 """INSERT INTO model_versions (model, version, namespace, resource, stage, artifact_uri,
                                                artifact_sha256, artifact_bytes, artifact_format, lineage)
                    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-                   ON CONFLICT (model, version) DO UPDATE SET
-                     namespace = coalesce(EXCLUDED.namespace, model_versions.namespace),
+                   ON CONFLICT (namespace, model, version) DO UPDATE SET
                      resource = coalesce(EXCLUDED.resource, model_versions.resource),
                      stage = EXCLUDED.stage,
                      artifact_uri = EXCLUDED.artifact_uri, artifact_sha256 = EXCLUDED.artifact_sha256,
                      artifact_bytes = EXCLUDED.artifact_bytes, artifact_format = EXCLUDED.artifact_format,
                      lineage = EXCLUDED.lineage""",
-                (model, int(version), namespace, resource, stage, art["uri"], art["sha256"], art["bytes"],
+                (model, int(version), namespace or "", resource, stage, art["uri"], art["sha256"], art["bytes"],
                  art["format"], _json(dict(lineage or {}))))
 
     def record_evaluation(self, model: str, version: int, *, metrics: Mapping[str, Any],
-                          gates: Iterable[Mapping[str, Any]], passed: bool, report_uri: str | None = None) -> None:
+                          gates: Iterable[Mapping[str, Any]], passed: bool, report_uri: str | None = None,
+                          namespace: str | None = None) -> None:
         """Store the evaluation of a recorded version: metrics, gate results, verdict and report."""
         with self.transaction() as cur:
             cur.execute(
                 "UPDATE model_versions SET metrics = %s, gates = %s, passed = %s, report_uri = %s "
-                "WHERE model = %s AND version = %s",
-                (_json(dict(metrics)), _json([dict(g) for g in gates]), bool(passed), report_uri, model,
-                 _version(model, version)))
+                "WHERE namespace = %s AND model = %s AND version = %s",
+                (_json(dict(metrics)), _json([dict(g) for g in gates]), bool(passed), report_uri, namespace or "",
+                 model, _version(model, version)))
             if cur.rowcount == 0:
-                raise RecordNotFound(f"model {model} version {version} is not recorded")
+                raise RecordNotFound(f"model {_where(namespace)}{model} version {version} is not recorded")
 
-    def set_model_stage(self, model: str, version: int, stage: str) -> None:
+    def set_model_stage(self, model: str, version: int, stage: str, *, namespace: str | None = None) -> None:
         """Move a recorded version to a stage (promoted_at is stamped when the stage changes)."""
         _check_stage(stage)
         with self.transaction() as cur:
             cur.execute(
                 "UPDATE model_versions SET promoted_at = CASE WHEN stage IS DISTINCT FROM %s THEN now() "
-                "ELSE promoted_at END, stage = %s WHERE model = %s AND version = %s",
-                (stage, stage, model, _version(model, version)))
+                "ELSE promoted_at END, stage = %s WHERE namespace = %s AND model = %s AND version = %s",
+                (stage, stage, namespace or "", model, _version(model, version)))
             if cur.rowcount == 0:
-                raise RecordNotFound(f"model {model} version {version} is not recorded")
+                raise RecordNotFound(f"model {_where(namespace)}{model} version {version} is not recorded")
 
-    def get_model_version(self, model: str, version: int) -> ModelVersionRecord | None:
+    def get_model_version(self, model: str, version: int, *, namespace: str | None = None) -> ModelVersionRecord | None:
         with self.transaction() as cur:
-            cur.execute("SELECT * FROM model_versions WHERE model = %s AND version = %s", (model, int(version)))
+            cur.execute("SELECT * FROM model_versions WHERE namespace = %s AND model = %s AND version = %s",
+                        (namespace or "", model, int(version)))
             row = cur.fetchone()
         return from_row(ModelVersionRecord, row) if row else None
 
-    def model_versions(self, model: str) -> list[ModelVersionRecord]:
-        """Every recorded version of a model, oldest first."""
+    def model_versions(self, model: str, *, namespace: str | None = None) -> list[ModelVersionRecord]:
+        """Every recorded version of a model in a namespace, oldest first."""
         with self.transaction() as cur:
-            cur.execute("SELECT * FROM model_versions WHERE model = %s ORDER BY version", (model,))
+            cur.execute("SELECT * FROM model_versions WHERE namespace = %s AND model = %s ORDER BY version",
+                        (namespace or "", model))
             return [from_row(ModelVersionRecord, row) for row in cur.fetchall()]
 
-    def model_in_stage(self, model: str, stage: str) -> ModelVersionRecord | None:
-        """The newest version of a model in a stage (e.g. what 'production' means right now)."""
+    def model_in_stage(self, model: str, stage: str, *, namespace: str | None = None) -> ModelVersionRecord | None:
+        """The newest version of a model in a stage in a namespace (what 'production' means there now)."""
         _check_stage(stage)
         with self.transaction() as cur:
-            cur.execute("SELECT * FROM model_versions WHERE model = %s AND stage = %s ORDER BY version DESC LIMIT 1",
-                        (model, stage))
+            cur.execute("SELECT * FROM model_versions WHERE namespace = %s AND model = %s AND stage = %s "
+                        "ORDER BY version DESC LIMIT 1", (namespace or "", model, stage))
             row = cur.fetchone()
         return from_row(ModelVersionRecord, row) if row else None
 
@@ -633,6 +637,10 @@ def _lock_id(space: str, name: str) -> int:
     """A signed 64-bit advisory lock id for (space, name)."""
     value = (zlib.crc32(space.encode()) << 32) | zlib.crc32(name.encode())
     return value - (1 << 64) if value >= (1 << 63) else value
+
+
+def _where(namespace: str | None) -> str:
+    return f"{namespace}/" if namespace else ""
 
 
 def _check_stage(stage: str) -> None:
