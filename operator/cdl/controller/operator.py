@@ -80,6 +80,10 @@ def run(config: OperatorConfig, *, kubeconfig: str | None = None,
         from cdl.scoring_sink import serve_in_thread
 
         serve_in_thread(context.database, config.scoring_sink_port)
+    if config.kb_port is not None and context.database is not None:
+        from cdl.kb.service import serve_knowledge_base
+
+        serve_knowledge_base(config, context)
     liveness = f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port else None
     log.info("cdl operator starting: namespaces=%s engines=%s", config.namespaces or "all", config.engines)
     asyncio.run(kopf.operator(
