@@ -47,14 +47,17 @@ class KBClient:
             headers["X-Cdl-Kb-Token"] = self.token
         query = [(k, str(v)) for k, v in params.items() if v is not None]
         try:
-            resp = self.api.call_api(self.base + path, "GET", query_params=query, header_params=headers,
-                                     auth_settings=["BearerToken"], _preload_content=False,
-                                     _return_http_data_only=True)
+            method, url, headers, body, _ = self.api.param_serialize(
+                "GET", self.base + path, query_params=query, header_params=headers, auth_settings=["BearerToken"])
+            resp = self.api.call_api(method, url, header_params=headers, body=body)
+            data = resp.read()
         except ApiException as exc:
             raise KBError(_message(exc.body, exc.status, exc.reason), exc.status) from None
         except OSError as exc:
             raise KBError(f"the Kubernetes API is unreachable: {exc}") from None
-        return resp.data
+        if resp.status >= 400:
+            raise KBError(_message(data, resp.status, resp.reason), resp.status)
+        return data
 
     def json(self, path: str, **params: Any) -> Any:
         return json.loads(self._get(path, params))

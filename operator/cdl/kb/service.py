@@ -33,12 +33,13 @@ def serve_knowledge_base(config: Any, context: Any) -> Served:
     return served
 
 
-def register_endpoint(namespace: str, name: str, port: int, address: str = "127.0.0.1") -> None:
+def register_endpoint(namespace: str, name: str, port: int, address: str = "127.0.0.1",
+                      api_client: Any | None = None) -> None:
     """Create or update the Service NAMESPACE/NAME (no selector) and its Endpoints -> address:port."""
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
-    core = client.CoreV1Api()
+    core = client.CoreV1Api(api_client)
     try:
         core.read_namespace(namespace)
     except ApiException as exc:

@@ -1,0 +1,84 @@
+"""The knowledge base reached the Kubernetes way: a Service and its Endpoints on the devcluster,
+the API server's service proxy path, kubectl and the cdl CLI with nothing but a kubeconfig."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+from typer.testing import CliRunner
+
+from cdl.cli.main import app
+from tests.plugins.kb import EXPERIMENT, NS
+
+
+@pytest.fixture
+def kb_service(kb_server, k8s_client):
+    """The served knowledge base registered as a Service in a namespace of its own."""
+    from cdl.kb.service import register_endpoint
+
+    namespace = f"kb-{uuid.uuid4().hex[:6]}"
+    register_endpoint(namespace, "cdl-kb", kb_server.served.port, api_client=k8s_client)
+    return f"{namespace}/cdl-kb:http"
+
+
+def test_kubectl_reads_through_the_service_proxy(kb_service, kubectl):
+    namespace, rest = kb_service.split("/")
+    out = kubectl("get", "--raw", f"/api/v1/namespaces/{namespace}/services/{rest}/proxy/v1/experiments?limit=5")
+    data = json.loads(out.stdout)
+    assert data["items"][0]["name"] == EXPERIMENT and data["limit"] == 5
+    # a query with spaces and symbols arrives intact
+    q = "epochs%20%3E%2010%20%26%26%20optimizer%20%3D%20Adam"
+    out = kubectl("get", "--raw", f"/api/v1/namespaces/{namespace}/services/{rest}/proxy/v1/namespaces/{NS}/"
+                  f"experiments/{EXPERIMENT}/trials?q={q}")
+    assert [t["trial"] for t in json.loads(out.stdout)["items"]] == ["10", "2", "3"]
+
+
+def test_a_service_without_endpoints_is_503(k8s_client, kubectl):
+    from kubernetes import client
+
+    namespace = f"kb-{uuid.uuid4().hex[:6]}"
+    core = client.CoreV1Api(k8s_client)
+    core.create_namespace({"metadata": {"name": namespace}})
+    core.create_namespaced_service(namespace, {"metadata": {"name": "empty"},
+                                               "spec": {"ports": [{"name": "http", "port": 80}]}})
+    out = kubectl("get", "--raw", f"/api/v1/namespaces/{namespace}/services/empty:http/proxy/", check=False)
+    assert out.returncode != 0 and 'no endpoints available for service "empty"' in out.stderr
+
+
+def cli(devcluster, kb_service, tmp_path, monkeypatch, *args):
+    monkeypatch.chdir(tmp_path)  # any directory: no .cdl/ here
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    result = CliRunner().invoke(app, [*args, "--kubeconfig", str(devcluster.kubeconfig), "--kb-service", kb_service])
+    return result
+
+
+def test_cli_views_read_through_the_api(devcluster, kb_service, tmp_path, monkeypatch):
+    r = cli(devcluster, kb_service, tmp_path, monkeypatch, "experiments", "compare", EXPERIMENT, "-n", NS, "-o", "json")
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.output)
+    assert [row["trial"] for row in rows] == ["10", "2", "3", "1"] and rows[0]["accuracy"] == 0.95
+
+    r = cli(devcluster, kb_service, tmp_path, monkeypatch, "experiments", "compare", EXPERIMENT, "-n", NS,
+            "--trials", "2,3")
+    assert r.exit_code == 0 and "Adam" in r.output and "SGD" not in r.output
+
+    r = cli(devcluster, kb_service, tmp_path, monkeypatch, "logs", EXPERIMENT, "-n", NS, "--trial", "3")
+    assert r.exit_code == 0 and "trial 3" in r.output
+
+    r = cli(devcluster, kb_service, tmp_path, monkeypatch, "report", "news-v1", "-n", NS)
+    assert r.exit_code == 0 and "business" in r.output and "Confusion" in r.output
+
+    r = cli(devcluster, kb_service, tmp_path, monkeypatch, "lineage", "news-v1", "-n", NS)
+    assert r.exit_code == 0
+    for fragment in ("news-train@c0ffee", f"experiment: {EXPERIMENT}", "news v1", f"deployment: {NS}/news"):
+        assert fragment in r.output
+
+    r = cli(devcluster, kb_service, tmp_path, monkeypatch, "monitor", "news", "-n", NS, "-o", "json")
+    assert r.exit_code == 0, r.output
+    figures = json.loads(r.output[r.output.index("{"):])
+    assert figures["requests"] == 18 and [p["requests"] for p in figures["series"]] == [5, 6, 7]
+
+    r = cli(devcluster, kb_service, tmp_path, monkeypatch, "report", "missing-v9", "-n", NS)
+    assert r.exit_code == 1 and "ModelVersion ml/missing-v9 has no registered version" in r.output
