@@ -82,3 +82,24 @@ def test_cli_views_read_through_the_api(devcluster, kb_service, tmp_path, monkey
 
     r = cli(devcluster, kb_service, tmp_path, monkeypatch, "report", "missing-v9", "-n", NS)
     assert r.exit_code == 1 and "ModelVersion ml/missing-v9 has no registered version" in r.output
+
+
+@pytest.mark.slow
+def test_the_operator_serves_and_registers_its_knowledge_base(operator_runner, postgres_url, kubectl, tmp_path):
+    """As on the embedded platform: kb_port 0 (a free loopback port) and kb_service registered."""
+    namespace = f"kb-{uuid.uuid4().hex[:6]}"
+    with operator_runner(tmp_path / "state", database_url=postgres_url, kb_port=0,
+                         kb_service=f"{namespace}/cdl-kb"):
+        from tests.plugins.operator import wait_for
+
+        def health() -> str | None:
+            out = kubectl("get", "--raw", f"/api/v1/namespaces/{namespace}/services/cdl-kb:http/proxy/healthz",
+                          check=False)
+            return out.stdout if out.returncode == 0 else None
+
+        assert wait_for(health, 30, "the knowledge base behind the service proxy") == "ok"
+        out = kubectl("get", "--raw", f"/api/v1/namespaces/{namespace}/services/cdl-kb:http/proxy/v1/experiments")
+        assert set(json.loads(out.stdout)) >= {"items", "total", "limit", "offset", "next"}
+    # stopped with the operator: the port no longer answers
+    out = kubectl("get", "--raw", f"/api/v1/namespaces/{namespace}/services/cdl-kb:http/proxy/healthz", check=False)
+    assert out.returncode != 0 and "error trying to reach service" in out.stderr

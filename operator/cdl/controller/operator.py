@@ -80,18 +80,23 @@ def run(config: OperatorConfig, *, kubeconfig: str | None = None,
         from cdl.scoring_sink import serve_in_thread
 
         serve_in_thread(context.database, config.scoring_sink_port)
+    knowledge_base = None
     if config.kb_port is not None and context.database is not None:
         from cdl.kb.service import serve_knowledge_base
 
-        serve_knowledge_base(config, context)
+        knowledge_base = serve_knowledge_base(config, context)
     liveness = f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port else None
     log.info("cdl operator starting: namespaces=%s engines=%s", config.namespaces or "all", config.engines)
-    asyncio.run(kopf.operator(
-        registry=make_registry(config),
-        standalone=True,
-        clusterwide=not config.namespaces,
-        namespaces=config.namespaces or (),
-        liveness_endpoint=liveness,
-        stop_flag=stop_flag,
-        ready_flag=ready_flag,
-    ))
+    try:
+        asyncio.run(kopf.operator(
+            registry=make_registry(config),
+            standalone=True,
+            clusterwide=not config.namespaces,
+            namespaces=config.namespaces or (),
+            liveness_endpoint=liveness,
+            stop_flag=stop_flag,
+            ready_flag=ready_flag,
+        ))
+    finally:
+        if knowledge_base is not None:
+            knowledge_base.stop()
