@@ -32,6 +32,7 @@ log = logging.getLogger("cdl.kb")
 TOKEN_HEADER = "X-Cdl-Kb-Token"
 TOKEN_COOKIE = "cdl_kb_token"
 LogReader = Callable[[str, str, str | None], str]  # (engine, run id, trial id or None) -> text
+EndpointFinder = Callable[[str, str], str | None]  # (namespace, Deployment) -> its prediction URL
 
 
 @dataclass
@@ -41,6 +42,7 @@ class KB:
     catalog: Catalog
     logs: LogReader | None = None
     token: str | None = None
+    endpoint: EndpointFinder | None = None
 
 
 KB_KEY: web.AppKey[KB] = web.AppKey("kb", KB)
@@ -248,6 +250,40 @@ async def deployment(request: web.Request) -> web.Response:
     return json_response(await _run(_catalog(request).deployment, m["ns"], m["name"], bucket_seconds=bucket))
 
 
+async def predictions(request: web.Request) -> web.Response:
+    """Send an input to a Deployment's endpoint (Seldon protocol) and return its answer.
+
+    Only from the dashboard's own script: the X-Cdl-Dashboard header cannot be set by another
+    site's page without a CORS preflight, which this server never grants.
+    """
+    import aiohttp
+
+    if request.headers.get("X-Cdl-Dashboard") != "1":
+        return json_response({"error": "predictions: send the X-Cdl-Dashboard: 1 header"}, 403)
+    kb, m = request.app[KB_KEY], request.match_info
+    url = await _run(kb.endpoint, m["ns"], m["name"]) if kb.endpoint else None
+    if not url:
+        raise NotFound(f"Deployment {m['ns']}/{m['name']} has no endpoint (not found, or not serving yet)")
+    try:
+        payload = await request.json()
+    except ValueError:
+        raise CdlError("body: not JSON; send a Seldon payload, e.g. {\"data\": {\"ndarray\": [\"text\"]}}") from None
+    if not isinstance(payload, dict) or not ({"data", "binData", "strData", "jsonData"} & set(payload)):
+        raise CdlError("body: expected a Seldon payload with one of data, binData, strData, jsonData")
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session, \
+                session.post(url, json=payload) as resp:
+            text = await resp.text()
+            status = resp.status
+    except aiohttp.ClientError as exc:
+        return json_response({"error": f"{url} unreachable: {exc}"}, 502)
+    try:
+        return json_response({"endpoint": url, "status": status, "response": json.loads(text)},
+                             200 if status < 400 else 502)
+    except ValueError:
+        return json_response({"endpoint": url, "status": status, "response": text}, 200 if status < 400 else 502)
+
+
 def build_app(kb: KB) -> web.Application:
     app = web.Application(middlewares=[errors])
     app[KB_KEY] = kb
@@ -268,6 +304,7 @@ def build_app(kb: KB) -> web.Application:
     r.add_get("/v1/models/{model}/versions/{version}/lineage", lineage)
     r.add_get("/v1/deployments", deployments)
     r.add_get("/v1/namespaces/{ns}/deployments/{name}", deployment)
+    r.add_post("/v1/namespaces/{ns}/deployments/{name}/predictions", predictions)
     from cdl.kb import dashboard
 
     dashboard.add_routes(app)

@@ -25,12 +25,31 @@ def serve_knowledge_base(config: Any, context: Any) -> Served:
             raise NotFound(f"the {engine} training engine keeps trial logs in its own UI")
         return training.logs(run_id, trial_id)
 
-    kb = KB(Catalog(context.database, context.artifacts), logs=read_logs, token=config.kb_token)
+    kb = KB(Catalog(context.database, context.artifacts), logs=read_logs, token=config.kb_token,
+            endpoint=deployment_endpoint)
     served = serve_in_thread(kb, config.kb_host, config.kb_port or 0)
     if config.kb_service:
         namespace, _, name = config.kb_service.partition("/")
         register_endpoint(namespace, name, served.port)
     return served
+
+
+def deployment_endpoint(namespace: str, name: str, api_client: Any | None = None) -> str | None:
+    """A Deployment's prediction URL (status.url), or None when it has none or does not exist."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    from cdl.api.kinds import lookup
+
+    info = lookup("Deployment")
+    try:
+        obj = client.CustomObjectsApi(api_client).get_namespaced_custom_object(
+            info.group, info.version, namespace, info.plural, name)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return (obj.get("status") or {}).get("url")
 
 
 def register_endpoint(namespace: str, name: str, port: int, address: str = "127.0.0.1",

@@ -156,6 +156,7 @@ def _register(res: Resource, spec: ModelVersionSpec, ctx: Context, fingerprint: 
     lineage = {
         "experiment": exp["metadata"]["name"],
         "run": est.get("run") or 1,
+        "runId": (est.get("engineRef") or {}).get("id"),  # the knowledge base's key of the run's records
         "trial": trial,
         "checkpoint": checkpoint.uuid,
         "data": data,
