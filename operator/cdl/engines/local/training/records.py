@@ -59,7 +59,7 @@ class Recorder:
     def event(self, run: RunState, trial: TrialState, kind: str, ev: dict[str, Any]) -> None:
         if self.database is None:
             return
-        if kind in ("created", "start", "model", "segment_end"):
+        if kind in ("created", "start", "model", "data", "segment_end"):
             self._record_trial(run, trial)
         elif kind == "metrics" and ev.get("group") in ("training", "validation"):
             if not self._ensure_trial(run, trial):

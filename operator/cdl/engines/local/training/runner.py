@@ -473,6 +473,9 @@ class RunDriver:
                 meta["data"] = {k: self.run.data.get(k) for k in ("repo", "commit", "branch") if self.run.data.get(k)}
         elif kind == "model":
             trial.metadata["model"] = {k: v for k, v in ev.items() if k not in ("event", "time", "rank")}
+        elif kind == "data":  # what the bound commit holds: type, examples per label
+            trial.metadata.setdefault("data", {}).update(
+                {k: v for k, v in ev.items() if k not in ("event", "time", "rank")})
         elif kind == "metrics":
             self._metrics(trial, ev)
         elif kind == "checkpoint":
