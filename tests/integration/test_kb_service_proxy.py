@@ -13,16 +13,6 @@ from cdl.cli.main import app
 from tests.plugins.kb import EXPERIMENT, NS
 
 
-@pytest.fixture
-def kb_service(kb_server, k8s_client):
-    """The served knowledge base registered as a Service in a namespace of its own."""
-    from cdl.kb.service import register_endpoint
-
-    namespace = f"kb-{uuid.uuid4().hex[:6]}"
-    register_endpoint(namespace, "cdl-kb", kb_server.served.port, api_client=k8s_client)
-    return f"{namespace}/cdl-kb:http"
-
-
 def test_kubectl_reads_through_the_service_proxy(kb_service, kubectl):
     namespace, rest = kb_service.split("/")
     out = kubectl("get", "--raw", f"/api/v1/namespaces/{namespace}/services/{rest}/proxy/v1/experiments?limit=5")

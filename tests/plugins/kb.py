@@ -5,6 +5,8 @@
   rendered evaluation report holding a confusion matrix), lineage, and scoring rows of a
   Deployment over three minutes -- written through the same `Database` methods the engines use.
 - `kb_server`: the knowledge base API serving those records on a free loopback port.
+- `kb_service`: that server registered as a Service (and Endpoints) on the devcluster, in a
+  namespace of its own; the value is the `NAMESPACE/NAME:PORT` the CLI's --kb-service takes.
 """
 
 from __future__ import annotations
@@ -141,3 +143,14 @@ def kb_server(kb_records: Recorded) -> Iterator[KBServer]:
         yield KBServer(f"http://127.0.0.1:{served.port}", kb_records, served)
     finally:
         served.stop()
+
+
+@pytest.fixture
+def kb_service(kb_server: KBServer, k8s_client: Any) -> str:
+    import uuid
+
+    from cdl.kb.service import register_endpoint
+
+    namespace = f"kb-{uuid.uuid4().hex[:6]}"
+    register_endpoint(namespace, "cdl-kb", kb_server.served.port, api_client=k8s_client)
+    return f"{namespace}/cdl-kb:http"

@@ -17,12 +17,15 @@ KBServiceOption = typer.Option(None, "--kb-service", envvar="CDL_KB_SERVICE",
                                 help="The knowledge base Service, NAMESPACE/NAME[:PORT] (default cdl-system/cdl-kb:http).")
 
 
-def kb_get(kubeconfig: str | None, service: str | None, path: str, *, text: bool = False, **params: Any) -> Any:
+def kb_get(kubeconfig: str | None, service: str | None, path: str, *, text: bool = False, raw: bool = False,
+           **params: Any) -> Any:
     """GET from the knowledge base through the service proxy; a clear message and exit code on failure."""
     from cdl.kb.client import KBClient, KBError
 
     client = KBClient(Kube(kubeconfig).api, service)
     try:
+        if raw:
+            return client.bytes(path, **params)
         return client.text(path, **params) if text else client.json(path, **params)
     except KBError as exc:
         err_console.print(str(exc))

@@ -5,7 +5,18 @@ from __future__ import annotations
 import typer
 
 from cdl import __version__
-from cdl.cli import crds, dashboard, demo, experiments, models, operator_cmd, platform, resources, validate
+from cdl.cli import (
+    crds,
+    dashboard,
+    demo,
+    experiments,
+    models,
+    operator_cmd,
+    platform,
+    resources,
+    sharing,
+    validate,
+)
 
 app = typer.Typer(
     name="cdl",
@@ -34,6 +45,7 @@ models.register(app)
 experiments.register(app)
 demo.register(app)
 dashboard.register(app)
+sharing.register(app)
 
 if __name__ == "__main__":
     app()

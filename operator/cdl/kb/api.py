@@ -232,6 +232,24 @@ async def report_markdown(request: web.Request) -> web.Response:
     return web.Response(text=text, content_type="text/markdown")
 
 
+async def package(request: web.Request) -> web.StreamResponse:
+    """The registered package archive (code, weights, requirements, manifest), streamed."""
+    stream, size, filename = await _run(_catalog(request).package_stream, request.match_info["model"],
+                                        _version(request))
+    response = web.StreamResponse(headers={"Content-Type": "application/gzip",
+                                           "Content-Disposition": f'attachment; filename="{filename}"'})
+    if size:
+        response.content_length = size
+    await response.prepare(request)
+    try:
+        while chunk := await _run(stream.read, 1 << 20):
+            await response.write(chunk)
+    finally:
+        stream.close()
+    await response.write_eof()
+    return response
+
+
 async def lineage(request: web.Request) -> web.Response:
     return json_response(await _run(_catalog(request).lineage, request.match_info["model"], _version(request)))
 
@@ -302,6 +320,7 @@ def build_app(kb: KB) -> web.Application:
     r.add_get("/v1/models/{model}/versions/{version}", model_version)
     r.add_get("/v1/models/{model}/versions/{version}/report.md", report_markdown)
     r.add_get("/v1/models/{model}/versions/{version}/lineage", lineage)
+    r.add_get("/v1/models/{model}/versions/{version}/package", package)
     r.add_get("/v1/deployments", deployments)
     r.add_get("/v1/namespaces/{ns}/deployments/{name}", deployment)
     r.add_post("/v1/namespaces/{ns}/deployments/{name}/predictions", predictions)

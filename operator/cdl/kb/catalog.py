@@ -230,6 +230,15 @@ class Catalog:
             raise NotFound(f"model {model} version {version} has no report yet")
         return self.artifacts.get_bytes(self.artifacts.key_for(uri)).decode()
 
+    def package_stream(self, model: str, version: int) -> tuple[Any, int | None, str]:
+        """(open binary stream, size, file name) of a version's registered package archive."""
+        rows = self._all("SELECT artifact_uri, artifact_bytes FROM model_versions WHERE model = %s AND version = %s",
+                         (model, int(version)))
+        if not rows or not rows[0]["artifact_uri"] or self.artifacts is None:
+            raise NotFound(f"model {model} has no registered version {version}")
+        key = self.artifacts.key_for(rows[0]["artifact_uri"])
+        return self.artifacts.open_read(key), rows[0]["artifact_bytes"], f"{model}-v{version}.tar.gz"
+
     def lineage(self, model: str, version: int, record: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """The chain data commit -> experiment run -> trial -> checkpoint -> version -> deployments."""
         record = record or self.model_version(model, version)

@@ -62,6 +62,9 @@ class KBClient:
     def json(self, path: str, **params: Any) -> Any:
         return json.loads(self._get(path, params))
 
+    def bytes(self, path: str, **params: Any) -> bytes:
+        return self._get(path, params)
+
     def text(self, path: str, **params: Any) -> str:
         return self._get(path, params).decode(errors="replace")
 
