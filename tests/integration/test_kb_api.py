@@ -28,6 +28,7 @@ def test_trials_best_first_with_resources_and_paging(kb_server):
     assert status == 200
     assert [t["trial"] for t in data["items"]] == ["10", "2", "3"] and data["total"] == 4 and data["next"] == 3
     assert data["items"][0]["resources"]["wallSeconds"] == 100.0
+    assert [p["cpuSeconds"] for p in data["items"][0]["resources"]["series"]] == [0.0, 1.5, 3.0, 4.5, 6.0]
     assert data["items"][0]["model"]["parameters"] == 650_000
     _, rest, _ = kb_server.get(TRIALS_PATH + "?limit=3&offset=3")
     assert [t["trial"] for t in rest["items"]] == ["1"] and rest["next"] is None

@@ -167,7 +167,7 @@ def test_dashboard_in_chromium(browser, platform, kubectl, serving_packages, tmp
     differing = [r.find_element(By.TAG_NAME, "th").text
                  for r in browser.find_elements(By.CSS_SELECTOR, "#comparison tr.differs")]
     assert {"hp.lr", "accuracy", "wall s"} <= set(differing)
-    assert len(browser.find_elements(By.CSS_SELECTOR, "svg.chart polyline")) == 6
+    assert len(browser.find_elements(By.CSS_SELECTOR, "svg.chart polyline")) == 10  # 3 metrics + 2 resources, x2
     shot(browser, tmp_path, "3-compare", ["Trials 10, 2 side by side", "trial 10", "trial 2"])
 
     # The report: confusion matrix, lineage; then promote through the Kubernetes API.

@@ -33,9 +33,11 @@ def test_experiment_page_query_columns_and_exports(kb_server):
 def test_trial_compare_version_deployment_pages(kb_server):
     run = kb_server.records.run_id
     trial = page(kb_server, f"/ui/runs/{run}/trials/2")
-    assert trial.count("<polyline") == 3 and "EmbeddingBag" in trial  # accuracy, loss (validation), loss (training)
+    # accuracy, loss (validation), loss (training), then memory and CPU time over time
+    assert trial.count("<polyline") == 5 and 'aria-label="memory (MiB)"' in trial
+    assert "EmbeddingBag" in trial and "[32, 128]" in trial and "input [32, 200]" in trial
     compare = page(kb_server, f"/ui/runs/{run}/compare?trials=10,2")
-    assert compare.count('class="differs"') >= 3 and compare.count("<polyline") == 6
+    assert compare.count('class="differs"') >= 3 and compare.count("<polyline") == 10
     version = page(kb_server, "/ui/models/news/versions/1")
     assert 'id="confusion"' in version and version.count("class=\"diag\"") == 3 and "news-train@c0ffee" in version
     versions = page(kb_server, "/ui/models/news/compare?versions=1,2")

@@ -41,6 +41,9 @@ def test_plain_pytorch_trial_gets_complete_metadata(training_engine_factory, tra
     assert model["input_shape"] == [16, 4] and model["output_shape"] == [16, 3]
     assert [(layer["type"], layer["output_shape"]) for layer in model["layers"]] == [
         ("Linear", [16, 16]), ("ReLU", [16, 16]), ("Linear", [16, 3])]
+    samples = row.metadata["resource_series"]  # memory and CPU over time, for the dashboard's curves
+    assert samples and all(p["rssBytes"] > 10 * 2**20 for p in samples)
+    assert [p["at"] for p in samples] == sorted(p["at"] for p in samples)
     data = row.metadata["data"]
     assert data["commit"] == "c1" and data["type"] == "tabular"
     assert data["perLabel"] == {"0": 30, "1": 20, "2": 10} and data["examples"] == 60

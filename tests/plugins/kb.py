@@ -54,15 +54,18 @@ def record_sample(database: Any, artifacts: Any) -> Recorded:
                                       state="completed", generation=2, spec=spec, data_repo="news-train",
                                       data_commit="c0ffee", started_at=T0))
     model_facts = {"model_class": "NewsNet", "parameters": 650_000, "layer_count": 3,
-                   "layers": [{"name": "embed", "type": "EmbeddingBag", "parameters": 640_000},
-                              {"name": "fc1", "type": "Linear", "parameters": 8_256},
-                              {"name": "out", "type": "Linear", "parameters": 1_744}],
+                   "layers": [{"name": "embed", "type": "EmbeddingBag", "params": 640_000, "output_shape": [32, 64]},
+                              {"name": "fc1", "type": "Linear", "params": 8_256, "output_shape": [32, 128]},
+                              {"name": "out", "type": "Linear", "params": 1_744, "output_shape": [32, 3]}],
+                   "input_shape": [32, 200], "output_shape": [32, 3],
                    "optimizer": "Adam", "loss": "CrossEntropyLoss"}
     for trial_id, (hparams, best) in TRIALS.items():
         database.record_trial(TrialRecord(
             run_id=run, trial_id=trial_id, state="completed", hparams=hparams, best_metric=best,
             metadata={"best_metrics": {"accuracy": best, "loss": round(1 - best, 3)}, "model": model_facts,
-                      "seed": 7, "units_done": hparams["epochs"], "unit": "epochs", "validations": 3},
+                      "seed": 7, "units_done": hparams["epochs"], "unit": "epochs", "validations": 3,
+                      "resource_series": [{"at": 1000.0 + 2 * k, "rssBytes": (200 + 20 * k) * 2**20,
+                                           "cpuSeconds": 1.5 * k, "gpuUtilization": None} for k in range(5)]},
             wall_seconds=10.0 * int(trial_id), cpu_seconds=9.0 * int(trial_id), peak_rss_bytes=300 * 2**20))
         database.record_metrics(
             [TrialMetric(run_id=run, trial_id=trial_id, kind="validation", batches=100 * k, epoch=float(k),

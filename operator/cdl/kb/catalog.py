@@ -314,12 +314,14 @@ def trial_view(row: dict[str, Any], metric: str | None) -> dict[str, Any]:
     meta = dict(row.get("metadata") or {})
     best = meta.pop("best_metrics", None) or {}
     model = meta.pop("model", None) or {}
+    series = meta.pop("resource_series", None) or []
     return {
         "run": row["run_id"], "trial": row["trial_id"], "state": row["state"], "stopReason": row.get("stop_reason"),
         "hparams": row.get("hparams") or {}, "metric": metric, "best": row.get("best_metric"), "metrics": best,
         "model": model,
         "resources": {"wallSeconds": row.get("wall_seconds"), "cpuSeconds": row.get("cpu_seconds"),
-                      "peakRssBytes": row.get("peak_rss_bytes"), "gpuUtilization": row.get("gpu_utilization")},
+                      "peakRssBytes": row.get("peak_rss_bytes"), "gpuUtilization": row.get("gpu_utilization"),
+                      "series": series},
         "checkpoint": {"uuid": row.get("checkpoint_uuid"), "uri": row.get("checkpoint_uri")},
         "metadata": meta, "updatedAt": _iso(row.get("updated_at")),
     }

@@ -157,6 +157,24 @@ def metric_names(trials: list[dict[str, Any]], kind: str) -> list[str]:
     return names
 
 
+def resource_charts(trials: list[dict[str, Any]]) -> list[Markup]:
+    """Memory, CPU time and GPU use over time (the local engine samples them every few seconds)."""
+    def points(t: dict[str, Any], key: str, scale: float = 1.0) -> list[tuple[float, float]]:
+        series = (t.get("resources") or {}).get("series") or []
+        start = series[0]["at"] if series else 0
+        return [(p["at"] - start, p[key] / scale) for p in series if p.get(key) is not None]
+
+    label = (lambda t: f"trial {t['trial']}") if len(trials) > 1 else (lambda t: "trial")
+    charts = []
+    for key, title, scale, unit in (("rssBytes", "memory (MiB)", 2**20, "MiB"), ("cpuSeconds", "CPU time (s)", 1, "s"),
+                                    ("gpuUtilization", "GPU utilisation (%)", 1, "%")):
+        series = {label(t): points(t, key, scale) for t in trials}
+        if any(series.values()):
+            charts.append(Markup(line_chart(series, title=title, x_label="seconds since the trial started",
+                                            y_label=unit)))
+    return charts
+
+
 def trial_charts(trials: list[dict[str, Any]], x: str) -> list[Markup]:
     charts = []
     x_label = "seconds since the first report" if x == "time" else "batches"
@@ -171,7 +189,7 @@ async def trial(request: web.Request) -> web.Response:
     m = request.match_info
     t = await _run(_catalog(request).trial, m["run"], m["trial"])
     x = "time" if request.query.get("x") == "time" else "batches"
-    return render(request, "trial.html", t=t, charts=trial_charts([t], x), x=x)
+    return render(request, "trial.html", t=t, charts=trial_charts([t], x), x=x, resources=resource_charts([t]))
 
 
 async def compare(request: web.Request) -> web.Response:
@@ -182,7 +200,7 @@ async def compare(request: web.Request) -> web.Response:
     trials = [await _run(_catalog(request).trial, m["run"], t) for t in wanted]
     rows = compare_rows(trials)
     return render(request, "compare.html", run=m["run"], trials=trials, rows=rows,
-                  charts=trial_charts(trials, "batches"))
+                  charts=trial_charts(trials, "batches") + resource_charts(trials))
 
 
 def compare_rows(trials: list[dict[str, Any]]) -> list[tuple[str, list[str], bool]]:

@@ -76,6 +76,8 @@ class Recorder:
                     recorded_at=_when(ev.get("time")),
                 )]),
             )
+            if ev["group"] == "validation":  # the best metric and resource series, while it runs
+                self._record_trial(run, trial)
 
     def trial_finished(self, run: RunState, trial: TrialState) -> None:
         self.upload_checkpoint(run, trial)
