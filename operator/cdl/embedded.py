@@ -16,6 +16,8 @@ import yaml
 from cdl.config import DEFAULT_ENGINES
 from cdl.processes import alive, stop_group
 
+KB_SERVICE = "cdl-system/cdl-kb"
+
 
 @dataclass
 class Component:
@@ -97,6 +99,10 @@ def write_operator_config(data_dir: Path, base_dir: Path, database_url: str | No
         "artifact_url": (data_dir / "artifacts").as_uri(),
         "engines": dict(DEFAULT_ENGINES),
         "poll_seconds": 2.0,
+        # The knowledge base on a free loopback port, reached through the devcluster's service
+        # proxy at /api/v1/namespaces/cdl-system/services/cdl-kb:http/proxy/.
+        "kb_port": 0,
+        "kb_service": KB_SERVICE,
     }
     path = data_dir / "operator.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))

@@ -108,18 +108,29 @@ def _checkpoint(res: Resource, spec: ModelVersionSpec, ctx: Context, exp: dict[s
 
 
 def _training_figures(ctx: Context, exp: dict[str, Any], trial_id: str) -> dict[str, Any]:
-    """The registered trial's resource figures, for the report's reproducibility section."""
+    """The registered trial's resource figures and the metadata the training runtime captured
+    (model description, packages, environment, data facts), for the package and its report."""
     ref = (exp.get("status") or {}).get("engineRef") or {}
+    figures: dict[str, Any] = {}
+    if ctx.database is not None and ref.get("id"):
+        with contextlib.suppress(Exception):  # nice to have; registration does not depend on it
+            record = next((t for t in ctx.database.trials(ref["id"]) if t.trial_id == str(trial_id)), None)
+            meta = (record.metadata if record else None) or {}
+            for key in ("model", "packages", "environment"):
+                if meta.get(key):
+                    figures[key] = meta[key]
+            if meta.get("data"):
+                figures["trainingData"] = meta["data"]
     try:
         engine = ctx.engines.training(engine_name(exp.get("spec") or {}, ctx))
         report = engine.status(EngineRef(ref.get("id", ""), ref.get("url", ""), ref.get("engine", "")))
     except Exception:  # figures are nice to have; registration does not depend on them
-        return {}
+        return figures
     trial = next((t for t in report.trials if t.id == trial_id), None)
     if trial is None:
-        return {}
-    return {"training": {"wallSeconds": trial.wall_seconds, "cpuSeconds": trial.cpu_seconds,
-                         "peakRssBytes": trial.peak_rss_bytes, "gpuUtilization": trial.gpu_utilization}}
+        return figures
+    return {**figures, "training": {"wallSeconds": trial.wall_seconds, "cpuSeconds": trial.cpu_seconds,
+                                    "peakRssBytes": trial.peak_rss_bytes, "gpuUtilization": trial.gpu_utilization}}
 
 
 def _local(uri: str) -> str | None:
@@ -153,9 +164,14 @@ def _register(res: Resource, spec: ModelVersionSpec, ctx: Context, fingerprint: 
             ref = resolve_output(ctx, res.namespace, binding["pipelineRef"]["name"], binding.get("output", "train"),
                                  data["commit"])
             train_labels = _label_counts(ref.path)
+    figures = _training_figures(ctx, exp, trial)
+    # Label folders counted here, else the examples per label the training runtime counted.
+    train_labels = train_labels or dict((figures.pop("trainingData", None) or {}).get("perLabel") or {})
+    figures.pop("trainingData", None)
     lineage = {
         "experiment": exp["metadata"]["name"],
         "run": est.get("run") or 1,
+        "runId": (est.get("engineRef") or {}).get("id"),  # the knowledge base's key of the run's records
         "trial": trial,
         "checkpoint": checkpoint.uuid,
         "data": data,
@@ -166,7 +182,7 @@ def _register(res: Resource, spec: ModelVersionSpec, ctx: Context, fingerprint: 
     registered = registry.register(RegistrationRequest(
         key=res.key, model_name=registered_name(res.namespace, spec.model), version=int(version), checkpoint=checkpoint, model_dir=model_dir,
         hparams=hparams, metadata={"lineage": lineage, "experiment": exp_spec, "trials": est.get("trials"),
-                                   **_training_figures(ctx, exp, trial)},
+                                   **figures},
     ))
     artifact = {"uri": registered.artifact_uri, "sha256": registered.sha256, "bytes": registered.bytes,
                 "format": registered.format}
