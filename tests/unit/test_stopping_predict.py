@@ -32,7 +32,7 @@ def test_predicted_interval_holds_the_known_end_value(end: float) -> None:
     prediction = CurvePredictor(TARGET, smaller_is_better=False, confidence=0.9).predict(trial, peers(6))
     assert prediction.low <= end <= prediction.high, prediction
     assert abs(prediction.value - end) < 0.03, prediction
-    assert prediction.high - prediction.low < 0.12  # informative, not an everything-goes interval
+    assert prediction.high - prediction.low < 0.15  # informative, not an everything-goes interval
     assert prediction.peers == 6 and set(prediction.families) >= {"pow3", "exp3"}
 
 

@@ -1,4 +1,4 @@
-"""Commands for the data scientist: `cdl experiments compare` and `cdl logs`."""
+"""Commands for the data scientist: `cdl experiments compare`, `cdl experiments study` and `cdl logs`."""
 
 from __future__ import annotations
 
@@ -79,6 +79,88 @@ def compare_cmd(
     for field in fields:
         table.add_row(field.removeprefix("hp."), *(_fmt(row.get(field)) for row in rows))
     console.print(table)
+
+
+@experiments_app.command("study")
+def study_cmd(
+    name: str = typer.Argument(..., help="Experiment name (a finished search)."),
+    namespace: str = NamespaceOption,
+    kubeconfig: str = KubeconfigOption,
+    data_dir: Path = DataDirOption,
+    database_url: str = typer.Option(
+        None, "--database-url", envvar="CDL_DATABASE_URL",
+        help="Read the search from this Experiment Registry (PostgreSQL); default the local engine's state.",
+    ),
+    plot: Path = typer.Option(None, "--plot", help="Also write a PNG: curves with stop points, compute per rule."),
+    output: OutputFormat = typer.Option(OutputFormat.table, "--output", "-o"),
+) -> None:
+    """Replay a finished search under each early-stopping rule (none, patience, budgets, median,
+    predict, resources, ASHA): trial-epochs and CPU seconds each would have spent, the best metric
+    it would have kept, and whether it would have stopped the eventual winner. No new training.
+
+    Example: cdl experiments study bbc-random --plot study.png
+    """
+    from cdl.engines.local.training.state import load
+    from cdl.engines.training import study
+
+    status = Kube(kubeconfig).get("Experiment", name, namespace).get("status") or {}
+    run_id = (status.get("engineRef") or {}).get("id")
+    if not run_id:
+        err_console.print(f"the Experiment has not been submitted yet (phase {status.get('phase')})")
+        raise typer.Exit(EXIT_USER)
+    try:
+        if database_url:
+            from cdl.stores.postgres import Database
+
+            with Database(database_url) as db:
+                search = study.from_database(db, run_id)
+        else:
+            path = data_dir / "training" / "runs" / run_id / "run.json"
+            if not path.exists():
+                err_console.print(f"no local training state at {path}; pass --database-url to read the registry")
+                raise typer.Exit(EXIT_PLATFORM)
+            search = study.from_run_state(load(path))
+    except CdlError as exc:
+        err_console.print(str(exc))
+        raise typer.Exit(EXIT_USER)
+    _study_output(search, output, plot, f"Experiment {namespace}/{name}")
+
+
+def _study_output(search: Any, output: OutputFormat, plot: Path | None, title: str) -> None:
+    from cdl.engines.training import study
+
+    if not search.trials or not any(t.curve.scored() for t in search.trials):
+        err_console.print(f"run {search.run_id} recorded no validation of {search.metric!r}: nothing to replay")
+        raise typer.Exit(EXIT_USER)
+    figures = study.study(search)
+    rows = study.rows(search, figures)
+    if plot is not None:
+        try:
+            study.plot(search, figures, str(plot))
+        except RuntimeError as exc:
+            err_console.print(str(exc))
+            raise typer.Exit(EXIT_PLATFORM)
+    if emit(rows, output):
+        return
+    unit = search.unit
+    table = Table(title=f"{title}: {len(search.trials)} trial(s) replayed under each stopping rule "
+                        f"({search.metric}, {'smaller' if search.smaller else 'larger'} is better)")
+    for col in ("rule", f"trial-{unit}", "vs none", "CPU s", "vs none", f"best {search.metric}", "Δ best",
+                "stopped", "winner stopped", "settings"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(
+            r["rule"], _fmt(r[f"trial_{unit}"]), _pct(r.get(f"{unit}_vs_none")), _fmt(r["cpu_seconds"]),
+            _pct(r.get("cpu_vs_none")), _fmt(r["best"]), _fmt(r.get("best_delta")), str(r["stopped_trials"]),
+            "yes" if r["winner_stopped"] else "no", r["settings"],
+        )
+    console.print(table)
+    if plot is not None:
+        console.print(f"plot written to {plot}")
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
 
 
 def logs(

@@ -8,9 +8,11 @@ the larger-is-better scale:
 - peers: what the completed trials still gained, from the same length to the end, added to this
   trial's best so far.
 Both are calibrated by leave-one-out on the completed trials (each truncated at the same length,
-predicted from its own start and the other trials' curves): their weights are the inverse mean
-squared errors, the combined prediction is bias-corrected by the median residual, and the
-interval is the split-conformal quantile of the residuals at the chosen confidence.
+predicted from its own start and the other trials' curves), in units of each curve's own range so
+far: their weights are the inverse mean squared errors, the combined prediction is
+bias-corrected by the median residual, and the interval is the split-conformal quantile of the
+residuals at the chosen confidence, widened by the saturating families' disagreement, its
+optimistic end reaching each of their extrapolations (stop only what no model expects to win).
 """
 
 from __future__ import annotations
@@ -133,63 +135,77 @@ class CurvePredictor:
     def _final(self, curve: Curve) -> float:
         return max(self._series(curve)[1])
 
-    def _peer_gain(self, best_so_far: float, units: float, peers: Sequence[Curve]) -> float | None:
-        gains = []
+    @staticmethod
+    def _scale(y: Sequence[float]) -> float:
+        """How far the curve has moved so far: residuals and gains are compared in these units,
+        so a converged curve and a steep one calibrate each other."""
+        span = float(max(y) - min(y))
+        return span if span > 0 else max(abs(float(y[-1])) * 1e-3, 1e-12)
+
+    def _peer_gain(self, best_so_far: float, scale: float, units: float, peers: Sequence[Curve]) -> float | None:
+        ratios = []
         for p in peers:
             start = p.upto(units)
-            if not start.scored():
+            if len(start.scored()) < 2:
                 continue
-            gains.append(self._final(p) - max(self._series(start)[1]))
-        if not gains:
+            y = self._series(start)[1]
+            ratios.append((self._final(p) - max(y)) / self._scale(y))
+        if not ratios:
             return None
-        return best_so_far + float(np.median(gains))
+        return best_so_far + scale * float(np.median(ratios))
 
     # -- prediction -----------------------------------------------------------------------
 
     def predict(self, curve: Curve, peers: Sequence[Curve]) -> Prediction:
         """The final result of `curve` (observed so far) given completed trials `peers` (>= 2)."""
         units = curve.units
-        x, y = self._series(curve)
-        best_so_far = max(y)
+        _, y = self._series(curve)
+        best_so_far, scale = max(y), self._scale(y)
         param, fams = self._parametric(curve)
-        peer = self._peer_gain(best_so_far, units, peers)
+        peer = self._peer_gain(best_so_far, scale, units, peers)
 
-        # Leave-one-out calibration on the completed trials, truncated at the same length.
-        res_a, res_b, loo = [], [], []
+        # Leave-one-out calibration on the completed trials truncated at the same length, in
+        # units of each curve's own scale.
+        loo = []
         for i, p in enumerate(peers):
             start = p.upto(units)
             if len(start.scored()) < 2:
                 continue
-            actual = self._final(p)
+            y_p = self._series(start)[1]
+            s_p = self._scale(y_p)
             a, _ = self._parametric(start, key=(p.trial_id, units))
-            others = [q for j, q in enumerate(peers) if j != i]
-            b = self._peer_gain(max(self._series(start)[1]), units, others)
-            res_a.append(actual - a)
-            res_b.append(actual - b if b is not None else math.nan)
-            loo.append((actual, a, b))
-        wa = 1.0 / (float(np.mean(np.square(res_a))) + 1e-12) if res_a else 1.0
-        finite_b = [r for r in res_b if math.isfinite(r)]
-        wb = 1.0 / (float(np.mean(np.square(finite_b))) + 1e-12) if finite_b and peer is not None else 0.0
+            b = self._peer_gain(max(y_p), s_p, units, [q for j, q in enumerate(peers) if j != i])
+            loo.append(((self._final(p) - max(y_p)) / s_p, (a - max(y_p)) / s_p,
+                        None if b is None else (b - max(y_p)) / s_p))
+        res_a = [actual - a for actual, a, _ in loo]
+        res_b = [actual - b for actual, _, b in loo if b is not None]
+        wa = 1.0 / (float(np.mean(np.square(res_a))) + 1e-9) if res_a else 1.0
+        wb = 1.0 / (float(np.mean(np.square(res_b))) + 1e-9) if res_b and peer is not None else 0.0
 
         def combine(a: float, b: float | None) -> float:
-            if b is None or wb == 0.0:
-                return a
-            return (wa * a + wb * b) / (wa + wb)
+            return a if b is None or wb == 0.0 else (wa * a + wb * b) / (wa + wb)
 
         residuals = [actual - combine(a, b) for actual, a, b in loo]
-        center = combine(param, peer)
+        gain = combine((param - best_so_far) / scale, None if peer is None else (peer - best_so_far) / scale)
         if residuals:
             bias = float(np.median(residuals))
             dev = np.sort(np.abs(np.asarray(residuals) - bias))
             n = len(dev)
             rank = math.ceil((n + 1) * self.confidence)
             half = float(dev[rank - 1]) if rank <= n else float(dev[-1]) * rank / n
-        else:  # nothing to calibrate on: the families' disagreement is the only uncertainty
-            bias = 0.0
-            half = (max(fams.values()) - min(fams.values())) / 2 if len(fams) > 1 else 0.0
-        half = max(half, 1e-12)
-        value = max(center + bias, best_so_far)
-        low, high = max(value - half, best_so_far), value + half
+        else:
+            bias, half = 0.0, 0.0
+        # The saturating families' disagreement is model uncertainty the peers may not show
+        # (they can all have converged while this curve is still steep): added in quadrature.
+        saturating = [v for k, v in fams.items() if k in ("pow3", "exp3")]
+        spread = (max(saturating) - min(saturating)) / 2 / scale if len(saturating) > 1 else 0.0
+        half = math.hypot(half, spread) * scale
+        value = best_so_far + max(gain + bias, 0.0) * scale
+        # The optimistic bound also reaches every saturating family's own extrapolation: stopping
+        # needs the optimistic end to be implausible under each model, not only their combination.
+        low = value - half
+        high = max([value + half, *saturating])
+        low, high = max(low, best_so_far), max(high, best_so_far)
         if self.smaller:
             value, low, high = -value, -high, -low
         return Prediction(value, low, high, self.confidence, len(loo), units,
