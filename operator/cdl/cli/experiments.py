@@ -145,16 +145,21 @@ def _study_output(search: Any, output: OutputFormat, plot: Path | None, title: s
     unit = search.unit
     table = Table(title=f"{title}: {len(search.trials)} trial(s) replayed under each stopping rule "
                         f"({search.metric}, {'smaller' if search.smaller else 'larger'} is better)")
-    for col in ("rule", f"trial-{unit}", "vs none", "CPU s", "vs none", f"best {search.metric}", "Δ best",
-                "stopped", "winner stopped", "settings"):
-        table.add_column(col, overflow="fold")
+    table.add_column("rule", no_wrap=True)
+    for col in (f"trial-{unit}", "%", "CPU s", "%", "best", "Δ best", "stopped", "winner"):
+        table.add_column(col, justify="right")
     for r in rows:
         table.add_row(
             r["rule"], _fmt(r[f"trial_{unit}"]), _pct(r.get(f"{unit}_vs_none")), _fmt(r["cpu_seconds"]),
             _pct(r.get("cpu_vs_none")), _fmt(r["best"]), _fmt(r.get("best_delta")), str(r["stopped_trials"]),
-            "yes" if r["winner_stopped"] else "no", r["settings"],
+            "yes" if r["winner_stopped"] else "no",
         )
     console.print(table)
+    console.print(f"%: share of no stopping; best: best {search.metric} kept; winner: whether the rule stops the "
+                  "trial that won without stopping", markup=False, highlight=False)
+    for r in rows:
+        if r["settings"]:
+            console.print(f"  {r['rule']}: {r['settings']}", markup=False, highlight=False)
     if plot is not None:
         console.print(f"plot written to {plot}")
 

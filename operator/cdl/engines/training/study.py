@@ -238,8 +238,8 @@ def replay_asha(search: RecordedSearch, divisor: int = 4, max_rungs: int = 5) ->
     target = search.target
     if target is None:
         raise ValueError("ASHA needs searcher.maxLength")
-    spec = ExperimentSpec.model_validate({
-        **search.spec,
+    spec = ExperimentSpec.model_validate({  # only the searcher matters: trials come from the recording
+        "model": {"path": ".", "entrypoint": "replay:Trial"},
         "searcher": {"name": "asha", "metric": search.metric, "smallerIsBetter": search.smaller,
                      "maxTrials": len(search.trials), "maxLength": {search.unit: int(target)},
                      "asha": {"divisor": divisor, "maxRungs": max_rungs}},
