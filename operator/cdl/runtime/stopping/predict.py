@@ -1,18 +1,16 @@
 """Learning-curve prediction (Baker et al. 2017; Domhan et al. 2015): a trial's final result from
 the start of its curve, with an interval calibrated on the search's completed trials.
 
-Two estimates of the final result (the best validation it will reach at the target length), on
-the larger-is-better scale:
-- parametric: power law `c - a·x^-α`, exponential saturation `c - a·e^(-b·x)` and a log-linear
-  `a + b·ln x` fitted to the observed points (scipy's least squares), combined by their median;
-- peers: what the completed trials still gained, from the same length to the end, added to this
-  trial's best so far.
-Both are calibrated by leave-one-out on the completed trials (each truncated at the same length,
-predicted from its own start and the other trials' curves), in units of each curve's own range so
-far: their weights are the inverse mean squared errors, the combined prediction is
-bias-corrected by the median residual, and the interval is the split-conformal quantile of the
-residuals at the chosen confidence, widened by the saturating families' disagreement, its
-optimistic end reaching each of their extrapolations (stop only what no model expects to win).
+The model: power law `c - a·x^-α`, exponential saturation `c - a·e^(-b·x)` and log-linear
+`a + b·ln x` are fitted to the observed points (scipy's least squares); their median at the
+target length, less the best value so far, is the gain the families expect. That gain is then
+calibrated on this search's completed trials, each truncated at the same length: a factor
+fitted on what the families predicted for them against what they really gained corrects the
+families' systematic over- or under-shoot, and the interval is the split-conformal quantile, at
+the chosen confidence, of their errors relative to the predicted gain plus the validation noise
+(so a trial expected to move a lot gets a wide interval, a converged one a narrow one). The final
+result is the best validation the trial will reach, so the prediction is never below the best
+so far.
 """
 
 from __future__ import annotations
@@ -62,7 +60,7 @@ def fit_families(x: Sequence[float], y: Sequence[float], target: float) -> dict[
     span = float(ys.max() - ys.min()) or max(abs(float(ys[-1])), 1.0) * 1e-3
     out: dict[str, float] = {}
     for fam in FAMILIES:
-        if len(xs) < fam.params:
+        if len(xs) <= fam.params:  # an exact fit through every point says nothing about the tail
             continue
         if fam.name == "pow3":
             p0, bounds = [ys[-1] + span, span, 0.5], ([-np.inf, -np.inf, 1e-3], [np.inf, np.inf, 5.0])
@@ -78,8 +76,8 @@ def fit_families(x: Sequence[float], y: Sequence[float], target: float) -> dict[
         except (RuntimeError, ValueError, FloatingPointError):
             continue
         if math.isfinite(value):
-            # An extrapolation far outside what the curve has shown is a failed fit, not a forecast.
-            low, high = float(ys.min()) - 10 * span, float(ys.max()) + 10 * span
+            # An extrapolation far beyond what the curve has shown is a failed fit, not a forecast.
+            low, high = float(ys.min()) - 3 * span, float(ys.max()) + 3 * span
             out[fam.name] = min(max(value, low), high)
     return out
 
@@ -128,6 +126,11 @@ class CurvePredictor:
             if key is not None:
                 self._cache[key] = fams
         best = max(y)
+        # The local slope carried on with a 1/x decay (the log-linear family fitted to the last
+        # points only): robust where three-parameter fits on few noisy points are not.
+        if len(x) >= 3:
+            slope = max((y[-1] - y[-3]) / max(x[-1] - x[-3], 1e-9), 0.0)
+            fams = {**fams, "slope": y[-1] + slope * x[-1] * math.log(max(self.target / x[-1], 1.0))}
         if not fams:
             return best, fams
         return max(best, float(np.median(list(fams.values())))), fams
@@ -135,78 +138,45 @@ class CurvePredictor:
     def _final(self, curve: Curve) -> float:
         return max(self._series(curve)[1])
 
-    @staticmethod
-    def _scale(y: Sequence[float]) -> float:
-        """How far the curve has moved so far: residuals and gains are compared in these units,
-        so a converged curve and a steep one calibrate each other."""
-        span = float(max(y) - min(y))
-        return span if span > 0 else max(abs(float(y[-1])) * 1e-3, 1e-12)
-
-    def _peer_gain(self, best_so_far: float, scale: float, units: float, peers: Sequence[Curve]) -> float | None:
-        ratios = []
-        for p in peers:
-            start = p.upto(units)
-            if len(start.scored()) < 2:
-                continue
-            y = self._series(start)[1]
-            ratios.append((self._final(p) - max(y)) / self._scale(y))
-        if not ratios:
-            return None
-        return best_so_far + scale * float(np.median(ratios))
-
     # -- prediction -----------------------------------------------------------------------
 
     def predict(self, curve: Curve, peers: Sequence[Curve]) -> Prediction:
         """The final result of `curve` (observed so far) given completed trials `peers` (>= 2)."""
         units = curve.units
         _, y = self._series(curve)
-        best_so_far, scale = max(y), self._scale(y)
+        best_so_far = max(y)
         param, fams = self._parametric(curve)
-        peer = self._peer_gain(best_so_far, scale, units, peers)
+        gain = param - best_so_far  # what the families expect this trial still to gain
 
-        # Leave-one-out calibration on the completed trials truncated at the same length, in
-        # units of each curve's own scale.
-        loo = []
-        for i, p in enumerate(peers):
+        # Calibration on the completed trials, each truncated at the same length: the gain they
+        # really made against the gain the families predicted from their start.
+        real, predicted, noise = [], [], []
+        for p in peers:
             start = p.upto(units)
             if len(start.scored()) < 2:
                 continue
             y_p = self._series(start)[1]
-            s_p = self._scale(y_p)
             a, _ = self._parametric(start, key=(p.trial_id, units))
-            b = self._peer_gain(max(y_p), s_p, units, [q for j, q in enumerate(peers) if j != i])
-            loo.append(((self._final(p) - max(y_p)) / s_p, (a - max(y_p)) / s_p,
-                        None if b is None else (b - max(y_p)) / s_p))
-        res_a = [actual - a for actual, a, _ in loo]
-        res_b = [actual - b for actual, _, b in loo if b is not None]
-        wa = 1.0 / (float(np.mean(np.square(res_a))) + 1e-9) if res_a else 1.0
-        wb = 1.0 / (float(np.mean(np.square(res_b))) + 1e-9) if res_b and peer is not None else 0.0
-
-        def combine(a: float, b: float | None) -> float:
-            return a if b is None or wb == 0.0 else (wa * a + wb * b) / (wa + wb)
-
-        residuals = [actual - combine(a, b) for actual, a, b in loo]
-        gain = combine((param - best_so_far) / scale, None if peer is None else (peer - best_so_far) / scale)
-        if residuals:
-            bias = float(np.median(residuals))
-            dev = np.sort(np.abs(np.asarray(residuals) - bias))
-            n = len(dev)
+            real.append(self._final(p) - max(y_p))
+            predicted.append(a - max(y_p))
+            full = self._series(p)[1]
+            noise.extend(abs(b - a_) for a_, b in zip(full, full[1:], strict=False))
+        g = np.asarray(predicted)
+        G = np.asarray(real)
+        s0 = float(np.median(noise)) if noise else abs(best_so_far) * 1e-3 + 1e-12
+        # Shrink (or stretch) the families' gains as they did on this search's completed trials.
+        beta = float(np.clip(G @ g / (g @ g), 0.0, 2.0)) if len(g) and float(g @ g) > 1e-12 else 1.0
+        if len(g):
+            scores = np.sort(np.abs(G - beta * g) / (np.abs(g) + s0))
+            n = len(scores)
             rank = math.ceil((n + 1) * self.confidence)
-            half = float(dev[rank - 1]) if rank <= n else float(dev[-1]) * rank / n
+            q = float(scores[rank - 1]) if rank <= n else float(scores[-1]) * rank / n
         else:
-            bias, half = 0.0, 0.0
-        # The saturating families' disagreement is model uncertainty the peers may not show
-        # (they can all have converged while this curve is still steep): added in quadrature.
-        saturating = [v for k, v in fams.items() if k in ("pow3", "exp3")]
-        spread = (max(saturating) - min(saturating)) / 2 / scale if len(saturating) > 1 else 0.0
-        half = math.hypot(half, spread) * scale
-        value = best_so_far + max(gain + bias, 0.0) * scale
-        # The optimistic bound also reaches every saturating family's own extrapolation: stopping
-        # needs the optimistic end to be implausible under each model, not only their combination.
-        low = value - half
-        high = max([value + half, *saturating])
-        low, high = max(low, best_so_far), max(high, best_so_far)
+            q = 1.0
+        half = max(q, 1e-6) * (abs(gain) + s0)
+        value = best_so_far + max(beta * gain, 0.0)
+        low, high = max(value - half, best_so_far), value + half
         if self.smaller:
             value, low, high = -value, -high, -low
-        return Prediction(value, low, high, self.confidence, len(loo), units,
+        return Prediction(value, low, high, self.confidence, len(real), units,
                           {k: oriented(v, self.smaller) for k, v in fams.items()})

@@ -130,11 +130,13 @@ class StoppingRules:
             return None
         from cdl.runtime.stopping.predict import CurvePredictor
 
+        finals = [oriented(b, self.smaller) for q in peers if (b := q.best(self.smaller)) is not None]
+        threshold = float(np.quantile(finals, p.quantile))
+        if oriented(curve.best(self.smaller), self.smaller) >= threshold:  # type: ignore[arg-type]
+            return None  # already as good as the bar: no prediction can stop it (and none is paid for)
         if self._predictor is None:
             self._predictor = CurvePredictor(self.target, self.smaller, p.confidence)
         prediction = self._predictor.predict(curve, peers)
-        finals = [oriented(b, self.smaller) for q in peers if (b := q.best(self.smaller)) is not None]
-        threshold = float(np.quantile(finals, p.quantile))
         optimistic = prediction.low if self.smaller else prediction.high
         if oriented(optimistic, self.smaller) < threshold:
             bar = oriented(threshold, self.smaller)
