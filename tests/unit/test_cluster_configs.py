@@ -186,6 +186,7 @@ def test_early_stopping_reaches_the_trial_and_the_pod() -> None:
     config = experiment_config(spec, None, {}, det(), KEY)
     assert json.loads(env_of(config)["CDL_EARLY_STOPPING"]) == {"patience": 2, "minDelta": 0.01,
                                                                 "maxTrialSeconds": 600, "maxTrialMemory": "2Gi"}
+    assert env_of(config)["CDL_SMALLER_IS_BETTER"] == "false"  # the in-trial rules need the direction
     (container,) = config["environment"]["pod_spec"]["spec"]["containers"]
     assert container["resources"] == {"limits": {"memory": "2Gi"}}
 

@@ -268,6 +268,7 @@ def experiment_config(
     early = spec.searcher.early_stopping
     if early is not None:
         env["CDL_EARLY_STOPPING"] = json.dumps(early.wire(), sort_keys=True)
+        env["CDL_SMALLER_IS_BETTER"] = "true" if spec.searcher.smaller_is_better else "false"
 
     storage, secret_env = checkpoint_storage(spec, secrets or {}, settings, key)
     environment: dict[str, Any] = {"environment_variables": [f"{k}={v}" for k, v in sorted(env.items())]}

@@ -187,6 +187,11 @@ class Recorder:
             "validations": len(trial.validations),
             "best_metrics": best.metrics if best else {},
             "error": trial.error,
+            # The resource series: cumulative figures at each validation (what `cdl experiments
+            # study` replays the resource rules and compute totals on).
+            "resources_at_validations": [
+                {"batches": v.steps, "units": v.units, **v.resources} for v in trial.validations if v.resources
+            ],
         }
         record = TrialRecord(
             run_id=run.id, trial_id=trial.id, state=trial.state, hparams=trial.hparams,
