@@ -16,6 +16,8 @@ import yaml
 from cdl.config import DEFAULT_ENGINES
 from cdl.processes import alive, stop_group
 
+KB_SERVICE = "cdl-system/cdl-kb"
+
 
 @dataclass
 class Component:
@@ -97,6 +99,10 @@ def write_operator_config(data_dir: Path, base_dir: Path, database_url: str | No
         "artifact_url": (data_dir / "artifacts").as_uri(),
         "engines": dict(DEFAULT_ENGINES),
         "poll_seconds": 2.0,
+        # The knowledge base on a free loopback port, reached through the devcluster's service
+        # proxy at /api/v1/namespaces/cdl-system/services/cdl-kb:http/proxy/.
+        "kb_port": 0,
+        "kb_service": KB_SERVICE,
     }
     path = data_dir / "operator.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -145,6 +151,39 @@ def stop_model_servers(data_dir: Path) -> bool:
 
     LocalServingEngine(root, supervise=False).close(stop_servers=True)
     return True
+
+
+STOPPED_MESSAGE = "the platform is stopped (cdl down): serving again at the same URL after cdl up"
+
+
+def mark_deployments_stopped(data_dir: Path) -> int:
+    """Write "Deploying" into the status of every Deployment that says otherwise (its servers are
+    stopped with the platform), so no client trusts a stale "Available" after the next `cdl up`:
+    the operator writes Available again once the URL answers. Returns how many were marked."""
+    from cdl.devcluster import process
+    from cdl.reconcile.base import set_condition
+
+    info = process.read_status(data_dir)
+    if info is None:
+        return 0
+    code, listing = process.request(f"{info.url}/apis/cdl.dev/v1alpha1/deployments", info.token,
+                                    ca_file=info.ca_file)
+    if code != 200 or not isinstance(listing, dict):
+        return 0
+    marked = 0
+    for item in listing.get("items") or []:
+        current = item.get("status") or {}
+        if current.get("phase") in (None, "Deploying", "Failed"):
+            continue
+        meta = item["metadata"]
+        patch: dict[str, object] = {"phase": "Deploying", "message": STOPPED_MESSAGE}
+        set_condition(patch, current, "Ready", False, "PlatformStopped", STOPPED_MESSAGE,
+                      int(meta.get("generation") or 0))
+        code, _ = process.request(
+            f"{info.url}/apis/cdl.dev/v1alpha1/namespaces/{meta['namespace']}/deployments/{meta['name']}/status",
+            info.token, "PATCH", {"status": patch}, content_type="application/merge-patch+json", ca_file=info.ca_file)
+        marked += code == 200
+    return marked
 
 
 def stop_component(data_dir: Path, name: str) -> bool:

@@ -61,3 +61,20 @@ def remove_tree(directory: Path) -> None:
     """Remove a tree, read-only directories included; what cannot be removed is left."""
     writable_tree(directory)
     shutil.rmtree(directory, ignore_errors=True)
+
+
+PRIVATE_UMASK = 0o077
+
+
+def make_private(directory: Path) -> None:
+    """Make a data directory its owner's alone: the directory 0700 and the files directly in it
+    0600 (the devcluster's `state.db` holds every Secret; the token and kubeconfig are keys),
+    including those an older cdl left readable. What is created later inside it is made private
+    by the processes' umask (`PRIVATE_UMASK`), set by `cdl up` and the API server."""
+    directory.mkdir(parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
+    for entry in directory.iterdir():
+        with contextlib.suppress(OSError):
+            if entry.is_symlink():
+                continue
+            os.chmod(entry, 0o700 if entry.is_dir() else 0o600)

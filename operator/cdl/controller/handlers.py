@@ -19,6 +19,7 @@ import kopf
 from cdl.api.common import GROUP, KEEP_ON_DELETE, VERSION
 from cdl.api.kinds import DATAPIPELINE, DEPLOYMENT, EXPERIMENT, MODELVERSION, KindInfo
 from cdl.controller import metrics
+from cdl.controller.redaction import redact, redact_data
 from cdl.merge_patch import merge_patch
 from cdl.reconcile import datapipeline, deployment, experiment, modelversion, outcomes
 from cdl.reconcile.base import Context, Resource
@@ -86,10 +87,10 @@ def reconcile_body(info: KindInfo, module: ModuleType, body: Any, patch: Any, fo
         changes = {k: _without_nulls_in_lists(v) for k, v in result.status.items() if res.status.get(k) != v
                    and not (v is None and k not in res.status)}
         for key, value in changes.items():  # only what changed: a pass that changes nothing writes nothing
-            patch.status[key] = value
+            patch.status[key] = redact_data(value)
         STATE.known_status[uid] = merge_patch(res.status, changes)
         for event in result.events:
-            kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+            kopf.event(body, type=event.type, reason=event.reason, message=redact(event.message))
             if event.type == "Warning":
                 metrics.ERRORS.labels(info.kind, event.reason).inc()
         _schedule(info, uid, outcome, result.requeue, result.requeue_after)

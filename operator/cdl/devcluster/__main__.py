@@ -16,7 +16,7 @@ from pathlib import Path
 
 from cdl.devcluster.auth import load_or_create_token
 from cdl.devcluster.server import start_server
-from cdl.files import write_atomic
+from cdl.files import PRIVATE_UMASK, make_private, write_atomic
 
 
 def _write_state(data_dir: Path, host: str, port: int, url: str, ca_file: Path | None) -> None:
@@ -26,7 +26,9 @@ def _write_state(data_dir: Path, host: str, port: int, url: str, ca_file: Path |
 
 
 async def serve(args: argparse.Namespace) -> None:
+    os.umask(PRIVATE_UMASK)  # state.db holds every Secret: nothing here is for other users
     data_dir = Path(args.data_dir).resolve()
+    make_private(data_dir)
     token = load_or_create_token(Path(args.token_file) if args.token_file else data_dir / "token")
     running = await start_server(data_dir, token, args.host, args.port, args.history_size,
                                  args.bookmark_interval, args.access_log, tls=not args.insecure_http)

@@ -31,6 +31,7 @@ import yaml
 
 from cdl.devcluster.auth import load_or_create_token
 from cdl.devcluster.tls import client_context
+from cdl.files import make_private
 from cdl.processes import alive, stop_group
 
 LOG_NAME = "devcluster.log"
@@ -179,7 +180,10 @@ def read_status(data_dir: Path) -> ServerInfo | None:
 
 
 def _port_free(port: int) -> bool:
+    """Can the server bind `port`? Asked the way the server binds (SO_REUSEADDR): the connections
+    a stopped server closed stay in TIME_WAIT for a minute, and do not stop it listening there."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
             return True
@@ -192,7 +196,7 @@ def start_background(data_dir: Path, port: int | None = None, crds_dir: Path | N
     """Start a detached server for `data_dir` (or return the one already running), install the
     CRDs of `crds_dir`, write `<data_dir>/kubeconfig`. Raises DevClusterError on failure."""
     data_dir = Path(data_dir).resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    make_private(data_dir)
     running = read_status(data_dir)
     if running is not None:
         if crds_dir is not None:
@@ -213,7 +217,7 @@ def start_background(data_dir: Path, port: int | None = None, crds_dir: Path | N
     log_file = data_dir / LOG_NAME
     cmd = [sys.executable, "-m", "cdl.devcluster", "serve", "--data-dir", str(data_dir), "--port", str(port),
            *(extra_args or [])]
-    with open(log_file, "ab") as log:
+    with os.fdopen(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, close_fds=True)
     (data_dir / "server.pid").write_text(str(proc.pid))
@@ -277,6 +281,7 @@ def run_in_thread(data_dir: Path, port: int = 0, *, history_size: int = 10_000,
     from cdl.devcluster.server import Running, start_server
 
     data_dir = Path(data_dir).resolve()
+    make_private(data_dir)
     token = load_or_create_token(data_dir / "token")
     loop = asyncio.new_event_loop()
     started = threading.Event()

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from cdl.devcluster import apiservices, auth, discovery, openapi, paging, table
+from cdl.devcluster import apiservices, auth, discovery, openapi, paging, proxy, table
 from cdl.devcluster.auth import OPEN_PATHS
 from cdl.devcluster.errors import ApiError, bad_request
 from cdl.devcluster.gc import GarbageCollector
@@ -201,6 +201,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if path.startswith("/openapi") or path.startswith("/swagger"):
         return openapi_handler(cp, request, path)
     segs = [s for s in path.split("/") if s]
+    if (proxied := proxy.match(segs)) is not None:
+        return await proxy.forward(cp, request, *proxied)
     if not segs or segs[0] not in ("api", "apis"):
         raise ApiError(404, "the server could not find the requested resource")
     accept = request.headers.get("Accept", "")

@@ -269,6 +269,13 @@ class TrainingEngine(Protocol):
 # --------------------------------------------------------------------------- registry
 
 
+def registered_name(namespace: str, model: str) -> str:
+    """The name a model is registered under in a registry engine: `<namespace>.<model>`, so two
+    teams registering the same model name never collide (a namespace holds no '.', so the first
+    '.' always separates the two)."""
+    return f"{namespace}.{model}" if namespace else model
+
+
 @dataclass
 class RegistrationRequest:
     key: ResourceKey

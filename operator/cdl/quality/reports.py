@@ -196,10 +196,12 @@ class _Facts:
         self.exp_status: dict[str, Any] = dict(_get(exp, "status") or {})
         self.hparams: dict[str, Any] = dict(_first(data.get("hparams"), m.get("hparams"),
                                                    _get(self.exp_status, "bestTrial", "hparams")) or {})
-        self.framework = _first(data.get("framework"), m.get("framework"))
-        self.framework_version = _first(data.get("frameworkVersion"), m.get("frameworkVersion"))
         self.requirements: list[str] = list(_first(data.get("requirements"), m.get("requirements")) or [])
         self.description: dict[str, Any] = dict(_first(data.get("modelDescription"), m.get("model")) or {})
+        # The package's own words first, else what the training runtime saw of the model.
+        self.framework = _first(data.get("framework"), m.get("framework"), self.description.get("framework"))
+        self.framework_version = _first(data.get("frameworkVersion"), m.get("frameworkVersion"),
+                                        self.description.get("framework_version"))
         self.training: dict[str, Any] = dict(_first(data.get("training"), m.get("training")) or {})
         self.trials: Any = _first(data.get("trials"), m.get("trials"), self.exp_status.get("trials"))
         self.environment: dict[str, Any] = dict(_first(data.get("environment"), m.get("environment")) or {})

@@ -9,13 +9,21 @@ Seldon's logger cannot sample, so the sink applies `sampleRate` per request. The
 Scoring Data row per pair into PostgreSQL, the same rows the local router writes, so monitoring
 and drift work the same on both platforms. The latency recorded is the time between the two
 events arriving here, an upper bound of the model's own latency.
+
+Anyone who can post rows could fake drift and start retrains, so with a key (`CDL_SCORING_SINK_KEY`,
+from a Secret) the sink takes only events whose `token` query parameter is the key's HMAC of the
+namespace they are for (`sink_token`): the Seldon engine writes it into each logger URL, so a
+team that reads its own SeldonDeployment can post rows for its own namespace only. The chart's
+NetworkPolicy lets only Seldon's pods reach the sink port on top of that.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +36,18 @@ from cdl.stores.records import ScoringRow
 log = logging.getLogger("cdl.engines.serving.scoring_sink")
 SHADOW_SUFFIX = "-shadow"
 PENDING_TTL = 300.0  # seconds a request waits for its response before it is dropped
+KEY_ENV = "CDL_SCORING_SINK_KEY"
+
+
+def sink_key(env: dict[str, str] | None = None) -> bytes | None:
+    """The sink's key from the environment (None: the sink takes unauthenticated events)."""
+    value = (os.environ if env is None else env).get(KEY_ENV, "").strip()
+    return value.encode() if value else None
+
+
+def sink_token(key: bytes, namespace: str) -> str:
+    """The token that lets events for `namespace` in: HMAC-SHA256 of the namespace."""
+    return hmac.new(key, namespace.encode(), hashlib.sha256).hexdigest()
 
 
 @dataclass
@@ -38,8 +58,10 @@ class _Pending:
 
 
 class ScoringSink:
-    def __init__(self, database: Any, batch: int = 100, flush_seconds: float = 1.0) -> None:
+    def __init__(self, database: Any, batch: int = 100, flush_seconds: float = 1.0, key: bytes | None = None) -> None:
         self.database = database
+        self.key = key
+        self.refused = 0
         self.batch = batch
         self.flush_seconds = flush_seconds
         self._pending: dict[str, _Pending] = {}
@@ -72,6 +94,9 @@ class ScoringSink:
             return web.json_response({"error": "expected a Seldon request-logger CloudEvent "
                                                "(Ce-Type io.seldon.serving.inference.*, Ce-Requestid)"},
                                      status=400)
+        if self.key is not None and not self._authorized(request):
+            self.refused += 1
+            return web.json_response({"error": "missing or wrong token for this namespace"}, status=401)
         raw = await request.read()
         try:
             body = orjson.loads(raw) if raw else None
@@ -102,6 +127,11 @@ class ScoringSink:
                 await self.flush()
             return web.Response(status=202)
         return web.Response(status=202)  # other Seldon events (outliers, drift) are not scoring data
+
+    def _authorized(self, request: web.Request) -> bool:
+        assert self.key is not None
+        namespace = request.query.get("namespace") or request.headers.get("Ce-Namespace") or ""
+        return bool(namespace) and hmac.compare_digest(request.query.get("token", ""), sink_token(self.key, namespace))
 
     def _row(self, pending: _Pending | None, response: Any, headers: dict[str, str], now: float) -> ScoringRow:
         endpoint = headers.get("ce-endpoint") or headers.get("ce-modelid") or "unknown"
@@ -161,11 +191,17 @@ def _sampled(request_id: str, rate: str | None) -> bool:
     return digest / 0xFFFFFFFF < value
 
 
-def serve_in_thread(database: Any, port: int, host: str = "0.0.0.0") -> None:
-    """Run the sink on its own event loop in a daemon thread (inside the operator process)."""
+def serve_in_thread(database: Any, port: int, host: str = "0.0.0.0", key: bytes | None = None) -> None:
+    """Run the sink on its own event loop in a daemon thread (inside the operator process); the
+    key defaults to `CDL_SCORING_SINK_KEY`."""
     import threading
 
+    key = key if key is not None else sink_key()
+    if key is None:
+        log.warning("the scoring sink on port %d takes events from anyone: set %s (a Secret) to require a "
+                    "token", port, KEY_ENV)
+
     def run() -> None:
-        web.run_app(ScoringSink(database).app(), host=host, port=port, print=None, handle_signals=False)
+        web.run_app(ScoringSink(database, key=key).app(), host=host, port=port, print=None, handle_signals=False)
 
     threading.Thread(target=run, name="scoring-sink", daemon=True).start()

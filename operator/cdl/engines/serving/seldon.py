@@ -26,6 +26,7 @@ from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlencode
 
 from cdl.engines.base import EngineRef, ResourceKey, ServedModel, ServingRequest, ServingStatus
+from cdl.engines.serving.scoring_sink import sink_key, sink_token
 from cdl.engines.settings import GpuSettings, SeldonSettings
 from cdl.errors import PermanentEngineError, TransientEngineError
 
@@ -90,10 +91,14 @@ def _env(model: ServedModel, request: ServingRequest, settings: SeldonSettings) 
 def _logger(model: ServedModel, request: ServingRequest, settings: SeldonSettings) -> dict[str, Any] | None:
     if not request.request_logging or not settings.scoring_sink_url:
         return None
-    query = urlencode({
+    params = {
         "namespace": request.key.namespace, "deployment": request.key.name, "modelVersion": model.model_version,
         "role": model.role, "sampleRate": f"{request.sample_rate:g}",
-    })
+    }
+    key = sink_key()
+    if key is not None:  # the sink takes this namespace's rows only with its token
+        params["token"] = sink_token(key, request.key.namespace)
+    query = urlencode(params)
     separator = "&" if "?" in settings.scoring_sink_url else "?"
     return {"mode": "all", "url": f"{settings.scoring_sink_url}{separator}{query}"}
 

@@ -244,16 +244,22 @@ class LocalServingEngine:
             return
         with dep.lock:
             dep.deleted = True
-            r = dep.state.router
-            groups = [(r.pid, r.create_time)] + [(s.get("pid"), s.get("create_time"))
-                                                 for s in dep.state.servers.values()]
-            stop_groups(groups)
-            for popen in [dep.router_popen] + [ms._popen for ms in dep.servers.values()]:
-                if popen is not None:
-                    popen.poll()  # reap
+            self._stop_processes(dep)
             dep.state.servers.clear()
-            r.pid = None
         shutil.rmtree(directory, ignore_errors=True)
+
+    def _stop_processes(self, dep: _Deployment) -> None:
+        """Stop the router and servers of `dep` by process group; its state (the router's port
+        above all: the Deployment's URL) stays for whoever starts them again."""
+        r = dep.state.router
+        groups = [(r.pid, r.create_time)] + [(s.get("pid"), s.get("create_time")) for s in dep.state.servers.values()]
+        stop_groups(groups)
+        for popen in [dep.router_popen] + [ms._popen for ms in dep.servers.values()]:
+            if popen is not None:
+                popen.poll()  # reap
+        r.pid, r.healthy, r.confirmed_version = None, False, 0
+        for sid, server in dep.state.servers.items():
+            dep.state.servers[sid] = {**server, "pid": None, "ready": False}
 
     # ------------------------------------------------------------------ extras (CLI, tests)
 
@@ -294,14 +300,17 @@ class LocalServingEngine:
 
     def close(self, stop_servers: bool = False) -> None:
         """Stop supervising (an operator shutting down leaves its servers running for the next
-        one to adopt, unless `stop_servers`)."""
+        one to adopt, unless `stop_servers`: `cdl down`). Stopped or not, every Deployment is
+        kept, so the next engine serves it again at the same URL."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(10)
         if stop_servers:
             for dep in list(self._deployments.values()):
-                self.delete(dep.key)
+                with dep.lock:
+                    self._stop_processes(dep)
+                    dep.save()
 
     # ------------------------------------------------------------------ planning
 

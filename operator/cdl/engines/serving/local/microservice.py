@@ -122,7 +122,8 @@ class Microservice:
     def command(self) -> list[str]:
         s = self.state
         return [
-            str(self.venv / "bin" / "seldon-core-microservice"), WRAPPER_MODULE,
+            # seldon-core-microservice, bound to 127.0.0.1: the router is the only door
+            str(self.venv / "bin" / "python"), "-m", "cdl.runtime.microservice_loopback", WRAPPER_MODULE,
             "--service-type", "MODEL",
             "--http-port", str(s.http_port), "--grpc-port", str(s.grpc_port), "--metrics-port", str(s.metrics_port),
             # measured on 2 cores: sync workers help, threads do not, and no gRPC server is needed

@@ -38,6 +38,8 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from cdl.engines.serving.protocol import EnvelopeError, check_envelope
+
 log = logging.getLogger("cdl.router")
 
 PREDICT_PATH = "/api/v1.0/predictions"
@@ -49,6 +51,7 @@ FLUSH_SECONDS = 0.25
 MAX_QUEUED_ROWS = 50_000
 DATABASE_URL_ENV = "CDL_ROUTER_DATABASE_URL"
 DATABASE_SCHEMA_ENV = "CDL_ROUTER_DATABASE_SCHEMA"
+SPOOL_DIR = "scoring-spool"  # beside the router's configuration: rows kept over a stop
 
 
 # --------------------------------------------------------------------------- configuration
@@ -170,6 +173,10 @@ def check_request(body: bytes) -> Any:
             raise BadRequest('"data" must hold "ndarray" (a list of examples) or "tensor"')
     elif not any(k in payload for k in ("strData", "jsonData", "binData")):
         raise BadRequest('the request must hold "data" (with "ndarray"), "strData" or "jsonData"')
+    try:
+        check_envelope(payload, body)
+    except EnvelopeError as exc:
+        raise BadRequest(str(exc)) from None
     return payload
 
 
@@ -199,9 +206,12 @@ class ScoringWriter:
     """Batches Scoring Data rows into PostgreSQL on a thread of its own.
 
     Rows wait in a bounded queue; a failed insert is retried with backoff, and past
-    MAX_QUEUED_ROWS the oldest rows are dropped (and counted) rather than the router slowing."""
+    MAX_QUEUED_ROWS the oldest rows are dropped (and counted) rather than the router slowing.
+    A row PostgreSQL refuses is set aside by the store, never retried. Rows still queued when the
+    router stops go to the spool (`cdl.stores.spool`) and are written first by the next router."""
 
-    def __init__(self, database_url: str | None, database: Any = None, schema: str | None = None) -> None:
+    def __init__(self, database_url: str | None, database: Any = None, schema: str | None = None,
+                 spool: Any = None) -> None:
         self.database_url = database_url
         self.schema = schema
         self.database = database
@@ -213,6 +223,10 @@ class ScoringWriter:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pending: list[Any] = []
+        self.spool = spool  # a cdl.stores.spool.ScoringSpool, or None
+        self.spooled = 0
+        self.replayed = 0
+        self._writing = threading.Lock()  # held while a batch is written: stop() spools only the rest
 
     @property
     def enabled(self) -> bool:
@@ -220,6 +234,9 @@ class ScoringWriter:
 
     def start(self) -> None:
         if self.enabled and self._thread is None:
+            if self.spool is not None:
+                self._pending.extend(self.spool.take())
+                self.replayed = len(self._pending)
             self._thread = threading.Thread(target=self._run, name="scoring-writer", daemon=True)
             self._thread.start()
 
@@ -257,26 +274,51 @@ class ScoringWriter:
                     break
             if not self._pending:
                 continue
-            batch = self._pending[:BATCH_ROWS]
-            try:
-                self._db().insert_scoring_rows(batch)
-            except Exception as exc:  # database down or refusing: keep the rows, retry later
-                self.failures += 1
-                self.last_error = f"{type(exc).__name__}: {str(exc)[:200]}"
-                log.warning("scoring rows not written yet (%d waiting): %s", self.backlog(), self.last_error)
-                self.database = None if self.database_url else self.database
-                if self._stop.wait(backoff) and self.failures > 3:
-                    return  # shutting down with the database gone: give up
+            with self._writing:
+                batch = self._pending[:BATCH_ROWS]
+                try:
+                    self._db().insert_scoring_rows(batch)
+                except Exception as exc:  # database down: keep the rows, retry later
+                    self.failures += 1
+                    self.last_error = f"{type(exc).__name__}: {str(exc)[:200]}"
+                    log.warning("scoring rows not written yet (%d waiting): %s", self.backlog(), self.last_error)
+                    self.database = None if self.database_url else self.database
+                    failed = True
+                else:
+                    del self._pending[:len(batch)]
+                    failed = False
+            if failed:
+                if self._stop.wait(backoff) and (self.spool is not None or self.failures > 3):
+                    return  # shutting down with the database away: stop() spools the rows
                 backoff = min(backoff * 2, 10.0)
                 continue
-            del self._pending[:len(batch)]
             self.written += len(batch)
             backoff = 0.5
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Write what is queued (for up to `timeout` s), then spool whatever is left."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        if self.spool is None:
+            return
+        locked = self._writing.acquire(timeout=2.0)  # not while a batch is half-way to the database
+        try:
+            left = list(self._pending)
+            self._pending.clear()
+            while True:
+                try:
+                    left.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            if left:
+                self.spool.save(left)
+                self.spooled += len(left)
+                log.warning("%d scoring rows not written before stopping: spooled to %s", len(left),
+                            self.spool.directory)
+        finally:
+            if locked:
+                self._writing.release()
 
 
 def scoring_row(config: RouterConfig, model_version: str, request: Any, response: Any, status: int,
@@ -378,8 +420,11 @@ class Router:
             "inflight": {k: v for k, v in self.inflight.items() if v},
             "requests": self.requests,
             "errors": self.errors,
+            # counts only: the health page is unauthenticated, and a database error can quote a
+            # client's request (the error itself is in the router's log)
             "scoring": {"written": self.writer.written, "queued": self.writer.backlog(),
-                        "dropped": self.writer.dropped, "last_error": self.writer.last_error},
+                        "dropped": self.writer.dropped, "failures": self.writer.failures,
+                        "spooled": self.writer.spooled, "replayed": self.writer.replayed},
             "shadow_inflight": len(self.shadow_tasks),
             "shadow_dropped": self.shadow_dropped,
         }
@@ -519,7 +564,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    writer = ScoringWriter(os.environ.get(DATABASE_URL_ENV) or None, schema=os.environ.get(DATABASE_SCHEMA_ENV) or None)
+    from cdl.stores.spool import ScoringSpool
+
+    writer = ScoringWriter(os.environ.get(DATABASE_URL_ENV) or None, schema=os.environ.get(DATABASE_SCHEMA_ENV) or None,
+                           spool=ScoringSpool(args.config.parent / SPOOL_DIR))
     router = Router(args.config, writer)
     log.info("router for %s/%s on %s:%d (config version %d)", router.config.namespace, router.config.deployment,
              args.host, args.port, router.config.version)

@@ -59,7 +59,7 @@ class Recorder:
     def event(self, run: RunState, trial: TrialState, kind: str, ev: dict[str, Any]) -> None:
         if self.database is None:
             return
-        if kind in ("created", "start", "model", "segment_end"):
+        if kind in ("created", "start", "model", "data", "segment_end"):
             self._record_trial(run, trial)
         elif kind == "metrics" and ev.get("group") in ("training", "validation"):
             if not self._ensure_trial(run, trial):
@@ -76,6 +76,8 @@ class Recorder:
                     recorded_at=_when(ev.get("time")),
                 )]),
             )
+            if ev["group"] == "validation":  # the best metric and resource series, while it runs
+                self._record_trial(run, trial)
 
     def trial_finished(self, run: RunState, trial: TrialState) -> None:
         self.upload_checkpoint(run, trial)

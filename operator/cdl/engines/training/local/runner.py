@@ -44,6 +44,8 @@ logger = logging.getLogger("cdl.engines.training.local")
 
 EXIT_ENTRYPOINT = 3  # cdl.runtime.launch's code for an unusable entrypoint
 UNIT_KEYS = ("epochs", "batches")
+RESOURCE_SAMPLE_SECONDS = 2.0  # a trial's memory/CPU/GPU over time, for the knowledge base's curves
+RESOURCE_MAX_POINTS = 300  # beyond this the series keeps every other point
 
 
 @dataclass
@@ -452,6 +454,19 @@ class RunDriver:
             else:
                 trial.process = proc.info(trial.segments, trial.target)
                 trial.metadata["current_rss_bytes"] = usage.rss_bytes
+                self._resource_point(trial, usage)
+
+    def _resource_point(self, trial: TrialState, usage: Any) -> None:
+        """Append (at most every RESOURCE_SAMPLE_SECONDS) the trial's memory, CPU time and GPU use."""
+        series = trial.metadata.setdefault("resource_series", [])
+        now = time.time()
+        if series and now - series[-1]["at"] < RESOURCE_SAMPLE_SECONDS:
+            return
+        series.append({"at": round(now, 2), "rssBytes": int(usage.rss_bytes),
+                       "cpuSeconds": round(trial.cpu_seconds + usage.cpu_seconds, 2),
+                       "gpuUtilization": usage.gpu_utilization})
+        if len(series) > RESOURCE_MAX_POINTS:
+            trial.metadata["resource_series"] = series[:-1:2] + series[-1:]
 
     def _consume(self, trial: TrialState) -> None:
         events, offset = read_events(self.trial_dir(trial.id) / "events.jsonl", trial.events_offset)
@@ -473,6 +488,9 @@ class RunDriver:
                 meta["data"] = {k: self.run.data.get(k) for k in ("repo", "commit", "branch") if self.run.data.get(k)}
         elif kind == "model":
             trial.metadata["model"] = {k: v for k, v in ev.items() if k not in ("event", "time", "rank")}
+        elif kind == "data":  # what the bound commit holds: type, examples per label
+            trial.metadata.setdefault("data", {}).update(
+                {k: v for k, v in ev.items() if k not in ("event", "time", "rank")})
         elif kind == "metrics":
             self._metrics(trial, ev)
         elif kind == "checkpoint":
