@@ -188,9 +188,33 @@ def test_service_account_token_and_whoami(kubectl, fresh_namespace):
     assert 'serviceaccounts "nobody" not found' in missing.stderr
 
 
-def test_apiservices_list_every_served_group_version(kubectl, widget_crd):
-    rows = {line.split()[0]: line.split()[1] for line in kubectl("get", "apiservices", "--no-headers").stdout.splitlines()}
-    assert rows["v1."] == "True" and rows["v1.apps"] == "True" and rows["v1.test.cdl.dev"] == "True"
+def test_apiservices_follow_the_served_group_versions(kubectl, widget_crd):
+    def rows() -> dict[str, str]:
+        out = kubectl("get", "apiservices", "--no-headers").stdout
+        return {line.split()[0]: line.split()[1] for line in out.splitlines()}
+
+    listed = rows()
+    assert listed["v1."] == "True" and listed["v1.apps"] == "True" and listed["v1.test.cdl.dev"] == "True"
+    crd = {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+           "metadata": {"name": "probes.apisvc.cdl.dev"},
+           "spec": {"group": "apisvc.cdl.dev", "scope": "Namespaced",
+                    "names": {"plural": "probes", "singular": "probe", "kind": "Probe"},
+                    "versions": [{"name": "v1beta1", "served": True, "storage": True, "schema": {
+                        "openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}}]}}
+    kubectl("apply", "-f", "-", input=json.dumps(crd))
+    assert rows()["v1beta1.apisvc.cdl.dev"] == "True"
+    kubectl("delete", "crd", "probes.apisvc.cdl.dev")
+    assert "v1beta1.apisvc.cdl.dev" not in rows()
+
+
+def test_openapi_v2_json_carries_the_builtin_definitions(devcluster):
+    from cdl.devcluster import process
+
+    status, doc = process.request(f"{devcluster.url}/openapi/v2", devcluster.token, ca_file=devcluster.ca_file)
+    assert status == 200 and doc["swagger"] == "2.0"
+    pod = doc["definitions"]["io.k8s.api.core.v1.Pod"]
+    assert pod["properties"]["spec"]["allOf"] == [{"$ref": "#/definitions/io.k8s.api.core.v1.PodSpec"}]
+    assert "io.k8s.api.apps.v1.Deployment" in doc["definitions"]
 
 
 def test_a_service_keeps_its_allocated_ip_and_node_port_across_a_replace(k8s_client, fresh_namespace):

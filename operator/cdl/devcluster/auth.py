@@ -88,10 +88,6 @@ def identify(header: str | None, token: str) -> User | None:
                 ("system:serviceaccounts", f"system:serviceaccounts:{ns}", "system:authenticated"))
 
 
-def authorized(header: str | None, token: str) -> bool:
-    return identify(header, token) is not None
-
-
 def issue_service_account_token(token: str, namespace: str, name: str, uid: str, audiences: list[str],
                                 expiration_seconds: int) -> tuple[str, str]:
     """A signed token for a service account: (token, expirationTimestamp)."""

@@ -21,10 +21,15 @@ REF_PREFIX = "#/$defs/"
 
 @functools.cache
 def definitions() -> dict[str, dict[str, Any]]:
+    """The definitions of the release the server reports (1.35), else the newest one bundled."""
     import kubernetes_validate
 
-    path = Path(kubernetes_validate.__file__).parent / "kubernetes-json-schema" / SCHEMA_RELEASE / "_definitions.json"
-    return json.loads(path.read_text())["$defs"]
+    root = Path(kubernetes_validate.__file__).parent / "kubernetes-json-schema"
+    release = root / SCHEMA_RELEASE
+    if not release.is_dir():
+        bundled = [p for p in root.glob("v*-local") if p.is_dir()]
+        release = max(bundled, key=lambda p: tuple(int(n) for n in p.name[1:-len("-local")].split(".")))
+    return json.loads((release / "_definitions.json").read_text())["$defs"]
 
 
 @functools.cache

@@ -45,6 +45,8 @@ def fields(buf: bytes) -> list[tuple[int, Any]]:
             value, pos = _varint(buf, pos)
         elif wire == 2:
             length, pos = _varint(buf, pos)
+            if pos + length > len(buf):
+                raise ValueError("truncated length-delimited field")
             value, pos = buf[pos:pos + length], pos + length
         elif wire == 1:
             value, pos = buf[pos:pos + 8], pos + 8
@@ -65,6 +67,7 @@ _TIME = {f"{META}.Time", f"{META}.MicroTime"}
 _QUANTITY = "io.k8s.apimachinery.pkg.api.resource.Quantity"
 _INT_OR_STRING = "io.k8s.apimachinery.pkg.util.intstr.IntOrString"
 _RAW_JSON = {"io.k8s.apimachinery.pkg.runtime.RawExtension", f"{META}.FieldsV1"}
+_NOT_SPECIAL = object()
 
 
 @functools.cache
@@ -147,8 +150,6 @@ def _special(name: str, buf: bytes) -> Any:
         return _go_duration(_signed(dict(fields(buf)).get(1, 0), 64))
     return _NOT_SPECIAL
 
-
-_NOT_SPECIAL = object()
 
 
 def _go_duration(ns: int) -> str:
