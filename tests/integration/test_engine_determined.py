@@ -240,6 +240,16 @@ def test_registry_packages_the_checkpoint_and_registers_it_in_determined(
     assert registry.register(request).sha256 == registered.sha256  # idempotent
     assert len(model.versions) == 1
 
+    # dynamic-int8 compression stores its variant through the registry the version lives in
+    from cdl.runtime.package import unpack
+
+    archive = file_store.get_file("models/news-classifier/3/package.tar.gz", tmp_path / "package.tar.gz")
+    variant = registry.store_variant("news-classifier", 3, "dynamic-int8", unpack(archive, tmp_path / "variant"))
+    assert file_store.exists("models/news-classifier/3/dynamic-int8/package.tar.gz")
+    assert model.versions[det_version]["metadata"]["variants"]["dynamic-int8"] == {
+        "artifactUri": variant.artifact_uri, "sha256": variant.sha256}
+    assert model.versions[det_version]["metadata"]["cdlVersion"] == 3
+
     registry.set_stage("news-classifier", 3, "production")
     assert model.versions[det_version]["labels"] == ["stage:production"]
     registry.delete("news-classifier", 3)
