@@ -147,6 +147,18 @@ def entrypoint_for(entrypoint: str, slots: int) -> str:
     return command
 
 
+def code_env(spec: ExperimentSpec) -> dict[str, str]:
+    """The code version a trial runs, for its own records: the bundle's hash and the git commit."""
+    out: dict[str, str] = {}
+    bundle = getattr(spec.model, "bundle", None)
+    if bundle is not None:
+        out["CDL_CODE_SHA256"] = bundle.sha256
+    git = getattr(spec.model, "git", None)
+    if git is not None and git.commit:
+        out["CDL_CODE_COMMIT"] = git.commit
+    return out
+
+
 def _length(spec: ExperimentSpec) -> tuple[str, int] | None:
     ml = spec.searcher.max_length
     return (ml.unit, ml.units) if ml is not None else None
@@ -263,7 +275,11 @@ def experiment_config(
         "CDL_RUN": str(run),
         "CDL_ENTRYPOINT": spec.model.entrypoint,
         "CDL_METRIC": spec.searcher.metric,
+        "CDL_SMALLER_IS_BETTER": "true" if spec.searcher.smaller_is_better else "false",
     })
+    if settings.s3_endpoint_url:
+        env.setdefault("CDL_S3_ENDPOINT", settings.s3_endpoint_url)
+    env.update(code_env(spec))
     if length is not None:
         env["CDL_MAX_LENGTH"] = f"{length[0]}:{length[1]}"
     if data is not None:
@@ -394,6 +410,22 @@ def _state_name(state: Any) -> str:
     return getattr(state, "value", str(state))
 
 
+EARLY_STOP_PREFIXES = ("early-stopped", "budget:")
+
+
+def _early_stop_reason(trial: Any) -> str | None:
+    """Why the trial stopped itself (cdl.runtime.stopping sets it as the trial's runner state and
+    reports it in the metrics group `cdl_early_stopping`), or None."""
+    state = getattr(trial, "runnerState", None) or ""
+    if state.startswith(EARLY_STOP_PREFIXES):
+        return state
+    group = (getattr(trial, "summaryMetrics", None) or {}).get("cdl_early_stopping") or {}
+    reason = group.get("reason") if isinstance(group, dict) else None
+    if isinstance(reason, dict):  # summary statistics: {"last": ..., "type": "string"}
+        reason = reason.get("last")
+    return reason if isinstance(reason, str) and reason else None
+
+
 def _floats(metrics: dict[str, Any] | None) -> dict[str, float]:
     out: dict[str, float] = {}
     for k, v in (metrics or {}).items():
@@ -504,11 +536,11 @@ class DeterminedTrainingEngine:
         else:
             done = int(latest_metrics.get(unit, trial.totalBatchesProcessed or 0))
         target = searcher.get("max_time") or next(iter((searcher.get("max_length") or {0: 0}).values()))
-        stop_reason = None
-        if state == JobState.SUCCEEDED and searcher.get("name") in ("adaptive_asha", "async_halving") and target \
-                and done < int(target):
+        stop_reason = _early_stop_reason(trial)
+        if stop_reason is None and state == JobState.SUCCEEDED and target and done < int(target) \
+                and searcher.get("name") in ("adaptive_asha", "async_halving"):
             stop_reason = "asha: not promoted"
-        elif state == JobState.CANCELED:
+        elif stop_reason is None and state == JobState.CANCELED:
             stop_reason = "canceled"
         checkpoint = None
         best_ck = getattr(trial, "bestCheckpoint", None)

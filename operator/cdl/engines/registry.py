@@ -153,7 +153,12 @@ class EngineRegistry:
     def _build_training_determined(self) -> Any:
         from cdl.engines.determined import DeterminedTrainingEngine
 
-        return DeterminedTrainingEngine(self._cluster().determined)
+        cluster = self._cluster()
+        settings = cluster.determined
+        if "CDL_PACHD_ADDRESS" not in settings.trial_env:  # trials copy Pachyderm data themselves
+            settings = settings.model_copy(
+                update={"trial_env": {**settings.trial_env, "CDL_PACHD_ADDRESS": cluster.pachyderm.address}})
+        return DeterminedTrainingEngine(settings)
 
     def _build_registry_determined(self) -> Any:
         from cdl.engines.determined import DeterminedRegistryEngine

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from cdl.runtime import determined_hooks, trial_events
+from cdl.runtime import data, determined_hooks, stopping, trial_events
 from cdl.runtime.trial import ENV_CONFIG, ENV_STOP, TrialInfo, info
 
 EXIT_OK = 0
@@ -48,7 +48,10 @@ class EntrypointError(Exception):
 
 
 def _config() -> dict[str, Any]:
-    return json.loads(Path(os.environ[ENV_CONFIG]).read_text())
+    """The local engine's trial config file; on a Determined cluster there is none (the trial's
+    settings come from `det.get_cluster_info()` and the experiment config's environment)."""
+    path = os.environ.get(ENV_CONFIG)
+    return json.loads(Path(path).read_text()) if path else {}
 
 
 def resolve(entrypoint: str, code_dir: Path) -> tuple[str, Any]:
@@ -242,11 +245,20 @@ def main() -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     config = _config()
+    try:
+        data.ensure_data_dir()  # a cluster names the data (CDL_DATA_URI); user code gets a directory
+    except Exception as exc:  # noqa: BLE001 - every trial would fail alike: say why, once
+        print(f"cdl: the trial's data cannot be read: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        trial_events.emit("entrypoint_error", message=f"data: {exc}")
+        return EXIT_ENTRYPOINT
     found = info()
     code_dir = Path(config.get("code_dir") or os.getcwd())
     sys.path.insert(0, str(code_dir))
     resume = _resume_steps(found.latest_checkpoint)
     determined_hooks.install(os.environ.get(ENV_STOP), resume)
+    stopper = stopping.TrialStopper.from_env() if found.on_cluster else None
+    if stopper is not None:  # the local engine applies the rules itself, from outside
+        stopping.install(stopper)
     _seed(found.seed)
 
     from cdl.runtime.model_metadata import environment, package_versions
@@ -286,7 +298,8 @@ def main() -> int:
             "error", type=type(exc).__name__, message=str(exc)[:2000], traceback=text[-8000:], all_ranks=True
         )
         return EXIT_USER_ERROR
-    trial_events.emit("exit", status="ok", stopped=determined_hooks.stop_reason(os.environ.get(ENV_STOP)))
+    stopped = determined_hooks.stop_reason(os.environ.get(ENV_STOP)) or (stopper.stopped if stopper else None)
+    trial_events.emit("exit", status="ok", stopped=stopped)
     return EXIT_OK
 
 

@@ -39,6 +39,7 @@ from cdl.engines.local.training.state import (
 )
 from cdl.engines.local.training.status import build_status
 from cdl.engines.local.training.trial_process import Segment, TrialProcess, free_ports, read_events
+from cdl.runtime.stopping import patience_reason
 
 logger = logging.getLogger("cdl.engines.local.training")
 
@@ -93,10 +94,6 @@ def metric_lookup(metrics: dict[str, Any], name: str) -> float | None:
             except (TypeError, ValueError):
                 return None
     return None
-
-
-def _better(a: float, b: float, smaller_is_better: bool, min_delta: float = 0.0) -> bool:
-    return (b - a > min_delta) if smaller_is_better else (a - b > min_delta)
 
 
 class RunDriver:
@@ -550,21 +547,10 @@ class RunDriver:
         self._early_stopping(trial)
 
     def _early_stopping(self, trial: TrialState) -> None:
-        if not self.patience:
-            return
-        best: float | None = None
-        since = 0
-        for v in trial.validations:
-            if v.value is None or math.isnan(v.value):
-                continue
-            if best is None or _better(v.value, best, self.smaller, self.min_delta):
-                best, since = v.value, 0
-            else:
-                since += 1
-        if since >= self.patience:
+        reason = patience_reason([v.value for v in trial.validations], self.patience, self.min_delta, self.smaller)
+        if reason is not None:
             proc = self.procs.get(trial.id)
             if proc is not None and proc.stop_reason is None:
-                reason = f"early-stopped: no improvement > {self.min_delta:g} in {self.patience} validations"
                 proc.request_stop(reason)
                 self._log(f"trial {trial.id}: {reason}")
 
