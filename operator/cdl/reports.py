@@ -259,7 +259,9 @@ def _answers(f: _Facts) -> list[dict[str, str]]:
     code = f.lineage.get("code") or {}
     put("code", [
         f"package {f.artifact.get('uri')} (sha256 {str(f.artifact.get('sha256', ''))[:16]})" if f.artifact.get("uri") else None,
-        f"git commit {code.get('gitCommit')}" if code.get("gitCommit") else None,
+        f"git commit {code.get('gitCommit')}" + (f" of {code['gitUrl']}" if code.get("gitUrl") else "")
+        if code.get("gitCommit") else None,
+        f"code bundle sha256 {code.get('bundleSha256')} ({code.get('bundleUri')})" if code.get("bundleSha256") else None,
         f"image {code.get('image')}" if code.get("image") else None,
         f"code sha256 {str(m.get('codeSha256'))[:16]}" if m.get("codeSha256") else None,
         f"pinned requirements: {', '.join(f.requirements)}" if f.requirements else None,

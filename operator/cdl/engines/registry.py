@@ -101,6 +101,23 @@ class EngineRegistry:
         unpack(archive, target)
         return target
 
+    def code_dir(self, uri: str, sha256: str) -> Path:
+        """A local unpacked copy of a code bundle (spec.model.bundle), fetched once and checked by
+        sha256: the model directory on a cluster, where the operator has no checkout."""
+        from cdl.engines.training.code_bundle import unpack
+        from cdl.stores.artifacts import download_uri
+
+        target = self.config.data_dir / "code" / sha256[:16]
+        if target.is_dir():
+            return target
+        archive = self.config.data_dir / "code" / f"{sha256[:16]}.tar.gz"
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            download_uri(uri, archive, sha256=sha256, s3=self._s3())
+            return unpack(archive, sha256, target)
+        finally:
+            archive.unlink(missing_ok=True)
+
     # ------------------------------------------------------------------ builders
 
     def _root(self, name: str) -> Path:

@@ -3,12 +3,15 @@ trials, and publish the best trial for ModelVersions."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from cdl.api.experiment import ExperimentSpec
+from cdl.api.experiment import ExperimentSpec, ModelCode
 from cdl.engines.base import EngineRef, JobState, ResourceKey, TrainingRequest, TrainingStatus
+from cdl.engines.training.code_bundle import BundleError
 from cdl.errors import DependencyNotReady, InvalidSpec
 from cdl.reconcile.base import Context, Resource, Result, now, parse, set_condition
+from cdl.stores.artifacts import ArtifactIntegrityError, ArtifactNotFound
 
 KIND = "Experiment"
 RETRAIN_ANNOTATION = "cdl.dev/retrain-run"
@@ -53,6 +56,20 @@ def resolve_output(ctx: Context, namespace: str, pipeline: str, output: str, com
     return ctx.engines.data(dpl_engine).resolve(key, output, commit or outputs[output]["commit"])
 
 
+def model_code_dir(model: ModelCode, ctx: Context, title: str) -> Path:
+    """The model directory: the verified, unpacked bundle when the spec names one (a cluster),
+    else spec.model.path on the operator's disk (the embedded platform)."""
+    if model.bundle is not None:
+        try:
+            return ctx.engines.code_dir(model.bundle.uri, model.bundle.sha256)
+        except (BundleError, ArtifactIntegrityError, ArtifactNotFound) as exc:
+            raise InvalidSpec(title, [("spec.model.bundle", str(exc))]) from None
+    model_dir = ctx.resolve_path(model.path or "")
+    if not model_dir.is_dir():
+        raise InvalidSpec(title, [("spec.model.path", f"directory {model_dir} does not exist")])
+    return model_dir
+
+
 def bind_data(res: Resource, spec: ExperimentSpec, ctx: Context):
     """The exact DataPipeline output commit this run trains on (pinned, or the latest)."""
     if spec.data is None:
@@ -76,9 +93,7 @@ def reconcile(res: Resource, ctx: Context) -> Result:
             engine.kill(old)
             result.event("Superseded", f"stopped {old.id}: the spec changed or a retrain was asked for")
         data = bind_data(res, spec, ctx)
-        model_dir = ctx.resolve_path(spec.model.path)
-        if not model_dir.is_dir():
-            raise InvalidSpec(res.title, [("spec.model.path", f"directory {model_dir} does not exist")])
+        model_dir = model_code_dir(spec.model, ctx, res.title)
         secrets = {}
         storage = spec.checkpoint_storage
         if storage is not None and storage.credentials_secret_ref is not None:

@@ -10,12 +10,13 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from cdl.api.experiment import ModelCode
 from cdl.api.modelversion import ModelVersionSpec
 from cdl.engines.base import CheckpointInfo, EngineRef, RegistrationRequest
 from cdl.errors import DependencyNotReady, PermanentEngineError
 from cdl.promotion import PromotionRefused, VersionState, plan_promotion
 from cdl.reconcile.base import Context, Resource, Result, condition, now, parse, set_condition
-from cdl.reconcile.experiment import resolve_output
+from cdl.reconcile.experiment import model_code_dir, resolve_output
 
 KIND = "ModelVersion"
 
@@ -37,6 +38,16 @@ def git_commit(path: Path) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def code_lineage(code: ModelCode, model_dir: Path) -> dict[str, Any]:
+    """Which code trained the model: the bundle (hash, where) and the git commit it came from."""
+    out: dict[str, Any] = {"gitCommit": code.git.commit if code.git else git_commit(model_dir), "image": code.image}
+    if code.git is not None and code.git.url:
+        out["gitUrl"] = code.git.url
+    if code.bundle is not None:
+        out.update(bundleSha256=code.bundle.sha256, bundleUri=code.bundle.uri)
+    return out
 
 
 def siblings(ctx: Context, res: Resource, model: str) -> list[dict[str, Any]]:
@@ -142,7 +153,8 @@ def _register(res: Resource, spec: ModelVersionSpec, ctx: Context, fingerprint: 
     exp = _experiment(res, spec, ctx)
     exp_spec, est = exp.get("spec") or {}, exp["status"]
     trial, checkpoint, hparams = _checkpoint(res, spec, ctx, exp)
-    model_dir = ctx.resolve_path((exp_spec.get("model") or {}).get("path", "."))
+    code = ModelCode.model_validate(exp_spec.get("model") or {})
+    model_dir = model_code_dir(code, ctx, res.title)
     version = res.status.get("version") if res.status.get("specHash") == fingerprint else None
     version = version or allocate_version(ctx, res, spec.model)
     data = est.get("data") or {}
@@ -159,7 +171,7 @@ def _register(res: Resource, spec: ModelVersionSpec, ctx: Context, fingerprint: 
         "trial": trial,
         "checkpoint": checkpoint.uuid,
         "data": data,
-        "code": {"gitCommit": git_commit(model_dir), "image": (exp_spec.get("model") or {}).get("image")},
+        "code": code_lineage(code, model_dir),
         "trainLabels": train_labels,
     }
     registry = ctx.engines.registry(engine_name(exp_spec, ctx))

@@ -1,0 +1,1 @@
+"""Training-side pieces shared by the training engines (code bundles, ...)."""
