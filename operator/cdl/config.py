@@ -19,6 +19,7 @@ DEFAULT_ENGINES = {
     "Experiment": "local",
     "ModelVersion": "local",
     "Deployment": "local",
+    "Evaluation": "local",  # where ModelVersion evaluation runs: local (subprocess) or kubernetes (Job)
 }
 ENV_PREFIX = "CDL_"
 

@@ -19,6 +19,7 @@ ALLOWED = {
     "training": ("local", "determined"),
     "registry": ("local", "determined"),
     "serving": ("local", "seldon"),
+    "evaluation": ("local", "kubernetes"),  # subprocesses here, or Jobs on the cluster
 }
 
 
@@ -39,6 +40,7 @@ class EngineRegistry:
                 self._built[(role, name)] = engine
         self._lock = threading.Lock()
         self.jobs = JobRunner(config.data_dir / "jobs")
+        self.job_launcher: Any | None = None  # the controller's Kubernetes client, for evaluation Jobs
 
     def _get(self, role: str, name: str) -> Any:
         with self._lock:
@@ -61,6 +63,9 @@ class EngineRegistry:
 
     def serving(self, name: str) -> Any:
         return self._get("serving", name)
+
+    def evaluation(self, name: str) -> Any:
+        return self._get("evaluation", name)
 
     def labeling(self) -> Any:
         with self._lock:
@@ -166,6 +171,27 @@ class EngineRegistry:
 
         cluster = self._cluster()
         return PachydermDataEngine(cluster.pachyderm, work_dir=self._root("pachyderm"), gpu=cluster.gpu)
+
+    def _build_evaluation_local(self) -> Any:
+        from cdl.quality.evaluation_job import LocalEvaluator
+
+        return LocalEvaluator(self.jobs)
+
+    def _build_evaluation_kubernetes(self) -> Any:
+        import os
+
+        from cdl.quality.evaluation_job import EvaluationJobSettings, JobEvaluator
+
+        if self.job_launcher is None or self.artifacts is None:
+            raise PermanentEngineError("evaluation Jobs need the Kubernetes API and an artifact store",
+                                       reason="UnknownEngine")
+        values = dict(self.config.cluster.get("evaluation") or {})
+        settings = EvaluationJobSettings.from_env(os.environ, **values)
+        if settings.pachd_address is None:
+            settings.pachd_address = self._cluster().pachyderm.address
+        if settings.s3_endpoint is None and self.config.s3.endpoint:
+            settings.s3_endpoint = self.config.s3.endpoint
+        return JobEvaluator(self.job_launcher, self.artifacts, settings)
 
     def _build_training_determined(self) -> Any:
         from cdl.engines.determined import DeterminedTrainingEngine

@@ -51,9 +51,18 @@ def resolve_output(ctx: Context, namespace: str, pipeline: str, output: str, com
     if output not in outputs:
         phase = (dpl.get("status") or {}).get("phase") or "Pending"
         raise DependencyNotReady(f"waiting for DataPipeline {pipeline} output {output} (phase {phase})")
-    dpl_engine = (dpl.get("spec") or {}).get("engine") or ctx.config.default_engine("DataPipeline")
     key = ResourceKey(namespace, pipeline, (dpl.get("metadata") or {}).get("uid", ""))
-    return ctx.engines.data(dpl_engine).resolve(key, output, commit or outputs[output]["commit"])
+    return data_engine_of(ctx, dpl).resolve(key, output, commit or outputs[output]["commit"])
+
+
+def data_engine_of(ctx: Context, dpl: dict[str, Any]) -> Any:
+    """The data engine that drives a DataPipeline (its spec.engine, else the default)."""
+    return ctx.engines.data((dpl.get("spec") or {}).get("engine") or ctx.config.default_engine("DataPipeline"))
+
+
+def output_engine(ctx: Context, namespace: str, pipeline: str) -> Any | None:
+    dpl = ctx.cluster.get("DataPipeline", namespace, pipeline)
+    return data_engine_of(ctx, dpl) if dpl is not None else None
 
 
 def model_code_dir(model: ModelCode, ctx: Context, title: str) -> Path:

@@ -16,7 +16,7 @@ from cdl.engines.base import CheckpointInfo, EngineRef, RegistrationRequest
 from cdl.errors import DependencyNotReady, PermanentEngineError
 from cdl.promotion import PromotionRefused, VersionState, plan_promotion
 from cdl.reconcile.base import Context, Resource, Result, condition, now, parse, set_condition
-from cdl.reconcile.experiment import model_code_dir, resolve_output
+from cdl.reconcile.experiment import model_code_dir, output_engine, resolve_output
 
 KIND = "ModelVersion"
 
@@ -162,9 +162,12 @@ def _register(res: Resource, spec: ModelVersionSpec, ctx: Context, fingerprint: 
     binding = exp_spec.get("data") or {}
     if binding and data.get("commit"):
         with contextlib.suppress(DependencyNotReady):
-            ref = resolve_output(ctx, res.namespace, binding["pipelineRef"]["name"], binding.get("output", "train"),
-                                 data["commit"])
+            pipeline = binding["pipelineRef"]["name"]
+            ref = resolve_output(ctx, res.namespace, pipeline, binding.get("output", "train"), data["commit"])
             train_labels = _label_counts(ref.path)
+            counter = getattr(output_engine(ctx, res.namespace, pipeline), "label_counts", None)
+            if not train_labels and counter is not None:  # Pachyderm: counted from pachd, nothing copied
+                train_labels = counter(ref)
     lineage = {
         "experiment": exp["metadata"]["name"],
         "run": est.get("run") or 1,
@@ -208,41 +211,42 @@ def _register(res: Resource, spec: ModelVersionSpec, ctx: Context, fingerprint: 
 
 
 def _evaluate(res: Resource, spec: ModelVersionSpec, ctx: Context) -> Result:
-    from cdl.engines.local.evaluation import evaluate_package
+    from cdl.engines.local.registry import VARIANT_KEY_TEMPLATE
     from cdl.gates import apply_gates
+    from cdl.quality.evaluation_job import EvaluationRequest
     from cdl.reports import render_report
 
     assert spec.evaluation is not None
     result = Result()
     ev = spec.evaluation
+    evaluator = ctx.engines.evaluation(ctx.config.default_engine("Evaluation"))
     data = resolve_output(ctx, res.namespace, ev.data.pipeline_ref.name, ev.data.output)
-    package = ctx.engines.package_dir(res.status["artifact"]["uri"], res.status["artifact"]["sha256"])
-    job_id = f"eval-{res.namespace}-{res.name}-{res.status['specHash']}"
+    if getattr(evaluator, "needs_local_data", False) and data.path is None:
+        data = output_engine(ctx, res.namespace, ev.data.pipeline_ref.name).ensure_local(data)
+    artifact = res.status["artifact"]
     compression = spec.compression.method if spec.compression else "none"
-
     registry = ctx.engines.registry((res.status.get("registry") or {}).get("engine") or "local")
     version = int(res.status["version"])
-
-    def work() -> dict[str, Any]:
-        out = evaluate_package(package, ev.entrypoint, Path(data.path), timeout=1800)
-        record = {"metrics": out.metrics, "confusion": out.confusion, "classNames": out.class_names,
-                  "evaluation": out.wire()}
-        if compression == "dynamic-int8":
-            from cdl.compression import compress_and_evaluate
-
-            record["compressed"] = compress_and_evaluate(
-                package, ev.entrypoint, Path(data.path), method="dynamic-int8", original=out,
-                store_variant=lambda variant: registry.store_variant(spec.model, version, "dynamic-int8", variant))
-        return record
-
-    job = ctx.engines.jobs.ensure(job_id, work)
+    exp = ctx.cluster.get("Experiment", res.namespace, (res.status.get("lineage") or {}).get("experiment", "")) or {}
+    request = EvaluationRequest(
+        job_id=f"eval-{res.namespace}-{res.name}-{res.status['specHash']}", namespace=res.namespace,
+        resource=res.title, package_uri=artifact["uri"], package_sha256=artifact["sha256"],
+        package_dir=ctx.engines.package_dir(artifact["uri"], artifact["sha256"]) if evaluator.name == "local" else None,
+        entrypoint=ev.entrypoint, data=data, compression=compression,
+        image=((exp.get("spec") or {}).get("model") or {}).get("image"),
+        variant_key=VARIANT_KEY_TEMPLATE.format(name=spec.model, version=version, variant=compression),
+        store_variant=lambda variant: registry.store_variant(spec.model, version, compression, variant),
+    )
+    package = request.package_dir
+    job = evaluator.ensure(request)
     if not job.state.finished:
         result.status.update(phase="Evaluating", message=f"evaluating on {data.repo}@{data.commit[:12]}")
         result.requeue = True
         return result
-    if job.error:
-        raise PermanentEngineError(f"evaluation of {res.title} failed: {job.error}")
-    metrics = job.result["metrics"]
+    if job.error or job.record is None:
+        raise PermanentEngineError(f"evaluation of {res.title} failed: {job.error or 'no result'}")
+    job_result = job.record
+    metrics = job_result["metrics"]
     stage_metrics = {}
     for gate in ev.gates:
         if gate.max_drop_vs_stage:
@@ -253,15 +257,15 @@ def _evaluate(res: Resource, spec: ModelVersionSpec, ctx: Context) -> Result:
     passed, gates = apply_gates(ev.gates, metrics, stage_metrics)
     gate_rows = [g.wire() for g in gates]
     evaluation = {"metrics": metrics, "gates": gate_rows, "passed": passed}
-    if job.result.get("compressed"):
-        evaluation["compressed"] = job.result["compressed"]
+    if job_result.get("compressed"):
+        evaluation["compressed"] = job_result["compressed"]
     markdown, report = render_report({
         "model": spec.model, "version": res.status.get("version"), "resource": res.title,
         "stage": res.status.get("stage") or "candidate",
-        "metrics": metrics, "gates": gate_rows, "passed": passed, "confusion": job.result.get("confusion"),
-        "classNames": job.result.get("classNames"), "lineage": res.status.get("lineage"),
-        "artifact": res.status.get("artifact"), "compressed": job.result.get("compressed"),
-        "packageDir": str(package), "evaluation": job.result.get("evaluation"),
+        "metrics": metrics, "gates": gate_rows, "passed": passed, "confusion": job_result.get("confusion"),
+        "classNames": job_result.get("classNames"), "lineage": res.status.get("lineage"),
+        "artifact": res.status.get("artifact"), "compressed": job_result.get("compressed"),
+        "packageDir": str(package) if package else None, "evaluation": job_result.get("evaluation"),
         "data": {"repo": data.repo, "commit": data.commit, "files": data.files},
         "experiment": _experiment_summary(ctx, res),
     })

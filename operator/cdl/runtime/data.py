@@ -24,6 +24,7 @@ import shutil
 import tempfile
 import urllib.parse
 from pathlib import Path
+from typing import Any
 
 ENV_DATA_DIR = "CDL_DATA_DIR"
 ENV_DATA_URI = "CDL_DATA_URI"
@@ -75,14 +76,18 @@ def materialise(uri: str, cache: Path | None = None, commit: str | None = None) 
     return target
 
 
-def _from_s3(bucket: str, prefix: str, dest: Path, uri: str) -> None:
+def _s3_client() -> Any:
     import boto3
 
     endpoint = os.environ.get(ENV_S3_ENDPOINT) or os.environ.get("AWS_ENDPOINT_URL") or None
     if endpoint and "://" not in endpoint:
         endpoint = f"http://{endpoint}"
-    client = boto3.client("s3", endpoint_url=endpoint,
-                          region_name=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1")
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    return boto3.client("s3", endpoint_url=endpoint, region_name=region)
+
+
+def _from_s3(bucket: str, prefix: str, dest: Path, uri: str) -> None:
+    client = _s3_client()
     if prefix and not prefix.endswith("/"):
         prefix += "/"
     found = 0
@@ -103,7 +108,6 @@ def _from_s3(bucket: str, prefix: str, dest: Path, uri: str) -> None:
 
 def _from_pfs(match: re.Match[str], dest: Path, uri: str) -> None:
     from pachyderm_sdk import Client
-    from pachyderm_sdk.api import pfs
 
     address = os.environ.get(ENV_PACHD)
     if not address:
@@ -112,8 +116,20 @@ def _from_pfs(match: re.Match[str], dest: Path, uri: str) -> None:
     token = os.environ.get("PACH_TOKEN")
     if token:
         client.auth_token = token
+    copy_pfs_commit(client, uri, dest)
+
+
+def copy_pfs_commit(client: Any, uri: str, dest: Path) -> Path:
+    """Write the files of the commit `uri` (pfs://project/repo@branch=commit) under `dest` with
+    a pachyderm-sdk client (the trial's own, or the operator's data engine's)."""
+    from pachyderm_sdk.api import pfs
+
+    match = PFS_URI.match(uri)
+    if match is None:
+        raise DataUnavailable(f"data {uri}: expected pfs://project/repo@branch=commit")
     repo = pfs.Repo(name=match["repo"], type="user", project=pfs.Project(name=match["project"] or "default"))
     commit = pfs.Commit(repo=repo, id=match["commit"], branch=pfs.Branch(repo=repo, name=match["branch"] or "master"))
+    dest.mkdir(parents=True, exist_ok=True)
     found = 0
     for info in client.pfs.walk_file(file=pfs.File(commit=commit, path="/")):
         if info.file_type != pfs.FileType.FILE:
@@ -129,6 +145,7 @@ def _from_pfs(match: re.Match[str], dest: Path, uri: str) -> None:
         found += 1
     if not found:
         raise DataUnavailable(f"data {uri}: the commit holds no files")
+    return dest
 
 
 def ensure_data_dir() -> Path | None:
@@ -141,3 +158,18 @@ def ensure_data_dir() -> Path | None:
     path = materialise(uri, commit=os.environ.get(ENV_DATA_COMMIT))
     os.environ[ENV_DATA_DIR] = str(path)
     return path
+
+
+def upload(path: Path, uri: str) -> None:
+    """Write a local file to `uri` (file:// or s3://): a Job's results go back this way."""
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme == "file":
+        dest = Path(urllib.parse.unquote(parsed.path))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.part")
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, dest)
+        return
+    if parsed.scheme != "s3":
+        raise DataUnavailable(f"cannot write to {uri}: use file:// or s3://")
+    _s3_client().upload_file(str(path), parsed.netloc, parsed.path.lstrip("/"))
