@@ -17,10 +17,9 @@ from typing import Any
 import pytest
 
 from cdl.engines.base import DataRef, JobState, RegisteredModel
-from cdl.engines.cluster_settings import PachydermSettings
+from cdl.engines.cluster_settings import EvaluationJobSettings, PachydermSettings
 from cdl.engines.local.jobs import JobRunner
 from cdl.quality.evaluation_job import (
-    EvaluationJobSettings,
     EvaluationRequest,
     JobEvaluator,
     LocalEvaluator,

@@ -178,20 +178,18 @@ class EngineRegistry:
         return LocalEvaluator(self.jobs)
 
     def _build_evaluation_kubernetes(self) -> Any:
-        import os
-
-        from cdl.quality.evaluation_job import EvaluationJobSettings, JobEvaluator
+        from cdl.quality.evaluation_job import JobEvaluator
 
         if self.job_launcher is None or self.artifacts is None:
             raise PermanentEngineError("evaluation Jobs need the Kubernetes API and an artifact store",
                                        reason="UnknownEngine")
-        values = dict(self.config.cluster.get("evaluation") or {})
-        settings = EvaluationJobSettings.from_env(os.environ, **values)
-        if settings.pachd_address is None:
-            settings.pachd_address = self._cluster().pachyderm.address
-        if settings.s3_endpoint is None and self.config.s3.endpoint:
-            settings.s3_endpoint = self.config.s3.endpoint
-        return JobEvaluator(self.job_launcher, self.artifacts, settings)
+        cluster = self._cluster()
+        updates: dict[str, Any] = {}
+        if cluster.evaluation.pachd_address is None:
+            updates["pachd_address"] = cluster.pachyderm.address
+        if cluster.evaluation.s3_endpoint is None and self.config.s3.endpoint:
+            updates["s3_endpoint"] = self.config.s3.endpoint
+        return JobEvaluator(self.job_launcher, self.artifacts, cluster.evaluation.model_copy(update=updates))
 
     def _build_training_determined(self) -> Any:
         from cdl.engines.determined import DeterminedTrainingEngine

@@ -22,12 +22,10 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
-
-from pydantic import Field
+from typing import Any, Protocol
 
 from cdl.engines.base import DataRef, JobState
-from cdl.engines.cluster_settings import _EngineSettings
+from cdl.engines.cluster_settings import EvaluationJobSettings
 from cdl.errors import PermanentEngineError
 
 COMMAND = ["python3", "-m", "cdl.runtime.assess"]
@@ -123,25 +121,6 @@ class LocalEvaluator:
 # --------------------------------------------------------------------------- cluster
 
 
-class EvaluationJobSettings(_EngineSettings):
-    """How evaluation Jobs run on a cluster (`CDL_EVALUATION_*`, or `cluster.evaluation`)."""
-
-    env_prefix: ClassVar[str] = "EVALUATION"
-
-    image: str | None = Field(None, description="Training image when the Experiment's spec.model.image is empty.")
-    service_account: str = Field("cdl-workload", description="Account of the Job's pod: no Role, no token.")
-    credentials_secret: str | None = Field(
-        None, description="Secret (in the Job's namespace) with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY for the "
-        "artifact store, given to the pod by envFrom (the kubelet reads it, the account cannot).")
-    s3_endpoint: str | None = Field(None, description="Artifact-store S3 endpoint seen from the pod.")
-    pachd_address: str | None = Field(None, description="grpc://host:port of pachd seen from the pod.")
-    deadline_seconds: int = Field(3600, ge=60, description="activeDeadlineSeconds of the Job.")
-    ttl_seconds: int = Field(86400, ge=0, description="ttlSecondsAfterFinished of the Job.")
-    cpu: str | None = Field("1", description="CPU request of the pod.")
-    memory: str | None = Field("4Gi", description="Memory request and limit of the pod.")
-    result_prefix: str = Field("evaluations", description="Artifact-store prefix of the Jobs' results.")
-
-
 def job_name(job_id: str) -> str:
     return "cdl-eval-" + hashlib.sha256(job_id.encode()).hexdigest()[:12]
 
@@ -205,7 +184,7 @@ def evaluation_job(request: EvaluationRequest, settings: EvaluationJobSettings, 
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {"name": name, "namespace": request.namespace, "labels": labels,
+        "metadata": {"name": name, "namespace": settings.namespace or request.namespace, "labels": labels,
                      "annotations": {"cdl.dev/evaluation": request.job_id}},
         "spec": {
             "backoffLimit": 0,
@@ -241,20 +220,21 @@ class JobEvaluator:
     def ensure(self, request: EvaluationRequest) -> EvaluationOutcome:
         name = job_name(request.job_id)
         key = self._result_key(request)
-        found = self.launcher.job_state(request.namespace, name)
+        namespace = self.settings.namespace or request.namespace
+        found = self.launcher.job_state(namespace, name)
         if found is None:
             if self.artifacts.exists(key):  # finished earlier and the Job was cleaned up
                 return self._read(request, key)
             variant_uri = self.artifacts.uri_for(request.variant_key) if request.variant_key else ""
             manifest = evaluation_job(request, self.settings, self.artifacts.uri_for(key), variant_uri)
-            self.launcher.create_job(request.namespace, manifest)
+            self.launcher.create_job(namespace, manifest)
             return EvaluationOutcome(JobState.PENDING, details={"job": name})
         state, message = found
         if not state.finished:
             return EvaluationOutcome(state, details={"job": name})
         if self.artifacts.exists(key):
             return self._read(request, key)
-        return EvaluationOutcome(JobState.FAILED, error=f"evaluation Job {request.namespace}/{name} ended "
+        return EvaluationOutcome(JobState.FAILED, error=f"evaluation Job {namespace}/{name} ended "
                                  f"({message or state.value}) without writing {self.artifacts.uri_for(key)}")
 
     def _read(self, request: EvaluationRequest, key: str) -> EvaluationOutcome:
