@@ -82,7 +82,7 @@ def test_submit_creates_one_experiment_per_generation_with_the_generated_config(
     assert exp.user == DET_USER
     assert sorted(exp.files) == ["evaluate.py", "model_def.py"]  # the model dir, as .detignore filters it
     config = yaml.safe_load(exp.text)
-    assert config["entrypoint"] == "model_def:NewsTrial"
+    assert config["entrypoint"] == "python3 -m cdl.runtime.launch"
     assert config["searcher"] == {
         "name": "adaptive_asha", "metric": "validation_accuracy", "smaller_is_better": False, "max_trials": 4,
         "max_concurrent_trials": 2, "time_metric": "epochs", "max_time": 4, "mode": "standard", "divisor": 2,

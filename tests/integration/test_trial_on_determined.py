@@ -181,3 +181,27 @@ def test_the_wall_clock_budget_stops_a_trial_that_reports_nothing() -> None:
     stopper.started -= 6
     assert stopper.reason() == "budget: wall time 5 s exceeded"
     assert stopping.TrialStopper.from_env({"CDL_EARLY_STOPPING": "{}"}) is None
+
+
+def test_the_engine_reports_a_trial_that_stopped_itself_as_early_stopped() -> None:
+    """What the trial sets as its runner state comes back as the trial's stop reason, and the
+    Experiment counts it as early-stopped, not completed."""
+    from determined.common.api import bindings as b
+
+    from cdl.engines.base import JobState, TrainingStatus
+    from cdl.engines.determined import DeterminedTrainingEngine
+
+    reason = "early-stopped: no improvement > 0.01 in 2 validations"
+
+    def trial(id_: int, runner_state: str | None) -> b.trialv1Trial:
+        return b.trialv1Trial(experimentId=1, hparams={"lr": 0.1}, id=id_, restarts=0, startTime="2026-01-01T00:00:00Z",
+                              state=b.trialv1State.COMPLETED, totalBatchesProcessed=400, runnerState=runner_state)
+
+    engine = DeterminedTrainingEngine.__new__(DeterminedTrainingEngine)
+    searcher = {"name": "single", "metric": "validation_accuracy", "max_length": {"epochs": 4}}
+    stopped = engine._report(trial(1, reason), searcher, {})
+    finished = engine._report(trial(2, "validating"), searcher, {})
+    assert stopped.state == JobState.SUCCEEDED and stopped.stop_reason == reason
+    assert finished.stop_reason is None
+    counts = TrainingStatus(JobState.SUCCEEDED, trials=[stopped, finished]).counts()
+    assert counts["earlyStopped"] == 1 and counts["completed"] == 1

@@ -8,8 +8,8 @@ kills it on delete; `DeterminedRegistryEngine` packages the best checkpoint like
 registry and registers that checkpoint as a version of the model in Determined's registry.
 
 Determined 0.38 specifics this follows: `searcher.max_length` is deprecated (training lengths
-belong to the training code) but still honoured by the legacy `module:Trial` harness, so it is
-kept for them; `adaptive_asha` requires `time_metric` and `max_time` (the PyTorch Trainer reports
+belong to the training code; every trial runs through `cdl.runtime.launch`, which takes the
+length from `CDL_MAX_LENGTH`), kept for Determined's own progress figures; `adaptive_asha` requires `time_metric` and `max_time` (the PyTorch Trainer reports
 `epochs` and `batches` with every validation); `max_concurrent_trials` defaults to 16.
 
 Errors: an unreachable master (or one answering 5xx) is a `TransientEngineError`; a request the
@@ -131,17 +131,12 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
 def entrypoint_for(entrypoint: str, slots: int) -> str:
     """Determined's entrypoint for spec.model.entrypoint.
 
-    `module:Class` is a legacy trial class: Determined launches it itself (torch_distributed for
-    several slots). `module:function` runs through cdl's trial bootstrap (`CDL_ENTRYPOINT`), and
-    `script.py` as a script; both under the torch_distributed launcher when there are several
-    slots."""
-    if entrypoint.endswith(".py"):
-        command = f"python3 {entrypoint}"
-    else:
-        _, _, attr = entrypoint.partition(":")
-        if attr[:1].isupper():
-            return entrypoint
-        command = "python3 -m cdl.runtime.launch"
+    `module:Class` (a PyTorchTrial) and `module:function` run through cdl's trial bootstrap
+    (`python3 -m cdl.runtime.launch`, which reads `CDL_ENTRYPOINT`): it copies the data version
+    into `CDL_DATA_DIR` and enforces early stopping before the user's code runs, and trains a
+    PyTorchTrial with Determined's own Trainer API. `script.py` runs as a script. Several slots
+    put either under Determined's torch_distributed launcher."""
+    command = f"python3 {entrypoint}" if entrypoint.endswith(".py") else "python3 -m cdl.runtime.launch"
     if slots > 1:
         return f"python3 -m determined.launch.torch_distributed {command}"
     return command

@@ -131,12 +131,20 @@ def _distributed(config: dict[str, Any]) -> Iterator[Any]:
     import torch.distributed as dist
     from determined import core
 
-    use_gpu = bool(config.get("gpu")) and torch.cuda.is_available()
+    use_gpu = (bool(config.get("gpu")) if config else True) and torch.cuda.is_available()
     local_rank = int(os.environ["LOCAL_RANK"])
     if use_gpu:
         torch.cuda.set_device(local_rank)
     dist.init_process_group(backend="nccl" if use_gpu else "gloo")
     os.environ["USE_TORCH_DISTRIBUTED"] = "1"  # PyTorchTrialContext wraps models in DDP
+    if not config:  # on a Determined cluster: its torch_distributed launcher set the rendezvous up
+        context = core.DistributedContext.from_torch_distributed()
+        try:
+            yield context
+        finally:
+            context.close()
+            dist.destroy_process_group()
+        return
     pub_port, pull_port = config.get("dist_ports") or (0, 0)
     ports = {"pub_port": int(pub_port), "pull_port": int(pull_port)} if pub_port else {}
     context = core.DistributedContext(
