@@ -25,6 +25,7 @@ from cdl.quality.evaluation_job import (
     LocalEvaluator,
     job_name,
 )
+from tests.unit.test_reconcile_chain import world  # noqa: E402,F401 - the reconcile fixture
 
 VENV_BIN = str(Path(os.sys.executable).parent)  # "python3" of the training image
 
@@ -168,3 +169,45 @@ def test_pachyderm_data_is_evaluated_and_counted_on_the_embedded_platform(
         time.sleep(0.2)
         outcome = evaluator.ensure(request)
     assert outcome.state == JobState.SUCCEEDED and outcome.record["metrics"]["accuracy"] >= 0.9
+
+
+@pytest.mark.slow
+def test_the_reconciler_evaluates_through_a_job_and_gates_on_its_result(
+        world: Any, registry_registered: Callable[..., RegisteredModel],  # noqa: F811 - the fixture
+        registry_store: Any, registry_data: Any, tmp_path: Path) -> None:
+    """The ModelVersion reconciler with `engines.Evaluation: kubernetes`: it creates the Job, and
+    gates on what the Job wrote; the team's evaluate() never runs in the operator process."""
+    import copy
+
+    from cdl.api.modelversion import ModelVersionSpec
+    from cdl.reconcile.modelversion import spec_hash
+    from tests.integration.test_operator_core import dpl, mv
+
+    cluster, ctx, data, *_ = world
+    registered = registry_registered(1)
+    cluster.add(dpl())
+    for _ in range(3):
+        cluster.reconcile(ctx, "DataPipeline", "news")
+    data.resolve = lambda key, output, commit="": DataRef("news-test", "c-test", files=registry_data.examples,
+                                                          path=str(registry_data.test))
+    launcher = RunningLauncher(tmp_path / "pods")
+    settings = EvaluationJobSettings.from_env({}, image="registry.example.com/cdl/train:0.1.0")
+    ctx.config.engines["Evaluation"] = "kubernetes"
+    ctx.engines._built[("evaluation", "kubernetes")] = JobEvaluator(launcher, registry_store, settings)
+    body = mv()
+    body["spec"]["evaluation"] = {"data": {"pipelineRef": {"name": "news"}, "output": "test"},
+                                  "gates": [{"metric": "accuracy", "min": 0.9}]}
+    spec = ModelVersionSpec.model_validate(copy.deepcopy(body["spec"]))
+    body["status"] = {"phase": "Evaluating", "version": 1, "specHash": spec_hash(spec),
+                      "artifact": {"uri": registered.artifact_uri, "sha256": registered.sha256},
+                      "registry": {"engine": "local"}, "lineage": {"experiment": "train"}}
+    cluster.add(body)
+    result, _ = cluster.reconcile(ctx, "ModelVersion", "clf-v1")
+    assert result.status["phase"] == "Evaluating" and len(launcher.jobs) == 1
+    assert not (ctx.config.data_dir / "packages").exists()  # the operator did not even unpack the package
+    cluster.reconcile(ctx, "ModelVersion", "clf-v1")
+    status = cluster.get("ModelVersion", "ml", "clf-v1")["status"]
+    assert status["phase"] == "Ready", status.get("message")
+    assert status["evaluation"]["passed"] is True and status["evaluation"]["metrics"]["accuracy"] >= 0.9
+    (job,) = launcher.jobs.values()
+    assert job["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example.com/cdl/train:0.1.0"
