@@ -508,6 +508,8 @@ def _markdown(f: _Facts, report: dict[str, Any]) -> str:
         ["checkpoint", lin.get("checkpoint") or NOT_RECORDED],
         ["data", f"{data_ref.get('repo')}@{data_ref.get('commit')}" if data_ref.get("repo") else NOT_RECORDED],
         ["code git commit", code.get("gitCommit") or NOT_RECORDED],
+        ["code bundle", f"{code.get('bundleUri')} (sha256 {code.get('bundleSha256')})" if code.get("bundleSha256")
+         else NOT_RECORDED],
         ["image", code.get("image") or NOT_RECORDED],
         ["artifact", f"{f.artifact.get('uri')} (sha256 {f.artifact.get('sha256')})" if f.artifact.get("uri")
          else NOT_RECORDED],
