@@ -14,13 +14,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-DEFAULT_ENGINES = {
-    "DataPipeline": "local",
-    "Experiment": "local",
-    "ModelVersion": "local",
-    "Deployment": "local",
-    "Evaluation": "local",  # where ModelVersion evaluation runs: local (subprocess) or kubernetes (Job)
-}
+from cdl.api.kinds import KINDS
+
+# One engine per kind, plus where ModelVersion evaluation runs: local (subprocess) or kubernetes (Job).
+DEFAULT_ENGINES = {**{info.kind: "local" for info in KINDS}, "Evaluation": "local"}
 ENV_PREFIX = "CDL_"
 
 
@@ -94,6 +91,13 @@ class OperatorConfig(BaseModel):
     @property
     def artifacts(self) -> str:
         return self.artifact_url or (self.data_dir / "artifacts").as_uri()
+
+    def s3_settings(self) -> Any:
+        """The S3 endpoint of the configuration (`cdl.stores.artifacts.S3Settings`), or None."""
+        from cdl.stores.artifacts import s3_settings
+
+        s3 = self.s3
+        return s3_settings(s3.endpoint, s3.access_key, s3.secret_key, secure=s3.secure, region=s3.region)
 
     def default_engine(self, kind: str) -> str:
         return self.engines.get(kind, "local")

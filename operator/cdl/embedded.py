@@ -13,8 +13,8 @@ from pathlib import Path
 
 import yaml
 
-from cdl.processes import _alive as _process_alive
-from cdl.processes import stop_group
+from cdl.config import DEFAULT_ENGINES
+from cdl.processes import alive, stop_group
 
 
 @dataclass
@@ -24,10 +24,6 @@ class Component:
     running: bool
     log: Path
     detail: str = ""
-
-
-def _alive(pid: int | None) -> bool:
-    return bool(pid) and _process_alive(pid)
 
 
 def _pid(path: Path) -> int | None:
@@ -51,7 +47,7 @@ def start_postgres(data_dir: Path) -> str:
     """Start (or find) the embedded PostgreSQL; return its URL, also written to DIR/postgres.url."""
     url_file = data_dir / "postgres.url"
     pidfile = data_dir / "postgres.pid"
-    if url_file.exists() and _alive(_pid(pidfile)):
+    if url_file.exists() and alive(_pid(pidfile)):
         return url_file.read_text().strip()
     log = data_dir / "logs" / "postgres.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -99,7 +95,7 @@ def write_operator_config(data_dir: Path, base_dir: Path, database_url: str | No
         "base_dir": str(base_dir),
         "database_url": database_url,
         "artifact_url": (data_dir / "artifacts").as_uri(),
-        "engines": {"DataPipeline": "local", "Experiment": "local", "ModelVersion": "local", "Deployment": "local"},
+        "engines": dict(DEFAULT_ENGINES),
         "poll_seconds": 2.0,
     }
     path = data_dir / "operator.yaml"
@@ -110,7 +106,7 @@ def write_operator_config(data_dir: Path, base_dir: Path, database_url: str | No
 def start_operator(data_dir: Path, kubeconfig: Path, base_dir: Path, database_url: str | None) -> Component:
     pidfile = data_dir / "operator.pid"
     log = data_dir / "logs" / "operator.log"
-    if _alive(_pid(pidfile)):
+    if alive(_pid(pidfile)):
         return Component("operator", _pid(pidfile), True, log, "already running")
     config = write_operator_config(data_dir, base_dir, database_url)
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -135,7 +131,7 @@ def status(data_dir: Path) -> list[Component]:
     out = []
     for name in ("postgres", "operator"):
         pid = _pid(data_dir / f"{name}.pid")
-        out.append(Component(name, pid, _alive(pid), data_dir / "logs" / f"{name}.log"))
+        out.append(Component(name, pid, alive(pid), data_dir / "logs" / f"{name}.log"))
     return out
 
 
@@ -145,7 +141,7 @@ def stop_model_servers(data_dir: Path) -> bool:
     root = data_dir / "serving"
     if not (root / "deployments").is_dir() or not any((root / "deployments").iterdir()):
         return False
-    from cdl.engines.local.serving import LocalServingEngine
+    from cdl.engines.serving.local import LocalServingEngine
 
     LocalServingEngine(root, supervise=False).close(stop_servers=True)
     return True

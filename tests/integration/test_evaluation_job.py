@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from cdl.engines.base import DataRef, JobState, RegisteredModel
-from cdl.engines.cluster_settings import EvaluationJobSettings, PachydermSettings
-from cdl.engines.local.jobs import JobRunner
+from cdl.engines.jobs import JobRunner
+from cdl.engines.settings import EvaluationJobSettings, PachydermSettings
 from cdl.quality.evaluation_job import (
     EvaluationRequest,
     JobEvaluator,
@@ -153,7 +153,7 @@ def test_pachyderm_data_is_evaluated_and_counted_on_the_embedded_platform(
         registry_data: Any, tmp_path: Path) -> None:
     """DataRef.path is None for Pachyderm outputs: the data engine copies the commit for the
     local evaluator, and counts the labels (the drift baseline) from pachd."""
-    from cdl.engines.pachyderm import PachydermDataEngine
+    from cdl.engines.data.pachyderm import PachydermDataEngine
 
     registered = registry_registered(1)
     data, client = pfs_test_data

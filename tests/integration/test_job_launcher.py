@@ -8,7 +8,7 @@ from typing import Any
 
 from cdl.controller.cluster import KubeClusterView
 from cdl.engines.base import DataRef, JobState
-from cdl.engines.cluster_settings import EvaluationJobSettings
+from cdl.engines.settings import EvaluationJobSettings
 from cdl.quality.evaluation_job import EvaluationRequest, evaluation_job, job_name
 
 

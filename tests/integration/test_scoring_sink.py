@@ -10,7 +10,7 @@ import uuid
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from cdl.scoring_sink import ScoringSink
+from cdl.engines.serving.scoring_sink import ScoringSink
 
 
 def headers(kind: str, request_id: str, endpoint: str = "news-classifier-v1") -> dict[str, str]:

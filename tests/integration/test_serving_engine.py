@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from cdl.engines.base import ResourceKey, ServingRequest
-from cdl.engines.local.serving.client import PredictionError, predict, predictions
-from cdl.monitoring import summarize
+from cdl.engines.serving.local.client import PredictionError, predict, predictions
+from cdl.quality.monitoring import summarize
 from tests.fixtures.serving.build import CLASSES, PREDICTOR, sample
 from tests.plugins.serving import served
 
@@ -267,7 +267,7 @@ def test_killed_model_server_and_router_are_restarted(serving_deploy, serving_en
 
 def test_a_server_that_stops_answering_is_restarted(serving_deploy, serving_engine, serving_packages,
                                                     serving_post, monkeypatch) -> None:
-    from cdl.engines.local.serving import engine as engine_module
+    from cdl.engines.serving.local import engine as engine_module
 
     monkeypatch.setattr(engine_module, "HEALTH_EVERY_S", 0.5)
     monkeypatch.setattr(engine_module, "HEALTH_TIMEOUT_S", 0.5)
@@ -344,7 +344,7 @@ def test_same_models_restart_nothing_and_a_new_model_rolls_without_errors(servin
 
 
 def test_a_new_engine_adopts_running_servers(tmp_path, seldon_venv, serving_packages, serving_post) -> None:
-    from cdl.engines.local.serving import LocalServingEngine
+    from cdl.engines.serving.local import LocalServingEngine
 
     key = ResourceKey("serving-test", "adopt")
     first = LocalServingEngine(tmp_path / "serving", venv_dir=seldon_venv, poll_seconds=0.2)

@@ -15,7 +15,7 @@ import pytest
 
 from cdl.api.experiment import ExperimentSpec
 from cdl.engines.base import DataRef, ResourceKey
-from cdl.engines.determined import experiment_config
+from cdl.engines.training.determined import experiment_config
 from cdl.runtime import stopping, trial
 
 TRAIN_PY = '''
@@ -189,7 +189,7 @@ def test_the_engine_reports_a_trial_that_stopped_itself_as_early_stopped() -> No
     from determined.common.api import bindings as b
 
     from cdl.engines.base import JobState, TrainingStatus
-    from cdl.engines.determined import DeterminedTrainingEngine
+    from cdl.engines.training.determined import DeterminedTrainingEngine
 
     reason = "early-stopped: no improvement > 0.01 in 2 validations"
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from cdl.cli.main import app
 from cdl.engines.training.code_bundle import BundleError, build, unpack
-from cdl.stores.artifacts import open_artifact_store
+from cdl.stores.opener import open_artifact_store
 from tests.integration.test_operator_core import dpl, exp, mv
 from tests.unit.test_reconcile_chain import world  # noqa: F401 - the fixture
 

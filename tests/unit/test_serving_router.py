@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from cdl.engines.local.serving.router import (
+from cdl.engines.serving.local.router import (
     PREDICT_PATH,
     BadRequest,
     Route,

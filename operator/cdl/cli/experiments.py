@@ -57,7 +57,7 @@ def compare_cmd(
 
     Example: cdl experiments compare bbc-asha
     """
-    from cdl.engines.local.training import compare
+    from cdl.engines.training.local import compare
 
     status = Kube(kubeconfig).get("Experiment", name, namespace).get("status") or {}
     source, run_id = _source(status, data_dir)
@@ -92,7 +92,7 @@ def logs(
 
     Example: cdl logs bbc-asha --trial 3
     """
-    from cdl.engines.local.training import logs as trial_logs
+    from cdl.engines.training.local import logs as trial_logs
 
     status = Kube(kubeconfig).get("Experiment", name, namespace).get("status") or {}
     source, run_id = _source(status, data_dir)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from cdl import __version__
-from cdl.cli import crds, demo, experiments, models, operator_cmd, platform, push, resources, validate
+from cdl.cli import crds, demo, experiments, labels, models, operator_cmd, platform, push, resources, validate
 
 app = typer.Typer(
     name="cdl",
@@ -33,6 +33,7 @@ resources.register(app)
 models.register(app)
 experiments.register(app)
 demo.register(app)
+labels.register(app)
 push.register(app)
 
 if __name__ == "__main__":

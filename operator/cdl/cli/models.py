@@ -44,12 +44,12 @@ def read_uri(uri: str) -> bytes:
     from pathlib import Path
 
     from cdl.config import OperatorConfig
-    from cdl.engines.registry import EngineRegistry
-    from cdl.stores.artifacts import download_uri
+    from cdl.engines.chooser import EngineChooser
+    from cdl.stores.opener import download_uri
 
     with tempfile.TemporaryDirectory() as tmp:
         dest = Path(tmp) / "artifact"
-        download_uri(uri, dest, s3=EngineRegistry(OperatorConfig.load())._s3())
+        download_uri(uri, dest, s3=EngineChooser(OperatorConfig.load())._s3())
         return dest.read_bytes()
 
 

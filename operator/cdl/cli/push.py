@@ -28,8 +28,7 @@ def artifact_store(artifacts: str | None, data_dir: Path) -> Any:
     """The store `--artifacts` names, else CDL_ARTIFACT_URL (+ CDL_S3_*), else the embedded
     platform's (its operator.yaml under --data-dir)."""
     from cdl.config import OperatorConfig
-    from cdl.engines.registry import EngineRegistry
-    from cdl.stores.artifacts import open_artifact_store
+    from cdl.stores.opener import open_artifact_store
 
     embedded = data_dir / "operator.yaml"
     config = OperatorConfig.load(embedded if embedded.is_file() and not os.environ.get("CDL_ARTIFACT_URL") else None)
@@ -39,7 +38,7 @@ def artifact_store(artifacts: str | None, data_dir: Path) -> Any:
                           "CDL_S3_ACCESS_KEY, CDL_S3_SECRET_KEY) or set CDL_ARTIFACT_URL, or start the embedded "
                           f"platform (cdl up) so that {embedded} exists")
         raise typer.Exit(EXIT_USER)
-    return open_artifact_store(url, EngineRegistry(config)._s3())
+    return open_artifact_store(url, config.s3_settings())
 
 
 def git_reference(model_dir: Path, commit: str | None, repository: str | None) -> dict[str, str] | None:

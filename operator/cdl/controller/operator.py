@@ -13,7 +13,7 @@ import kopf
 from cdl.config import OperatorConfig
 from cdl.controller import handlers, metrics, redaction
 from cdl.controller.cluster import KubeClusterView, load_client_config
-from cdl.engines.registry import EngineRegistry
+from cdl.engines.chooser import EngineChooser
 from cdl.reconcile.base import Context
 
 log = logging.getLogger("cdl.operator")
@@ -28,10 +28,10 @@ def build_context(config: OperatorConfig, overrides: dict[str, dict[str, Any]] |
 
         database = Database(config.database_url)
         database.migrate()
-    from cdl.stores.artifacts import open_artifact_store
+    from cdl.stores.opener import open_artifact_store
 
-    artifacts = open_artifact_store(config.artifacts, s3=EngineRegistry(config)._s3())
-    engines = EngineRegistry(config, artifacts=artifacts, database=database, overrides=overrides)
+    artifacts = open_artifact_store(config.artifacts, s3=config.s3_settings())
+    engines = EngineChooser(config, artifacts=artifacts, database=database, overrides=overrides)
     cluster = cluster or KubeClusterView()
     if hasattr(cluster, "create_job"):  # evaluation Jobs are created through the controller's client
         engines.job_launcher = cluster
@@ -79,7 +79,7 @@ def run(config: OperatorConfig, *, kubeconfig: str | None = None,
     if config.metrics_port:
         metrics.serve(config.metrics_port)
     if config.scoring_sink_port and context.database is not None:
-        from cdl.scoring_sink import serve_in_thread
+        from cdl.engines.serving.scoring_sink import serve_in_thread
 
         serve_in_thread(context.database, config.scoring_sink_port)
     liveness = f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port else None

@@ -16,14 +16,13 @@ from pathlib import Path
 
 from cdl.devcluster.auth import load_or_create_token
 from cdl.devcluster.server import start_server
+from cdl.files import write_atomic
 
 
 def _write_state(data_dir: Path, host: str, port: int, url: str, ca_file: Path | None) -> None:
     state = {"pid": os.getpid(), "host": host, "port": port, "url": url,
              "ca_file": str(ca_file) if ca_file else None}
-    tmp = data_dir / "server.json.tmp"
-    tmp.write_text(json.dumps(state))
-    os.replace(tmp, data_dir / "server.json")
+    write_atomic(data_dir / "server.json", json.dumps(state))
 
 
 async def serve(args: argparse.Namespace) -> None:

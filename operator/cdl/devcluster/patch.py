@@ -10,6 +10,7 @@ import copy
 from typing import Any
 
 from cdl.devcluster.errors import ApiError, bad_request
+from cdl.merge_patch import merge_patch
 
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
@@ -23,19 +24,6 @@ class PatchError(ApiError):
 
     def __init__(self, message: str) -> None:
         super().__init__(422, message)
-
-
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386: objects merge, `null` removes, anything else replaces."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = merge_patch(result.get(key), value)
-    return result
 
 
 # --- JSON patch -------------------------------------------------------------------------------

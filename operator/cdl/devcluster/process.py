@@ -14,7 +14,6 @@ import base64
 import contextlib
 import json
 import os
-import signal
 import socket
 import ssl
 import subprocess
@@ -32,6 +31,7 @@ import yaml
 
 from cdl.devcluster.auth import load_or_create_token
 from cdl.devcluster.tls import client_context
+from cdl.processes import alive, stop_group
 
 LOG_NAME = "devcluster.log"
 CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
@@ -154,18 +154,6 @@ def install_crds(url: str, token: str, crds_dir: Path, ca_file: Path | None = No
 
 # --- background process -------------------------------------------------------------------------
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child of ours is not alive
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][:1] != "Z"
-    except OSError:
-        return True
 
 
 def _state(data_dir: Path) -> dict[str, Any] | None:
@@ -180,7 +168,7 @@ def read_status(data_dir: Path) -> ServerInfo | None:
     data_dir = Path(data_dir).resolve()
     state = _state(data_dir)
     ca_file = Path(state["ca_file"]) if state and state.get("ca_file") else None
-    if not state or not _pid_alive(int(state.get("pid", 0))) or not healthy(state["url"], ca_file=ca_file):
+    if not state or not alive(int(state.get("pid", 0))) or not healthy(state["url"], ca_file=ca_file):
         return None
     token = (data_dir / "token").read_text().strip()
     kubeconfig = data_dir / "kubeconfig"
@@ -211,7 +199,7 @@ def start_background(data_dir: Path, port: int | None = None, crds_dir: Path | N
             install_crds(running.url, running.token, crds_dir, running.ca_file)
         return ServerInfo(**{**running.__dict__, "reused": True})
     state = _state(data_dir)
-    if state and _pid_alive(int(state.get("pid", 0))):
+    if state and alive(int(state.get("pid", 0))):
         raise DevClusterError(f"a devcluster process (pid {state['pid']}) holds {data_dir} but is not healthy; "
                               "run `cdl down` first")
     (data_dir / "server.json").unlink(missing_ok=True)
@@ -271,35 +259,12 @@ def stop(data_dir: Path, timeout: float = 10.0) -> bool:
     elif (data_dir / "server.pid").exists():
         with contextlib.suppress(ValueError, OSError):
             pid = int((data_dir / "server.pid").read_text())
-    stopped = False
-    if pid and _pid_alive(pid):
-        try:
-            pgid = os.getpgid(pid)
-        except ProcessLookupError:
-            pgid = 0
-        send = (lambda sig: os.killpg(pgid, sig)) if pgid == pid else (lambda sig: os.kill(pid, sig))
-        with contextlib.suppress(ProcessLookupError):
-            send(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while _pid_alive(pid) and time.monotonic() < deadline:
-            _reap(pid)
-            time.sleep(0.05)
-        if _pid_alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                send(signal.SIGKILL)
-            while _pid_alive(pid) and time.monotonic() < deadline + 5:
-                _reap(pid)
-                time.sleep(0.05)
-        _reap(pid)
-        stopped = True
+    stopped = bool(pid) and stop_group(pid, grace=timeout)
     (data_dir / "server.json").unlink(missing_ok=True)
     (data_dir / "server.pid").unlink(missing_ok=True)
     return stopped
 
 
-def _reap(pid: int) -> None:
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
 
 
 # --- in-process server (tests, the embedded platform) -------------------------------------------

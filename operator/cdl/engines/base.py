@@ -1,6 +1,6 @@
 """Engine protocols: the narrow interfaces reconcilers use to drive engines.
 
-Each protocol is implemented by a local engine (`cdl.engines.local`) and a cluster engine
+Each protocol is implemented by a local engine (`cdl.engines.<role>.local`) and a cluster engine
 (pachyderm, determined, seldon). Engines know nothing of Kubernetes: they receive plain values
 (the validated spec models, resolved secrets, data references) and return plain values. They
 raise `cdl.errors.TransientEngineError` for retryable trouble and `PermanentEngineError` when

@@ -5,7 +5,7 @@ finished, the record the reconciler publishes (`metrics`, `confusion`, `classNam
 `evaluation`, `compressed`). Two evaluators:
 
 - `LocalEvaluator` (embedded platform): child processes of the operator's machine, as before
-  (`cdl.engines.local.evaluation`, `cdl.compression`), followed by the background job runner;
+  (`cdl.quality.evaluation`, `cdl.quality.compression`), followed by the background job runner;
 - `JobEvaluator` (cluster): a Kubernetes Job from the training image running
   `python3 -m cdl.runtime.assess` under a service account that can read nothing
   (docs/cluster-path.md, section 3). The Job writes its result to the artifact store; the
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cdl.engines.base import DataRef, JobState
-from cdl.engines.cluster_settings import EvaluationJobSettings
+from cdl.engines.settings import EvaluationJobSettings
 from cdl.errors import PermanentEngineError
 
 COMMAND = ["python3", "-m", "cdl.runtime.assess"]
@@ -94,7 +94,7 @@ class LocalEvaluator:
         self.jobs = jobs
 
     def ensure(self, request: EvaluationRequest) -> EvaluationOutcome:
-        from cdl.engines.local.evaluation import evaluate_package
+        from cdl.quality.evaluation import evaluate_package
 
         if request.data.path is None:
             raise PermanentEngineError(
@@ -107,7 +107,7 @@ class LocalEvaluator:
             out = evaluate_package(request.package_dir, request.entrypoint, data_dir, timeout=request.timeout)
             compressed = None
             if request.compression == "dynamic-int8":
-                from cdl.compression import compress_and_evaluate
+                from cdl.quality.compression import compress_and_evaluate
 
                 compressed = compress_and_evaluate(request.package_dir, request.entrypoint, data_dir,
                                                    method="dynamic-int8", original=out,
@@ -238,7 +238,7 @@ class JobEvaluator:
                                  f"({message or state.value}) without writing {self.artifacts.uri_for(key)}")
 
     def _read(self, request: EvaluationRequest, key: str) -> EvaluationOutcome:
-        from cdl.engines.local.evaluation import result_from_body
+        from cdl.quality.evaluation import result_from_body
 
         body = json.loads(self.artifacts.get_bytes(key))
         if "error" in body:
@@ -251,8 +251,8 @@ class JobEvaluator:
         return EvaluationOutcome(JobState.SUCCEEDED, record_from(original, compressed))
 
     def _compressed(self, request: EvaluationRequest, found: dict[str, Any], original: Any) -> dict[str, Any]:
-        from cdl.compression import CompressedPackage, comparison
-        from cdl.engines.local.evaluation import result_from_body
+        from cdl.quality.compression import CompressedPackage, comparison
+        from cdl.quality.evaluation import result_from_body
         from cdl.runtime.package import unpack
 
         variant = result_from_body(found["evaluation"], request.entrypoint)

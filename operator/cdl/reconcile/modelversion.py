@@ -14,7 +14,7 @@ from cdl.api.experiment import ModelCode
 from cdl.api.modelversion import ModelVersionSpec
 from cdl.engines.base import CheckpointInfo, EngineRef, RegistrationRequest
 from cdl.errors import DependencyNotReady, PermanentEngineError
-from cdl.promotion import PromotionRefused, VersionState, plan_promotion
+from cdl.quality.promotion import PromotionRefused, VersionState, plan_promotion
 from cdl.reconcile.base import Context, Resource, Result, condition, now, parse, set_condition
 from cdl.reconcile.experiment import model_code_dir, output_engine, resolve_output
 
@@ -211,10 +211,10 @@ def _register(res: Resource, spec: ModelVersionSpec, ctx: Context, fingerprint: 
 
 
 def _evaluate(res: Resource, spec: ModelVersionSpec, ctx: Context) -> Result:
-    from cdl.engines.local.registry import VARIANT_KEY_TEMPLATE
-    from cdl.gates import apply_gates
+    from cdl.engines.registry.local import VARIANT_KEY_TEMPLATE
     from cdl.quality.evaluation_job import EvaluationRequest
-    from cdl.reports import render_report
+    from cdl.quality.gates import apply_gates
+    from cdl.quality.reports import render_report
 
     assert spec.evaluation is not None
     result = Result()

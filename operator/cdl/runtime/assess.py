@@ -29,13 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from cdl.runtime import data, package, serving
-
-ENV_PACKAGE_URI = "CDL_PACKAGE_URI"
-ENV_PACKAGE_SHA256 = "CDL_PACKAGE_SHA256"
-ENV_ENTRYPOINT = "CDL_EVAL_ENTRYPOINT"
-ENV_COMPRESSION = "CDL_COMPRESSION"
-ENV_RESULT_URI = "CDL_RESULT_URI"
-ENV_VARIANT_URI = "CDL_VARIANT_URI"
+from cdl.runtime.env import (
+    ENV_COMPRESSION,
+    ENV_PACKAGE_SHA256,
+    ENV_PACKAGE_URI,
+    ENV_RESULT_URI,
+    ENV_VARIANT_URI,
+)
+from cdl.runtime.env import ENV_EVAL_ENTRYPOINT as ENV_ENTRYPOINT
 
 
 class AssessmentError(Exception):

@@ -26,12 +26,14 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-ENV_DATA_DIR = "CDL_DATA_DIR"
-ENV_DATA_URI = "CDL_DATA_URI"
-ENV_DATA_COMMIT = "CDL_DATA_COMMIT"
-ENV_DATA_CACHE = "CDL_DATA_CACHE"
-ENV_PACHD = "CDL_PACHD_ADDRESS"
-ENV_S3_ENDPOINT = "CDL_S3_ENDPOINT"
+from cdl.runtime.env import (
+    ENV_DATA_CACHE,
+    ENV_DATA_COMMIT,
+    ENV_DATA_DIR,
+    ENV_DATA_URI,
+    ENV_PACHD,
+    ENV_S3_ENDPOINT,
+)
 
 PFS_URI = re.compile(r"^pfs://(?:(?P<project>[^/@]+)/)?(?P<repo>[^/@]+)@(?:(?P<branch>[^=]+)=)?(?P<commit>[^/]+)$")
 

@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from cdl.runtime import data, determined_hooks, stopping, trial_events
-from cdl.runtime.trial import ENV_CONFIG, ENV_STOP, TrialInfo, info
+from cdl.runtime.env import ENV_CONFIG, ENV_STOP
+from cdl.runtime.trial import TrialInfo, info
 
 EXIT_OK = 0
 EXIT_USER_ERROR = 1

@@ -28,9 +28,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-ENV_EARLY_STOPPING = "CDL_EARLY_STOPPING"
-ENV_METRIC = "CDL_METRIC"
-ENV_SMALLER_IS_BETTER = "CDL_SMALLER_IS_BETTER"
+from cdl.runtime.env import ENV_EARLY_STOPPING, ENV_METRIC, ENV_SMALLER_IS_BETTER
+
 METRICS_GROUP = "cdl_early_stopping"
 
 
