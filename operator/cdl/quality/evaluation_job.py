@@ -62,6 +62,9 @@ class EvaluationOutcome:
 
 
 class Evaluator(Protocol):
+    name: str
+    needs_local_copies: bool
+
     def ensure(self, request: EvaluationRequest) -> EvaluationOutcome: ...
 
 
@@ -88,7 +91,9 @@ class LocalEvaluator:
     """Child processes on the operator's machine, followed by the background job runner."""
 
     name = "local"
-    needs_local_data = True  # the reconciler has the data engine copy a commit that has no path
+    # Runs on the operator's machine: the reconciler hands it local copies of the package and of
+    # the data (the data engine copies a commit that has no path, e.g. Pachyderm's).
+    needs_local_copies = True
 
     def __init__(self, jobs: Any) -> None:
         self.jobs = jobs
@@ -208,6 +213,7 @@ class JobEvaluator:
     """Evaluation as a Kubernetes Job; the result comes back through the artifact store."""
 
     name = "kubernetes"
+    needs_local_copies = False  # the Job fetches the package and the data itself
 
     def __init__(self, launcher: JobLauncher, artifacts: Any, settings: EvaluationJobSettings) -> None:
         self.launcher = launcher

@@ -221,7 +221,7 @@ def _evaluate(res: Resource, spec: ModelVersionSpec, ctx: Context) -> Result:
     ev = spec.evaluation
     evaluator = ctx.engines.evaluation(ctx.config.default_engine("Evaluation"))
     data = resolve_output(ctx, res.namespace, ev.data.pipeline_ref.name, ev.data.output)
-    if getattr(evaluator, "needs_local_data", False) and data.path is None:
+    if evaluator.needs_local_copies and data.path is None:
         data = output_engine(ctx, res.namespace, ev.data.pipeline_ref.name).ensure_local(data)
     artifact = res.status["artifact"]
     compression = spec.compression.method if spec.compression else "none"
@@ -231,7 +231,8 @@ def _evaluate(res: Resource, spec: ModelVersionSpec, ctx: Context) -> Result:
     request = EvaluationRequest(
         job_id=f"eval-{res.namespace}-{res.name}-{res.status['specHash']}", namespace=res.namespace,
         resource=res.title, package_uri=artifact["uri"], package_sha256=artifact["sha256"],
-        package_dir=ctx.engines.package_dir(artifact["uri"], artifact["sha256"]) if evaluator.name == "local" else None,
+        package_dir=ctx.engines.package_dir(artifact["uri"], artifact["sha256"]) if evaluator.needs_local_copies
+        else None,
         entrypoint=ev.entrypoint, data=data, compression=compression,
         image=((exp.get("spec") or {}).get("model") or {}).get("image"),
         variant_key=VARIANT_KEY_TEMPLATE.format(name=spec.model, version=version, variant=compression),
