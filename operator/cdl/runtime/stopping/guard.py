@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cdl.runtime.env import ENV_EARLY_STOPPING, ENV_MAX_LENGTH, ENV_METRIC, ENV_SMALLER_IS_BETTER, ENV_STOP
-from cdl.runtime.stopping.curves import Curve, Point
+from cdl.runtime.stopping.curves import Curve, Point, metric_lookup
 from cdl.runtime.stopping.rules import Decision, StoppingRules
 from cdl.runtime.stopping.settings import StoppingSettings
 
@@ -95,7 +95,7 @@ class TrialGuard:
         """Take in one validation report; the decision once a rule stops the trial."""
         if self.decision is not None:
             return self.decision
-        value = _lookup(metrics, self.rules.metric)
+        value = metric_lookup(metrics, self.rules.metric)
         if units is None:
             unit_value = metrics.get(self.rules.unit)
             units = float(unit_value) if isinstance(unit_value, int | float) else float(steps_completed)
@@ -124,18 +124,6 @@ class TrialGuard:
         return self.rules.wall_budget(time.time() - self.started)
 
 
-def _lookup(metrics: dict[str, Any], name: str) -> float | None:
-    candidates = [name, *(p + name for p in ("val_", "validation_")),
-                  *(name[len(p):] for p in ("val_", "validation_") if name.startswith(p))]
-    for key in candidates:
-        if key in metrics:
-            try:
-                return float(metrics[key])
-            except (TypeError, ValueError):
-                return None
-    return None
-
-
 def determined_peers(session: Any, experiment_id: int, own_trial_id: int, unit: str) -> PeerSource:
     """The completed trials of this experiment and their validation curves, from the master."""
 
@@ -151,7 +139,7 @@ def determined_peers(session: Any, experiment_id: int, own_trial_id: int, unit: 
             for m in resp.data or []:
                 metrics = (m.metrics or {}).get("avgMetrics", m.metrics or {})
                 units = metrics.get(unit, m.totalBatches)
-                curves[m.trialId].append(Point(float(units), _lookup(metrics, os.environ.get(ENV_METRIC, ""))))
+                curves[m.trialId].append(Point(float(units), metric_lookup(metrics, os.environ.get(ENV_METRIC, ""))))
         return [Curve(str(t), sorted(points, key=lambda p: p.units), True) for t, points in curves.items()]
 
     return read
