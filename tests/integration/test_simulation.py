@@ -25,10 +25,10 @@ from cdl.engines.base import (
     ServingRequest,
     TrainingRequest,
 )
-from cdl.engines.cluster_settings import DeterminedSettings, PachydermSettings, SeldonSettings
-from cdl.engines.determined import DeterminedTrainingEngine
-from cdl.engines.pachyderm import PachydermDataEngine
-from cdl.engines.seldon import SeldonServingEngine
+from cdl.engines.data.pachyderm import PachydermDataEngine
+from cdl.engines.serving.seldon import SeldonServingEngine
+from cdl.engines.settings import DeterminedSettings, PachydermSettings, SeldonSettings
+from cdl.engines.training.determined import DeterminedTrainingEngine
 from cdl.simulation import containers
 from cdl.simulation.determined import FakeDeterminedMaster, TrialExecutor
 from cdl.simulation.images import ImageBuilder
@@ -150,7 +150,7 @@ def test_a_trial_that_crashes_fails_the_experiment_with_its_traceback(
 
 
 def test_asha_stops_a_trial_that_is_not_promoted_past_its_rung(master: FakeDeterminedMaster, tmp_path: Path) -> None:
-    from cdl.engines.determined import experiment_config
+    from cdl.engines.training.determined import experiment_config
 
     settings = DeterminedSettings.from_env({}, master=master.url, user=USER, password=PASSWORD,
                                            checkpoint_storage=(tmp_path / "checkpoints").as_uri())
