@@ -160,7 +160,10 @@ def render_chart(source: Path, data_dir: Path, info: SimulationInfo, ports: dict
     return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
 
 
-def _ensure_secrets(api: Any, database_url: str, info: SimulationInfo) -> None:
+def _ensure_secrets(api: Any, container: dict[str, Any], database_url: str, info: SimulationInfo) -> None:
+    """The Secrets the operator's Deployment references, as a DevOps engineer creates them before
+    `helm install`: the database URL and the Determined account the simulation made, a random value
+    for any other key (tokens, keys); and the evaluation Jobs' artifact-store credentials."""
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
@@ -170,13 +173,18 @@ def _ensure_secrets(api: Any, database_url: str, info: SimulationInfo) -> None:
     except ApiException as exc:
         if exc.status != 409:
             raise
-    wanted = {
-        "cdl-postgres": {"url": database_url},
-        "cdl-s3": {"accessKey": "simulation", "secretKey": secrets.token_urlsafe(12)},
-        "cdl-determined": {"username": info.determined_user, "password": info.determined_password},
+    known = {("cdl-determined", "username"): info.determined_user,
+             ("cdl-determined", "password"): info.determined_password}
+    wanted: dict[str, dict[str, str]] = {
         # What the install guide has a DevOps engineer create for the evaluation Jobs (artifact-store keys).
         "cdl-s3-workload": {"AWS_ACCESS_KEY_ID": "simulation", "AWS_SECRET_ACCESS_KEY": secrets.token_urlsafe(12)},
     }
+    for var in container.get("env") or []:
+        ref = (var.get("valueFrom") or {}).get("secretKeyRef")
+        if ref:
+            value = database_url if var["name"] == "CDL_DATABASE_URL" else \
+                known.get((ref["name"], ref["key"]), secrets.token_urlsafe(16))
+            wanted.setdefault(ref["name"], {})[ref["key"]] = value
     for name, data in wanted.items():
         body = {"metadata": {"name": name}, "stringData": data}
         try:
@@ -209,12 +217,12 @@ def operator_pod(data_dir: Path, kubeconfig: Path, source: Path, database_url: s
     if info is None:
         raise RuntimeError(f"the cluster simulation is not running ({data_dir / STATE_FILE} is missing)")
     api = kube_config.new_client_from_config(config_file=str(kubeconfig))
-    _ensure_secrets(api, database_url, info)
     docs = render_chart(source, data_dir, info, free_ports())
     config_map = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-config"))
     deployment = next(d for d in docs if d["kind"] == "Deployment" and "operator" in json.dumps(d["spec"]["template"]))
     pod = deployment["spec"]["template"]["spec"]
     container = pod["containers"][0]
+    _ensure_secrets(api, container, database_url, info)
     pod_dir = data_dir / "operator-pod"
     volumes: dict[str, Path] = {}
     for volume in pod.get("volumes") or []:

@@ -97,19 +97,37 @@ def pod_env(container: dict[str, Any], namespace: str, core_api: Any) -> dict[st
     key fails with the variable's name."""
     import base64
 
-    def secret(name: str) -> dict[str, str]:
-        data = core_api.read_namespaced_secret(name, namespace).data or {}
+    from kubernetes.client.exceptions import ApiException
+
+    def secret(name: str, optional: bool = False) -> dict[str, str]:
+        try:
+            data = core_api.read_namespaced_secret(name, namespace).data or {}
+        except ApiException as exc:
+            if exc.status == 404 and optional:
+                return {}
+            if exc.status == 404:
+                raise ContainerError(f"container {container.get('name')}: Secret {namespace}/{name} not found "
+                                     "(CreateContainerConfigError)") from None
+            raise
         return {k: base64.b64decode(v).decode() for k, v in data.items()}
 
-    def config_map(name: str) -> dict[str, str]:
-        return dict(core_api.read_namespaced_config_map(name, namespace).data or {})
+    def config_map(name: str, optional: bool = False) -> dict[str, str]:
+        try:
+            return dict(core_api.read_namespaced_config_map(name, namespace).data or {})
+        except ApiException as exc:
+            if exc.status == 404 and optional:
+                return {}
+            if exc.status == 404:
+                raise ContainerError(f"container {container.get('name')}: ConfigMap {namespace}/{name} not found "
+                                     "(CreateContainerConfigError)") from None
+            raise
 
     env: dict[str, str] = {}
     for ref in container.get("envFrom") or []:
         if "secretRef" in ref:
-            env.update(secret(ref["secretRef"]["name"]))
+            env.update(secret(ref["secretRef"]["name"], bool(ref["secretRef"].get("optional"))))
         elif "configMapRef" in ref:
-            env.update(config_map(ref["configMapRef"]["name"]))
+            env.update(config_map(ref["configMapRef"]["name"], bool(ref["configMapRef"].get("optional"))))
     for var in container.get("env") or []:
         source = var.get("valueFrom") or {}
         if "value" in var or not source:
@@ -120,7 +138,9 @@ def pod_env(container: dict[str, Any], namespace: str, core_api: Any) -> dict[st
             raise ContainerError(f"container {container.get('name')}: env {var['name']}: the simulation resolves "
                                  "value, secretKeyRef and configMapKeyRef only")
         ref = source[kind]
-        data = read(ref["name"])
+        data = read(ref["name"], bool(ref.get("optional")))
+        if ref["key"] not in data and ref.get("optional"):
+            continue
         if ref["key"] not in data:
             raise ContainerError(f"container {container.get('name')}: env {var['name']}: {kind} {ref['name']} has "
                                  f"no key {ref['key']}")

@@ -33,7 +33,7 @@ from pathlib import Path
 
 # What the base images the Dockerfiles start FROM install (python:3.11-slim: none).
 BASE_IMAGE_PACKAGES = {
-    "determinedai/pytorch-ngc": ["determined==0.38.1", "torch", "tensorboard"],
+    "determinedai/pytorch-ngc": ["determined==0.38.1", "torch", "tensorboard", "boto3"],
 }
 PYTHON_VERSION = f"python{sys.version_info.major}.{sys.version_info.minor}"
 SELDON_PACKAGE = "seldon-core"
