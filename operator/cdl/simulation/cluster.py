@@ -239,7 +239,10 @@ def operator_pod(data_dir: Path, kubeconfig: Path, source: Path, database_url: s
     # apply in order: the tree is first bound at a staging folder outside it, so what is kept can
     # be bound back from there once the tree is hidden.
     root = source.resolve()
-    stage = Path(tempfile.mkdtemp(prefix="cdl-operator-pod-"))
+    stage = pod_dir.resolve() / "checkout"  # outside the tree, else a temporary folder
+    if stage.is_relative_to(root):
+        stage = Path(tempfile.mkdtemp(prefix="cdl-operator-pod-"))
+    stage.mkdir(parents=True, exist_ok=True)
     (pod_dir / "no-checkout").mkdir(parents=True, exist_ok=True)
 
     def visible(path: Path) -> Path:
