@@ -89,7 +89,8 @@ class KubeClusterView:
                 from cdl.errors import PermanentEngineError
 
                 raise PermanentEngineError(f"Kubernetes refused the evaluation Job {namespace}/"
-                                           f"{manifest['metadata']['name']}: {exc.status} {exc.reason}") from None
+                                           f"{manifest['metadata']['name']}: {exc.status} {exc.reason}"
+                                           f"{_status_message(exc)}") from None
             raise TransientError(f"Kubernetes API answered {exc.status} {exc.reason}") from None
         except OSError as exc:
             raise TransientError(f"Kubernetes API unreachable: {exc}") from None
@@ -109,3 +110,14 @@ class KubeClusterView:
         if status is not None and (status.active or 0) > 0:
             return JobState.RUNNING, ""
         return JobState.PENDING, ""
+
+
+def _status_message(exc: Any) -> str:
+    """The API server's own reason (its Status message), e.g. which field a Job failed validation on."""
+    import json
+
+    try:
+        message = json.loads(exc.body or "{}").get("message")
+    except (TypeError, ValueError):
+        return ""
+    return f": {message}" if message else ""

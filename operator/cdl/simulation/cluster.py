@@ -144,6 +144,7 @@ def chart_values(data_dir: Path, info: SimulationInfo, ports: dict[str, int]) ->
         "operator.metricsPort": str(ports["metrics"]),
         "operator.healthPort": str(ports["health"]),
         "operator.scoringSinkPort": str(ports["sink"]),
+        "kb.port": str(ports["kb"]),
     }
     args: list[str] = []
     for key, value in values.items():  # numbers as numbers, the rest as strings (an empty one included)
@@ -199,7 +200,7 @@ def free_ports() -> dict[str, int]:
     import socket
 
     out = {}
-    for name in ("metrics", "health", "sink"):
+    for name in ("metrics", "health", "sink", "kb"):
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             out[name] = int(sock.getsockname()[1])
