@@ -123,6 +123,9 @@ def study_cmd(
     except CdlError as exc:
         err_console.print(str(exc))
         raise typer.Exit(EXIT_USER)
+    if not search.finished:
+        err_console.print(f"run {run_id} is {search.state or 'not finished'}: the study replays finished searches")
+        raise typer.Exit(EXIT_USER)
     _study_output(search, output, plot, f"Experiment {namespace}/{name}")
 
 

@@ -42,6 +42,11 @@ class RecordedSearch:
     run_id: str
     spec: dict[str, Any]  # ExperimentSpec on the wire
     trials: list[RecordedTrial]
+    state: str = ""  # the run's state (a JobState value)
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("succeeded", "failed", "canceled")
 
     @property
     def searcher(self) -> dict[str, Any]:
@@ -79,7 +84,7 @@ def from_run_state(run: Any) -> RecordedSearch:
                       t.wall_seconds or None, (t.metadata.get("early_stopping") or {}).get("units"))
         for t in run.trials
     ]
-    return RecordedSearch(run.id, run.spec, trials)
+    return RecordedSearch(run.id, run.spec, trials, run.state)
 
 
 def from_database(database: Any, run_id: str) -> RecordedSearch:
@@ -112,7 +117,7 @@ def from_database(database: Any, run_id: str) -> RecordedSearch:
         curve = Curve(t.trial_id, points, trial_completed(t.state, t.stop_reason, units_done, length))
         trials.append(RecordedTrial(t.trial_id, curve, t.state, t.stop_reason, units_done, t.cpu_seconds,
                                     t.wall_seconds, (meta.get("early_stopping") or {}).get("units")))
-    return RecordedSearch(run_id, spec, trials)
+    return RecordedSearch(run_id, spec, trials, run.state or "")
 
 
 def _metric(metrics: dict[str, Any], name: str) -> float | None:
