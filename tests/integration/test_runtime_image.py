@@ -15,7 +15,7 @@ SELDON_PY = ROOT / ".venvs" / "seldon" / "bin" / "python"
 
 CHECK = """
 import sys
-import cdl.runtime.serving, cdl.runtime.package, cdl.runtime.pfs, cdl.runtime.trial
+import cdl.runtime.serving, cdl.runtime.package, cdl.runtime.pfs, cdl.runtime.trial, cdl.runtime.stopping.guard
 from CdlPredictor import CdlPredictor
 operator_side = sorted(m for m in sys.modules if m.startswith(("cdl.api", "cdl.engines", "cdl.stores",
                                                                "cdl.reconcile", "cdl.controller", "kopf")))
