@@ -23,6 +23,7 @@ $(STAMP): pyproject.toml
 tools:
 	bash scripts/install-tools.sh
 	bash scripts/install-gitlab-ci-local.sh
+	bash scripts/install-browser.sh
 
 # The engines' own virtual environments (seldon-core pins old libraries; Label Studio is big).
 engines: venv

@@ -45,9 +45,9 @@ import torch
 from torch import nn
 
 from cdl.api.experiment import ExperimentSpec
-from cdl.engines.local.training import hparams as hp
-from cdl.engines.local.training import searchers
-from cdl.engines.local.training.state import TrialState, Validation
+from cdl.engines.training.local import hparams as hp
+from cdl.engines.training.local import searchers
+from cdl.engines.training.local.state import TrialState, Validation
 from cdl.runtime.stopping import Curve, Point, StoppingRules, StoppingSettings
 
 REPO = Path(__file__).resolve().parents[1]

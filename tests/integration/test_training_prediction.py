@@ -8,8 +8,8 @@ import re
 import pytest
 
 from cdl.engines.base import JobState
-from cdl.engines.local.training.state import load
 from cdl.engines.training import study
+from cdl.engines.training.local.state import load
 from cdl.runtime.stopping import StoppingSettings
 
 pytestmark = pytest.mark.slow

@@ -14,10 +14,10 @@ import yaml
 from cdl.api.datapipeline import DataPipelineSpec
 from cdl.api.experiment import ExperimentSpec
 from cdl.engines.base import DataRef, ResourceKey, ServedModel, ServingRequest
-from cdl.engines.cluster_settings import ClusterSettings, DeterminedSettings, GpuSettings, SeldonSettings
-from cdl.engines.determined import checkpoint_uri, deep_merge, entrypoint_for, experiment_config
-from cdl.engines.pachyderm import Names, PachydermDataEngine
-from cdl.engines.seldon import seldon_deployment, serving_status
+from cdl.engines.data.pachyderm import Names, PachydermDataEngine
+from cdl.engines.serving.seldon import seldon_deployment, serving_status
+from cdl.engines.settings import ClusterSettings, DeterminedSettings, GpuSettings, SeldonSettings
+from cdl.engines.training.determined import checkpoint_uri, deep_merge, entrypoint_for, experiment_config
 from cdl.errors import PermanentEngineError
 from tests.fakes.seldon_controller import validate as seldon_webhook
 
@@ -221,7 +221,7 @@ def dpl_spec(**changes: Any) -> DataPipelineSpec:
 
 
 def test_pipeline_requests_carry_the_step_spec() -> None:
-    from cdl.engines.cluster_settings import PachydermSettings
+    from cdl.engines.settings import PachydermSettings
 
     engine = PachydermDataEngine(PachydermSettings.from_env({}, default_image="reg/cdl-pipelines:0.1"),
                                  gpu=GpuSettings.from_env({}, resource_name="nvidia.com/gpu"))
@@ -244,7 +244,7 @@ def test_pipeline_requests_carry_the_step_spec() -> None:
 
 
 def test_names_fit_pachds_limits() -> None:
-    from cdl.engines.cluster_settings import PachydermSettings
+    from cdl.engines.settings import PachydermSettings
 
     engine = PachydermDataEngine(PachydermSettings.from_env({}))
     names = engine.names(ResourceKey("a-long-namespace-for-a-team", "a.dotted-and-rather-long-datapipeline-name"))

@@ -16,7 +16,6 @@ from cdl.api.common import (
     SecretKeyRef,
     StatusModel,
 )
-from cdl.api.hyperparameters import hyperparameter_problems
 
 ENTRYPOINT = r"^[A-Za-z_][A-Za-z0-9_.]*(:[A-Za-z_][A-Za-z0-9_]*)?$|^[^\s:]+\.py$"
 
@@ -153,10 +152,6 @@ class ExperimentSpec(CdlModel):
     seed: int = Field(42, ge=0)
     checkpoint_storage: CheckpointStorage | None = None
     determined: FreeForm | None = Field(None, description="Raw Determined experiment-config overrides.")
-
-    def hyperparameter_problems(self) -> list[tuple[str, str]]:
-        """Problems in the Determined-syntax map (the CRD keeps it as a pass-through)."""
-        return hyperparameter_problems(self.hyperparameters, "spec.hyperparameters")
 
 
 class TrialCounts(StatusModel):

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from cdl.api.modelversion import ModelVersionSpec
-from cdl.engines.base import CheckpointInfo, EngineRef, RegistrationRequest
+from cdl.engines.base import CheckpointInfo, EngineRef, RegistrationRequest, registered_name
 from cdl.errors import DependencyNotReady, PermanentEngineError
-from cdl.promotion import PromotionRefused, VersionState, plan_promotion
+from cdl.quality.promotion import PromotionRefused, VersionState, plan_promotion
 from cdl.reconcile.base import Context, Resource, Result, condition, now, parse, set_condition
 from cdl.reconcile.experiment import resolve_output
 
@@ -108,18 +108,29 @@ def _checkpoint(res: Resource, spec: ModelVersionSpec, ctx: Context, exp: dict[s
 
 
 def _training_figures(ctx: Context, exp: dict[str, Any], trial_id: str) -> dict[str, Any]:
-    """The registered trial's resource figures, for the report's reproducibility section."""
+    """The registered trial's resource figures and the metadata the training runtime captured
+    (model description, packages, environment, data facts), for the package and its report."""
     ref = (exp.get("status") or {}).get("engineRef") or {}
+    figures: dict[str, Any] = {}
+    if ctx.database is not None and ref.get("id"):
+        with contextlib.suppress(Exception):  # nice to have; registration does not depend on it
+            record = next((t for t in ctx.database.trials(ref["id"]) if t.trial_id == str(trial_id)), None)
+            meta = (record.metadata if record else None) or {}
+            for key in ("model", "packages", "environment"):
+                if meta.get(key):
+                    figures[key] = meta[key]
+            if meta.get("data"):
+                figures["trainingData"] = meta["data"]
     try:
         engine = ctx.engines.training(engine_name(exp.get("spec") or {}, ctx))
         report = engine.status(EngineRef(ref.get("id", ""), ref.get("url", ""), ref.get("engine", "")))
     except Exception:  # figures are nice to have; registration does not depend on them
-        return {}
+        return figures
     trial = next((t for t in report.trials if t.id == trial_id), None)
     if trial is None:
-        return {}
-    return {"training": {"wallSeconds": trial.wall_seconds, "cpuSeconds": trial.cpu_seconds,
-                         "peakRssBytes": trial.peak_rss_bytes, "gpuUtilization": trial.gpu_utilization}}
+        return figures
+    return {**figures, "training": {"wallSeconds": trial.wall_seconds, "cpuSeconds": trial.cpu_seconds,
+                                    "peakRssBytes": trial.peak_rss_bytes, "gpuUtilization": trial.gpu_utilization}}
 
 
 def _local(uri: str) -> str | None:
@@ -153,9 +164,14 @@ def _register(res: Resource, spec: ModelVersionSpec, ctx: Context, fingerprint: 
             ref = resolve_output(ctx, res.namespace, binding["pipelineRef"]["name"], binding.get("output", "train"),
                                  data["commit"])
             train_labels = _label_counts(ref.path)
+    figures = _training_figures(ctx, exp, trial)
+    # Label folders counted here, else the examples per label the training runtime counted.
+    train_labels = train_labels or dict((figures.pop("trainingData", None) or {}).get("perLabel") or {})
+    figures.pop("trainingData", None)
     lineage = {
         "experiment": exp["metadata"]["name"],
         "run": est.get("run") or 1,
+        "runId": (est.get("engineRef") or {}).get("id"),  # the knowledge base's key of the run's records
         "trial": trial,
         "checkpoint": checkpoint.uuid,
         "data": data,
@@ -164,9 +180,9 @@ def _register(res: Resource, spec: ModelVersionSpec, ctx: Context, fingerprint: 
     }
     registry = ctx.engines.registry(engine_name(exp_spec, ctx))
     registered = registry.register(RegistrationRequest(
-        key=res.key, model_name=spec.model, version=int(version), checkpoint=checkpoint, model_dir=model_dir,
+        key=res.key, model_name=registered_name(res.namespace, spec.model), version=int(version), checkpoint=checkpoint, model_dir=model_dir,
         hparams=hparams, metadata={"lineage": lineage, "experiment": exp_spec, "trials": est.get("trials"),
-                                   **_training_figures(ctx, exp, trial)},
+                                   **figures},
     ))
     artifact = {"uri": registered.artifact_uri, "sha256": registered.sha256, "bytes": registered.bytes,
                 "format": registered.format}
@@ -196,9 +212,9 @@ def _register(res: Resource, spec: ModelVersionSpec, ctx: Context, fingerprint: 
 
 
 def _evaluate(res: Resource, spec: ModelVersionSpec, ctx: Context) -> Result:
-    from cdl.engines.local.evaluation import evaluate_package
-    from cdl.gates import apply_gates
-    from cdl.reports import render_report
+    from cdl.quality.evaluation import evaluate_package
+    from cdl.quality.gates import apply_gates
+    from cdl.quality.reports import render_report
 
     assert spec.evaluation is not None
     result = Result()
@@ -216,11 +232,12 @@ def _evaluate(res: Resource, spec: ModelVersionSpec, ctx: Context) -> Result:
         record = {"metrics": out.metrics, "confusion": out.confusion, "classNames": out.class_names,
                   "evaluation": out.wire()}
         if compression == "dynamic-int8":
-            from cdl.compression import compress_and_evaluate
+            from cdl.quality.compression import compress_and_evaluate
 
             record["compressed"] = compress_and_evaluate(
                 package, ev.entrypoint, Path(data.path), method="dynamic-int8", original=out,
-                store_variant=lambda variant: registry.store_variant(spec.model, version, "dynamic-int8", variant))
+                store_variant=lambda variant: registry.store_variant(_registry_name(res, spec.model), version, "dynamic-int8",
+                                                                    variant))
         return record
 
     job = ctx.engines.jobs.ensure(job_id, work)
@@ -274,7 +291,8 @@ def _evaluate(res: Resource, spec: ModelVersionSpec, ctx: Context) -> Result:
     result.status.update(evaluation=evaluation, message=message)
     if ctx.database is not None:
         ctx.database.record_evaluation(model=spec.model, version=res.status.get("version"), metrics=metrics,
-                                       gates=gate_rows, passed=passed, report_uri=evaluation.get("reportUri"))
+                                       gates=gate_rows, passed=passed, report_uri=evaluation.get("reportUri"),
+                                       namespace=res.namespace)
     result.requeue = True
     return result
 
@@ -333,9 +351,9 @@ def _promote(res: Resource, spec: ModelVersionSpec, ctx: Context, result: Result
             ctx.cluster.patch_spec(KIND, res.namespace, change.resource, {"stage": change.stage})
             archived.append(change.resource)
             continue
-        ctx.engines.registry(engine).set_stage(spec.model, change.version, change.stage)
+        ctx.engines.registry(engine).set_stage(_registry_name(res, spec.model), change.version, change.stage)
         if ctx.database is not None:
-            ctx.database.set_model_stage(spec.model, change.version, change.stage)
+            ctx.database.set_model_stage(spec.model, change.version, change.stage, namespace=res.namespace)
     message = f"{spec.model} version {status.get('version')} moved from {current} to {spec.stage}"
     if archived:
         message += f"; archived {', '.join(archived)}"
@@ -344,11 +362,21 @@ def _promote(res: Resource, spec: ModelVersionSpec, ctx: Context, result: Result
     result.event("Promoted", message)
 
 
+def _registry_name(res: Resource, model: str) -> str:
+    """The name the registry engine holds this version under: as it said when registering
+    (`registry.id` is `<name>/<version>`; versions registered before names carried the
+    namespace keep theirs), else `<namespace>.<model>`."""
+    registry_id = str((res.status.get("registry") or {}).get("id") or "")
+    if "/" in registry_id:
+        return registry_id.rsplit("/", 1)[0]
+    return registered_name(res.namespace, model)
+
+
 def cleanup(res: Resource, ctx: Context) -> None:
     version = res.status.get("version")
     if version:
         engine = (res.status.get("registry") or {}).get("engine") or "local"
-        ctx.engines.registry(engine).delete(res.spec.get("model", ""), int(version))
+        ctx.engines.registry(engine).delete(_registry_name(res, res.spec.get("model", "")), int(version))
     ctx.engines.jobs.forget(f"eval-{res.namespace}-{res.name}-")
 
 

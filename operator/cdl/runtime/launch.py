@@ -34,8 +34,9 @@ from pathlib import Path
 from typing import Any
 
 from cdl.runtime import determined_hooks, trial_events
+from cdl.runtime.env import ENV_CONFIG, ENV_STOP
 from cdl.runtime.stopping import guard as stopping_guard
-from cdl.runtime.trial import ENV_CONFIG, ENV_STOP, TrialInfo, info
+from cdl.runtime.trial import TrialInfo, info
 
 EXIT_OK = 0
 EXIT_USER_ERROR = 1
@@ -157,8 +158,6 @@ def _run_pytorch(trial_cls: type, found: TrialInfo, config: dict[str, Any], dist
     import determined as det
     from determined import pytorch
 
-    from cdl.runtime.model_metadata import describe_model
-
     if found.max_length is None:
         raise EntrypointError(
             f"spec.model.entrypoint {found.entrypoint!r} is a PyTorchTrial: spec.searcher.maxLength is "
@@ -172,13 +171,7 @@ def _run_pytorch(trial_cls: type, found: TrialInfo, config: dict[str, Any], dist
     ) as context:
         trial = trial_cls(context)
         if context.models:
-            try:
-                description = describe_model(context.models[0])
-                if len(context.models) > 1:
-                    description["models"] = len(context.models)
-                trial_events.emit("model", **description)
-            except Exception as exc:  # noqa: BLE001 - metadata must never break training
-                trial_events.emit("warning", message=f"could not describe the model: {exc}")
+            _describe_pytorch_trial(trial, context)
         period = found.validation_period.to_determined() if found.validation_period else pytorch.Epoch(1)
         checkpoint_period = found.checkpoint_period.to_determined() if found.checkpoint_period else period
         pytorch.Trainer(trial, context).fit(
@@ -188,6 +181,33 @@ def _run_pytorch(trial_cls: type, found: TrialInfo, config: dict[str, Any], dist
             checkpoint_policy="all",
             latest_checkpoint=found.latest_checkpoint,
         )
+
+
+def _describe_pytorch_trial(trial: Any, context: Any) -> None:
+    """The model description, with no code in the trial: the models and optimizers it wrapped
+    (`context.wrap_model` / `wrap_optimizer`), the loss modules it holds, and, after the first
+    forward pass, the input, output and per-layer shapes."""
+    from cdl.runtime.model_metadata import (
+        ShapeWatcher,
+        describe_model,
+        describe_optimizer,
+        find_losses,
+        with_shapes,
+    )
+
+    try:
+        description = describe_model(context.models[0])
+        if len(context.models) > 1:
+            description["models"] = len(context.models)
+        if context.optimizers:
+            description.update(describe_optimizer(context.optimizers[0]))
+        losses = find_losses(trial, *context.models)
+        if losses:
+            description["loss"] = losses[0] if len(losses) == 1 else losses
+        trial_events.emit("model", **description)
+        ShapeWatcher(context.models[0], lambda shapes: trial_events.emit("model", **with_shapes(description, shapes)))
+    except Exception as exc:  # noqa: BLE001 - metadata must never break training
+        trial_events.emit("warning", message=f"could not describe the model: {exc}")
 
 
 def _call_function(fn: Callable[..., Any], found: TrialInfo, config: dict[str, Any], distributed: Any) -> None:
@@ -251,7 +271,7 @@ def main() -> int:
     stopping_guard.install_from_env()  # on a cluster: searcher.earlyStopping inside the trial
     _seed(found.seed)
 
-    from cdl.runtime.model_metadata import environment, package_versions
+    from cdl.runtime.model_metadata import describe_data, environment, package_versions
 
     trial_events.emit(
         "start",
@@ -265,6 +285,11 @@ def main() -> int:
         packages=package_versions(code_dir),
         environment=environment(),
     )
+    if found.data_dir:
+        try:
+            trial_events.emit("data", **describe_data(found.data_dir))
+        except Exception as exc:  # noqa: BLE001 - metadata must never break training
+            trial_events.emit("warning", message=f"could not describe the data: {exc}")
     logger.info("trial %s: %s, hparams %s, train to %s", found.trial_id, found.entrypoint, found.hparams,
                 found.max_length)
     try:

@@ -121,7 +121,7 @@ def from_database(database: Any, run_id: str) -> RecordedSearch:
 
 
 def _metric(metrics: dict[str, Any], name: str) -> float | None:
-    from cdl.engines.local.training.runner import metric_lookup
+    from cdl.engines.training.local.runner import metric_lookup
 
     return metric_lookup(metrics, name)
 
@@ -237,8 +237,8 @@ def replay_rule(search: RecordedSearch, settings: StoppingSettings) -> list[Kept
 def replay_asha(search: RecordedSearch, divisor: int = 4, max_rungs: int = 5) -> tuple[list[Kept], str]:
     """ASHA (one trial at a time) on the recorded trials: trial i of the search is ASHA's trial i."""
     from cdl.api.experiment import ExperimentSpec
-    from cdl.engines.local.training import searchers
-    from cdl.engines.local.training.state import TrialState, Validation
+    from cdl.engines.training.local import searchers
+    from cdl.engines.training.local.state import TrialState, Validation
 
     target = search.target
     if target is None:
