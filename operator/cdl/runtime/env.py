@@ -18,3 +18,5 @@ ENV_RUN_DIR = "CDL_RUN_DIR"
 ENV_TRIAL_DIR = "CDL_TRIAL_DIR"
 ENV_MAX_LENGTH = "CDL_MAX_LENGTH"  # "epochs:10" / "batches:500"; overrides the config (cluster use)
 ENV_EARLY_STOPPING = "CDL_EARLY_STOPPING"  # JSON of the Experiment's early-stopping rules
+ENV_METRIC = "CDL_METRIC"  # the searcher metric (cluster use: the in-trial early-stopping rules read it)
+ENV_SMALLER_IS_BETTER = "CDL_SMALLER_IS_BETTER"  # "true"/"false": the searcher metric's direction

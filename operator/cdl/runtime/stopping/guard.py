@@ -21,17 +21,20 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from cdl.runtime.env import (
+    ENV_EARLY_STOPPING,
+    ENV_MAX_LENGTH,
+    ENV_METRIC,
+    ENV_SMALLER_IS_BETTER,
+    ENV_TRIAL_ID,
+)
+from cdl.runtime.env import ENV_STOP as ENV_LOCAL_STOP  # the local engine's driver applies the rules itself
 from cdl.runtime.stopping.curves import Curve, Point
 from cdl.runtime.stopping.rules import Decision, StoppingRules
 from cdl.runtime.stopping.settings import StoppingSettings
 
 logger = logging.getLogger("cdl.trial")
 
-ENV_EARLY_STOPPING = "CDL_EARLY_STOPPING"
-ENV_METRIC = "CDL_METRIC"
-ENV_SMALLER_IS_BETTER = "CDL_SMALLER_IS_BETTER"
-ENV_MAX_LENGTH = "CDL_MAX_LENGTH"
-ENV_LOCAL_STOP = "CDL_TRIAL_STOP"  # set by the local engine, whose driver applies the rules itself
 
 PeerSource = Callable[[], list[Curve]]
 
@@ -75,7 +78,7 @@ class TrialGuard:
             smaller_is_better=env.get(ENV_SMALLER_IS_BETTER, "true").lower() in ("1", "true", "yes"),
             target=float(value) if value else None, unit=unit or "epochs",
         )
-        return cls(rules, trial_id=env.get("CDL_TRIAL_ID", "self"), peers=peers)
+        return cls(rules, trial_id=env.get(ENV_TRIAL_ID, "self"), peers=peers)
 
     def _peer_curves(self) -> list[Curve]:
         if self.peers is None or not self.rules.settings.compares:
