@@ -93,3 +93,17 @@ def test_the_operator_serves_and_registers_its_knowledge_base(operator_runner, p
     # stopped with the operator: the port no longer answers
     out = kubectl("get", "--raw", f"/api/v1/namespaces/{namespace}/services/cdl-kb:http/proxy/healthz", check=False)
     assert out.returncode != 0 and "error trying to reach service" in out.stderr
+
+
+def test_study_reads_through_the_api(devcluster, kb_service, tmp_path, monkeypatch):
+    png = tmp_path / "study.png"
+    r = cli(devcluster, kb_service, tmp_path, monkeypatch, "experiments", "study", EXPERIMENT, "-n", NS, "-o", "json",
+            "--plot", str(png))
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.output)
+    # the recorded search has no maxLength: no ASHA replay, and predict never has a length to predict
+    assert [row["rule"] for row in rows] == ["none", "patience", "budgets", "median", "predict", "resources"]
+    assert rows[0]["best"] == 0.95 and rows[0]["stopped_trials"] == 0 and rows[0]["epochs_vs_none"] == 1.0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    r = cli(devcluster, kb_service, tmp_path, monkeypatch, "experiments", "study", EXPERIMENT, "-n", NS)
+    assert r.exit_code == 0 and "replayed under each stopping rule" in r.output

@@ -176,6 +176,25 @@ async def compare(request: web.Request) -> web.Response:
                              "total": len(rows)}, f"{m['name']}-compare")
 
 
+async def study(request: web.Request) -> web.Response:
+    """A finished search replayed under each early-stopping rule (what `cdl experiments study`
+    prints); `format=png` for the plot."""
+    import io
+
+    from cdl.engines.training import study as replay
+
+    m = request.match_info
+    catalog = _catalog(request)
+    run_id = request.query.get("run") or (await _run(catalog.runs, m["ns"], m["name"]))[0]["run_id"]
+    search = await _run(replay.from_database, catalog.db, run_id)
+    data = await _run(replay.report, search)
+    if request.query.get("format") == "png":
+        buf = io.BytesIO()
+        await _run(replay.plot, search, await _run(replay.study, search), buf)
+        return web.Response(body=buf.getvalue(), content_type="image/png")
+    return json_response(data)
+
+
 async def trial(request: web.Request) -> web.Response:
     m = request.match_info
     return json_response(await _run(_catalog(request).trial, m["run"], m["trial"]))
@@ -312,6 +331,7 @@ def build_app(kb: KB) -> web.Application:
     r.add_get("/v1/namespaces/{ns}/experiments/{name}/runs", runs)
     r.add_get("/v1/namespaces/{ns}/experiments/{name}/trials", trials)
     r.add_get("/v1/namespaces/{ns}/experiments/{name}/compare", compare)
+    r.add_get("/v1/namespaces/{ns}/experiments/{name}/study", study)
     r.add_get("/v1/namespaces/{ns}/experiments/{name}/logs", experiment_logs)
     r.add_get("/v1/namespaces/{ns}/modelversions/{name}", model_version_named)
     r.add_get("/v1/runs/{run}/trials/{trial}", trial)

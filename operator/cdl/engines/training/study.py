@@ -46,7 +46,7 @@ class RecordedSearch:
 
     @property
     def finished(self) -> bool:
-        return self.state in ("succeeded", "failed", "canceled")
+        return self.state in ("succeeded", "failed", "canceled", "completed")
 
     @property
     def searcher(self) -> dict[str, Any]:
@@ -350,9 +350,21 @@ def rows(search: RecordedSearch, figures: list[RuleFigures]) -> list[dict[str, A
     return [f.row(base, search.unit) for f in figures]
 
 
-def plot(search: RecordedSearch, figures: list[RuleFigures], path: str) -> str:
-    """A PNG: the recorded curves with where each comparing rule stopped them, and per rule the
-    compute spent (share of no stopping) against the best metric kept."""
+def report(search: RecordedSearch) -> dict[str, Any]:
+    """The study as data: what `cdl experiments study` prints and the knowledge base serves."""
+    from cdl.errors import CdlError
+
+    if not search.finished:
+        raise CdlError(f"run {search.run_id} is {search.state or 'not finished'}: the study replays finished searches")
+    if not any(t.curve.scored() for t in search.trials):
+        raise CdlError(f"run {search.run_id} recorded no validation of {search.metric!r}: nothing to replay")
+    return {"run": search.run_id, "metric": search.metric, "smallerIsBetter": search.smaller, "unit": search.unit,
+            "trials": len(search.trials), "items": rows(search, study(search))}
+
+
+def plot(search: RecordedSearch, figures: list[RuleFigures], path: Any) -> Any:
+    """A PNG (to a path or a binary file): the recorded curves with where each comparing rule
+    stopped them, and per rule the compute spent (share of no stopping) against the best metric kept."""
     try:
         import matplotlib
     except ImportError as exc:
@@ -395,6 +407,6 @@ def plot(search: RecordedSearch, figures: list[RuleFigures], path: str) -> str:
     ax_bars.set_ylabel(f"trial-{search.unit} spent (share of no stopping)")
     ax_bars.set_title(f"compute per rule; label: best {search.metric} kept; red: winner stopped")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
     return path
