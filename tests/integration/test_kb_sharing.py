@@ -43,7 +43,7 @@ def registered_blob(kb_records, tmp_path):
                                       "confusion": [[5, 0, 0], [0, 5, 1], [0, 0, 5]]})
     md = kb_records.artifacts.put_bytes("reports/blob/1/report.md", markdown.encode())
     kb_records.artifacts.put_bytes("reports/blob/1/report.json", json.dumps(report).encode())
-    db.record_evaluation("blob", 1, metrics={"accuracy": 0.97}, gates=[], passed=True, report_uri=md.uri)
+    db.record_evaluation("blob", 1, metrics={"accuracy": 0.97}, gates=[], passed=True, report_uri=md.uri, namespace="ml")
     return pkg
 
 

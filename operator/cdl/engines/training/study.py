@@ -121,7 +121,7 @@ def from_database(database: Any, run_id: str) -> RecordedSearch:
 
 
 def _metric(metrics: dict[str, Any], name: str) -> float | None:
-    from cdl.engines.training.local.runner import metric_lookup
+    from cdl.runtime.stopping.curves import metric_lookup
 
     return metric_lookup(metrics, name)
 
