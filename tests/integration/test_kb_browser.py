@@ -5,16 +5,14 @@ a real model server. Screenshots are saved in the test's tmp dir and checked for
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
-import threading
 import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.plugins.kb import EXPERIMENT, NS
+from tests.plugins.kb import EXPERIMENT, NS, Gateway
 from tests.plugins.serving import served
 
 pytestmark = pytest.mark.slow
@@ -41,25 +39,6 @@ def browser(tmp_path):
         yield driver
     finally:
         driver.quit()
-
-
-class Gateway:
-    """`cdl dashboard`'s gateway on a free loopback port, on its own event loop."""
-
-    def __init__(self, kubeconfig: str) -> None:
-        from cdl.kb.gateway import Upstream, serve
-
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        upstream = Upstream.from_kubeconfig(kubeconfig)
-        self.runner, self.port = asyncio.run_coroutine_threadsafe(
-            serve(upstream, "127.0.0.1", 0, None), self.loop).result(30)
-
-    def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
 
 
 @pytest.fixture
