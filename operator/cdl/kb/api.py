@@ -43,6 +43,7 @@ class KB:
     logs: LogReader | None = None
     token: str | None = None
     endpoint: EndpointFinder | None = None
+    package_dir: Callable[[str, str], Any] | None = None  # (artifact uri, sha256) -> unpacked package
 
 
 KB_KEY: web.AppKey[KB] = web.AppKey("kb", KB)
@@ -302,6 +303,31 @@ async def predictions(request: web.Request) -> web.Response:
         return json_response({"endpoint": url, "status": status, "response": text}, 200 if status < 400 else 502)
 
 
+async def try_version(request: web.Request) -> web.Response:
+    """Predict with a version that is not deployed: its package's predictor, in a child process."""
+    from cdl.kb.trying import predict_with_package, rows_from_payload
+    from cdl.runtime.package import load_package
+
+    if request.headers.get("X-Cdl-Dashboard") != "1":
+        return json_response({"error": "predictions: send the X-Cdl-Dashboard: 1 header"}, 403)
+    kb, m = request.app[KB_KEY], request.match_info
+    if kb.package_dir is None:
+        raise NotFound("this knowledge base cannot load model packages")
+    try:
+        payload = await request.json()
+    except ValueError:
+        raise CdlError('body: not JSON; send {"data": {"ndarray": [row, ...]}}') from None
+    rows = rows_from_payload(payload)
+    version = await _run(kb.catalog.model_version, m["model"], _version(request))
+    folder = await _run(kb.package_dir, version["artifact_uri"], version["artifact_sha256"])
+    predictor = request.query.get("predictor") or load_package(folder).entrypoints.get("predictor")
+    if not predictor:
+        raise CdlError("predictor: the package names none; pass ?predictor=module:Class")
+    predictions = await _run(predict_with_package, folder, predictor, rows)
+    return json_response({"modelVersion": f"{version['model']} v{version['version']}", "predictor": predictor,
+                          "status": 200, "response": {"data": {"ndarray": predictions}}})
+
+
 def build_app(kb: KB) -> web.Application:
     app = web.Application(middlewares=[errors])
     app[KB_KEY] = kb
@@ -321,6 +347,7 @@ def build_app(kb: KB) -> web.Application:
     r.add_get("/v1/models/{model}/versions/{version}/report.md", report_markdown)
     r.add_get("/v1/models/{model}/versions/{version}/lineage", lineage)
     r.add_get("/v1/models/{model}/versions/{version}/package", package)
+    r.add_post("/v1/models/{model}/versions/{version}/predictions", try_version)
     r.add_get("/v1/deployments", deployments)
     r.add_get("/v1/namespaces/{ns}/deployments/{name}", deployment)
     r.add_post("/v1/namespaces/{ns}/deployments/{name}/predictions", predictions)

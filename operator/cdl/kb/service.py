@@ -26,7 +26,7 @@ def serve_knowledge_base(config: Any, context: Any) -> Served:
         return training.logs(run_id, trial_id)
 
     kb = KB(Catalog(context.database, context.artifacts), logs=read_logs, token=config.kb_token,
-            endpoint=deployment_endpoint)
+            endpoint=deployment_endpoint, package_dir=engines.package_dir)
     served = serve_in_thread(kb, config.kb_host, config.kb_port or 0)
     if config.kb_service:
         namespace, _, name = config.kb_service.partition("/")
