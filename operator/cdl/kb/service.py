@@ -23,7 +23,9 @@ def serve_knowledge_base(config: Any, context: Any) -> Served:
             from cdl.kb.catalog import NotFound
 
             raise NotFound(f"the {engine} training engine keeps trial logs in its own UI")
-        return training.logs(run_id, trial_id)
+        from cdl.engines.base import EngineRef
+
+        return training.logs(EngineRef(run_id, "", engine), trial_id)
 
     kb = KB(Catalog(context.database, context.artifacts), logs=read_logs, token=config.kb_token,
             endpoint=deployment_endpoint, package_dir=engines.package_dir)
