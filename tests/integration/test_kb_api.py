@@ -6,7 +6,11 @@ import csv
 import io
 import urllib.parse
 
+import pytest
+
 from tests.plugins.kb import EXPERIMENT, NS
+
+pytestmark = pytest.mark.slow  # a real PostgreSQL
 
 TRIALS_PATH = f"/v1/namespaces/{NS}/experiments/{EXPERIMENT}/trials"
 
@@ -111,8 +115,6 @@ def test_deployment_scoring_over_time(kb_server):
 
 
 def test_a_token_guards_every_other_address(kb_records):
-    import pytest
-
     from cdl.errors import CdlError
     from cdl.kb.api import KB, check_bind, serve_in_thread
     from cdl.kb.catalog import Catalog

@@ -5,7 +5,11 @@ from __future__ import annotations
 import re
 import urllib.parse
 
+import pytest
+
 from tests.plugins.kb import EXPERIMENT, NS
+
+pytestmark = pytest.mark.slow  # a real PostgreSQL
 
 
 def page(kb_server, path: str) -> str:

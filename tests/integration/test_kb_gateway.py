@@ -12,6 +12,8 @@ from typer.testing import CliRunner
 from cdl.cli.main import app
 from tests.plugins.kb import Gateway
 
+pytestmark = pytest.mark.slow  # real PostgreSQL (and the devcluster)
+
 
 def call(url: str, *, method: str = "GET", headers: dict[str, str] | None = None,
          body: bytes | None = None) -> tuple[int, str, dict[str, str]]:

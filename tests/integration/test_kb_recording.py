@@ -3,10 +3,14 @@ protocol-level fake master) recorded from its TrainingStatus, then read back as 
 
 from __future__ import annotations
 
+import pytest
+
 from cdl.engines.determined import DeterminedTrainingEngine
 from cdl.kb.catalog import Catalog
 from cdl.kb.recording import record_training_status
 from tests.integration.test_engine_determined import ASHA, accuracy, request_for, settings_for
+
+pytestmark = pytest.mark.slow  # a real PostgreSQL
 
 
 def test_a_determined_run_is_recorded_and_served(cluster_det_master, database, tmp_path):
