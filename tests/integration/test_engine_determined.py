@@ -21,8 +21,9 @@ from cdl.engines.base import (
     TrainingEngine,
     TrainingRequest,
 )
-from cdl.engines.cluster_settings import DeterminedSettings
-from cdl.engines.determined import DeterminedRegistryEngine, DeterminedTrainingEngine
+from cdl.engines.registry.determined import DeterminedRegistryEngine
+from cdl.engines.settings import DeterminedSettings
+from cdl.engines.training.determined import DeterminedTrainingEngine
 from cdl.errors import PermanentEngineError, TransientEngineError
 from tests.fakes.determined_master import FakeDeterminedMaster, MasterError
 from tests.plugins.cluster_fakes import DET_PASSWORD, DET_USER

@@ -29,7 +29,7 @@ def expected(package_dir, rows):
 @pytest.fixture
 def registered_blob(kb_records, tmp_path):
     """A registered, evaluated version (numpy predictor, requirements `numpy<2` only)."""
-    from cdl.reports import render_report
+    from cdl.quality.reports import render_report
 
     pkg = build_package(tmp_path / "build", "blob", 1, torch_checkpoint=False, requirements="numpy<2\n",
                         predictor=NUMPY_PREDICTOR)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from cdl.engines.base import DataRef, JobState
-from cdl.engines.local.training import compare
+from cdl.engines.training.local import compare
 from cdl.errors import InvalidSpec
 
 pytestmark = pytest.mark.slow
@@ -154,7 +154,7 @@ def test_submit_is_idempotent_and_kill_stops_the_process_group(training_engine, 
         assert time.time() < deadline, status.message
         time.sleep(0.1)
     assert len(status.trials) == 1
-    from cdl.engines.local.training.state import load
+    from cdl.engines.training.local.state import load
 
     pid = load(training_engine.run_dir(ref.id) / "run.json").trials[0].process.pid
     training_engine.kill(ref)

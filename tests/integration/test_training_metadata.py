@@ -49,7 +49,7 @@ def test_plain_pytorch_trial_gets_complete_metadata(training_engine_factory, tra
     assert data["perLabel"] == {"0": 30, "1": 20, "2": 10} and data["examples"] == 60
 
     # The report of a version of this trial: architecture, parameters and labels all recorded.
-    from cdl.reports import NOT_RECORDED, render_report
+    from cdl.quality.reports import NOT_RECORDED, render_report
 
     markdown, report = render_report({
         "model": "blobs", "version": 1, "metrics": {"accuracy": 0.9}, "passed": True,

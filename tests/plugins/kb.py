@@ -44,7 +44,7 @@ class Recorded:
 
 
 def record_sample(database: Any, artifacts: Any) -> Recorded:
-    from cdl.reports import render_report
+    from cdl.quality.reports import render_report
     from cdl.stores.records import ExperimentRun, ScoringRow, TrialMetric, TrialRecord
 
     spec = {"searcher": {"name": "asha", "metric": "accuracy", "smallerIsBetter": False, "maxTrials": 4}}

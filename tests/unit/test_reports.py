@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from cdl.reports import CHECKLIST, NOT_RECORDED, per_class, render_report
+from cdl.quality.reports import CHECKLIST, NOT_RECORDED, per_class, render_report
 
 MANIFEST = {
     "name": "news", "version": 3, "framework": "pytorch", "frameworkVersion": "2.13.0",

@@ -124,6 +124,8 @@ def test_row_conversions() -> None:
     assert validate_rows([list(range(784))], "tensor", (28, 28)) == [list(range(784))]  # flattened image
     with pytest.raises(InvalidInput, match="takes text"):
         validate_rows([[1, 2]], "text", None)
+    with pytest.raises(InvalidInput, match="binData is not UTF-8 text"):  # not garbage text for a text model
+        as_rows(b"\xff\xfe\x00binary")
 
 
 def test_a_failing_load_names_the_reason(packages, capfd) -> None:

@@ -1,9 +1,10 @@
-"""Commands for the data scientist: `cdl experiments compare` and `cdl logs`, read through the
-knowledge base API (the operator's, behind the API server's service proxy): a kubeconfig is all
-they need, from any directory."""
+"""Commands for the data scientist: `cdl experiments compare`, `cdl experiments study` and `cdl logs`,
+read through the knowledge base API (the operator's, behind the API server's service proxy): a
+kubeconfig is all they need, from any directory."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -11,7 +12,9 @@ from rich.table import Table
 
 from cdl.cli.common import EXIT_PLATFORM, EXIT_USER, OutputFormat, console, emit, err_console
 from cdl.cli.kube import Kube, KubeconfigOption, NamespaceOption
+from cdl.errors import CdlError
 
+DataDirOption = typer.Option(Path(".cdl"), "--data-dir", "-d", help="The embedded platform's data directory.")
 experiments_app = typer.Typer(help="Look into Experiments: trials side by side.", no_args_is_help=True)
 KBServiceOption = typer.Option(None, "--kb-service", envvar="CDL_KB_SERVICE",
                                 help="The knowledge base Service, NAMESPACE/NAME[:PORT] (default cdl-system/cdl-kb:http).")
@@ -72,6 +75,93 @@ def compare_cmd(
     for field in fields:
         table.add_row(field.removeprefix("hp."), *(_fmt(row.get(field)) for row in rows))
     console.print(table)
+
+
+@experiments_app.command("study")
+def study_cmd(
+    name: str = typer.Argument(..., help="Experiment name (a finished search)."),
+    namespace: str = NamespaceOption,
+    kubeconfig: str = KubeconfigOption,
+    data_dir: Path = DataDirOption,
+    database_url: str = typer.Option(
+        None, "--database-url", envvar="CDL_DATABASE_URL",
+        help="Read the search from this Experiment Registry (PostgreSQL); default the local engine's state.",
+    ),
+    plot: Path = typer.Option(None, "--plot", help="Also write a PNG: curves with stop points, compute per rule."),
+    output: OutputFormat = typer.Option(OutputFormat.table, "--output", "-o"),
+) -> None:
+    """Replay a finished search under each early-stopping rule (none, patience, budgets, median,
+    predict, resources, ASHA): trial-epochs and CPU seconds each would have spent, the best metric
+    it would have kept, and whether it would have stopped the eventual winner. No new training.
+
+    Example: cdl experiments study bbc-random --plot study.png
+    """
+    from cdl.engines.training import study
+    from cdl.engines.training.local.state import load
+
+    status = Kube(kubeconfig).get("Experiment", name, namespace).get("status") or {}
+    run_id = (status.get("engineRef") or {}).get("id")
+    if not run_id:
+        err_console.print(f"the Experiment has not been submitted yet (phase {status.get('phase')})")
+        raise typer.Exit(EXIT_USER)
+    try:
+        if database_url:
+            from cdl.stores.postgres import Database
+
+            with Database(database_url) as db:
+                search = study.from_database(db, run_id)
+        else:
+            path = data_dir / "training" / "runs" / run_id / "run.json"
+            if not path.exists():
+                err_console.print(f"no local training state at {path}; pass --database-url to read the registry")
+                raise typer.Exit(EXIT_PLATFORM)
+            search = study.from_run_state(load(path))
+    except CdlError as exc:
+        err_console.print(str(exc))
+        raise typer.Exit(EXIT_USER)
+    _study_output(search, output, plot, f"Experiment {namespace}/{name}")
+
+
+def _study_output(search: Any, output: OutputFormat, plot: Path | None, title: str) -> None:
+    from cdl.engines.training import study
+
+    if not search.trials or not any(t.curve.scored() for t in search.trials):
+        err_console.print(f"run {search.run_id} recorded no validation of {search.metric!r}: nothing to replay")
+        raise typer.Exit(EXIT_USER)
+    figures = study.study(search)
+    rows = study.rows(search, figures)
+    if plot is not None:
+        try:
+            study.plot(search, figures, str(plot))
+        except RuntimeError as exc:
+            err_console.print(str(exc))
+            raise typer.Exit(EXIT_PLATFORM)
+    if emit(rows, output):
+        return
+    unit = search.unit
+    table = Table(title=f"{title}: {len(search.trials)} trial(s) replayed under each stopping rule "
+                        f"({search.metric}, {'smaller' if search.smaller else 'larger'} is better)")
+    table.add_column("rule", no_wrap=True)
+    for col in (f"trial-{unit}", "%", "CPU s", "%", "best", "Δ best", "stopped", "winner"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(
+            r["rule"], _fmt(r[f"trial_{unit}"]), _pct(r.get(f"{unit}_vs_none")), _fmt(r["cpu_seconds"]),
+            _pct(r.get("cpu_vs_none")), _fmt(r["best"]), _fmt(r.get("best_delta")), str(r["stopped_trials"]),
+            "yes" if r["winner_stopped"] else "no",
+        )
+    console.print(table)
+    console.print(f"%: share of no stopping; best: best {search.metric} kept; winner: whether the rule stops the "
+                  "trial that won without stopping", markup=False, highlight=False)
+    for r in rows:
+        if r["settings"]:
+            console.print(f"  {r['rule']}: {r['settings']}", markup=False, highlight=False)
+    if plot is not None:
+        console.print(f"plot written to {plot}")
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
 
 
 def logs(

@@ -25,6 +25,7 @@ from typing import Any
 from aiohttp import web
 
 from cdl.errors import CdlError, TransientError
+from cdl.kb import dashboard
 from cdl.kb.catalog import Catalog, NotFound, Page
 from cdl.kb.query import QueryError
 
@@ -159,13 +160,13 @@ async def trials(request: web.Request) -> web.Response:
 
 async def compare(request: web.Request) -> web.Response:
     """Trials of a run side by side as flat rows, best first (what `cdl experiments compare` prints)."""
-    from cdl.engines.local.training.records import compare_from_database
+    from cdl.engines.training.local.records import compare_from_database
 
     m = request.match_info
     catalog = _catalog(request)
     run_id = request.query.get("run") or (await _run(catalog.runs, m["ns"], m["name"]))[0]["run_id"]
     rows, metric, smaller = await _run(compare_from_database, catalog.db, run_id)
-    from cdl.engines.local.training import searchers
+    from cdl.engines.training.local import searchers
 
     rows.sort(key=lambda r: (searchers.sort_key(r.get(metric), smaller),
                              int(r["trial"]) if str(r["trial"]).isdigit() else 0))
@@ -351,9 +352,7 @@ def build_app(kb: KB) -> web.Application:
     r.add_get("/v1/deployments", deployments)
     r.add_get("/v1/namespaces/{ns}/deployments/{name}", deployment)
     r.add_post("/v1/namespaces/{ns}/deployments/{name}/predictions", predictions)
-    from cdl.kb import dashboard
-
-    dashboard.add_routes(app)
+    dashboard.add_routes(app, kb.catalog, kb.endpoint)
     return app
 
 

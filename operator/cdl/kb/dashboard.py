@@ -63,10 +63,12 @@ def render(request: web.Request, template: str, **context: Any) -> web.Response:
     return web.Response(text=html, content_type="text/html")
 
 
-def _catalog(request: web.Request) -> Catalog:
-    from cdl.kb.api import KB_KEY
+CATALOG_KEY: web.AppKey[Catalog] = web.AppKey("kb-catalog", Catalog)
+ENDPOINT_KEY: web.AppKey[Any] = web.AppKey("kb-endpoint-finder", object)
 
-    return request.app[KB_KEY].catalog
+
+def _catalog(request: web.Request) -> Catalog:
+    return request.app[CATALOG_KEY]
 
 
 async def _run(fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -298,9 +300,7 @@ async def deployment(request: web.Request) -> web.Response:
         Markup(line_chart({"p50": pts("p50_ms"), "p99": pts("p99_ms")}, title="latency (ms)", x_label="minutes",
                           y_label="ms")),
     ]
-    from cdl.kb.api import KB_KEY
-
-    finder = request.app[KB_KEY].endpoint
+    finder = request.app[ENDPOINT_KEY]
     endpoint = await _run(finder, m["ns"], m["name"]) if finder else None
     return render(request, "deployment.html", ns=m["ns"], name=m["name"], d=d, charts=charts, endpoint=endpoint)
 
@@ -309,7 +309,9 @@ async def to_home(request: web.Request) -> web.Response:
     raise web.HTTPFound("ui/")
 
 
-def add_routes(app: web.Application) -> None:
+def add_routes(app: web.Application, catalog: Catalog, endpoint_finder: Any = None) -> None:
+    app[CATALOG_KEY] = catalog
+    app[ENDPOINT_KEY] = endpoint_finder
     r = app.router
     r.add_get("/", to_home)
     r.add_get("/ui/", home)

@@ -61,10 +61,7 @@ def bind_data(res: Resource, spec: ExperimentSpec, ctx: Context):
 
 
 def reconcile(res: Resource, ctx: Context) -> Result:
-    spec: ExperimentSpec = parse(res)
-    problems = spec.hyperparameter_problems()
-    if problems:
-        raise InvalidSpec(res.title, problems)
+    spec: ExperimentSpec = parse(res)  # schema, cross-field and hyperparameter rules, once
     engine = ctx.engines.training(engine_name(spec, ctx))
     status, result = res.status, Result()
     ref = status.get("engineRef") or {}

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from cdl.api.modelversion import ModelVersionSpec
-from cdl.engines.base import CheckpointInfo, EngineRef, RegistrationRequest
+from cdl.engines.base import CheckpointInfo, EngineRef, RegistrationRequest, registered_name
 from cdl.errors import DependencyNotReady, PermanentEngineError
-from cdl.promotion import PromotionRefused, VersionState, plan_promotion
+from cdl.quality.promotion import PromotionRefused, VersionState, plan_promotion
 from cdl.reconcile.base import Context, Resource, Result, condition, now, parse, set_condition
 from cdl.reconcile.experiment import resolve_output
 
@@ -180,7 +180,7 @@ def _register(res: Resource, spec: ModelVersionSpec, ctx: Context, fingerprint: 
     }
     registry = ctx.engines.registry(engine_name(exp_spec, ctx))
     registered = registry.register(RegistrationRequest(
-        key=res.key, model_name=spec.model, version=int(version), checkpoint=checkpoint, model_dir=model_dir,
+        key=res.key, model_name=registered_name(res.namespace, spec.model), version=int(version), checkpoint=checkpoint, model_dir=model_dir,
         hparams=hparams, metadata={"lineage": lineage, "experiment": exp_spec, "trials": est.get("trials"),
                                    **figures},
     ))
@@ -212,9 +212,9 @@ def _register(res: Resource, spec: ModelVersionSpec, ctx: Context, fingerprint: 
 
 
 def _evaluate(res: Resource, spec: ModelVersionSpec, ctx: Context) -> Result:
-    from cdl.engines.local.evaluation import evaluate_package
-    from cdl.gates import apply_gates
-    from cdl.reports import render_report
+    from cdl.quality.evaluation import evaluate_package
+    from cdl.quality.gates import apply_gates
+    from cdl.quality.reports import render_report
 
     assert spec.evaluation is not None
     result = Result()
@@ -232,11 +232,12 @@ def _evaluate(res: Resource, spec: ModelVersionSpec, ctx: Context) -> Result:
         record = {"metrics": out.metrics, "confusion": out.confusion, "classNames": out.class_names,
                   "evaluation": out.wire()}
         if compression == "dynamic-int8":
-            from cdl.compression import compress_and_evaluate
+            from cdl.quality.compression import compress_and_evaluate
 
             record["compressed"] = compress_and_evaluate(
                 package, ev.entrypoint, Path(data.path), method="dynamic-int8", original=out,
-                store_variant=lambda variant: registry.store_variant(spec.model, version, "dynamic-int8", variant))
+                store_variant=lambda variant: registry.store_variant(_registry_name(res, spec.model), version, "dynamic-int8",
+                                                                    variant))
         return record
 
     job = ctx.engines.jobs.ensure(job_id, work)
@@ -292,7 +293,8 @@ def _evaluate(res: Resource, spec: ModelVersionSpec, ctx: Context) -> Result:
     result.status.update(evaluation=evaluation, message=message)
     if ctx.database is not None:
         ctx.database.record_evaluation(model=spec.model, version=res.status.get("version"), metrics=metrics,
-                                       gates=gate_rows, passed=passed, report_uri=evaluation.get("reportUri"))
+                                       gates=gate_rows, passed=passed, report_uri=evaluation.get("reportUri"),
+                                       namespace=res.namespace)
     result.requeue = True
     return result
 
@@ -368,9 +370,9 @@ def _promote(res: Resource, spec: ModelVersionSpec, ctx: Context, result: Result
             ctx.cluster.patch_spec(KIND, res.namespace, change.resource, {"stage": change.stage})
             archived.append(change.resource)
             continue
-        ctx.engines.registry(engine).set_stage(spec.model, change.version, change.stage)
+        ctx.engines.registry(engine).set_stage(_registry_name(res, spec.model), change.version, change.stage)
         if ctx.database is not None:
-            ctx.database.set_model_stage(spec.model, change.version, change.stage)
+            ctx.database.set_model_stage(spec.model, change.version, change.stage, namespace=res.namespace)
     message = f"{spec.model} version {status.get('version')} moved from {current} to {spec.stage}"
     if archived:
         message += f"; archived {', '.join(archived)}"
@@ -379,11 +381,21 @@ def _promote(res: Resource, spec: ModelVersionSpec, ctx: Context, result: Result
     result.event("Promoted", message)
 
 
+def _registry_name(res: Resource, model: str) -> str:
+    """The name the registry engine holds this version under: as it said when registering
+    (`registry.id` is `<name>/<version>`; versions registered before names carried the
+    namespace keep theirs), else `<namespace>.<model>`."""
+    registry_id = str((res.status.get("registry") or {}).get("id") or "")
+    if "/" in registry_id:
+        return registry_id.rsplit("/", 1)[0]
+    return registered_name(res.namespace, model)
+
+
 def cleanup(res: Resource, ctx: Context) -> None:
     version = res.status.get("version")
     if version:
         engine = (res.status.get("registry") or {}).get("engine") or "local"
-        ctx.engines.registry(engine).delete(res.spec.get("model", ""), int(version))
+        ctx.engines.registry(engine).delete(_registry_name(res, res.spec.get("model", "")), int(version))
     ctx.engines.jobs.forget(f"eval-{res.namespace}-{res.name}-")
 
 

@@ -34,7 +34,9 @@ from pathlib import Path
 from typing import Any
 
 from cdl.runtime import determined_hooks, trial_events
-from cdl.runtime.trial import ENV_CONFIG, ENV_STOP, TrialInfo, info
+from cdl.runtime.env import ENV_CONFIG, ENV_STOP
+from cdl.runtime.stopping import guard as stopping_guard
+from cdl.runtime.trial import TrialInfo, info
 
 EXIT_OK = 0
 EXIT_USER_ERROR = 1
@@ -266,6 +268,7 @@ def main() -> int:
     sys.path.insert(0, str(code_dir))
     resume = _resume_steps(found.latest_checkpoint)
     determined_hooks.install(os.environ.get(ENV_STOP), resume)
+    stopping_guard.install_from_env()  # on a cluster: searcher.earlyStopping inside the trial
     _seed(found.seed)
 
     from cdl.runtime.model_metadata import describe_data, environment, package_versions

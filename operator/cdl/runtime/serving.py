@@ -167,7 +167,11 @@ def as_rows(X: Any) -> list[Any]:
             return [_scalar(v) for v in X[:, 0]]
         return [_scalar(v) for v in X] if X.dtype.kind in "OUS" and X.ndim == 1 else X.tolist()
     if isinstance(X, (bytes, bytearray)):
-        return [bytes(X).decode("utf-8", errors="replace")]
+        try:
+            return [bytes(X).decode("utf-8")]
+        except UnicodeDecodeError as exc:
+            raise _bad_request(f"binData is not UTF-8 text ({exc.reason} at byte {exc.start}): this model takes "
+                               "text") from None
     if isinstance(X, str):
         return [X]
     if isinstance(X, dict):

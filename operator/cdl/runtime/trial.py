@@ -22,19 +22,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ENV_CONFIG = "CDL_TRIAL_CONFIG"
-ENV_EVENTS = "CDL_TRIAL_EVENTS"
-ENV_STOP = "CDL_TRIAL_STOP"
-ENV_DATA_DIR = "CDL_DATA_DIR"
-ENV_DATA_URI = "CDL_DATA_URI"
-ENV_DATA_REPO = "CDL_DATA_REPO"
-ENV_DATA_COMMIT = "CDL_DATA_COMMIT"
-ENV_SEED = "CDL_SEED"
-ENV_TRIAL_ID = "CDL_TRIAL_ID"
-ENV_EXPERIMENT = "CDL_EXPERIMENT"
-ENV_RUN_DIR = "CDL_RUN_DIR"
-ENV_TRIAL_DIR = "CDL_TRIAL_DIR"
-ENV_MAX_LENGTH = "CDL_MAX_LENGTH"  # "epochs:10" / "batches:500"; overrides the config (cluster use)
+from cdl.runtime.env import (  # noqa: F401  (re-exported: user code reads them as trial.ENV_*)
+    ENV_CONFIG,
+    ENV_DATA_COMMIT,
+    ENV_DATA_DIR,
+    ENV_DATA_REPO,
+    ENV_DATA_URI,
+    ENV_EVENTS,
+    ENV_EXPERIMENT,
+    ENV_MAX_LENGTH,
+    ENV_RUN_DIR,
+    ENV_SEED,
+    ENV_STOP,
+    ENV_TRIAL_DIR,
+    ENV_TRIAL_ID,
+)
 
 UNITS = ("epochs", "batches")
 
