@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from cdl.engines.determined import DeterminedTrainingEngine
+from cdl.engines.training.determined import DeterminedTrainingEngine
 from cdl.kb.catalog import Catalog
 from cdl.kb.recording import record_training_status
 from tests.integration.test_engine_determined import ASHA, accuracy, request_for, settings_for

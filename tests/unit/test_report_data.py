@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from cdl.quality.reports import NOT_RECORDED, render_report
 from cdl.reconcile.modelversion import report_data
-from cdl.reports import NOT_RECORDED, render_report
 
 PIPELINE = {"spec": {
     "source": {"uri": "https://reader:hunter2@data.example/bbc.zip", "format": "files"},

@@ -28,7 +28,7 @@ def rows_from_payload(payload: Any) -> list[Any]:
 def predict_with_package(package_dir: Path, predictor: str, rows: list[Any],
                          timeout: float = TIMEOUT_SECONDS) -> list[Any]:
     """Predictions of the package's predictor for `rows`, computed in a child process."""
-    from cdl.engines.local.evaluation import child_environment, run_child, tail
+    from cdl.quality.evaluation import child_environment, run_child, tail
 
     with tempfile.TemporaryDirectory(prefix="cdl-try-") as tmp:
         source, target, log = Path(tmp) / "in.json", Path(tmp) / "out.json", Path(tmp) / "child.log"
