@@ -150,7 +150,7 @@ def test_dashboard_in_chromium(browser, platform, kubectl, serving_packages, tmp
     shot(browser, tmp_path, "3-compare", ["Trials 10, 2 side by side", "trial 10", "trial 2"])
 
     # The report: confusion matrix, lineage; then promote through the Kubernetes API.
-    browser.get(platform + "models/news/versions/1")
+    browser.get(platform + f"namespaces/{NS}/models/news/versions/1")
     wait(browser, ec.presence_of_element_located((By.ID, "confusion")))
     cells = browser.find_elements(By.CSS_SELECTOR, "#confusion td.diag")
     assert [c.text for c in cells] == ["40", "35", "39"]

@@ -43,7 +43,8 @@ def registered_blob(kb_records, tmp_path):
                                       "confusion": [[5, 0, 0], [0, 5, 1], [0, 0, 5]]})
     md = kb_records.artifacts.put_bytes("reports/blob/1/report.md", markdown.encode())
     kb_records.artifacts.put_bytes("reports/blob/1/report.json", json.dumps(report).encode())
-    db.record_evaluation("blob", 1, metrics={"accuracy": 0.97}, gates=[], passed=True, report_uri=md.uri)
+    db.record_evaluation("blob", 1, metrics={"accuracy": 0.97}, gates=[], passed=True, report_uri=md.uri,
+                         namespace="ml")
     return pkg
 
 
@@ -103,7 +104,7 @@ def test_try_a_version_that_is_not_deployed(kb_records, registered_blob, tmp_pat
 
     served = serve_in_thread(KB(Catalog(kb_records.database, kb_records.artifacts), package_dir=package_dir))
 
-    def post(body: object, path: str = "/v1/models/blob/versions/1/predictions", **headers: str):
+    def post(body: object, path: str = "/v1/namespaces/ml/models/blob/versions/1/predictions", **headers: str):
         req = urllib.request.Request(f"http://127.0.0.1:{served.port}{path}", data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json", **headers}, method="POST")
         try:

@@ -98,7 +98,7 @@ def record_sample(database: Any, artifacts: Any) -> Recorded:
         stored = artifacts.put_bytes(f"{base}/report.md", markdown.encode())
         artifacts.put_bytes(f"{base}/report.json", json.dumps(report, default=str).encode())
         database.record_evaluation(MODEL, version, metrics={"accuracy": accuracy}, gates=report["evaluation"]["gates"],
-                                   passed=True, report_uri=stored.uri)
+                                   passed=True, report_uri=stored.uri, namespace=NS)
     rows = []
     for minute in range(3):
         for i in range(5 + minute):

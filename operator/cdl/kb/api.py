@@ -201,8 +201,8 @@ async def projects(request: web.Request) -> web.Response:
 
 async def model_versions(request: web.Request) -> web.Response:
     q = request.query
-    data = await _run(_catalog(request).model_versions, model=q.get("model") or None, query=q.get("q"),
-                      page=page(request))
+    data = await _run(_catalog(request).model_versions, namespace=q.get("namespace") or None,
+                      model=q.get("model") or None, query=q.get("q"), page=page(request))
     return listing(request, data, "model-versions")
 
 
@@ -215,7 +215,8 @@ def _version(request: web.Request) -> int:
 
 
 async def model_version(request: web.Request) -> web.Response:
-    return json_response(await _run(_catalog(request).model_version, request.match_info["model"], _version(request)))
+    m = request.match_info
+    return json_response(await _run(_catalog(request).model_version, m["ns"], m["model"], _version(request)))
 
 
 async def model_version_named(request: web.Request) -> web.Response:
@@ -230,14 +231,15 @@ async def experiment_logs(request: web.Request) -> web.Response:
 
 
 async def report_markdown(request: web.Request) -> web.Response:
-    text = await _run(_catalog(request).report_markdown, request.match_info["model"], _version(request))
+    m = request.match_info
+    text = await _run(_catalog(request).report_markdown, m["ns"], m["model"], _version(request))
     return web.Response(text=text, content_type="text/markdown")
 
 
 async def package(request: web.Request) -> web.StreamResponse:
     """The registered package archive (code, weights, requirements, manifest), streamed."""
-    stream, size, filename = await _run(_catalog(request).package_stream, request.match_info["model"],
-                                        _version(request))
+    stream, size, filename = await _run(_catalog(request).package_stream, request.match_info["ns"],
+                                        request.match_info["model"], _version(request))
     response = web.StreamResponse(headers={"Content-Type": "application/gzip",
                                            "Content-Disposition": f'attachment; filename="{filename}"'})
     if size:
@@ -253,7 +255,8 @@ async def package(request: web.Request) -> web.StreamResponse:
 
 
 async def lineage(request: web.Request) -> web.Response:
-    return json_response(await _run(_catalog(request).lineage, request.match_info["model"], _version(request)))
+    m = request.match_info
+    return json_response(await _run(_catalog(request).lineage, m["ns"], m["model"], _version(request)))
 
 
 async def deployments(request: web.Request) -> web.Response:
@@ -319,7 +322,7 @@ async def try_version(request: web.Request) -> web.Response:
     except ValueError:
         raise CdlError('body: not JSON; send {"data": {"ndarray": [row, ...]}}') from None
     rows = rows_from_payload(payload)
-    version = await _run(kb.catalog.model_version, m["model"], _version(request))
+    version = await _run(kb.catalog.model_version, m["ns"], m["model"], _version(request))
     folder = await _run(kb.package_dir, version["artifact_uri"], version["artifact_sha256"])
     predictor = request.query.get("predictor") or load_package(folder).entrypoints.get("predictor")
     if not predictor:
@@ -344,11 +347,11 @@ def build_app(kb: KB) -> web.Application:
     r.add_get("/v1/runs/{run}/logs", logs)
     r.add_get("/v1/projects", projects)
     r.add_get("/v1/modelversions", model_versions)
-    r.add_get("/v1/models/{model}/versions/{version}", model_version)
-    r.add_get("/v1/models/{model}/versions/{version}/report.md", report_markdown)
-    r.add_get("/v1/models/{model}/versions/{version}/lineage", lineage)
-    r.add_get("/v1/models/{model}/versions/{version}/package", package)
-    r.add_post("/v1/models/{model}/versions/{version}/predictions", try_version)
+    r.add_get("/v1/namespaces/{ns}/models/{model}/versions/{version}", model_version)
+    r.add_get("/v1/namespaces/{ns}/models/{model}/versions/{version}/report.md", report_markdown)
+    r.add_get("/v1/namespaces/{ns}/models/{model}/versions/{version}/lineage", lineage)
+    r.add_get("/v1/namespaces/{ns}/models/{model}/versions/{version}/package", package)
+    r.add_post("/v1/namespaces/{ns}/models/{model}/versions/{version}/predictions", try_version)
     r.add_get("/v1/deployments", deployments)
     r.add_get("/v1/namespaces/{ns}/deployments/{name}", deployment)
     r.add_post("/v1/namespaces/{ns}/deployments/{name}/predictions", predictions)
