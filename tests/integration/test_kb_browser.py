@@ -49,7 +49,7 @@ def platform(kb_records, cdl_crds, k8s_client, kubectl, serving_deploy, serving_
 
     from cdl.kb.api import KB, serve_in_thread
     from cdl.kb.catalog import Catalog
-    from cdl.kb.service import deployment_endpoint, register_endpoint
+    from cdl.kb.service import deployment_status, register_endpoint
 
     core = client.CoreV1Api(k8s_client)
     if NS not in [n.metadata.name for n in core.list_namespace().items]:
@@ -63,10 +63,12 @@ def platform(kb_records, cdl_crds, k8s_client, kubectl, serving_deploy, serving_
     kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(m) for m in manifests))
     _, status = serving_deploy(f"kb-{uuid.uuid4().hex[:6]}", [served(serving_packages["v1"])])
     kubectl("patch", "deployments.cdl.dev", "news", "-n", NS, "--subresource=status", "--type=merge",
-            "-p", json.dumps({"status": {"url": status.url, "phase": "Available"}}))
+            "-p", json.dumps({"status": {"url": status.url, "phase": "Available", "monitoring": {
+                "requests": 18, "drift": 0.31, "driftDetected": True, "windowStart": "2026-03-01T12:00:00Z"},
+                "traffic": [{"modelVersion": "news-v1", "percent": 100, "role": "primary"}]}}))
 
     kb = KB(Catalog(kb_records.database, kb_records.artifacts),
-            endpoint=lambda ns, name: deployment_endpoint(ns, name, api_client=k8s_client))
+            deployment=lambda ns, name: deployment_status(ns, name, api_client=k8s_client))
     kb_served = serve_in_thread(kb)
     service_ns = f"kb-{uuid.uuid4().hex[:6]}"
     register_endpoint(service_ns, "cdl-kb", kb_served.port, api_client=k8s_client)
@@ -187,5 +189,6 @@ def test_dashboard_in_chromium(browser, platform, kubectl, serving_packages, tmp
     wait(browser, lambda d: '"status": 200' in d.find_element(By.ID, "inference-result").text, 60)
     answer = json.loads(browser.find_element(By.ID, "inference-result").text)
     assert answer["response"]["data"]["ndarray"] == [expected_class(serving_packages["v1"], [2.5, -1.0, 0.3, 1.2])]
-    shot(browser, tmp_path, "6-deployment", ["18 requests, 1 errors", "requests per minute", "Remote call"])
+    shot(browser, tmp_path, "6-deployment", ["18 requests, 1 errors", "requests per minute", "Remote call",
+                                             "drift (PSI) 0.31", "drift detected", "primary: news-v1 100%"])
     print(f"screenshots in {tmp_path}")

@@ -33,7 +33,7 @@ log = logging.getLogger("cdl.kb")
 TOKEN_HEADER = "X-Cdl-Kb-Token"
 TOKEN_COOKIE = "cdl_kb_token"
 LogReader = Callable[[str, str, str | None], str]  # (engine, run id, trial id or None) -> text
-EndpointFinder = Callable[[str, str], str | None]  # (namespace, Deployment) -> its prediction URL
+DeploymentReader = Callable[[str, str], dict[str, Any] | None]  # (namespace, name) -> the Deployment's status
 
 
 @dataclass
@@ -43,7 +43,7 @@ class KB:
     catalog: Catalog
     logs: LogReader | None = None
     token: str | None = None
-    endpoint: EndpointFinder | None = None
+    deployment: DeploymentReader | None = None
     package_dir: Callable[[str, str], Any] | None = None  # (artifact uri, sha256) -> unpacked package
 
 
@@ -284,7 +284,8 @@ async def predictions(request: web.Request) -> web.Response:
     if request.headers.get("X-Cdl-Dashboard") != "1":
         return json_response({"error": "predictions: send the X-Cdl-Dashboard: 1 header"}, 403)
     kb, m = request.app[KB_KEY], request.match_info
-    url = await _run(kb.endpoint, m["ns"], m["name"]) if kb.endpoint else None
+    status = await _run(kb.deployment, m["ns"], m["name"]) if kb.deployment else None
+    url = (status or {}).get("url")
     if not url:
         raise NotFound(f"Deployment {m['ns']}/{m['name']} has no endpoint (not found, or not serving yet)")
     try:
@@ -355,7 +356,7 @@ def build_app(kb: KB) -> web.Application:
     r.add_get("/v1/deployments", deployments)
     r.add_get("/v1/namespaces/{ns}/deployments/{name}", deployment)
     r.add_post("/v1/namespaces/{ns}/deployments/{name}/predictions", predictions)
-    dashboard.add_routes(app, kb.catalog, kb.endpoint)
+    dashboard.add_routes(app, kb.catalog, kb.deployment)
     return app
 
 

@@ -64,7 +64,7 @@ def render(request: web.Request, template: str, **context: Any) -> web.Response:
 
 
 CATALOG_KEY: web.AppKey[Catalog] = web.AppKey("kb-catalog", Catalog)
-ENDPOINT_KEY: web.AppKey[Any] = web.AppKey("kb-endpoint-finder", object)
+DEPLOYMENT_KEY: web.AppKey[Any] = web.AppKey("kb-deployment-reader", object)
 
 
 def _catalog(request: web.Request) -> Catalog:
@@ -301,18 +301,20 @@ async def deployment(request: web.Request) -> web.Response:
         Markup(line_chart({"p50": pts("p50_ms"), "p99": pts("p99_ms")}, title="latency (ms)", x_label="minutes",
                           y_label="ms")),
     ]
-    finder = request.app[ENDPOINT_KEY]
-    endpoint = await _run(finder, m["ns"], m["name"]) if finder else None
-    return render(request, "deployment.html", ns=m["ns"], name=m["name"], d=d, charts=charts, endpoint=endpoint)
+    reader = request.app[DEPLOYMENT_KEY]
+    status = (await _run(reader, m["ns"], m["name"]) if reader else None) or {}
+    return render(request, "deployment.html", ns=m["ns"], name=m["name"], d=d, charts=charts,
+                  endpoint=status.get("url"), phase=status.get("phase"), traffic=status.get("traffic") or [],
+                  monitoring=status.get("monitoring") or {})
 
 
 async def to_home(request: web.Request) -> web.Response:
     raise web.HTTPFound("ui/")
 
 
-def add_routes(app: web.Application, catalog: Catalog, endpoint_finder: Any = None) -> None:
+def add_routes(app: web.Application, catalog: Catalog, deployment_reader: Any = None) -> None:
     app[CATALOG_KEY] = catalog
-    app[ENDPOINT_KEY] = endpoint_finder
+    app[DEPLOYMENT_KEY] = deployment_reader
     r = app.router
     r.add_get("/", to_home)
     r.add_get("/ui/", home)

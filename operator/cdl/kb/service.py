@@ -28,7 +28,7 @@ def serve_knowledge_base(config: Any, context: Any) -> Served:
         return training.logs(EngineRef(run_id, "", engine), trial_id)
 
     kb = KB(Catalog(context.database, context.artifacts), logs=read_logs, token=config.kb_token,
-            endpoint=deployment_endpoint, package_dir=engines.package_dir)
+            deployment=deployment_status, package_dir=engines.package_dir)
     served = serve_in_thread(kb, config.kb_host, config.kb_port or 0)
     if config.kb_service:
         namespace, _, name = config.kb_service.partition("/")
@@ -36,8 +36,8 @@ def serve_knowledge_base(config: Any, context: Any) -> Served:
     return served
 
 
-def deployment_endpoint(namespace: str, name: str, api_client: Any | None = None) -> str | None:
-    """A Deployment's prediction URL (status.url), or None when it has none or does not exist."""
+def deployment_status(namespace: str, name: str, api_client: Any | None = None) -> dict[str, Any] | None:
+    """A Deployment's status (url, traffic, monitoring: drift ...), or None when it does not exist."""
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
@@ -51,7 +51,7 @@ def deployment_endpoint(namespace: str, name: str, api_client: Any | None = None
         if exc.status == 404:
             return None
         raise
-    return (obj.get("status") or {}).get("url")
+    return dict(obj.get("status") or {})
 
 
 def register_endpoint(namespace: str, name: str, port: int, address: str = "127.0.0.1",
