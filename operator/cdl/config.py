@@ -16,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cdl.api.kinds import KINDS
 
-DEFAULT_ENGINES = {info.kind: "local" for info in KINDS}
+# One engine per kind, plus where ModelVersion evaluation runs: local (subprocess) or kubernetes (Job).
+DEFAULT_ENGINES = {**{info.kind: "local" for info in KINDS}, "Evaluation": "local"}
 ENV_PREFIX = "CDL_"
 
 

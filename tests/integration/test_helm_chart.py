@@ -89,7 +89,7 @@ def test_the_operator_allows_only_the_charts_label_studio_by_default():
 def test_rbac_is_namespaced_when_namespaces_are_listed():
     out = helm("template", "cdl", str(CHART), "--namespace", "cdl", *VALUES["namespaced"])
     objects = [o for o in yaml.safe_load_all(out.stdout) if o]
-    roles = [o for o in objects if o["kind"] == "Role" and o["metadata"]["name"] == "cdl-operator"]
+    roles = [o for o in objects if o["kind"] == "Role" and o["metadata"]["name"].endswith("-operator")]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["ml-a", "ml-b"]
     cluster_roles = [o for o in objects if o["kind"] == "ClusterRole"]
     # Only read-only discovery stays cluster-wide.
@@ -98,6 +98,41 @@ def test_rbac_is_namespaced_when_namespaces_are_listed():
             assert set(rule["verbs"]) <= {"get", "list", "watch"}, rule
     secrets_rule = next(r for r in roles[0]["rules"] if "secrets" in r["resources"])
     assert secrets_rule["verbs"] == ["get"]
+
+
+@pytest.mark.parametrize("values", VALUES, ids=list(VALUES))
+def test_nothing_that_runs_team_code_can_read_secrets(values):
+    """Evaluation Jobs run under an account no Role or ClusterRole is bound to, without an API
+    token; the operator's own Secret rule is get-only, and by name when the values list them."""
+    from cdl.config import OperatorConfig
+    from cdl.engines.base import DataRef
+    from cdl.engines.settings import ClusterSettings
+    from cdl.quality.evaluation_job import EvaluationRequest, evaluation_job
+
+    out = helm("template", "cdl", str(CHART), "--namespace", "cdl", *VALUES[values],
+               "--set", "rbac.secretNames={cdl-s3,cdl-determined}")
+    objects = [o for o in yaml.safe_load_all(out.stdout) if o]
+    config_map = next(o for o in objects if o["kind"] == "ConfigMap")
+    config = OperatorConfig.model_validate(yaml.safe_load(config_map["data"]["config.yaml"]))
+    assert config.engines["Evaluation"] == "kubernetes"
+    settings = ClusterSettings.model_validate(config.cluster).evaluation
+    request = EvaluationRequest("eval-1", "ml", "ml/news-v1", "s3://cdl-artifacts/cdl/models/news/1/package.tar.gz",
+                                "a" * 64, None, "evaluate:evaluate", DataRef("news-test", "c1", uri="pfs://ml/t@master=c1"))
+    job = evaluation_job(request, settings, "s3://cdl-artifacts/cdl/evaluations/x/result.json", "")
+    pod = job["spec"]["template"]["spec"]
+    account = pod["serviceAccountName"]
+    assert job["metadata"]["namespace"] == "cdl" and pod["automountServiceAccountToken"] is False
+    kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+    (sa,) = [o for o in objects if o["kind"] == "ServiceAccount" and o["metadata"]["name"] == account]
+    assert sa["metadata"]["namespace"] == "cdl" and sa["automountServiceAccountToken"] is False
+    bound = [s for o in objects if o["kind"] in ("RoleBinding", "ClusterRoleBinding") for s in o["subjects"]]
+    assert bound and account not in {s["name"] for s in bound}
+    for role in (o for o in objects if o["kind"] in ("Role", "ClusterRole")):
+        for rule in role["rules"]:
+            if "secrets" in rule["resources"]:
+                assert rule["verbs"] == ["get"] and rule["resourceNames"] == ["cdl-s3", "cdl-determined"], rule
+            if "jobs" in rule["resources"]:
+                assert role["kind"] == "Role" and role["metadata"]["namespace"] == "cdl"
 
 
 @pytest.mark.slow

@@ -128,8 +128,9 @@ def test_the_config_carries_data_code_seed_and_hyperparameters() -> None:
 
 
 @pytest.mark.parametrize(("entrypoint", "slots", "expected"), [
-    ("model_def:NewsTrial", 1, "model_def:NewsTrial"),
-    ("model_def:NewsTrial", 4, "model_def:NewsTrial"),  # Determined launches torch_distributed itself
+    # a PyTorchTrial too goes through cdl's bootstrap: data copied to CDL_DATA_DIR, early stopping
+    ("model_def:NewsTrial", 1, "python3 -m cdl.runtime.launch"),
+    ("model_def:NewsTrial", 4, "python3 -m determined.launch.torch_distributed python3 -m cdl.runtime.launch"),
     ("model_def:train", 1, "python3 -m cdl.runtime.launch"),
     ("model_def:train", 2, "python3 -m determined.launch.torch_distributed python3 -m cdl.runtime.launch"),
     ("train.py", 1, "python3 train.py"),

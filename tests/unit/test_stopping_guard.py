@@ -18,28 +18,35 @@ def cluster_env(monkeypatch: pytest.MonkeyPatch, tmp_path):
     monkeypatch.setenv("CDL_SMALLER_IS_BETTER", "true")
     monkeypatch.setenv("CDL_MAX_LENGTH", "epochs:10")
     monkeypatch.setenv("CDL_TRIAL_EVENTS", str(tmp_path / "events.jsonl"))
-    monkeypatch.setattr(guard, "_GUARD", None)
+    for name, value in (("_GUARD", None), ("_RECORDED", False), ("_TRAIN", None), ("_LAST_STEPS", 0)):
+        monkeypatch.setattr(guard, name, value)
     # Restored after the test: install_from_env patches these classes for the whole process.
     monkeypatch.setattr(_train.TrainContext, "_report_trial_metrics", lambda *a, **k: None)
-    monkeypatch.setattr(_preempt._PreemptionWatcher, "should_preempt", lambda self: self._should_preempt)
+    monkeypatch.setattr(_preempt.PreemptContext, "should_preempt", lambda self, auto_ack=True: False)
     return tmp_path
 
 
-def _watcher() -> _preempt._PreemptionWatcher:
-    watcher = object.__new__(_preempt._PreemptionWatcher)
-    watcher._should_preempt = False  # the master has not asked for preemption
-    return watcher
+class _Dist:
+    rank, size = 0, 1
+
+
+def _preempt_context() -> _preempt.PreemptContext:
+    """A chief's preemption context whose master has not asked for preemption."""
+    context = object.__new__(_preempt.PreemptContext)
+    context._dist, context._preempt_mode = _Dist(), _preempt.PreemptMode.WorkersAskChief
+    return context
 
 
 def test_patience_inside_the_trial_makes_determined_preempt_it(cluster_env, monkeypatch) -> None:
     monkeypatch.setenv("CDL_EARLY_STOPPING", json.dumps({"patience": 2, "minDelta": 0.1}))
     installed = guard.install_from_env()
     assert installed is not None
-    context, watcher = object.__new__(_train.TrainContext), _watcher()
+    context, preempt = object.__new__(_train.TrainContext), _preempt_context()
+    context.set_status = lambda status: None
     for epoch, loss in enumerate([1.0, 0.5, 0.48, 0.47], start=1):
-        assert not watcher.should_preempt()
+        assert not preempt.should_preempt()
         context._report_trial_metrics("validation", epoch * 12, {"validation_loss": loss, "epochs": epoch})
-    assert watcher.should_preempt()
+    assert preempt.should_preempt()
     assert installed.stop_reason() == "early-stopped: no improvement > 0.1 in 2 validations"
     (event,) = [json.loads(line) for line in (cluster_env / "events.jsonl").read_text().splitlines()]
     assert event["event"] == "early_stop" and event["rule"] == "patience" and event["units"] == 4

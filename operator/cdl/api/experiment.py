@@ -26,14 +26,40 @@ class DataBinding(CdlModel):
     commit: str = Field("", description="Pin a data version; empty = the latest Ready output.")
 
 
+class CodeBundle(CdlModel):
+    """The model code as `cdl push` / the GitLab job uploaded it (docs/cluster-path.md)."""
+
+    uri: Annotated[str, Field(pattern=r"^(s3://|file:///)\S+$")] = Field(
+        description="Where the bundle (.tar.gz) is in the artifact store.")
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] = Field(
+        description="sha256 of the bundle's bytes; the operator refuses a bundle that differs.")
+
+
+class GitRef(CdlModel):
+    """The commit the code was built from (GitLab: CI_PROJECT_URL and CI_COMMIT_SHA)."""
+
+    url: str | None = Field(None, description="The repository.")
+    commit: Annotated[str, Field(pattern=r"^[0-9a-f]{7,64}$")] = Field(description="The commit id.")
+
+
 class ModelCode(CdlModel):
-    path: Annotated[str, Field(min_length=1)] = Field(
-        description="Code directory (local engine; uploaded as model_dir to Determined)."
+    path: Annotated[str, Field(min_length=1)] | None = Field(
+        None, description="Code directory on the operator's machine (embedded platform); "
+        "on a cluster name a bundle instead.",
     )
+    bundle: CodeBundle | None = Field(
+        None, description="Content-addressed code bundle (cdl push); used instead of path when set.")
+    git: GitRef | None = Field(None, description="The commit the code comes from, recorded in lineage.")
     image: str | None = Field(None, description="Container image for the cluster.")
     entrypoint: Annotated[str, Field(pattern=ENTRYPOINT)] = Field(
         description="module:PyTorchTrialClass, module:function, or a script.py using the Core API."
     )
+
+    @model_validator(mode="after")
+    def _code(self) -> ModelCode:
+        if self.path is None and self.bundle is None:
+            raise ValueError("one of path (embedded platform) or bundle (cdl push) is required")
+        return self
 
 
 class Length(CdlModel):

@@ -18,6 +18,7 @@ from cdl.cli import (
     models,
     operator_cmd,
     platform,
+    push,
     resources,
     sharing,
     validate,
@@ -80,6 +81,7 @@ demo.register(app)
 labels.register(app)
 dashboard.register(app)
 sharing.register(app)
+push.register(app)
 
 if __name__ == "__main__":
     app()

@@ -32,8 +32,10 @@ def build_context(config: OperatorConfig, overrides: dict[str, dict[str, Any]] |
 
     artifacts = open_artifact_store(config.artifacts, s3=config.s3_settings())
     engines = EngineChooser(config, artifacts=artifacts, database=database, overrides=overrides)
-    return Context(config=config, cluster=cluster or KubeClusterView(), engines=engines, database=database,
-                   artifacts=artifacts)
+    cluster = cluster or KubeClusterView()
+    if hasattr(cluster, "create_job"):  # evaluation Jobs are created through the controller's client
+        engines.job_launcher = cluster
+    return Context(config=config, cluster=cluster, engines=engines, database=database, artifacts=artifacts)
 
 
 def make_registry(config: OperatorConfig) -> kopf.OperatorRegistry:

@@ -15,6 +15,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from cdl.devcluster.schema import json_type
+
 SCHEMA_RELEASE = "v1.35.0-local"
 REF_PREFIX = "#/$defs/"
 
@@ -107,19 +109,7 @@ def _json_type(value: Any) -> str:
     fast = _PY_TYPES.get(type(value))
     if fast is not None:
         return fast
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"
+    return json_type(value)
 
 
 def _fits(value: Any, types: set[str]) -> bool:

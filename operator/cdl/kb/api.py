@@ -317,7 +317,8 @@ async def try_version(request: web.Request) -> web.Response:
         return json_response({"error": "predictions: send the X-Cdl-Dashboard: 1 header"}, 403)
     kb, m = request.app[KB_KEY], request.match_info
     if kb.package_dir is None:
-        raise NotFound("this knowledge base cannot load model packages")
+        raise NotFound("trying a version that is not deployed is offered on the embedded platform only (on a "
+                       "cluster, model code runs in Jobs, never beside the operator): deploy it to try it")
     try:
         payload = await request.json()
     except ValueError:

@@ -27,8 +27,12 @@ def serve_knowledge_base(config: Any, context: Any) -> Served:
 
         return training.logs(EngineRef(run_id, "", engine), trial_id)
 
+    # Trying a version that is not deployed runs its predictor in a child process: only where the
+    # evaluator runs user code on the operator's machine anyway (the embedded platform); on a
+    # cluster user code runs in Jobs, never beside the operator.
+    local_code = getattr(engines.evaluation(config.default_engine("Evaluation")), "needs_local_copies", False)
     kb = KB(Catalog(context.database, context.artifacts), logs=read_logs, token=config.kb_token,
-            deployment=deployment_status, package_dir=engines.package_dir)
+            deployment=deployment_status, package_dir=engines.package_dir if local_code else None)
     served = serve_in_thread(kb, config.kb_host, config.kb_port or 0)
     if config.kb_service:
         namespace, _, name = config.kb_service.partition("/")

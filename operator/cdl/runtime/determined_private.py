@@ -18,6 +18,8 @@ KERAS_CALLBACK_MODULE = "determined.keras._callback"
 
 # (module, attribute) pairs this adapter hands out; the test checks each still exists.
 PRIVATE_NAMES = (
+    ("determined.core._train", "TrainContext"),
+    ("determined.core._preempt", "PreemptContext"),
     ("determined.core._train", "DummyTrainContext"),
     ("determined.core._preempt", "DummyPreemptContext"),
     ("determined.core._preempt", "PreemptMode"),
@@ -26,6 +28,8 @@ PRIVATE_NAMES = (
 )
 # methods cdl wraps on those classes
 WRAPPED_METHODS = (
+    ("determined.core._train", "TrainContext", "_report_trial_metrics"),
+    ("determined.core._preempt", "PreemptContext", "should_preempt"),
     ("determined.core._train", "DummyTrainContext", "_report_trial_metrics"),
     ("determined.core._train", "DummyTrainContext", "report_early_exit"),
     ("determined.core._preempt", "DummyPreemptContext", "should_preempt"),
@@ -43,6 +47,16 @@ def installed_version() -> str:
 
 def _get(module: str, name: str) -> Any:
     return getattr(importlib.import_module(module), name)
+
+
+def train_context() -> type:
+    """The on-cluster TrainContext (early stopping inside a trial on Determined wraps its reports)."""
+    return _get("determined.core._train", "TrainContext")
+
+
+def preempt_context() -> type:
+    """The on-cluster PreemptContext (early stopping answers its `should_preempt`)."""
+    return _get("determined.core._preempt", "PreemptContext")
 
 
 def dummy_train_context() -> type:

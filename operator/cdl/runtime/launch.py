@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from cdl.runtime import determined_hooks, trial_events
+from cdl.runtime import data, determined_hooks, trial_events
 from cdl.runtime.env import ENV_CONFIG, ENV_STOP
 from cdl.runtime.stopping import guard as stopping_guard
 from cdl.runtime.trial import TrialInfo, info
@@ -50,7 +50,10 @@ class EntrypointError(Exception):
 
 
 def _config() -> dict[str, Any]:
-    return json.loads(Path(os.environ[ENV_CONFIG]).read_text())
+    """The local engine's trial config file; on a Determined cluster there is none (the trial's
+    settings come from `det.get_cluster_info()` and the experiment config's environment)."""
+    path = os.environ.get(ENV_CONFIG)
+    return json.loads(Path(path).read_text()) if path else {}
 
 
 def resolve(entrypoint: str, code_dir: Path) -> tuple[str, Any]:
@@ -130,12 +133,20 @@ def _distributed(config: dict[str, Any]) -> Iterator[Any]:
     import torch.distributed as dist
     from determined import core
 
-    use_gpu = bool(config.get("gpu")) and torch.cuda.is_available()
+    use_gpu = (bool(config.get("gpu")) if config else True) and torch.cuda.is_available()
     local_rank = int(os.environ["LOCAL_RANK"])
     if use_gpu:
         torch.cuda.set_device(local_rank)
     dist.init_process_group(backend="nccl" if use_gpu else "gloo")
     os.environ["USE_TORCH_DISTRIBUTED"] = "1"  # PyTorchTrialContext wraps models in DDP
+    if not config:  # on a Determined cluster: its torch_distributed launcher set the rendezvous up
+        context = core.DistributedContext.from_torch_distributed()
+        try:
+            yield context
+        finally:
+            context.close()
+            dist.destroy_process_group()
+        return
     pub_port, pull_port = config.get("dist_ports") or (0, 0)
     ports = {"pub_port": int(pub_port), "pull_port": int(pull_port)} if pub_port else {}
     context = core.DistributedContext(
@@ -263,12 +274,18 @@ def main() -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     config = _config()
+    try:
+        data.ensure_data_dir()  # a cluster names the data (CDL_DATA_URI); user code gets a directory
+    except Exception as exc:  # noqa: BLE001 - every trial would fail alike: say why, once
+        print(f"cdl: the trial's data cannot be read: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        trial_events.emit("entrypoint_error", message=f"data: {exc}")
+        return EXIT_ENTRYPOINT
     found = info()
     code_dir = Path(config.get("code_dir") or os.getcwd())
     sys.path.insert(0, str(code_dir))
     resume = _resume_steps(found.latest_checkpoint)
     determined_hooks.install(os.environ.get(ENV_STOP), resume)
-    stopping_guard.install_from_env()  # on a cluster: searcher.earlyStopping inside the trial
+    guard = stopping_guard.install_from_env()  # on a cluster: searcher.earlyStopping inside the trial
     _seed(found.seed)
 
     from cdl.runtime.model_metadata import describe_data, environment, package_versions
@@ -313,7 +330,8 @@ def main() -> int:
             "error", type=type(exc).__name__, message=str(exc)[:2000], traceback=text[-8000:], all_ranks=True
         )
         return EXIT_USER_ERROR
-    trial_events.emit("exit", status="ok", stopped=determined_hooks.stop_reason(os.environ.get(ENV_STOP)))
+    stopped = determined_hooks.stop_reason(os.environ.get(ENV_STOP)) or (guard.stop_reason() if guard else None)
+    trial_events.emit("exit", status="ok", stopped=stopped)
     return EXIT_OK
 
 

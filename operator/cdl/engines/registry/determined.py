@@ -105,6 +105,22 @@ class DeterminedRegistryEngine:
         packaged.registry = {"engine": self.name, "id": f"{model}/{det_version}", "url": self._url(model, det_version)}
         return packaged
 
+    def store_variant(self, model_name: str, version: int, variant: str, package_dir: Path) -> RegisteredModel:
+        """A derived package (e.g. dynamic-int8) beside the version in the artifact store, and its
+        location and hash in the Determined version's metadata (Determined has no variants)."""
+        stored = self.packager.store_variant(model_name, version, variant, package_dir)
+        found = self._find(model_name, version)
+        if found is not None:
+            metadata = dict(getattr(found, "metadata", None) or {})
+            metadata.setdefault("variants", {})[variant] = {"artifactUri": stored.artifact_uri, "sha256": stored.sha256}
+            body = bindings.v1PatchModelVersion(metadata=metadata)
+            self.master.call(
+                f"recording the {variant} variant of {model_name} version {version} in Determined",
+                lambda: bindings.patch_PatchModelVersion(self.master.session, body=body, modelName=model_name,
+                                                         modelVersionNum=int(found.version)),
+            )
+        return stored
+
     def set_stage(self, model_name: str, version: int, stage: str) -> None:
         self.packager.set_stage(model_name, version, stage)
         found = self._find(model_name, version)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 RESOURCES = ("cpu_seconds", "wall_seconds", "peak_rss_bytes")
 
@@ -57,3 +58,21 @@ def oriented(value: float, smaller_is_better: bool) -> float:
 def better(a: float, b: float, smaller_is_better: bool, min_delta: float = 0.0) -> bool:
     """a improves on b by more than min_delta."""
     return (b - a > min_delta) if smaller_is_better else (a - b > min_delta)
+
+
+def metric_lookup(metrics: dict[str, Any], name: str) -> float | None:
+    """The searcher metric among reported metrics; Keras' `val_` and Determined's `validation_`
+    prefixes are matched either way so `val_accuracy` finds `accuracy` and vice versa."""
+    candidates = [name]
+    for prefix in ("val_", "validation_"):
+        if name.startswith(prefix):
+            candidates.append(name[len(prefix):])
+        else:
+            candidates.append(prefix + name)
+    for key in candidates:
+        if key in metrics:
+            try:
+                return float(metrics[key])
+            except (TypeError, ValueError):
+                return None
+    return None

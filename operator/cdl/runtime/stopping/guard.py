@@ -6,9 +6,12 @@ median, predictive, resource comparison) travel to the trial as `CDL_EARLY_STOPP
 `CDL_MAX_LENGTH`. `install_from_env()` wraps Determined's on-cluster contexts: each validation
 report feeds the guard, and once a rule decides, the preemption watcher answers True, so the
 trial checkpoints and exits cleanly at its next `should_preempt()` (every rank, through the
-chief's broadcast), as it would when the master preempts it. The reason is logged and emitted as
-an `early_stop` event. The comparing rules read the other trials' validation curves of this
-experiment from the master (`GetExperimentTrials`, `GetValidationMetrics`).
+chief's broadcast), as it would when the master preempts it. The reason is printed to the trial
+log (`cdl: early stop: ...`), set as the trial's runner state and reported as metrics of the group
+`cdl_early_stopping` (`stopped: 1`, `reason: "..."`), where the Determined engine reads it back;
+locally it is emitted as an `early_stop` event. The comparing rules read the other trials'
+validation curves of this experiment from the master (`GetExperimentTrials`,
+`GetValidationMetrics`).
 
 Under the local engine nothing is installed: its driver applies the same rules.
 """
@@ -17,21 +20,20 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
-from cdl.runtime.stopping.curves import Curve, Point
+from cdl.runtime.env import ENV_EARLY_STOPPING, ENV_MAX_LENGTH, ENV_METRIC, ENV_SMALLER_IS_BETTER, ENV_STOP
+from cdl.runtime.stopping.curves import Curve, Point, metric_lookup
 from cdl.runtime.stopping.rules import Decision, StoppingRules
 from cdl.runtime.stopping.settings import StoppingSettings
 
 logger = logging.getLogger("cdl.trial")
 
-ENV_EARLY_STOPPING = "CDL_EARLY_STOPPING"
-ENV_METRIC = "CDL_METRIC"
-ENV_SMALLER_IS_BETTER = "CDL_SMALLER_IS_BETTER"
-ENV_MAX_LENGTH = "CDL_MAX_LENGTH"
-ENV_LOCAL_STOP = "CDL_TRIAL_STOP"  # set by the local engine, whose driver applies the rules itself
+ENV_LOCAL_STOP = ENV_STOP  # set by the local engine, whose driver applies the rules itself
+METRICS_GROUP = "cdl_early_stopping"
 
 PeerSource = Callable[[], list[Curve]]
 
@@ -93,7 +95,7 @@ class TrialGuard:
         """Take in one validation report; the decision once a rule stops the trial."""
         if self.decision is not None:
             return self.decision
-        value = _lookup(metrics, self.rules.metric)
+        value = metric_lookup(metrics, self.rules.metric)
         if units is None:
             unit_value = metrics.get(self.rules.unit)
             units = float(unit_value) if isinstance(unit_value, int | float) else float(steps_completed)
@@ -122,18 +124,6 @@ class TrialGuard:
         return self.rules.wall_budget(time.time() - self.started)
 
 
-def _lookup(metrics: dict[str, Any], name: str) -> float | None:
-    candidates = [name, *(p + name for p in ("val_", "validation_")),
-                  *(name[len(p):] for p in ("val_", "validation_") if name.startswith(p))]
-    for key in candidates:
-        if key in metrics:
-            try:
-                return float(metrics[key])
-            except (TypeError, ValueError):
-                return None
-    return None
-
-
 def determined_peers(session: Any, experiment_id: int, own_trial_id: int, unit: str) -> PeerSource:
     """The completed trials of this experiment and their validation curves, from the master."""
 
@@ -149,18 +139,25 @@ def determined_peers(session: Any, experiment_id: int, own_trial_id: int, unit: 
             for m in resp.data or []:
                 metrics = (m.metrics or {}).get("avgMetrics", m.metrics or {})
                 units = metrics.get(unit, m.totalBatches)
-                curves[m.trialId].append(Point(float(units), _lookup(metrics, os.environ.get(ENV_METRIC, ""))))
+                curves[m.trialId].append(Point(float(units), metric_lookup(metrics, os.environ.get(ENV_METRIC, ""))))
         return [Curve(str(t), sorted(points, key=lambda p: p.units), True) for t, points in curves.items()]
 
     return read
 
 
 _GUARD: TrialGuard | None = None
+_TRAIN: Any = None  # the trial's TrainContext, seen at its first report
+_LAST_STEPS = 0
+_RECORDED = False
 
 
 def install_from_env() -> TrialGuard | None:
     """Wrap Determined's on-cluster train and preemption contexts with the guard (idempotent;
-    nothing happens without `CDL_EARLY_STOPPING` or under the local engine)."""
+    nothing happens without `CDL_EARLY_STOPPING` or under the local engine).
+
+    Validation reports feed the guard; `should_preempt()` also answers True once a rule fired
+    (the chief decides; with WorkersAskChief every rank gets the chief's answer, as Determined does
+    for its own preemption)."""
     global _GUARD
     if _GUARD is not None:
         return _GUARD
@@ -168,27 +165,60 @@ def install_from_env() -> TrialGuard | None:
     if guard is None:
         return None
     _GUARD = guard
-    from determined.core import _preempt, _train
+    from cdl.runtime import determined_private as private
 
-    original_report = _train.TrainContext._report_trial_metrics
+    train_cls = private.train_context()
+    original_report = train_cls._report_trial_metrics
 
     def report_trial_metrics(self: Any, group: str, steps_completed: int, metrics: dict[str, Any],
                              batch_metrics: Any = None) -> None:
+        global _LAST_STEPS, _TRAIN
         original_report(self, group, steps_completed, metrics, batch_metrics)
-        if group == "validation":
-            if guard.peers is None and guard.rules.settings.compares:
-                guard.peers = _cluster_peers(self, guard.rules.unit)
-            guard.observe(metrics, steps_completed)
+        _TRAIN = self
+        if group == "validation" and _GUARD is not None:
+            _LAST_STEPS = max(_LAST_STEPS, int(steps_completed))
+            if _GUARD.peers is None and _GUARD.rules.settings.compares:
+                _GUARD.peers = _cluster_peers(self, _GUARD.rules.unit)
+            _GUARD.observe(metrics, steps_completed)
 
-    _train.TrainContext._report_trial_metrics = report_trial_metrics  # type: ignore[method-assign]
+    train_cls._report_trial_metrics = report_trial_metrics  # type: ignore[method-assign]
+    preempt_cls = private.preempt_context()
+    original_preempt = preempt_cls.should_preempt
+    mode_enum = private.preempt_mode()
 
-    original_watch = _preempt._PreemptionWatcher.should_preempt
+    def should_preempt(self: Any, auto_ack: bool = True) -> bool:
+        if original_preempt(self, auto_ack):
+            return True
+        dist, mode = self._dist, self._preempt_mode
+        chief = dist.rank == 0
+        fired = chief and _GUARD is not None and _GUARD.stop_reason() is not None
+        if mode == mode_enum.WorkersAskChief and dist.size > 1:
+            fired = bool(dist.broadcast(fired if chief else None))
+        if fired and chief:
+            _record()
+        return fired
 
-    def should_preempt(self: Any) -> bool:
-        return guard.stop_reason() is not None or original_watch(self)
-
-    _preempt._PreemptionWatcher.should_preempt = should_preempt  # type: ignore[method-assign]
+    preempt_cls.should_preempt = should_preempt  # type: ignore[method-assign]
     return guard
+
+
+def _record() -> None:
+    """Say once why the trial stops: the log, the trial's runner state, a metrics group."""
+    global _RECORDED
+    if _RECORDED or _GUARD is None:
+        return
+    reason = _GUARD.stop_reason()
+    if reason is None:
+        return
+    _RECORDED = True
+    print(f"cdl: early stop: {reason}", file=sys.stderr, flush=True)
+    if _TRAIN is None:
+        return
+    try:
+        _TRAIN.set_status(reason)
+        _TRAIN._report_trial_metrics(METRICS_GROUP, _LAST_STEPS, {"stopped": 1, "reason": reason})
+    except Exception as exc:  # noqa: BLE001 - the stop itself must not fail on a reporting error
+        print(f"cdl: could not report the early stop to the master: {exc}", file=sys.stderr, flush=True)
 
 
 def _cluster_peers(train_context: Any, unit: str) -> PeerSource | None:

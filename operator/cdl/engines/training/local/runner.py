@@ -41,6 +41,7 @@ from cdl.engines.training.local.state import (
 from cdl.engines.training.local.status import build_status
 from cdl.engines.training.local.trial_process import Segment, TrialProcess, free_ports, read_events
 from cdl.runtime.stopping import StoppingRules, StoppingSettings
+from cdl.runtime.stopping.curves import metric_lookup
 from cdl.runtime.stopping.settings import human_bytes, parse_quantity
 
 __all__ = ["DriverSettings", "RunDriver", "human_bytes", "metric_lookup", "parse_quantity"]
@@ -60,24 +61,6 @@ class DriverSettings:
     poll_seconds: float = 0.25
     stop_grace_seconds: float = 60.0  # a stop request unanswered this long becomes SIGTERM
     persist_seconds: float = 2.0  # rewrite run.json at least this often while trials run
-
-
-def metric_lookup(metrics: dict[str, Any], name: str) -> float | None:
-    """The searcher metric among reported metrics; Keras' `val_` and Determined's `validation_`
-    prefixes are matched either way so `val_accuracy` finds `accuracy` and vice versa."""
-    candidates = [name]
-    for prefix in ("val_", "validation_"):
-        if name.startswith(prefix):
-            candidates.append(name[len(prefix):])
-        else:
-            candidates.append(prefix + name)
-    for key in candidates:
-        if key in metrics:
-            try:
-                return float(metrics[key])
-            except (TypeError, ValueError):
-                return None
-    return None
 
 
 class RunDriver:
