@@ -12,6 +12,8 @@ from typer.testing import CliRunner
 from cdl.cli.main import app
 from tests.plugins.kb import EXPERIMENT, NS
 
+pytestmark = pytest.mark.slow  # real PostgreSQL (and the devcluster)
+
 
 def test_kubectl_reads_through_the_service_proxy(kb_service, kubectl):
     namespace, rest = kb_service.split("/")
@@ -74,7 +76,6 @@ def test_cli_views_read_through_the_api(devcluster, kb_service, tmp_path, monkey
     assert r.exit_code == 1 and "ModelVersion ml/missing-v9 has no registered version" in r.output
 
 
-@pytest.mark.slow
 def test_the_operator_serves_and_registers_its_knowledge_base(operator_runner, postgres_url, kubectl, tmp_path):
     """As on the embedded platform: kb_port 0 (a free loopback port) and kb_service registered."""
     namespace = f"kb-{uuid.uuid4().hex[:6]}"
