@@ -20,10 +20,11 @@ from typing import Any
 
 from aiohttp import web
 
+from cdl.api.common import MAX_NESTING_DEPTH
 from cdl.devcluster.errors import ApiError
 
 MAX_BODY_BYTES = 3 * 1024 * 1024
-MAX_DEPTH = 100
+MAX_DEPTH = MAX_NESTING_DEPTH
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH"})
 PROTOBUF_MAGIC = b"k8s\x00"
 _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
