@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 EXTRAS := operator,train,tf,cluster,serve,dev
 PYTEST_ARGS ?=
 
-.PHONY: venv tools engines lint test test-fast demo crds clean
+.PHONY: venv tools engines lint test test-fast test-reliability demo crds clean
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -47,6 +47,10 @@ test: venv tools engines lint
 # The quick loop: no servers, no training.
 test-fast: venv lint
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+# Poison rows, fuzzed manifests and malformed requests (part of `make test`; about 3 minutes).
+test-reliability: venv tools engines
+	PATH=$(CURDIR)/.tools/bin:$$PATH $(PY) -m pytest tests/reliability -s $(PYTEST_ARGS)
 
 # The BBC workflow end to end on the embedded platform (generated offline corpus).
 demo: venv tools
