@@ -13,7 +13,10 @@ from pathlib import Path
 
 import yaml
 
+from cdl.config import DEFAULT_ENGINES
 from cdl.processes import alive, stop_group
+
+KB_SERVICE = "cdl-system/cdl-kb"
 
 
 @dataclass
@@ -94,8 +97,12 @@ def write_operator_config(data_dir: Path, base_dir: Path, database_url: str | No
         "base_dir": str(base_dir),
         "database_url": database_url,
         "artifact_url": (data_dir / "artifacts").as_uri(),
-        "engines": {"DataPipeline": "local", "Experiment": "local", "ModelVersion": "local", "Deployment": "local"},
+        "engines": dict(DEFAULT_ENGINES),
         "poll_seconds": 2.0,
+        # The knowledge base on a free loopback port, reached through the devcluster's service
+        # proxy at /api/v1/namespaces/cdl-system/services/cdl-kb:http/proxy/.
+        "kb_port": 0,
+        "kb_service": KB_SERVICE,
     }
     path = data_dir / "operator.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))

@@ -71,7 +71,8 @@ def test_single_trial_trains_on_the_bound_commit_and_records_everything(
         trial.metrics["validation_loss"])
     meta = row.metadata
     assert meta["model"]["framework"] == "pytorch" and meta["model"]["parameters"] == 9
-    assert meta["model"]["layers"] == [{"name": "Linear", "type": "Linear", "params": 9}]
+    assert meta["model"]["layers"] == [{"name": "Linear", "type": "Linear", "params": 9, "output_shape": [32, 1]}]
+    assert meta["model"]["optimizer"] == "SGD" and meta["model"]["input_shape"] == [32, 8]
     assert meta["packages"]["torch"].startswith(torch.__version__.split("+")[0])
     assert meta["packages"]["determined"] == "0.38.1" and meta["environment"]["python"]
     assert meta["seed"] == 7 and meta["data"]["commit"] == "b0b"

@@ -128,8 +128,9 @@ def test_the_config_carries_data_code_seed_and_hyperparameters() -> None:
 
 
 @pytest.mark.parametrize(("entrypoint", "slots", "expected"), [
-    ("model_def:NewsTrial", 1, "model_def:NewsTrial"),
-    ("model_def:NewsTrial", 4, "model_def:NewsTrial"),  # Determined launches torch_distributed itself
+    # a PyTorchTrial too goes through cdl's bootstrap: data copied to CDL_DATA_DIR, early stopping
+    ("model_def:NewsTrial", 1, "python3 -m cdl.runtime.launch"),
+    ("model_def:NewsTrial", 4, "python3 -m determined.launch.torch_distributed python3 -m cdl.runtime.launch"),
     ("model_def:train", 1, "python3 -m cdl.runtime.launch"),
     ("model_def:train", 2, "python3 -m determined.launch.torch_distributed python3 -m cdl.runtime.launch"),
     ("train.py", 1, "python3 train.py"),
@@ -186,6 +187,7 @@ def test_early_stopping_reaches_the_trial_and_the_pod() -> None:
     config = experiment_config(spec, None, {}, det(), KEY)
     assert json.loads(env_of(config)["CDL_EARLY_STOPPING"]) == {"patience": 2, "minDelta": 0.01,
                                                                 "maxTrialSeconds": 600, "maxTrialMemory": "2Gi"}
+    assert env_of(config)["CDL_SMALLER_IS_BETTER"] == "false"  # the in-trial rules need the direction
     (container,) = config["environment"]["pod_spec"]["spec"]["containers"]
     assert container["resources"] == {"limits": {"memory": "2Gi"}}
 

@@ -88,6 +88,19 @@ def test_lineage_and_model_card_come_from_status_and_the_package() -> None:
     assert "| learning_rate | 0.01 |" in markdown
 
 
+def test_the_code_bundle_and_commit_the_model_was_trained_from_are_in_the_report() -> None:
+    data = full_input()
+    data["lineage"]["code"] = {"gitCommit": "9c1e" * 10, "gitUrl": "https://gitlab.example.com/team/news",
+                               "bundleSha256": "b6" * 32, "bundleUri": f"s3://cdl-artifacts/code/{'b6' * 32}.tar.gz"}
+    markdown, report = render_report(data)
+    assert f"| code bundle | s3://cdl-artifacts/code/{'b6' * 32}.tar.gz (sha256 {'b6' * 32}) |" in markdown
+    got = answers(report)["code"]["answer"]
+    assert f"git commit {'9c1e' * 10} of https://gitlab.example.com/team/news" in got
+    assert f"code bundle sha256 {'b6' * 32}" in got
+    bare, _ = render_report({"model": "news", "version": 1, "metrics": {"accuracy": 0.5}})
+    assert f"| code bundle | {NOT_RECORDED} |" in bare
+
+
 def test_reproducibility_section_answers_every_checklist_item() -> None:
     markdown, report = render_report(full_input())
     got = answers(report)

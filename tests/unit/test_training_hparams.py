@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from cdl.api.hyperparameters import hyperparameter_problems
 from cdl.engines.training.local import hparams as hp
 
 SPACE = {
@@ -70,6 +71,6 @@ def test_flatten_uses_dotted_names() -> None:
 
 
 def test_problems_reports_bad_definitions_with_paths() -> None:
-    found = dict(hp.problems({"lr": {"type": "log", "minval": 1, "maxval": 0}, "x": {"type": "nope"}}))
+    found = dict(hyperparameter_problems({"lr": {"type": "log", "minval": 1, "maxval": 0}, "x": {"type": "nope"}}))
     assert "spec.hyperparameters.lr.maxval" in found
     assert "spec.hyperparameters.x.type" in found

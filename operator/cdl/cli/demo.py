@@ -17,10 +17,10 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
+from cdl.api.kinds import KINDS as ALL_KINDS
 from cdl.cli.common import EXIT_PLATFORM, EXIT_USER, console, err_console, project_root
 
-KINDS = (("DataPipeline", "datapipelines"), ("Experiment", "experiments"), ("ModelVersion", "modelversions"),
-         ("Deployment", "deployments"))
+KINDS = tuple((info.kind, info.plural) for info in ALL_KINDS)
 SAMPLES = [
     "Shares in the bank rose after profits beat forecasts and the firm raised its dividend.",
     "The film won the best picture award at the ceremony and its star thanked the director.",

@@ -9,7 +9,20 @@ from typing import Any
 import typer
 
 from cdl import __version__
-from cdl.cli import crds, demo, experiments, labels, models, operator_cmd, platform, resources, validate
+from cdl.cli import (
+    crds,
+    dashboard,
+    demo,
+    experiments,
+    labels,
+    models,
+    operator_cmd,
+    platform,
+    push,
+    resources,
+    sharing,
+    validate,
+)
 from cdl.cli.common import EXIT_PLATFORM
 
 DEBUG_ENV = "CDL_DEBUG"  # set to 1 for the traceback of an unexpected error
@@ -66,6 +79,9 @@ models.register(app)
 experiments.register(app)
 demo.register(app)
 labels.register(app)
+dashboard.register(app)
+sharing.register(app)
+push.register(app)
 
 if __name__ == "__main__":
     app()

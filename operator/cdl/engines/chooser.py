@@ -8,18 +8,22 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cdl.config import OperatorConfig
 from cdl.engines.base import DataEngine, LabelingEngine, RegistryEngine, ServingEngine, TrainingEngine
 from cdl.engines.jobs import JobRunner
 from cdl.errors import PermanentEngineError
 
+if TYPE_CHECKING:
+    from cdl.quality.evaluation_job import Evaluator
+
 ALLOWED = {
     "data": ("local", "pachyderm"),
     "training": ("local", "determined"),
     "registry": ("local", "determined"),
     "serving": ("local", "seldon"),
+    "evaluation": ("local", "kubernetes"),  # subprocesses here, or Jobs on the cluster
 }
 
 
@@ -43,6 +47,7 @@ class EngineChooser:
                 self._built[(role, name)] = engine
         self._lock = threading.Lock()
         self.jobs = JobRunner(config.data_dir / "jobs")
+        self.job_launcher: Any | None = None  # the controller's Kubernetes client, for evaluation Jobs
 
     def _get(self, role: str, name: str) -> Any:
         with self._lock:
@@ -65,6 +70,9 @@ class EngineChooser:
 
     def serving(self, name: str) -> ServingEngine:
         return self._get("serving", name)
+
+    def evaluation(self, name: str) -> Evaluator:
+        return self._get("evaluation", name)
 
     def labeling(self) -> LabelingEngine:
         with self._lock:
@@ -97,6 +105,23 @@ class EngineChooser:
 
         return PackageCache(self.config.data_dir / "packages", s3=self._s3()).get(uri, sha256)
 
+    def code_dir(self, uri: str, sha256: str) -> Path:
+        """A local unpacked copy of a code bundle (spec.model.bundle), fetched once and checked by
+        sha256: the model directory on a cluster, where the operator has no checkout."""
+        from cdl.engines.training.code_bundle import unpack
+        from cdl.stores.opener import download_uri
+
+        target = self.config.data_dir / "code" / sha256[:16]
+        if target.is_dir():
+            return target
+        archive = self.config.data_dir / "code" / f"{sha256[:16]}.tar.gz"
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            download_uri(uri, archive, sha256=sha256, s3=self._s3())
+            return unpack(archive, sha256, target)
+        finally:
+            archive.unlink(missing_ok=True)
+
     # ------------------------------------------------------------------ builders
 
     def _root(self, name: str) -> Path:
@@ -105,13 +130,7 @@ class EngineChooser:
         return path
 
     def _s3(self) -> Any:
-        if not self.config.s3.endpoint:
-            return None
-        from cdl.stores.artifacts import S3Settings
-
-        s3 = self.config.s3
-        return S3Settings(endpoint=s3.endpoint, access_key=s3.access_key, secret_key=s3.secret_key,
-                          secure=s3.secure, region=s3.region)
+        return self.config.s3_settings()
 
     def _build_data_local(self) -> Any:
         from cdl.engines.data.local import LocalDataEngine
@@ -146,10 +165,34 @@ class EngineChooser:
         cluster = self._cluster()
         return PachydermDataEngine(cluster.pachyderm, work_dir=self._root("pachyderm"), gpu=cluster.gpu)
 
+    def _build_evaluation_local(self) -> Any:
+        from cdl.quality.evaluation_job import LocalEvaluator
+
+        return LocalEvaluator(self.jobs)
+
+    def _build_evaluation_kubernetes(self) -> Any:
+        from cdl.quality.evaluation_job import JobEvaluator
+
+        if self.job_launcher is None or self.artifacts is None:
+            raise PermanentEngineError("evaluation Jobs need the Kubernetes API and an artifact store",
+                                       reason="UnknownEngine")
+        cluster = self._cluster()
+        updates: dict[str, Any] = {}
+        if cluster.evaluation.pachd_address is None:
+            updates["pachd_address"] = cluster.pachyderm.address
+        if cluster.evaluation.s3_endpoint is None and self.config.s3.endpoint:
+            updates["s3_endpoint"] = self.config.s3.endpoint
+        return JobEvaluator(self.job_launcher, self.artifacts, cluster.evaluation.model_copy(update=updates))
+
     def _build_training_determined(self) -> Any:
         from cdl.engines.training.determined import DeterminedTrainingEngine
 
-        return DeterminedTrainingEngine(self._cluster().determined)
+        cluster = self._cluster()
+        settings = cluster.determined
+        if "CDL_PACHD_ADDRESS" not in settings.trial_env:  # trials copy Pachyderm data themselves
+            settings = settings.model_copy(
+                update={"trial_env": {**settings.trial_env, "CDL_PACHD_ADDRESS": cluster.pachyderm.address}})
+        return DeterminedTrainingEngine(settings)
 
     def _build_registry_determined(self) -> Any:
         from cdl.engines.registry.determined import DeterminedRegistryEngine

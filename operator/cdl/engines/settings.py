@@ -203,6 +203,26 @@ class GpuSettings(_EngineSettings):
     tolerations: list[dict[str, Any]] = Field(default_factory=list, description="Tolerations of GPU pods.")
 
 
+class EvaluationJobSettings(_EngineSettings):
+    """How evaluation Jobs run on a cluster (`CDL_EVALUATION_*`, or `cluster.evaluation`)."""
+
+    env_prefix: ClassVar[str] = "EVALUATION"
+
+    namespace: str | None = Field(None, description="Namespace of the Jobs; empty = the ModelVersion's.")
+    image: str | None = Field(None, description="Training image when the Experiment's spec.model.image is empty.")
+    service_account: str = Field("cdl-workload", description="Account of the Job's pod: no Role, no token.")
+    credentials_secret: str | None = Field(
+        None, description="Secret (in the Job's namespace) with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY for the "
+        "artifact store, given to the pod by envFrom (the kubelet reads it, the account cannot).")
+    s3_endpoint: str | None = Field(None, description="Artifact-store S3 endpoint seen from the pod.")
+    pachd_address: str | None = Field(None, description="grpc://host:port of pachd seen from the pod.")
+    deadline_seconds: int = Field(3600, ge=60, description="activeDeadlineSeconds of the Job.")
+    ttl_seconds: int = Field(86400, ge=0, description="ttlSecondsAfterFinished of the Job.")
+    cpu: str | None = Field("1", description="CPU request of the pod.")
+    memory: str | None = Field("4Gi", description="Memory request and limit of the pod.")
+    result_prefix: str = Field("evaluations", description="Artifact-store prefix of the Jobs' results.")
+
+
 class ClusterSettings(BaseModel):
     """The operator configuration's `cluster:` section."""
 
@@ -212,13 +232,14 @@ class ClusterSettings(BaseModel):
     determined: DeterminedSettings = Field(default_factory=DeterminedSettings)
     seldon: SeldonSettings = Field(default_factory=SeldonSettings)
     gpu: GpuSettings = Field(default_factory=GpuSettings)
+    evaluation: EvaluationJobSettings = Field(default_factory=EvaluationJobSettings)
 
     @model_validator(mode="before")
     @classmethod
     def _all_sections(cls, data: Any) -> Any:
         # Absent sections are validated too, so the environment reaches them.
         if isinstance(data, dict):
-            return {"pachyderm": {}, "determined": {}, "seldon": {}, "gpu": {}, **data}
+            return {"pachyderm": {}, "determined": {}, "seldon": {}, "gpu": {}, "evaluation": {}, **data}
         return data
 
     @classmethod
@@ -228,4 +249,5 @@ class ClusterSettings(BaseModel):
         return cls.model_validate(dict(config or {}), context=context)
 
 
-__all__ = ["ClusterSettings", "PachydermSettings", "DeterminedSettings", "SeldonSettings", "GpuSettings"]
+__all__ = ["ClusterSettings", "PachydermSettings", "DeterminedSettings", "SeldonSettings", "GpuSettings",
+           "EvaluationJobSettings"]

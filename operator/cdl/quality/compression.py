@@ -141,18 +141,25 @@ def compress_and_evaluate(
     variant = evaluate_package(compressed.package_dir, entrypoint, data_dir, timeout=timeout)
     with tempfile.TemporaryDirectory(prefix="cdl-size-") as tmp:
         _, original_bytes = pack(package_dir, Path(tmp) / "original.tar.gz")
-    change = {k: variant.metrics[k] - v for k, v in original.metrics.items() if k in variant.metrics}
     uri = None
     if store_variant is not None:
         stored = store_variant(compressed.package_dir)
         uri = getattr(stored, "artifact_uri", None) or (stored.get("uri") if isinstance(stored, dict) else None)
+    return comparison(compressed, original, variant, original_bytes, uri)
+
+
+def comparison(compressed: CompressedPackage, original: EvaluationResult, variant: EvaluationResult,
+               original_bytes: int, uri: str | None) -> dict[str, Any]:
+    """The original and its variant side by side, as `status.evaluation.compressed` shows them
+    (the same whether the evaluation ran as a subprocess or as a Kubernetes Job)."""
+    change = {k: variant.metrics[k] - v for k, v in original.metrics.items() if k in variant.metrics}
     ratio = compressed.weights_bytes / compressed.weights_bytes_original if compressed.weights_bytes_original else None
     speedup = (original.latency_ms / variant.latency_ms
                if original.latency_ms and variant.latency_ms else None)
     return {
-        "method": method,
-        "artifact": {"uri": uri, "path": str(compressed.archive), "sha256": compressed.sha256,
-                     "bytes": compressed.bytes, "format": FORMAT},
+        "method": compressed.method,
+        "artifact": {"uri": uri, "path": str(compressed.archive) if compressed.archive else None,
+                     "sha256": compressed.sha256, "bytes": compressed.bytes, "format": FORMAT},
         "packageDir": str(compressed.package_dir),
         "quantizedModules": compressed.quantized_modules,
         "loader": compressed.loader,

@@ -195,11 +195,17 @@ def evaluate_package(
     return _result(body, entrypoint, log_text, package_dir)
 
 
-def _result(body: dict[str, Any], entrypoint: str, log_text: str, package_dir: Path) -> EvaluationResult:
+def result_from_body(body: dict[str, Any], entrypoint: str, log_text: str = "") -> EvaluationResult:
+    """An EvaluationResult from what `cdl.runtime.evaluate` wrote, read wherever it ran (an
+    evaluation Job's result in the artifact store)."""
+    return _result(body, entrypoint, log_text, None)
+
+
+def _result(body: dict[str, Any], entrypoint: str, log_text: str, package_dir: Path | None) -> EvaluationResult:
     metrics = {k: float(v) for k, v in (body.get("metrics") or {}).items()}
     labels, predictions = body.get("labels"), body.get("predictions")
     class_names = body.get("classNames")
-    if class_names is None:
+    if class_names is None and package_dir is not None:
         names_file = package_dir / "checkpoint" / "class_names.json"
         if names_file.is_file():
             try:

@@ -196,10 +196,12 @@ class _Facts:
         self.exp_status: dict[str, Any] = dict(_get(exp, "status") or {})
         self.hparams: dict[str, Any] = dict(_first(data.get("hparams"), m.get("hparams"),
                                                    _get(self.exp_status, "bestTrial", "hparams")) or {})
-        self.framework = _first(data.get("framework"), m.get("framework"))
-        self.framework_version = _first(data.get("frameworkVersion"), m.get("frameworkVersion"))
         self.requirements: list[str] = list(_first(data.get("requirements"), m.get("requirements")) or [])
         self.description: dict[str, Any] = dict(_first(data.get("modelDescription"), m.get("model")) or {})
+        # The package's own words first, else what the training runtime saw of the model.
+        self.framework = _first(data.get("framework"), m.get("framework"), self.description.get("framework"))
+        self.framework_version = _first(data.get("frameworkVersion"), m.get("frameworkVersion"),
+                                        self.description.get("framework_version"))
         self.training: dict[str, Any] = dict(_first(data.get("training"), m.get("training")) or {})
         self.trials: Any = _first(data.get("trials"), m.get("trials"), self.exp_status.get("trials"))
         self.environment: dict[str, Any] = dict(_first(data.get("environment"), m.get("environment")) or {})
@@ -259,7 +261,9 @@ def _answers(f: _Facts) -> list[dict[str, str]]:
     code = f.lineage.get("code") or {}
     put("code", [
         f"package {f.artifact.get('uri')} (sha256 {str(f.artifact.get('sha256', ''))[:16]})" if f.artifact.get("uri") else None,
-        f"git commit {code.get('gitCommit')}" if code.get("gitCommit") else None,
+        f"git commit {code.get('gitCommit')}" + (f" of {code['gitUrl']}" if code.get("gitUrl") else "")
+        if code.get("gitCommit") else None,
+        f"code bundle sha256 {code.get('bundleSha256')} ({code.get('bundleUri')})" if code.get("bundleSha256") else None,
         f"image {code.get('image')}" if code.get("image") else None,
         f"code sha256 {str(m.get('codeSha256'))[:16]}" if m.get("codeSha256") else None,
         f"pinned requirements: {', '.join(f.requirements)}" if f.requirements else None,
@@ -506,6 +510,8 @@ def _markdown(f: _Facts, report: dict[str, Any]) -> str:
         ["checkpoint", lin.get("checkpoint") or NOT_RECORDED],
         ["data", f"{data_ref.get('repo')}@{data_ref.get('commit')}" if data_ref.get("repo") else NOT_RECORDED],
         ["code git commit", code.get("gitCommit") or NOT_RECORDED],
+        ["code bundle", f"{code.get('bundleUri')} (sha256 {code.get('bundleSha256')})" if code.get("bundleSha256")
+         else NOT_RECORDED],
         ["image", code.get("image") or NOT_RECORDED],
         ["artifact", f"{f.artifact.get('uri')} (sha256 {f.artifact.get('sha256')})" if f.artifact.get("uri")
          else NOT_RECORDED],

@@ -391,7 +391,7 @@ class Ingestor:
     def _s3_client(self, source: Source, secrets: dict[str, str]):  # -> minio.Minio
         from minio import Minio
 
-        from cdl.stores.artifacts import S3Settings
+        from cdl.stores.artifacts import s3_settings
 
         endpoint = self.s3_endpoint or os.environ.get("CDL_S3_ENDPOINT", "")
         if not endpoint:
@@ -411,7 +411,7 @@ class Ingestor:
                     f"spec.source.credentialsSecretRef: secret {ref.name} key {ref.key} must hold "
                     "ACCESS_KEY:SECRET_KEY", reason="BadSecret")
             access, secret = value.split(":", 1)
-        settings = S3Settings(endpoint=endpoint, access_key=access, secret_key=secret)
+        settings = s3_settings(endpoint, access, secret)
         host, secure = settings.host_and_secure()
         return Minio(host, access_key=access or None, secret_key=secret or None, secure=secure)
 

@@ -26,10 +26,13 @@ Errors: an unreachable pachd is a `TransientEngineError`; a request pachd refuse
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
+import os
 import re
+import shutil
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -82,6 +85,11 @@ _NAME_BAD = re.compile(r"[^a-zA-Z0-9_-]")
 
 
 # --------------------------------------------------------------------------- names
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def _clean(text: str) -> str:
@@ -378,6 +386,46 @@ class PachydermDataEngine:
                 raise
             files, size = self._count(names, repo, info.commit.id)
         return DataRef(repo, info.commit.id, BRANCH, files, size, None, self._uri(names, repo, info.commit.id))
+
+    def ensure_local(self, ref: DataRef) -> DataRef:
+        """`ref` with `path`: the commit's files copied (once) under the engine's work directory,
+        for what must read them as files on the operator's machine (the embedded evaluator)."""
+        if ref.path or not ref.uri:
+            return ref
+        from cdl.runtime.data import copy_pfs_commit
+
+        base = (self._work_dir or Path(tempfile.gettempdir()) / "cdl-pachyderm") / "commits"
+        target = base / f"{_clean(ref.repo)}-{ref.commit}"
+        if not target.is_dir():
+            staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=_mkdir(base)))
+            try:
+                with self._rpc(f"copying {ref.uri}"):
+                    copy_pfs_commit(self.client, ref.uri, staging)
+                os.replace(staging, target)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        return dataclasses.replace(ref, path=str(target))
+
+    def label_counts(self, ref: DataRef) -> dict[str, int]:
+        """Files per top-level folder of a commit (labels from directory names): the training
+        label distribution that drift is measured against, read from pachd without copying."""
+        if ref.path or not ref.uri:
+            return {}
+        from cdl.runtime.data import PFS_URI
+
+        match = PFS_URI.match(ref.uri)
+        if match is None:
+            return {}
+        project = pfs.Project(name=match["project"] or "default")
+        repo = pfs.Repo(name=match["repo"], type="user", project=project)
+        commit = pfs.Commit(repo=repo, id=match["commit"], branch=pfs.Branch(repo=repo, name=match["branch"] or BRANCH))
+        counts: dict[str, int] = {}
+        with self._rpc(f"counting the labels of {ref.uri}"):
+            for fi in self.client.pfs.walk_file(file=pfs.File(commit=commit, path="/")):
+                parts = fi.file.path.strip("/").split("/")
+                if fi.file_type == pfs.FileType.FILE and len(parts) > 1 and not parts[0].startswith("."):
+                    counts[parts[0]] = counts.get(parts[0], 0) + 1
+        return counts
 
     def delete(self, key: ResourceKey) -> None:
         names = self.names(key)

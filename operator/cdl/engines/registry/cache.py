@@ -67,7 +67,7 @@ class PackageCache:
         return local if local.is_dir() else None
 
     def _download(self, uri: str, dest: Path, sha256: str | None) -> None:
-        from cdl.stores.artifacts import download_uri
+        from cdl.stores.opener import download_uri
 
         if self.artifacts is not None:
             try:

@@ -37,13 +37,10 @@ class DeterminedRegistryEngine:
     def packager(self) -> Any:
         if self._packager is None:
             from cdl.engines.registry.local import LocalRegistryEngine
-            from cdl.stores.artifacts import S3Settings
+            from cdl.stores.artifacts import s3_settings
 
             s = self.settings
-            s3 = None
-            if s.s3_endpoint_url and s.s3_access_key and s.s3_secret_key:
-                s3 = S3Settings(endpoint=s.s3_endpoint_url, access_key=s.s3_access_key.get_secret_value(),
-                                secret_key=s.s3_secret_key.get_secret_value())
+            s3 = s3_settings(s.s3_endpoint_url, s.s3_access_key, s.s3_secret_key) if s.s3_access_key else None
             root = self._root or Path(tempfile.gettempdir()) / "cdl-determined-registry"
             self._packager = LocalRegistryEngine(root, self.artifacts, s3=s3)
         return self._packager
@@ -107,6 +104,22 @@ class DeterminedRegistryEngine:
         det_version = int(found.version)
         packaged.registry = {"engine": self.name, "id": f"{model}/{det_version}", "url": self._url(model, det_version)}
         return packaged
+
+    def store_variant(self, model_name: str, version: int, variant: str, package_dir: Path) -> RegisteredModel:
+        """A derived package (e.g. dynamic-int8) beside the version in the artifact store, and its
+        location and hash in the Determined version's metadata (Determined has no variants)."""
+        stored = self.packager.store_variant(model_name, version, variant, package_dir)
+        found = self._find(model_name, version)
+        if found is not None:
+            metadata = dict(getattr(found, "metadata", None) or {})
+            metadata.setdefault("variants", {})[variant] = {"artifactUri": stored.artifact_uri, "sha256": stored.sha256}
+            body = bindings.v1PatchModelVersion(metadata=metadata)
+            self.master.call(
+                f"recording the {variant} variant of {model_name} version {version} in Determined",
+                lambda: bindings.patch_PatchModelVersion(self.master.session, body=body, modelName=model_name,
+                                                         modelVersionNum=int(found.version)),
+            )
+        return stored
 
     def set_stage(self, model_name: str, version: int, stage: str) -> None:
         self.packager.set_stage(model_name, version, stage)

@@ -218,7 +218,7 @@ class LocalRegistryEngine:
             if key is not None:
                 self.artifacts.get_dir(key, download)
             else:
-                from cdl.stores.artifacts import download_uri
+                from cdl.stores.opener import download_uri
 
                 download_uri(ck.uri, download, s3=self.s3)
         except (PermanentEngineError, TransientEngineError):

@@ -8,8 +8,9 @@ kills it on delete. `DeterminedMaster` is the logged-in client the registry engi
 (`cdl.engines.registry.determined`) shares.
 
 Determined 0.38 specifics this follows: `searcher.max_length` is deprecated (training lengths
-belong to the training code) but still honoured by the legacy `module:Trial` harness, so it is
-kept for them; `adaptive_asha` requires `time_metric` and `max_time` (the PyTorch Trainer reports
+belong to the training code; every trial runs through `cdl.runtime.launch`, which takes the
+length from `CDL_MAX_LENGTH`), kept for Determined's own progress figures; `adaptive_asha`
+requires `time_metric` and `max_time` (the PyTorch Trainer reports
 `epochs` and `batches` with every validation); `max_concurrent_trials` defaults to 16.
 
 Errors: an unreachable master (or one answering 5xx) is a `TransientEngineError`; a request the
@@ -126,20 +127,27 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
 def entrypoint_for(entrypoint: str, slots: int) -> str:
     """Determined's entrypoint for spec.model.entrypoint.
 
-    `module:Class` is a legacy trial class: Determined launches it itself (torch_distributed for
-    several slots). `module:function` runs through cdl's trial bootstrap (`CDL_ENTRYPOINT`), and
-    `script.py` as a script; both under the torch_distributed launcher when there are several
-    slots."""
-    if entrypoint.endswith(".py"):
-        command = f"python3 {entrypoint}"
-    else:
-        _, _, attr = entrypoint.partition(":")
-        if attr[:1].isupper():
-            return entrypoint
-        command = "python3 -m cdl.runtime.launch"
+    `module:Class` (a PyTorchTrial) and `module:function` run through cdl's trial bootstrap
+    (`python3 -m cdl.runtime.launch`, which reads `CDL_ENTRYPOINT`): it copies the data version
+    into `CDL_DATA_DIR` and enforces early stopping before the user's code runs, and trains a
+    PyTorchTrial with Determined's own Trainer API. `script.py` runs as a script. Several slots
+    put either under Determined's torch_distributed launcher."""
+    command = f"python3 {entrypoint}" if entrypoint.endswith(".py") else "python3 -m cdl.runtime.launch"
     if slots > 1:
         return f"python3 -m determined.launch.torch_distributed {command}"
     return command
+
+
+def code_env(spec: ExperimentSpec) -> dict[str, str]:
+    """The code version a trial runs, for its own records: the bundle's hash and the git commit."""
+    out: dict[str, str] = {}
+    bundle = getattr(spec.model, "bundle", None)
+    if bundle is not None:
+        out["CDL_CODE_SHA256"] = bundle.sha256
+    git = getattr(spec.model, "git", None)
+    if git is not None and git.commit:
+        out["CDL_CODE_COMMIT"] = git.commit
+    return out
 
 
 def _length(spec: ExperimentSpec) -> tuple[str, int] | None:
@@ -258,7 +266,11 @@ def experiment_config(
         "CDL_RUN": str(run),
         "CDL_ENTRYPOINT": spec.model.entrypoint,
         "CDL_METRIC": spec.searcher.metric,
+        "CDL_SMALLER_IS_BETTER": "true" if spec.searcher.smaller_is_better else "false",
     })
+    if settings.s3_endpoint_url:
+        env.setdefault("CDL_S3_ENDPOINT", settings.s3_endpoint_url)
+    env.update(code_env(spec))
     if length is not None:
         env["CDL_MAX_LENGTH"] = f"{length[0]}:{length[1]}"
     if data is not None:
@@ -268,6 +280,7 @@ def experiment_config(
     early = spec.searcher.early_stopping
     if early is not None:
         env["CDL_EARLY_STOPPING"] = json.dumps(early.wire(), sort_keys=True)
+        env["CDL_SMALLER_IS_BETTER"] = "true" if spec.searcher.smaller_is_better else "false"
 
     storage, secret_env = checkpoint_storage(spec, secrets or {}, settings, key)
     environment: dict[str, Any] = {"environment_variables": [f"{k}={v}" for k, v in sorted(env.items())]}
@@ -389,6 +402,22 @@ def _state_name(state: Any) -> str:
     return getattr(state, "value", str(state))
 
 
+EARLY_STOP_PREFIXES = ("early-stopped", "budget:", "median:", "predicted:", "resources:")  # cdl.runtime.stopping reasons
+
+
+def _early_stop_reason(trial: Any) -> str | None:
+    """Why the trial stopped itself (cdl.runtime.stopping sets it as the trial's runner state and
+    reports it in the metrics group `cdl_early_stopping`), or None."""
+    state = getattr(trial, "runnerState", None) or ""
+    if state.startswith(EARLY_STOP_PREFIXES):
+        return state
+    group = (getattr(trial, "summaryMetrics", None) or {}).get("cdl_early_stopping") or {}
+    reason = group.get("reason") if isinstance(group, dict) else None
+    if isinstance(reason, dict):  # summary statistics: {"last": ..., "type": "string"}
+        reason = reason.get("last")
+    return reason if isinstance(reason, str) and reason else None
+
+
 def _floats(metrics: dict[str, Any] | None) -> dict[str, float]:
     out: dict[str, float] = {}
     for k, v in (metrics or {}).items():
@@ -499,11 +528,11 @@ class DeterminedTrainingEngine:
         else:
             done = int(latest_metrics.get(unit, trial.totalBatchesProcessed or 0))
         target = searcher.get("max_time") or next(iter((searcher.get("max_length") or {0: 0}).values()))
-        stop_reason = None
-        if state == JobState.SUCCEEDED and searcher.get("name") in ("adaptive_asha", "async_halving") and target \
-                and done < int(target):
+        stop_reason = _early_stop_reason(trial)
+        if stop_reason is None and state == JobState.SUCCEEDED and target and done < int(target) \
+                and searcher.get("name") in ("adaptive_asha", "async_halving"):
             stop_reason = "asha: not promoted"
-        elif state == JobState.CANCELED:
+        elif stop_reason is None and state == JobState.CANCELED:
             stop_reason = "canceled"
         checkpoint = None
         best_ck = getattr(trial, "bestCheckpoint", None)

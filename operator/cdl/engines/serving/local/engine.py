@@ -33,9 +33,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cdl.engines.serving.local.venv as seldon_venv
 from cdl.engines.base import EngineRef, ResourceKey, ServedModel, ServingRequest, ServingStatus
 from cdl.engines.registry.cache import PackageCache
-from cdl.engines.serving.local import venv as seldon_venv
 from cdl.engines.serving.local.microservice import (
     Microservice,
     ServerState,

@@ -33,10 +33,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import cdl.engines.training.local.hparams as hp
+import cdl.engines.training.local.searchers as searchers
 from cdl.api.experiment import ExperimentSpec
 from cdl.engines.base import EngineRef, JobState, ResourceKey, TrainingRequest, TrainingStatus
-from cdl.engines.training.local import hparams as hp
-from cdl.engines.training.local import searchers
 from cdl.engines.training.local.records import Recorder
 from cdl.engines.training.local.runner import DriverSettings, RunDriver
 from cdl.engines.training.local.slots import Slots
@@ -212,11 +212,8 @@ class LocalTrainingEngine:
             return self._ref(run_id)
 
     def _validate(self, spec: ExperimentSpec, model_dir: Path, resource: str) -> None:
-        problems = hp.problems(spec.hyperparameters)
-        if problems:
-            raise InvalidSpec(resource, problems)
-        if not Path(model_dir).is_dir():
-            raise InvalidSpec(resource, [("spec.model.path", f"directory {model_dir} does not exist")])
+        """What only this engine can check: the entrypoint in the model code, the searcher's plan and
+        the GPUs of this machine (the spec's own rules were checked once, when it was parsed)."""
         check_entrypoint(Path(model_dir), spec.model.entrypoint, resource,
                          has_max_length=spec.searcher.max_length is not None)
         try:

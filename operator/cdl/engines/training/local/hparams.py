@@ -13,8 +13,6 @@ import math
 import random
 from typing import Any
 
-from cdl.api.hyperparameters import hyperparameter_problems
-
 Space = dict[str, Any]
 Path = tuple[str, ...]
 
@@ -43,11 +41,6 @@ def _nest(pairs: list[tuple[Path, Any]]) -> dict[str, Any]:
             node = node.setdefault(key, {})
         node[path[-1]] = value
     return out
-
-
-def problems(space: Space, where: str = "spec.hyperparameters") -> list[tuple[str, str]]:
-    """The syntax problems of a space (the same rules `cdl validate` applies)."""
-    return hyperparameter_problems(space, where)
 
 
 def _sample_one(hp: Any, rng: random.Random) -> Any:

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cdl.engines.training.local import hparams as hp
+import cdl.engines.training.local.hparams as hp
 from cdl.engines.training.local.state import RunState, TrialState, Validation
 
 logger = logging.getLogger("cdl.engines.training.local")
@@ -59,7 +59,7 @@ class Recorder:
     def event(self, run: RunState, trial: TrialState, kind: str, ev: dict[str, Any]) -> None:
         if self.database is None:
             return
-        if kind in ("created", "start", "model", "segment_end"):
+        if kind in ("created", "start", "model", "data", "segment_end"):
             self._record_trial(run, trial)
         elif kind == "metrics" and ev.get("group") in ("training", "validation"):
             if not self._ensure_trial(run, trial):
@@ -76,6 +76,8 @@ class Recorder:
                     recorded_at=_when(ev.get("time")),
                 )]),
             )
+            if ev["group"] == "validation":  # the best metric and resource series, while it runs
+                self._record_trial(run, trial)
 
     def trial_finished(self, run: RunState, trial: TrialState) -> None:
         self.upload_checkpoint(run, trial)
@@ -185,6 +187,11 @@ class Recorder:
             "validations": len(trial.validations),
             "best_metrics": best.metrics if best else {},
             "error": trial.error,
+            # The resource series: cumulative figures at each validation (what `cdl experiments
+            # study` replays the resource rules and compute totals on).
+            "resources_at_validations": [
+                {"batches": v.steps, "units": v.units, **v.resources} for v in trial.validations if v.resources
+            ],
         }
         record = TrialRecord(
             run_id=run.id, trial_id=trial.id, state=trial.state, hparams=trial.hparams,

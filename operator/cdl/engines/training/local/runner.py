@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cdl.engines.training.local.searchers as searchers
 from cdl.api.experiment import ExperimentSpec
 from cdl.engines.base import JobState, TrainingStatus
-from cdl.engines.training.local import searchers
+from cdl.engines.training.curves import curve_of
 from cdl.engines.training.local.slots import Slots
 from cdl.engines.training.local.state import (
     CANCELED,
@@ -39,11 +40,18 @@ from cdl.engines.training.local.state import (
 )
 from cdl.engines.training.local.status import build_status
 from cdl.engines.training.local.trial_process import Segment, TrialProcess, free_ports, read_events
+from cdl.runtime.stopping import StoppingRules, StoppingSettings
+from cdl.runtime.stopping.curves import metric_lookup
+from cdl.runtime.stopping.settings import human_bytes, parse_quantity
+
+__all__ = ["DriverSettings", "RunDriver", "human_bytes", "metric_lookup", "parse_quantity"]
 
 logger = logging.getLogger("cdl.engines.training.local")
 
 EXIT_ENTRYPOINT = 3  # cdl.runtime.launch's code for an unusable entrypoint
 UNIT_KEYS = ("epochs", "batches")
+RESOURCE_SAMPLE_SECONDS = 2.0  # a trial's memory/CPU/GPU over time, for the knowledge base's curves
+RESOURCE_MAX_POINTS = 300  # beyond this the series keeps every other point
 
 
 @dataclass
@@ -53,50 +61,6 @@ class DriverSettings:
     poll_seconds: float = 0.25
     stop_grace_seconds: float = 60.0  # a stop request unanswered this long becomes SIGTERM
     persist_seconds: float = 2.0  # rewrite run.json at least this often while trials run
-
-
-def parse_quantity(text: str | int | float) -> int:
-    """Bytes of a Kubernetes quantity such as 512Mi, 4Gi, 1G, 1e9."""
-    s = str(text).strip()
-    binary = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
-    decimal = {"k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18, "m": 1e-3}
-    for suffix, factor in binary.items():
-        if s.endswith(suffix):
-            return int(float(s[: -len(suffix)]) * factor)
-    if s and s[-1] in decimal:
-        return int(float(s[:-1]) * decimal[s[-1]])
-    return int(float(s))
-
-
-def human_bytes(n: float) -> str:
-    """1.1 GiB, 1 GiB, 612 MiB: how budgets read in stop reasons."""
-    for unit, factor in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= factor:
-            value = n / factor
-            return f"{value:.1f}".rstrip("0").rstrip(".") + f" {unit}" if value < 100 else f"{value:.0f} {unit}"
-    return f"{int(n)} B"
-
-
-def metric_lookup(metrics: dict[str, Any], name: str) -> float | None:
-    """The searcher metric among reported metrics; Keras' `val_` and Determined's `validation_`
-    prefixes are matched either way so `val_accuracy` finds `accuracy` and vice versa."""
-    candidates = [name]
-    for prefix in ("val_", "validation_"):
-        if name.startswith(prefix):
-            candidates.append(name[len(prefix):])
-        else:
-            candidates.append(prefix + name)
-    for key in candidates:
-        if key in metrics:
-            try:
-                return float(metrics[key])
-            except (TypeError, ValueError):
-                return None
-    return None
-
-
-def _better(a: float, b: float, smaller_is_better: bool, min_delta: float = 0.0) -> bool:
-    return (b - a > min_delta) if smaller_is_better else (a - b > min_delta)
 
 
 class RunDriver:
@@ -137,10 +101,11 @@ class RunDriver:
         self._last_persist = 0.0
         self._fail_fast: str | None = None
         es = self.spec.searcher.early_stopping
-        self.patience = es.patience if es else None
-        self.min_delta = es.min_delta if es else 0.0
-        self.max_seconds = es.max_trial_seconds if es else None
-        self.max_memory = parse_quantity(es.max_trial_memory) if es and es.max_trial_memory else None
+        self.stopping = StoppingRules(
+            StoppingSettings.from_wire(es.wire() if es else None), metric=self.metric, smaller_is_better=self.smaller,
+            target=self.searcher.max_length, unit=self.searcher.unit,
+        )
+        self._noted: set[str] = set()
         res = self.spec.resources
         self.slots_per_trial = res.slots_per_trial if res else 1
         self.use_gpu = bool(res and res.gpu) and slots.gpu_total > 0
@@ -441,8 +406,8 @@ class RunDriver:
     def _watch(self) -> None:
         for trial_id, proc in list(self.procs.items()):
             trial = self.run.trial(trial_id)
+            usage = proc.sample()  # first, so validations read now carry fresh resource figures
             self._consume(trial)
-            usage = proc.sample()
             self._check_budgets(trial, proc)
             proc.escalate(self.settings.stop_grace_seconds)
             code = proc.poll()
@@ -452,6 +417,19 @@ class RunDriver:
             else:
                 trial.process = proc.info(trial.segments, trial.target)
                 trial.metadata["current_rss_bytes"] = usage.rss_bytes
+                self._resource_point(trial, usage)
+
+    def _resource_point(self, trial: TrialState, usage: Any) -> None:
+        """Append (at most every RESOURCE_SAMPLE_SECONDS) the trial's memory, CPU time and GPU use."""
+        series = trial.metadata.setdefault("resource_series", [])
+        now = time.time()
+        if series and now - series[-1]["at"] < RESOURCE_SAMPLE_SECONDS:
+            return
+        series.append({"at": round(now, 2), "rssBytes": int(usage.rss_bytes),
+                       "cpuSeconds": round(trial.cpu_seconds + usage.cpu_seconds, 2),
+                       "gpuUtilization": usage.gpu_utilization})
+        if len(series) > RESOURCE_MAX_POINTS:
+            trial.metadata["resource_series"] = series[:-1:2] + series[-1:]
 
     def _consume(self, trial: TrialState) -> None:
         events, offset = read_events(self.trial_dir(trial.id) / "events.jsonl", trial.events_offset)
@@ -473,6 +451,9 @@ class RunDriver:
                 meta["data"] = {k: self.run.data.get(k) for k in ("repo", "commit", "branch") if self.run.data.get(k)}
         elif kind == "model":
             trial.metadata["model"] = {k: v for k, v in ev.items() if k not in ("event", "time", "rank")}
+        elif kind == "data":  # what the bound commit holds: type, examples per label
+            trial.metadata.setdefault("data", {}).update(
+                {k: v for k, v in ev.items() if k not in ("event", "time", "rank")})
         elif kind == "metrics":
             self._metrics(trial, ev)
         elif kind == "checkpoint":
@@ -544,40 +525,53 @@ class RunDriver:
                 proc.request_stop("missing searcher metric")
         units = self._units(ev, raw)
         steps = int(ev.get("steps_completed") or 0)
-        trial.validations.append(Validation(steps, units, value, metrics, float(ev.get("time", time.time()))))
+        trial.validations.append(
+            Validation(steps, units, value, metrics, float(ev.get("time", time.time())), self._resources_now(trial))
+        )
         trial.units_done = max(trial.units_done, units)
         trial.steps_done = max(trial.steps_done, steps)
         self._early_stopping(trial)
 
+    def _resources_now(self, trial: TrialState) -> dict[str, float]:
+        """The trial's cumulative resource figures (earlier segments plus the running one)."""
+        proc = self.procs.get(trial.id)
+        usage = proc.usage if proc is not None else None
+        return {
+            "cpu_seconds": round(trial.cpu_seconds + (usage.cpu_seconds if usage else 0.0), 3),
+            "wall_seconds": round(trial.wall_seconds + (usage.wall_seconds if usage else 0.0), 3),
+            "peak_rss_bytes": float(max(trial.peak_rss_bytes, usage.peak_rss_bytes if usage else 0)),
+        }
+
     def _early_stopping(self, trial: TrialState) -> None:
-        if not self.patience:
+        """Apply spec.searcher.earlyStopping at the trial's new validation (cdl.runtime.stopping)."""
+        proc = self.procs.get(trial.id)
+        if proc is None or proc.stop_reason is not None or proc.killed is not None:
             return
-        best: float | None = None
-        since = 0
-        for v in trial.validations:
-            if v.value is None or math.isnan(v.value):
-                continue
-            if best is None or _better(v.value, best, self.smaller, self.min_delta):
-                best, since = v.value, 0
-            else:
-                since += 1
-        if since >= self.patience:
-            proc = self.procs.get(trial.id)
-            if proc is not None and proc.stop_reason is None:
-                reason = f"early-stopped: no improvement > {self.min_delta:g} in {self.patience} validations"
-                proc.request_stop(reason)
-                self._log(f"trial {trial.id}: {reason}")
+        peers = [curve_of(t) for t in self.run.trials if t.id != trial.id] if self.stopping.settings.compares else []
+        outcome = self.stopping.check(curve_of(trial), peers)
+        for note in outcome.notes:
+            rule = note.split(":", 1)[0]
+            if rule not in self._noted:  # said once per rule: the log would drown otherwise
+                self._noted.add(rule)
+                self._log(f"trial {trial.id}: {note}")
+        decision = outcome.decision
+        if decision is None:
+            return
+        trial.metadata["early_stopping"] = {"rule": decision.rule, "units": decision.units, **decision.detail}
+        if decision.detail.get("killed"):
+            proc.terminate(decision.reason, hard=True)
+            self._log(f"trial {trial.id}: {decision.reason}; killed its process group")
+        else:
+            proc.request_stop(decision.reason)
+            self._log(f"trial {trial.id}: {decision.reason}")
 
     def _check_budgets(self, trial: TrialState, proc: TrialProcess) -> None:
-        if self.max_memory is not None and proc.usage.peak_rss_bytes > self.max_memory and proc.killed is None:
-            reason = (
-                f"budget: peak memory {human_bytes(proc.usage.peak_rss_bytes)} > {human_bytes(self.max_memory)}"
-            )
+        """Absolute budgets between validations too (a memory hog may never reach one)."""
+        if proc.killed is None and (reason := self.stopping.memory_budget(proc.usage.peak_rss_bytes)):
             proc.terminate(reason, hard=True)
             self._log(f"trial {trial.id}: {reason}; killed its process group")
-        if self.max_seconds is not None and proc.stop_reason is None and proc.killed is None:
-            if trial.wall_seconds + proc.usage.wall_seconds > self.max_seconds:
-                reason = f"budget: wall time {self.max_seconds} s exceeded"
+        if proc.stop_reason is None and proc.killed is None:
+            if reason := self.stopping.wall_budget(trial.wall_seconds + proc.usage.wall_seconds):
                 proc.request_stop(reason)
                 self._log(f"trial {trial.id}: {reason}; asked it to stop")
 

@@ -20,8 +20,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
+import cdl.engines.training.local.hparams as hp
 from cdl.api.experiment import ExperimentSpec
-from cdl.engines.training.local import hparams as hp
 from cdl.engines.training.local.state import PAUSED, RUNNING, SUCCEEDED, TrialState
 
 

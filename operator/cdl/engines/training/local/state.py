@@ -30,6 +30,8 @@ class Validation:
     value: float | None  # the searcher metric (None when the trial did not report it)
     metrics: dict[str, float]
     time: float
+    # The trial's cumulative cpu_seconds, wall_seconds and peak_rss_bytes when it was reported.
+    resources: dict[str, float] | None = None
 
 
 @dataclass

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cdl.engines.training.local.searchers as searchers
 from cdl.engines.base import CheckpointInfo, JobState, TrainingStatus, TrialReport
-from cdl.engines.training.local import searchers
 from cdl.engines.training.local.state import (
     CANCELED,
     FAILED,
