@@ -87,8 +87,9 @@ def test_the_server_command_uses_the_measured_flags(tmp_path: Path) -> None:
                         package_dir="/pkg", http_port=1, grpc_port=2, metrics_port=3)
     ms = Microservice(state, tmp_path / "venv", tmp_path, tmp_path / "logs", workers=2)
     cmd = ms.command()
-    assert cmd[0].endswith("bin/seldon-core-microservice") and cmd[1] == "CdlPredictor"
-    flags = dict(zip(cmd[2::2], cmd[3::2], strict=False))
+    # seldon-core-microservice through the launcher that binds 127.0.0.1
+    assert cmd[0].endswith("bin/python") and cmd[1:4] == ["-m", "cdl.runtime.microservice_loopback", "CdlPredictor"]
+    flags = dict(zip(cmd[4::2], cmd[5::2], strict=False))
     assert flags == {"--service-type": "MODEL", "--http-port": "1", "--grpc-port": "2", "--metrics-port": "3",
                      "--workers": "2", "--threads": "1", "--grpc-workers": "0"}
     env = ms.environment()
