@@ -10,6 +10,7 @@ retry later and nothing is half-written, since every method runs in one transact
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -608,13 +609,33 @@ def _artifact_fields(artifact: Any) -> dict[str, Any]:
 def _json(value: Any) -> Jsonb:
     """JSONB that PostgreSQL accepts: NaN and infinities become null, numpy values plain numbers.
     orjson does that natively and fast (a 5,000-value request row costs microseconds, not the
-    milliseconds of a Python walk); anything it refuses goes through `_jsonable` first."""
+    milliseconds of a Python walk); anything it refuses goes through `_jsonable` first.
+
+    `bytes` are JSON text as it went over the wire (the router's scoring rows): checked with
+    orjson and passed on as they are; a body that is not JSON PostgreSQL takes is stored as
+    `{"raw": "<its first 4 KB>"}` (or its NaN-free parse)."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return _json_text(bytes(value))
     try:
         text = orjson.dumps(value, default=_jsonable,
                             option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS).decode()
     except (TypeError, orjson.JSONEncodeError):
         return Jsonb(_jsonable(value))
     return Jsonb(value, dumps=lambda _: text)
+
+
+def _json_text(raw: bytes) -> Jsonb:
+    try:
+        orjson.loads(raw)  # orjson refuses NaN and infinities, as PostgreSQL does
+        if b"\\u0000" not in raw:  # the one escape orjson takes and jsonb refuses
+            text = raw.decode()
+            return Jsonb(None, dumps=lambda _: text)
+    except (orjson.JSONDecodeError, UnicodeDecodeError):
+        pass
+    try:
+        return Jsonb(_jsonable(json.loads(raw)))
+    except ValueError:
+        return Jsonb({"raw": raw[:4096].decode("utf-8", errors="replace")})
 
 
 def _jsonable(value: Any) -> Any:
