@@ -1,8 +1,10 @@
-"""LocalServingEngine: Deployments as seldon-core-microservice processes behind a router.
+"""LocalServingEngine: Deployments as model server processes behind a router.
 
 Each Deployment gets one router process (its stable URL: traffic split, shadow copies, Scoring
 Data) and, per served model (primary, canary, shadow), `replicas` model servers running the
-generic `CdlPredictor` wrapper from the seldon environment. `apply` records what should run and
+generic `CdlPredictor` wrapper: seldon-core-microservice from the seldon environment (Seldon
+protocol, the default), or MLServer with cdl's custom runtime from the mlserver environment
+(`server: mlserver`: the Open Inference Protocol over REST and gRPC, adaptive batching). `apply` records what should run and
 returns at once; a supervisor thread makes it so and keeps it so:
 
 - a server or router that dies is restarted with backoff (a server that never came up backs off
@@ -45,6 +47,7 @@ from cdl.engines.local.serving.microservice import (
     stop_groups,
 )
 from cdl.engines.local.serving.router import DATABASE_SCHEMA_ENV, DATABASE_URL_ENV, PREDICT_PATH
+from cdl.engines.serving.local.mlserver import MLServerProcess
 from cdl.errors import PermanentEngineError, TransientEngineError
 
 log = logging.getLogger("cdl.engines.local.serving")
@@ -86,6 +89,9 @@ class DeploymentState:
     replicas: int = 1
     request_logging: bool = True
     sample_rate: float = 1.0
+    server: str = "seldon"  # seldon | mlserver
+    max_batch_size: int = 0
+    max_batch_time_ms: float = 0.0
     servers: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> ServerState wire
     active: dict[str, str] = field(default_factory=dict)  # role -> model key the router serves now
     router: RouterState = field(default_factory=RouterState)
@@ -107,6 +113,8 @@ class DeploymentState:
 def model_key(model: dict[str, Any]) -> str:
     """Servers are shared by identity, not role: promoting the canary to primary reuses them."""
     raw = f"{model['model_version']}|{model['sha256']}|{model['predictor']}"
+    if model.get("server", "seldon") != "seldon":  # another server (or its batching) is another server
+        raw += f"|{model['server']}|{model.get('max_batch_size', 0)}|{model.get('max_batch_time_ms', 0.0)}"
     return f"{_safe(model['model_version'])[:40]}-{hashlib.sha256(raw.encode()).hexdigest()[:8]}"
 
 
@@ -116,7 +124,8 @@ def _safe(text: str) -> str:
 
 def _fingerprint(request: ServingRequest) -> str:
     body = json.dumps([[asdict(m) for m in request.models], request.replicas, request.request_logging,
-                       request.sample_rate], sort_keys=True)
+                       request.sample_rate, request.server, request.max_batch_size, request.max_batch_time_ms],
+                      sort_keys=True)
     return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 
@@ -142,6 +151,8 @@ class _Deployment:
 
     @property
     def url(self) -> str:
+        if self.state.server == "mlserver":
+            return f"http://127.0.0.1:{self.state.router.port}/v2/models/{self.state.name}/infer"
         return f"http://127.0.0.1:{self.state.router.port}{PREDICT_PATH}"
 
     def save(self) -> None:
@@ -157,21 +168,25 @@ class LocalServingEngine:
     name = "local"
 
     def __init__(self, root: Path, database: Any | None = None, artifacts: Any | None = None,
-                 venv_dir: Path | None = None, *, workers: int = 2, poll_seconds: float = 0.5,
+                 venv_dir: Path | None = None, *, mlserver_venv_dir: Path | None = None, workers: int = 2,
+                 poll_seconds: float = 0.5,
                  supervise: bool = True) -> None:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.database = database
         self.artifacts = artifacts
         self.venv_dir = Path(venv_dir).resolve() if venv_dir else seldon_venv.default_venv_dir()
+        self.venv_dirs = {seldon_venv.SELDON: self.venv_dir,
+                          seldon_venv.MLSERVER: Path(mlserver_venv_dir).resolve() if mlserver_venv_dir
+                          else seldon_venv.default_venv_dir(seldon_venv.MLSERVER)}
         self.workers = workers
         self.poll_seconds = poll_seconds
         self._lock = threading.RLock()
         self._deployments: dict[str, _Deployment] = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._venv_error: str | None = None
-        self._venv_thread: threading.Thread | None = None
+        self._venv_errors: dict[str, str] = {}
+        self._venv_threads: dict[str, threading.Thread] = {}
         self._wrapper: Path | None = None
         self._adopt()
         self._thread: threading.Thread | None = None
@@ -198,6 +213,8 @@ class LocalServingEngine:
             for model in request.models:
                 entry = asdict(model)
                 entry["package_dir"] = str(self._package_dir(request.key, model))
+                entry.update(server=request.server, max_batch_size=request.max_batch_size,
+                             max_batch_time_ms=request.max_batch_time_ms)
                 models.append(entry)
         except PermanentEngineError as exc:
             with dep.lock:
@@ -213,6 +230,9 @@ class LocalServingEngine:
             st.replicas = request.replicas
             st.request_logging = request.request_logging
             st.sample_rate = request.sample_rate
+            st.server = request.server
+            st.max_batch_size = request.max_batch_size
+            st.max_batch_time_ms = request.max_batch_time_ms
             st.error = ""
             if not st.router.port:
                 st.router.port = free_port("127.0.0.1")
@@ -324,6 +344,9 @@ class LocalServingEngine:
                     st.servers[sid] = ServerState(
                         id=sid, model_version=model["model_version"], sha256=model["sha256"],
                         predictor=model["predictor"], package_dir=model["package_dir"], replica=replica,
+                        server=model.get("server", "seldon"), model_name=st.name,
+                        max_batch_size=int(model.get("max_batch_size") or 0),
+                        max_batch_time_ms=float(model.get("max_batch_time_ms") or 0.0),
                     ).wire()
 
     def _wanted(self, dep: _Deployment) -> dict[str, list[str]]:
@@ -402,11 +425,12 @@ class LocalServingEngine:
         base = {"url": dep.url, "desired": st.replicas, "ref": ref}
         if st.error:
             return ServingStatus(state="Failed", message=st.error, ready=0, **base)
-        if self._venv_error:
-            return ServingStatus(state="Failed", message=self._venv_error, ready=0, **base)
-        if not seldon_venv.is_ready(self.venv_dir):
-            return ServingStatus(state="Deploying", ready=0, message="preparing the seldon environment "
-                                 f"{self.venv_dir} (first use: about a minute)", **base)
+        for kind in self._kinds(dep):
+            if self._venv_errors.get(kind):
+                return ServingStatus(state="Failed", message=self._venv_errors[kind], ready=0, **base)
+            if not seldon_venv.is_ready(self.venv_dirs[kind], kind):
+                return ServingStatus(state="Deploying", ready=0, message=f"preparing the {kind} environment "
+                                     f"{self.venv_dirs[kind]} (first use: about a minute)", **base)
         wanted = self._wanted(dep)
         by_id = {sid: ServerState.from_wire(s) for sid, s in st.servers.items()}
         ready_per_model = {mkey: sum(1 for sid in ids if by_id.get(sid) and by_id[sid].ready)
@@ -461,22 +485,29 @@ class LocalServingEngine:
                 except Exception:  # keep supervising the others
                     log.exception("serving supervisor: %s", dep.key)
 
-    def _ensure_venv(self) -> bool:
-        if seldon_venv.is_ready(self.venv_dir):
+    @staticmethod
+    def _kinds(dep: _Deployment) -> list[str]:
+        """The model server environments a Deployment's servers need."""
+        return sorted({s.get("server", "seldon") for s in dep.state.servers.values()} | {dep.state.server})
+
+    def _ensure_venv(self, kind: str = seldon_venv.SELDON) -> bool:
+        venv = self.venv_dirs[kind]
+        if seldon_venv.is_ready(venv, kind):
             return True
-        if self._venv_thread is None or not self._venv_thread.is_alive():
-            if self._venv_error:
+        thread = self._venv_threads.get(kind)
+        if thread is None or not thread.is_alive():
+            if self._venv_errors.get(kind):
                 return False
 
             def build() -> None:
                 try:
-                    seldon_venv.ensure_seldon_venv(self.venv_dir)
+                    seldon_venv.ensure_venv(venv, kind)
                 except Exception as exc:
-                    self._venv_error = str(exc)
+                    self._venv_errors[kind] = str(exc)
                 self._wake.set()
 
-            self._venv_thread = threading.Thread(target=build, name="cdl-seldon-venv", daemon=True)
-            self._venv_thread.start()
+            thread = self._venv_threads[kind] = threading.Thread(target=build, name=f"cdl-{kind}-venv", daemon=True)
+            thread.start()
         return False
 
     def _wrapper_dir(self) -> Path:
@@ -488,7 +519,7 @@ class LocalServingEngine:
         st = dep.state
         if st.error or not st.models:
             return
-        if not self._ensure_venv():
+        if not all([self._ensure_venv(kind) for kind in self._kinds(dep)]):
             return
         before = json.dumps(st.wire(), sort_keys=True)
         wanted = self._wanted(dep)
@@ -508,7 +539,9 @@ class LocalServingEngine:
         ms = dep.servers.get(sid)
         state = ServerState.from_wire(dep.state.servers[sid])
         if ms is None:
-            ms = Microservice(state, self.venv_dir, self._wrapper_dir(), dep.dir / "logs", workers=self.workers)
+            kind = state.server if state.server in self.venv_dirs else seldon_venv.SELDON
+            process = MLServerProcess if kind == seldon_venv.MLSERVER else Microservice
+            ms = process(state, self.venv_dirs[kind], self._wrapper_dir(), dep.dir / "logs", workers=self.workers)
             dep.servers[sid] = ms
         else:
             ms.state = state
@@ -662,7 +695,8 @@ class LocalServingEngine:
                 del st.active[role]
         config = {"namespace": st.namespace, "deployment": st.name, "routes": routes, "shadows": shadows,
                   "logging": {"enabled": st.request_logging and self.database is not None,
-                              "sample_rate": st.sample_rate}}
+                              "sample_rate": st.sample_rate},
+                  "protocol": "v2" if st.server == "mlserver" else "seldon"}
         if config != st.config:
             st.config = config
             self._write_router_config(dep)
@@ -672,7 +706,8 @@ class LocalServingEngine:
         r = st.router
         if not st.config:
             st.config = {"namespace": st.namespace, "deployment": st.name, "routes": [], "shadows": [],
-                         "logging": {"enabled": False, "sample_rate": st.sample_rate}}
+                         "logging": {"enabled": False, "sample_rate": st.sample_rate},
+                         "protocol": "v2" if st.server == "mlserver" else "seldon"}
         path = dep.dir / "router.json"
         if force and path.exists() and r.written_version:
             return  # the file already holds the latest version

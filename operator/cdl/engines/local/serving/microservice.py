@@ -85,6 +85,10 @@ class ServerState:
     last_exit: str | None = None
     next_start: float = 0.0  # wall clock: when a crashed server may start again (backoff)
     extra: dict[str, Any] = field(default_factory=dict)
+    server: str = "seldon"  # seldon (seldon-core-microservice) | mlserver (Open Inference Protocol)
+    model_name: str = ""  # MLServer's model name (the Deployment's name)
+    max_batch_size: int = 0  # MLServer adaptive batching
+    max_batch_time_ms: float = 0.0
 
     def wire(self) -> dict[str, Any]:
         return asdict(self)
@@ -100,6 +104,8 @@ class ServerState:
 
     @property
     def predict_url(self) -> str:
+        if self.server == "mlserver":
+            return f"{self.url}/v2/models/{self.model_name}/infer"
         return f"{self.url}/api/v1.0/predictions"
 
 

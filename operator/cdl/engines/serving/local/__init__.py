@@ -1,0 +1,1 @@
+"""The local serving engine's parts (being moved here from engines/local/serving)."""
