@@ -175,3 +175,58 @@ def test_the_router_counts_examples_and_model_time_for_prometheus(fast, serving_
     examples = [line for line in text.splitlines() if line.startswith("cdl_predicted_examples_total{")]
     assert examples and float(examples[0].rsplit(" ", 1)[1]) >= 2
     assert 'cdl_model_seconds_count{deployment="fast",model_version="toy-1",role="primary"}' in text
+
+
+def test_the_rendered_seldon_deployment_runs_on_mlserver(serving_packages, in_process, mlserver_venv,
+                                                         tmp_path: Path) -> None:
+    """What the Seldon engine renders for `server: mlserver` is what the cdl MLServer image runs:
+    its container's environment, given to `mlserver start` (the image's command), serves V2."""
+    import os
+    import time
+    import urllib.request
+
+    from cdl.engines.base import ResourceKey, ServingRequest
+    from cdl.engines.cluster_settings import SeldonSettings
+    from cdl.engines.local.serving.microservice import free_port, prepare_wrapper_dir, stop_group
+    from cdl.engines.seldon import seldon_deployment
+
+    pkg = serving_packages["v1"]
+    request = ServingRequest(ResourceKey("ml", "toy"), 1, [served(pkg, "primary", 100, PREDICTOR)],
+                             server="mlserver", max_batch_size=8, max_batch_time_ms=5.0)
+    obj = seldon_deployment(request, SeldonSettings.from_env({}))
+    (container,) = obj["spec"]["predictors"][0]["componentSpecs"][0]["spec"]["containers"]
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    env.update({e["name"]: e["value"] for e in container["env"] if "value" in e})
+    http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
+    env.update(MLSERVER_HTTP_PORT=str(http_port), MLSERVER_GRPC_PORT=str(grpc_port),
+               MLSERVER_METRICS_PORT=str(metrics_port), MLSERVER_HOST="127.0.0.1",
+               PYTHONPATH=str(prepare_wrapper_dir(tmp_path / "image")), CDL_PACKAGE_CACHE=str(tmp_path / "cache"),
+               PATH=f"{mlserver_venv / 'bin'}:{env['PATH']}")
+    (tmp_path / "models").mkdir()
+    with open(tmp_path / "mlserver.log", "wb") as log:
+        proc = subprocess.Popen(["mlserver", "start", str(tmp_path / "models")], env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        base = f"http://127.0.0.1:{http_port}"
+
+        def ready() -> bool:
+            assert proc.poll() is None, (tmp_path / "mlserver.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"{base}/v2/models/toy/ready", timeout=1) as resp:
+                    return resp.status == 200
+            except OSError:
+                time.sleep(0.2)
+                return False
+
+        wait_for(ready, 90, "MLServer with the rendered environment")
+        x, _ = sample(12, seed=44)
+        rows = [[round(float(v), 4) for v in r] for r in x]
+        req = urllib.request.Request(f"{base}/v2/models/toy/infer", data=v2_body(rows),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            answer = json.loads(resp.read())
+        assert labels_of(answer) == in_process.predict_rows(rows)
+        assert answer["model_version"] == "toy-1"
+    finally:
+        stop_group(proc.pid, None)
+        proc.wait(5)
