@@ -613,6 +613,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    if os.environ.get("CDL_ROUTER_UVLOOP", "1") != "0":
+        try:  # libuv's event loop: a third less CPU per proxied request than asyncio's
+            import uvloop
+
+            uvloop.install()
+        except ImportError:
+            pass
     writer = ScoringWriter(os.environ.get(DATABASE_URL_ENV) or None, schema=os.environ.get(DATABASE_SCHEMA_ENV) or None)
     router = Router(args.config, writer)
     log.info("router for %s/%s on %s:%d (config version %d)", router.config.namespace, router.config.deployment,
