@@ -79,7 +79,7 @@ async def post_all(url: str, bodies: list[bytes], concurrency: int) -> list[tupl
     return results
 
 
-def grpc_infer(venv: Path, port: int, model: str, rows: list[list[float]]) -> list[str]:
+def grpc_infer(venv: Path, target: str, model: str, rows: list[list[float]]) -> list[str]:
     """ModelInfer over gRPC with MLServer's own generated client, in MLServer's environment."""
     script = textwrap.dedent(f"""
         import json, sys
@@ -89,7 +89,7 @@ def grpc_infer(venv: Path, port: int, model: str, rows: list[list[float]]) -> li
         tensor = pb.InferTensorContents(fp32_contents=[v for r in rows for v in r])
         request = pb.ModelInferRequest(model_name={model!r}, inputs=[pb.ModelInferRequest.InferInputTensor(
             name="x", datatype="FP32", shape=[len(rows), len(rows[0])], contents=tensor)])
-        with grpc.insecure_channel("127.0.0.1:{port}") as channel:
+        with grpc.insecure_channel("{target}") as channel:
             reply = rpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
         print(json.dumps([b.decode() for b in reply.outputs[0].contents.bytes_contents]))
     """)
@@ -116,7 +116,8 @@ def test_both_protocols_rest_and_grpc_give_the_in_process_predictions(fast, clas
                                                                           "values": [v for r in rows for v in r]}}})
     assert code == 200 and answer["data"]["ndarray"] == expected  # labels stay an ndarray
     server = server_of(serving_engine, fast_key)
-    assert grpc_infer(mlserver_venv, server.grpc_port, fast_key.name, rows) == expected  # V2 gRPC
+    assert grpc_infer(mlserver_venv, f"127.0.0.1:{server.grpc_port}", fast_key.name, rows) == expected  # V2 gRPC
+    assert grpc_infer(mlserver_venv, fast_status.ref["grpc"], fast_key.name, rows) == expected  # through the router
 
     # the wrong protocol for the Deployment, and input the model cannot take, say what is wrong
     code, answer, _ = serving_post(fast_status.url.replace(f"/v2/models/{fast_key.name}/infer",
@@ -161,6 +162,20 @@ def test_scoring_rows_match_requests_one_to_one_under_load(fast, in_process, ser
         seen[json.dumps(np.round(data, 4).tolist())] = row.response["outputs"][0]["data"]
         assert row.status_code == 200 and row.model_version == "toy-1" and not row.shadow
     assert seen == sent  # each request once, with the answer its caller got
+
+
+def test_grpc_requests_through_the_router_are_scored_in_the_v2_json_form(fast, in_process, serving_database,
+                                                                        mlserver_venv) -> None:
+    key, status = fast
+    drained(status.url.replace(f"/v2/models/{key.name}/infer", "/api/v1.0/predictions"))
+    serving_database.delete_scoring_rows(key.namespace, key.name)
+    rows = [[3.0, 0.0, 0.5, 0.25], [0.0, 3.0, 0.0, 0.125]]
+    labels = grpc_infer(mlserver_venv, status.ref["grpc"], key.name, rows)
+    stored = wait_for(lambda: serving_database.scoring_window(key.namespace, key.name, 10), 20, "the gRPC row")
+    assert len(stored) == 1 and stored[0].status_code == 200 and stored[0].model_version == "toy-1"
+    (tensor,) = stored[0].request["inputs"]
+    assert tensor["shape"] == [2, 4] and tensor["datatype"] == "FP32" and tensor["data"] == [v for r in rows for v in r]
+    assert stored[0].response["outputs"][0]["data"] == labels == in_process.predict_rows(rows)
 
 
 def test_the_router_counts_examples_and_model_time_for_prometheus(fast, serving_post) -> None:

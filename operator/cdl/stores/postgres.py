@@ -613,9 +613,13 @@ def _json(value: Any) -> Jsonb:
 
     `bytes` are JSON text as it went over the wire (the router's scoring rows): checked with
     orjson and passed on as they are; a body that is not JSON PostgreSQL takes is stored as
-    `{"raw": "<its first 4 KB>"}` (or its NaN-free parse)."""
+    `{"raw": "<its first 4 KB>"}` (or its NaN-free parse). A value with a `scoring_json()` method
+    (the router's gRPC messages) is stored as what that returns."""
     if isinstance(value, (bytes, bytearray, memoryview)):
         return _json_text(bytes(value))
+    encode = getattr(value, "scoring_json", None)  # e.g. a gRPC message, decoded only here
+    if callable(encode):
+        value = encode()
     try:
         text = orjson.dumps(value, default=_jsonable,
                             option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS).decode()

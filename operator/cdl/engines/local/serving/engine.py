@@ -65,6 +65,7 @@ STATE_FILE = "state.json"
 @dataclass
 class RouterState:
     port: int = 0
+    grpc_port: int = 0  # the Open Inference Protocol's gRPC side (server: mlserver)
     pid: int | None = None
     create_time: float | None = None
     log: str = ""
@@ -236,6 +237,8 @@ class LocalServingEngine:
             st.error = ""
             if not st.router.port:
                 st.router.port = free_port("127.0.0.1")
+            if st.server == "mlserver" and not st.router.grpc_port:
+                st.router.grpc_port = free_port("127.0.0.1")
             self._plan_servers(dep)
             # the router's new configuration is written now, so status is not Available until
             # the router confirms it routes by it
@@ -422,6 +425,8 @@ class LocalServingEngine:
         st = dep.state
         router = st.router
         ref = {"router": f"{router.pid or '-'}/{router.port}", "servers": str(len(st.servers))}
+        if st.server == "mlserver" and router.grpc_port:
+            ref["grpc"] = f"127.0.0.1:{router.grpc_port}"  # inference.GRPCInferenceService
         base = {"url": dep.url, "desired": st.replicas, "ref": ref}
         if st.error:
             return ServingStatus(state="Failed", message=st.error, ready=0, **base)
@@ -630,6 +635,11 @@ class LocalServingEngine:
         if health is None:
             r.healthy = False
             return
+        if dep.state.server == "mlserver" and r.grpc_port and not health.get("grpc_port"):
+            # started before the Deployment moved to MLServer: without its gRPC side; restart it
+            stop_group(r.pid, r.create_time, grace=2.0)
+            r.pid, r.healthy = None, False
+            return
         dep.router_health = health
         r.healthy = r.ever_healthy = True
         r.failures = 0
@@ -645,6 +655,8 @@ class LocalServingEngine:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "cdl.engines.local.serving.router", "--config", str(dep.dir / "router.json"),
                "--port", str(r.port)]
+        if dep.state.server == "mlserver" and r.grpc_port:
+            cmd += ["--grpc-port", str(r.grpc_port)]
         with open(log_path, "ab") as out:
             dep.router_popen = subprocess.Popen(cmd, env=self._router_env(dep), stdin=subprocess.DEVNULL, stdout=out,
                                                 stderr=subprocess.STDOUT, start_new_session=True)
@@ -671,13 +683,16 @@ class LocalServingEngine:
         model's replicas are ready, or at once when the old one has nothing ready to offer."""
         st = dep.state
         ready: dict[str, list[str]] = {}
+        grpc_targets: dict[str, str] = {}  # predict URL -> the same server's gRPC host:port (MLServer)
         versions: dict[str, str] = {}
         for sid, raw in st.servers.items():
             s = ServerState.from_wire(raw)
             mkey = sid.rsplit("-r", 1)[0]
             versions[mkey] = s.model_version
             if s.ready and s.pid:
-                ready.setdefault(mkey, []).append(ServerState.from_wire(raw).predict_url)
+                ready.setdefault(mkey, []).append(s.predict_url)
+                if s.server == "mlserver":
+                    grpc_targets[s.predict_url] = f"127.0.0.1:{s.grpc_port}"
         routes, shadows = [], []
         roles_now = set()
         for model in st.models:
@@ -686,9 +701,11 @@ class LocalServingEngine:
             current = st.active.get(role)
             if current != mkey and (len(ready.get(mkey, [])) >= len(wanted[mkey]) or not ready.get(current or "")):
                 st.active[role] = current = mkey
+            backends = sorted(ready.get(current or "", []))
             entry = {"model_version": versions.get(current, model["model_version"]), "role": role,
-                     "percent": model["percent"], "backends": sorted(ready.get(current or "", [])),
-                     "key": current}
+                     "percent": model["percent"], "backends": backends, "key": current}
+            if any(b in grpc_targets for b in backends):
+                entry["grpc_backends"] = [grpc_targets.get(b, "") for b in backends]
             (shadows if role == "shadow" else routes).append(entry)
         for role in list(st.active):
             if role not in roles_now:

@@ -70,11 +70,15 @@ class Route:
     backends: list[str]
     current: float = 0.0  # smooth weighted round robin state
     next_backend: int = 0
+    grpc_backends: list[str] = field(default_factory=list)  # host:port of the same servers' gRPC (V2)
+
+    def pick_index(self) -> int:
+        index = self.next_backend % len(self.backends)
+        self.next_backend += 1
+        return index
 
     def pick_backend(self) -> str:
-        backend = self.backends[self.next_backend % len(self.backends)]
-        self.next_backend += 1
-        return backend
+        return self.backends[self.pick_index()]
 
 
 @dataclass
@@ -93,7 +97,8 @@ class RouterConfig:
         data = orjson.loads(path.read_bytes())
 
         def routes(items: list[dict[str, Any]], role: str) -> list[Route]:
-            return [Route(r["model_version"], r.get("role", role), int(r.get("percent", 0)), list(r["backends"]))
+            return [Route(r["model_version"], r.get("role", role), int(r.get("percent", 0)), list(r["backends"]),
+                          grpc_backends=list(r.get("grpc_backends") or []))
                     for r in items]
 
         logging_cfg = data.get("logging") or {}
@@ -348,8 +353,12 @@ class Figures:
 
 
 class Router:
-    def __init__(self, config_path: Path, writer: ScoringWriter) -> None:
+    def __init__(self, config_path: Path, writer: ScoringWriter, grpc_port: int | None = None,
+                 host: str = "127.0.0.1") -> None:
         self.config_path = config_path
+        self.grpc_port = grpc_port  # the Open Inference Protocol's gRPC side, when asked for
+        self.host = host
+        self.grpc: Any = None
         self.config = RouterConfig.read(config_path)
         self._mtime = config_path.stat().st_mtime_ns
         self.writer = writer
@@ -402,12 +411,19 @@ class Router:
             pass
         self._watcher = asyncio.create_task(self._watch_config())
         self.writer.start()
+        if self.grpc_port is not None:
+            from cdl.engines.serving.local.grpc_router import GrpcProxy
+
+            self.grpc = GrpcProxy(self)
+            self.grpc_port = await self.grpc.start(self.host, self.grpc_port)
 
     async def on_cleanup(self, app: web.Application) -> None:
         if self._watcher is not None:
             self._watcher.cancel()
         for task in list(self.shadow_tasks):
             task.cancel()
+        if self.grpc is not None:
+            await self.grpc.stop()
         if self.session is not None:
             await self.session.close()
         await asyncio.to_thread(self.writer.stop)
@@ -439,6 +455,7 @@ class Router:
             "status": "ok",
             "version": cfg.version,
             "protocol": cfg.protocol,
+            "grpc_port": self.grpc_port if self.grpc is not None else None,
             "routes": [{"model_version": r.model_version, "role": r.role, "percent": r.percent,
                         "backends": len(r.backends)} for r in cfg.routes + cfg.shadows],
             "inflight": {k: v for k, v in self.inflight.items() if v},
@@ -609,11 +626,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, type=Path)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", required=True, type=int)
+    parser.add_argument("--grpc-port", type=int, default=None,
+                        help="also serve the Open Inference Protocol's gRPC service on this port")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    if os.environ.get("CDL_ROUTER_UVLOOP", "1") != "0":
+    if os.environ.get("CDL_ROUTER_UVLOOP", "1") != "0" and args.grpc_port is None:  # grpc.aio wants asyncio's
         try:  # libuv's event loop: a third less CPU per proxied request than asyncio's
             import uvloop
 
@@ -621,7 +640,7 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             pass
     writer = ScoringWriter(os.environ.get(DATABASE_URL_ENV) or None, schema=os.environ.get(DATABASE_SCHEMA_ENV) or None)
-    router = Router(args.config, writer)
+    router = Router(args.config, writer, grpc_port=args.grpc_port, host=args.host)
     log.info("router for %s/%s on %s:%d (config version %d)", router.config.namespace, router.config.deployment,
              args.host, args.port, router.config.version)
     web.run_app(router.app(), host=args.host, port=args.port, print=None, access_log=None,
