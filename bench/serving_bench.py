@@ -11,7 +11,7 @@ router (Scoring Data off, then on: rows into an embedded PostgreSQL):
 Servers: the in-process `CdlPredictor` (no HTTP), a minimal aiohttp + orjson server around it
 (bench/floor_server.py: the floor), seldon-core-microservice (as the local engine starts it),
 MLServer with cdl's runtime (Open Inference Protocol), and, for the MLP at c=32, MLServer with
-adaptive batching. Load comes from `wrk` (C, one thread; `apt-get install wrk`), which takes far
+adaptive batching. Load comes from `wrk` (C, one thread; `scripts/install-bench-tools.sh`), which takes far
 less of the shared cores than a Python client.
 
 Per configuration it prints p50/p99 at c=1, req/s and p50 at c=8 (and c=32), the ratio to the
@@ -583,7 +583,7 @@ def main() -> int:
     parser.add_argument("--only", choices=("mlp", "bbc"), default=None)
     args = parser.parse_args()
     if not shutil.which("wrk"):
-        print("wrk is not installed: apt-get install -y wrk", file=sys.stderr)
+        print("wrk is not installed: bash scripts/install-bench-tools.sh", file=sys.stderr)
         return 2
     from cdl.stores.embedded_postgres import EmbeddedPostgres
     from cdl.stores.postgres import Database
