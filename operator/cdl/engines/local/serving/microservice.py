@@ -113,12 +113,13 @@ class Microservice:
     """Start, watch, health-check and stop one seldon-core-microservice process."""
 
     def __init__(self, state: ServerState, venv: Path, wrapper_dir: Path, log_dir: Path, *, workers: int = 2,
-                 env: dict[str, str] | None = None) -> None:
+                 threads: int = 2, env: dict[str, str] | None = None) -> None:
         self.state = state
         self.venv = venv.resolve()
         self.wrapper_dir = wrapper_dir.resolve()
         self.log_dir = log_dir
         self.workers = workers
+        self.threads = threads
         self.extra_env = dict(env or {})
         self._popen: subprocess.Popen[bytes] | None = None
 
@@ -130,8 +131,11 @@ class Microservice:
             str(self.venv / "bin" / "seldon-core-microservice"), WRAPPER_MODULE,
             "--service-type", "MODEL",
             "--http-port", str(s.http_port), "--grpc-port", str(s.grpc_port), "--metrics-port", str(s.metrics_port),
-            # measured on 2 cores: sync workers help, threads do not, and no gRPC server is needed
-            "--workers", str(self.workers), "--threads", "1", "--grpc-workers", "0",
+            # two threads make gunicorn's gthread worker, which keeps connections alive: the
+            # router's pool reuses them (a sync worker answers `Connection: close`, and the router
+            # then paid a new connection per request: about twice its CPU per request, measured);
+            # no gRPC server is needed (the V2 fast path has MLServer's)
+            "--workers", str(self.workers), "--threads", str(self.threads), "--grpc-workers", "0",
         ]
 
     def environment(self) -> dict[str, str]:
