@@ -164,6 +164,31 @@ def test_scoring_rows_match_requests_one_to_one_under_load(fast, in_process, ser
     assert seen == sent  # each request once, with the answer its caller got
 
 
+def test_seldon_protocol_scoring_rows_match_requests_one_to_one_under_load(classic, in_process,
+                                                                          serving_database) -> None:
+    key, status = classic
+    drained(status.url)
+    serving_database.delete_scoring_rows(key.namespace, key.name)
+    x, _ = sample(300, seed=45)
+    rows = [[round(float(v), 4) + i * 1e-4 for v in r] for i, r in enumerate(x)]
+    bodies = [json.dumps({"data": {"ndarray": [r]}}).encode() for r in rows]
+    answers = asyncio.run(post_all(status.url, bodies, concurrency=16))
+    assert all(code == 200 for code, _ in answers)
+    assert [a["data"]["ndarray"][0] for _, a in answers] == in_process.predict_rows(rows)
+
+    def complete() -> list[Any]:
+        stored = serving_database.scoring_window(key.namespace, key.name, 1000)
+        return stored if len(stored) >= len(rows) else []
+
+    stored = wait_for(complete, 30, f"{len(rows)} scoring rows")
+    assert len(stored) == len(rows)
+    sent = {json.dumps(np.round(r, 4).tolist()): a["data"]["ndarray"] for r, (_, a) in zip(rows, answers, strict=True)}
+    seen = {json.dumps(np.round(row.request["data"]["ndarray"][0], 4).tolist()): row.response["data"]["ndarray"]
+            for row in stored}
+    assert seen == sent  # each request once, with the answer its caller got (requestPath included)
+    assert all(row.response["meta"]["requestPath"] == {"primary": "toy-1"} for row in stored)
+
+
 def test_grpc_requests_through_the_router_are_scored_in_the_v2_json_form(fast, in_process, serving_database,
                                                                         mlserver_venv) -> None:
     key, status = fast
