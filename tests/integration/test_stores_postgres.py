@@ -34,25 +34,29 @@ def _tables(url: str, schema: str) -> set[str]:
 def test_migrations_are_versioned_and_run_once(postgres_url, postgres_schema):
     db = Database(postgres_url, schema=postgres_schema)
     assert db.schema_version() == 0
+    shipped = load_migrations()
+    last = shipped[-1].version
 
-    assert db.migrate() == [1]
+    assert db.migrate() == list(range(1, last + 1))
     assert db.migrate() == []  # idempotent: every operator start calls it
-    assert db.schema_version() == 1
+    assert db.schema_version() == last
     assert _tables(postgres_url, postgres_schema) == TABLES
     with psycopg.connect(postgres_url) as conn:
-        applied = conn.execute(f"SELECT version, name FROM {postgres_schema}.cdl_schema_migrations").fetchall()
-    assert applied == [(1, "initial")]
+        applied = conn.execute(f"SELECT version, name FROM {postgres_schema}.cdl_schema_migrations "
+                               "ORDER BY version").fetchall()
+    assert applied[0] == (1, "initial") and applied == [(m.version, m.name) for m in shipped]
 
-    # a later release ships 0002: only it is applied
-    extra = Migration(2, "label_confidence", "ALTER TABLE labels ADD COLUMN confidence real;")
+    # a later release ships the next migration: only it is applied
+    nxt = last + 1
+    extra = Migration(nxt, "label_confidence", "ALTER TABLE labels ADD COLUMN confidence real;")
     with psycopg.connect(postgres_url, autocommit=True) as conn:
-        assert apply_migrations(conn, [*load_migrations(), extra], postgres_schema) == [2]
-        assert apply_migrations(conn, [*load_migrations(), extra], postgres_schema) == []
+        assert apply_migrations(conn, [*shipped, extra], postgres_schema) == [nxt]
+        assert apply_migrations(conn, [*shipped, extra], postgres_schema) == []
         # editing a migration that was applied already is refused, not silently ignored
-        edited = Migration(2, "label_confidence", "ALTER TABLE labels ADD COLUMN confidence double precision;")
-        with pytest.raises(MigrationError, match="0002_label_confidence was changed after it was applied"):
-            apply_migrations(conn, [*load_migrations(), edited], postgres_schema)
-    assert db.schema_version() == 2
+        edited = Migration(nxt, "label_confidence", "ALTER TABLE labels ADD COLUMN confidence double precision;")
+        with pytest.raises(MigrationError, match=f"{nxt:04d}_label_confidence was changed after it was applied"):
+            apply_migrations(conn, [*shipped, edited], postgres_schema)
+    assert db.schema_version() == nxt
     db.close()
 
 
@@ -64,12 +68,14 @@ def test_using_a_database_that_was_not_migrated_says_so(postgres_url, postgres_s
 
 
 def test_a_failing_migration_is_rolled_back_and_named(postgres_url, postgres_schema):
-    broken = Migration(2, "broken", "CREATE TABLE half_done (x int); SELECT no_such_function();")
+    shipped = load_migrations()
+    nxt = shipped[-1].version + 1
+    broken = Migration(nxt, "broken", "CREATE TABLE half_done (x int); SELECT no_such_function();")
     with psycopg.connect(postgres_url, autocommit=True) as conn:
-        with pytest.raises(MigrationError, match="migration 0002_broken failed"):
-            apply_migrations(conn, [*load_migrations(), broken], postgres_schema)
+        with pytest.raises(MigrationError, match=f"migration {nxt:04d}_broken failed"):
+            apply_migrations(conn, [*shipped, broken], postgres_schema)
     assert "half_done" not in _tables(postgres_url, postgres_schema)
-    assert Database(postgres_url, schema=postgres_schema).schema_version() == 1  # 0001 stays applied
+    assert Database(postgres_url, schema=postgres_schema).schema_version() == nxt - 1  # the shipped ones stay
 
 
 def test_two_operators_migrating_at_once_apply_each_migration_once(postgres_url, postgres_schema):
@@ -93,7 +99,7 @@ def test_two_operators_migrating_at_once_apply_each_migration_once(postgres_url,
     for t in threads:
         t.join(30)
     assert not errors
-    assert sorted(results) == [[], [1]]
+    assert sorted(results) == [[], [m.version for m in load_migrations()]]
     assert _tables(postgres_url, postgres_schema) == TABLES
 
 

@@ -631,7 +631,7 @@ def _json(value: Any) -> Jsonb:
 def _json_text(raw: bytes) -> Jsonb:
     try:
         orjson.loads(raw)  # orjson refuses NaN and infinities, as PostgreSQL does
-        if b"\\u0000" not in raw:  # the one escape orjson takes and jsonb refuses
+        if b"\\u0000" not in raw:  # the one escape orjson takes and jsonb refuses (0001 stored jsonb)
             text = raw.decode()
             return Jsonb(None, dumps=lambda _: text)
     except (orjson.JSONDecodeError, UnicodeDecodeError):
