@@ -30,8 +30,8 @@ def main() -> int:
     parser.add_argument("--before", default="ce7c6a1", help="git revision of the wrapper to compare with")
     parser.add_argument("--seconds", type=float, default=4.0)
     args = parser.parse_args()
-    from cdl.engines.local.serving import venv as venvs
-    from cdl.engines.local.serving.microservice import Microservice, ServerState, prepare_wrapper_dir
+    from cdl.engines.serving.local import venv as venvs
+    from cdl.engines.serving.local.microservice import Microservice, ServerState, prepare_wrapper_dir
 
     work = Path(tempfile.mkdtemp(prefix="cdl-wrapper-bench-"))
     try:

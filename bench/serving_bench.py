@@ -260,7 +260,7 @@ class Server:
 
 
 def start_floor(model: Model, work: Path) -> Server:
-    from cdl.engines.local.serving.microservice import free_port
+    from cdl.engines.serving.local.microservice import free_port
 
     port = free_port("127.0.0.1")
     log = work / "floor.log"
@@ -276,8 +276,8 @@ def start_floor(model: Model, work: Path) -> Server:
 
 def start_engine_server(kind: str, model: Model, work: Path, batch: int = 0) -> Server:
     """seldon-core-microservice or MLServer exactly as the local engine starts them."""
-    from cdl.engines.local.serving import venv as venvs
-    from cdl.engines.local.serving.microservice import Microservice, ServerState, prepare_wrapper_dir
+    from cdl.engines.serving.local import venv as venvs
+    from cdl.engines.serving.local.microservice import Microservice, ServerState, prepare_wrapper_dir
     from cdl.engines.serving.local.mlserver import MLServerProcess
 
     state = ServerState(id=f"{kind}-{batch}", model_version="bench-1", sha256="", predictor="",
@@ -299,10 +299,10 @@ def start_engine_server(kind: str, model: Model, work: Path, batch: int = 0) -> 
 
 
 class RouterProcess:
-    """The cdl router (`python -m cdl.engines.local.serving.router`) in front of one server."""
+    """The cdl router (`python -m cdl.engines.serving.local.router`) in front of one server."""
 
     def __init__(self, server: Server, work: Path, database_url: str) -> None:
-        from cdl.engines.local.serving.microservice import free_port
+        from cdl.engines.serving.local.microservice import free_port
 
         self.server, self.config = server, work / "router.json"
         self.version = 0
@@ -311,7 +311,7 @@ class RouterProcess:
         log = work / "router.log"
         env = {**os.environ, "CDL_ROUTER_DATABASE_URL": database_url}
         with open(log, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "cdl.engines.local.serving.router", "--config",
+            self.proc = subprocess.Popen([sys.executable, "-m", "cdl.engines.serving.local.router", "--config",
                                           str(self.config), "--port", str(self.port)], stdout=out,
                                          stderr=subprocess.STDOUT, start_new_session=True, env=env)
         wait_ready(f"http://127.0.0.1:{self.port}/health/ping", self.proc, log)
@@ -405,7 +405,7 @@ print(json.dumps([timed(parse), timed(encode)]))
 def v2_costs(model: Model, work: Path) -> tuple[float, float]:
     """Request parse (pydantic model + codec, as MLServer does) and response encode, ms,
     measured in MLServer's environment."""
-    from cdl.engines.local.serving import venv as venvs
+    from cdl.engines.serving.local import venv as venvs
 
     (work / "v2.json").write_bytes(model.v2_body)
     python = venvs.ensure_venv(kind="mlserver") / "bin" / "python"

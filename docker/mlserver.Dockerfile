@@ -9,7 +9,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 HOME=/tmp KE
     MLSERVER_MODEL_IMPLEMENTATION=cdl.runtime.mlserver_runtime.CdlRuntime
 WORKDIR /mlserver
 # The same install list as the local serving engine's mlserver venv (wheels only).
-COPY operator/cdl/engines/local/serving/requirements-mlserver.txt /tmp/requirements.txt
+COPY operator/cdl/engines/serving/local/requirements-mlserver.txt /tmp/requirements.txt
 RUN pip install --only-binary :all: --extra-index-url https://download.pytorch.org/whl/cpu -r /tmp/requirements.txt \
  && useradd --uid 8888 --no-create-home --shell /usr/sbin/nologin mlserver
 # Only the runtime side of cdl: it imports nothing from the operator.

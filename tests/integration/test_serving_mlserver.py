@@ -19,7 +19,7 @@ import aiohttp
 import numpy as np
 import pytest
 
-from cdl.engines.local.serving.microservice import ServerState
+from cdl.engines.serving.local.microservice import ServerState
 from cdl.runtime.serving import CdlPredictor
 from tests.fixtures.serving.build import PREDICTOR, sample
 from tests.integration.test_serving_engine import drained, wait_for
@@ -226,9 +226,9 @@ def test_the_rendered_seldon_deployment_runs_on_mlserver(serving_packages, in_pr
     import urllib.request
 
     from cdl.engines.base import ResourceKey, ServingRequest
-    from cdl.engines.cluster_settings import SeldonSettings
-    from cdl.engines.local.serving.microservice import free_port, prepare_wrapper_dir, stop_group
-    from cdl.engines.seldon import seldon_deployment
+    from cdl.engines.serving.local.microservice import free_port, prepare_wrapper_dir, stop_group
+    from cdl.engines.serving.seldon import seldon_deployment
+    from cdl.engines.settings import SeldonSettings
 
     pkg = serving_packages["v1"]
     request = ServingRequest(ResourceKey("ml", "toy"), 1, [served(pkg, "primary", 100, PREDICTOR)],

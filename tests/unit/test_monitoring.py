@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from cdl.monitoring import percentile, prediction_labels, psi_categorical, psi_numeric, summarize
+from cdl.quality.monitoring import percentile, prediction_labels, psi_categorical, psi_numeric, summarize
 from cdl.stores.records import ScoringRow
 
 
@@ -100,7 +100,7 @@ def test_open_inference_protocol_answers_give_their_labels() -> None:
 
 
 def test_the_client_speaks_the_protocol_of_the_url() -> None:
-    from cdl.engines.local.serving.client import payload, predictions
+    from cdl.engines.serving.local.client import payload, predictions
 
     assert payload([[1, 2], [3, 4]]) == {"data": {"ndarray": [[1, 2], [3, 4]]}}
     assert payload([[1, 2], [3, 4]], v2=True) == {"inputs": [{"name": "input", "shape": [2, 2], "datatype": "FP64",

@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 
 from cdl.engines.base import ResourceKey, ServedModel, ServingRequest
-from cdl.engines.local.serving import venv
-from cdl.engines.local.serving.engine import (
+from cdl.engines.serving.local import venv
+from cdl.engines.serving.local.engine import (
     DeploymentState,
     LocalServingEngine,
     _backoff,
     _fingerprint,
     model_key,
 )
-from cdl.engines.local.serving.microservice import (
+from cdl.engines.serving.local.microservice import (
     LOAD_ERROR_MARK,
     Microservice,
     ServerState,
@@ -87,8 +87,8 @@ def test_the_server_command_uses_the_measured_flags(tmp_path: Path) -> None:
                         package_dir="/pkg", http_port=1, grpc_port=2, metrics_port=3)
     ms = Microservice(state, tmp_path / "venv", tmp_path, tmp_path / "logs", workers=2)
     cmd = ms.command()
-    assert cmd[0].endswith("bin/seldon-core-microservice") and cmd[1] == "CdlPredictor"
-    flags = dict(zip(cmd[2::2], cmd[3::2], strict=False))
+    assert cmd[0].endswith("bin/python") and cmd[1:4] == ["-m", "cdl.runtime.microservice_loopback", "CdlPredictor"]
+    flags = dict(zip(cmd[4::2], cmd[5::2], strict=False))
     assert flags == {"--service-type": "MODEL", "--http-port": "1", "--grpc-port": "2", "--metrics-port": "3",
                      "--workers": "2", "--threads": "2", "--grpc-workers": "0"}  # gthread: keep-alive
     env = ms.environment()
@@ -115,7 +115,7 @@ def test_an_mlserver_server_runs_cdls_runtime_with_its_batching(tmp_path: Path) 
     unbatched = ServerState(**{**state.wire(), "max_batch_size": 0})
     assert "max_batch_size" not in model_settings(unbatched)
     # another server (or batching) for the same model is another set of servers: the change rolls
-    from cdl.engines.local.serving.engine import model_key
+    from cdl.engines.serving.local.engine import model_key
 
     model = {"model_version": "toy-1", "sha256": "a" * 64, "predictor": "serve:P"}
     keys = {model_key(model), model_key({**model, "server": "seldon"}), model_key({**model, "server": "mlserver"}),

@@ -17,3 +17,13 @@ app.kubernetes.io/component: operator
 {{- define "cdl.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}{{ default (include "cdl.fullname" .) .Values.serviceAccount.name }}{{- else -}}{{ default "default" .Values.serviceAccount.name }}{{- end -}}
 {{- end -}}
+
+{{/* The operator's Secret rule: get only, by name when rbac.secretNames lists them. */}}
+{{- define "cdl.secretRule" -}}
+apiGroups: [""]
+resources: ["secrets"]
+verbs: ["get"]
+{{- with .Values.rbac.secretNames }}
+resourceNames: {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}

@@ -19,6 +19,8 @@ import kopf
 from cdl.api.common import GROUP, KEEP_ON_DELETE, VERSION
 from cdl.api.kinds import DATAPIPELINE, DEPLOYMENT, EXPERIMENT, MODELVERSION, KindInfo
 from cdl.controller import metrics
+from cdl.controller.redaction import redact, redact_data
+from cdl.merge_patch import merge_patch
 from cdl.reconcile import datapipeline, deployment, experiment, modelversion, outcomes
 from cdl.reconcile.base import Context, Resource
 
@@ -77,7 +79,7 @@ def reconcile_body(info: KindInfo, module: ModuleType, body: Any, patch: Any, fo
             return
         known = STATE.known_status.get(uid)
         if known is not None:
-            res.status = _merge(res.status, known)
+            res.status = merge_patch(res.status, known)
         started = time.perf_counter()
         result, outcome = outcomes.run(module.reconcile, res, ctx)
         metrics.LATENCY.labels(info.kind).observe(time.perf_counter() - started)
@@ -85,10 +87,10 @@ def reconcile_body(info: KindInfo, module: ModuleType, body: Any, patch: Any, fo
         changes = {k: _without_nulls_in_lists(v) for k, v in result.status.items() if res.status.get(k) != v
                    and not (v is None and k not in res.status)}
         for key, value in changes.items():  # only what changed: a pass that changes nothing writes nothing
-            patch.status[key] = value
-        STATE.known_status[uid] = _merge(res.status, changes)
+            patch.status[key] = redact_data(value)
+        STATE.known_status[uid] = merge_patch(res.status, changes)
         for event in result.events:
-            kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+            kopf.event(body, type=event.type, reason=event.reason, message=redact(event.message))
             if event.type == "Warning":
                 metrics.ERRORS.labels(info.kind, event.reason).inc()
         _schedule(info, uid, outcome, result.requeue, result.requeue_after)
@@ -102,19 +104,6 @@ def _schedule(info: KindInfo, uid: str, outcome: str, requeue: bool, after: floa
         STATE.failures.pop(uid, None)
         delay = (after or STATE.poll_seconds) if requeue else IDLE_SECONDS[info.kind]
     STATE.due[uid] = time.monotonic() + delay
-
-
-def _merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
-    """JSON merge patch (RFC 7386) of `patch` onto `base`, as the API server applies it."""
-    out = dict(base)
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        elif isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def _without_nulls_in_lists(value: Any, in_list: bool = False) -> Any:

@@ -1,1 +1,26 @@
-"""The local serving engine's parts (being moved here from engines/local/serving)."""
+"""The local serving engine: model server processes (seldon-core-microservice or MLServer) behind a
+router per Deployment.
+
+`LocalServingEngine` (engine.py) implements `cdl.engines.base.ServingEngine`; `venv.py` builds the
+model servers' environments, `microservice.py` runs one seldon-core-microservice, `mlserver.py` one
+MLServer, `router.py` is the per-Deployment router (`grpc_router.py` its gRPC side), and
+`client.py` the small client `cdl predict` uses. Imported lazily, so the router
+process does not load the engine.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cdl.engines.serving.local.engine import LocalServingEngine
+
+__all__ = ["LocalServingEngine"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "LocalServingEngine":
+        from cdl.engines.serving.local.engine import LocalServingEngine
+
+        return LocalServingEngine
+    raise AttributeError(name)

@@ -17,13 +17,10 @@ import asyncio
 import logging
 import random
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 import numpy as np
-
-if TYPE_CHECKING:
-    from cdl.engines.local.serving.router import Route, Router
 
 log = logging.getLogger("cdl.router.grpc")
 
@@ -151,8 +148,12 @@ class GrpcMessage:
 class GrpcProxy:
     """A grpc.aio server forwarding `inference.GRPCInferenceService` calls for a Router."""
 
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Any, pick_route: Any, scoring_row: Any) -> None:
+        """`router` is the REST router whose configuration, writer and figures it shares;
+        `pick_route` and `scoring_row` are the router's own (handed in: no import loop)."""
         self.router = router
+        self.pick_route = pick_route
+        self.scoring_row = scoring_row
         self.server: Any = None
         self._channels: dict[str, Any] = {}
 
@@ -178,7 +179,7 @@ class GrpcProxy:
                                  ("grpc.max_send_message_length", 64 * 1024 * 1024)])
         return channel.unary_unary(method)  # no (de)serializers: the bytes pass as they are
 
-    async def _forward(self, route: Route, method: str, raw: bytes) -> tuple[int, bytes, Any, str | None]:
+    async def _forward(self, route: Any, method: str, raw: bytes) -> tuple[int, bytes, Any, str | None]:
         """(HTTP-like status, answer, grpc status code, error) from one of the route's servers."""
         targets = route.grpc_backends
         if not targets:
@@ -201,8 +202,7 @@ class GrpcProxy:
         return 503, b"", code, f"model server {route.model_version} unreachable: {error}"
 
     async def infer(self, raw: bytes, context: Any) -> bytes:
-        from cdl.engines.local.serving.router import pick_route, scoring_row
-
+        pick_route, scoring_row = self.pick_route, self.scoring_row
         router = self.router
         router.requests += 1
         started = time.perf_counter()
@@ -234,14 +234,12 @@ class GrpcProxy:
                                              ("x-cdl-role", route.role)))
         return answer
 
-    async def _shadow(self, shadow: Route, raw: bytes, log_it: bool) -> None:
-        from cdl.engines.local.serving.router import scoring_row
-
+    async def _shadow(self, shadow: Any, raw: bytes, log_it: bool) -> None:
         started = time.perf_counter()
         try:
             status, answer, _code, error = await self._forward(shadow, INFER, raw)
             if log_it:
-                self.router.writer.put(scoring_row(
+                self.router.writer.put(self.scoring_row(
                     self.router.config, shadow.model_version, GrpcMessage(raw, False),
                     GrpcMessage(answer, True) if answer else None, status, (time.perf_counter() - started) * 1000.0,
                     True, error))
@@ -250,9 +248,7 @@ class GrpcProxy:
 
     async def other(self, method: str, raw: bytes, context: Any) -> bytes:
         """Health, metadata and the rest: answered by a primary model server as they are."""
-        from cdl.engines.local.serving.router import pick_route
-
-        route = pick_route(self.router.config.routes)
+        route = self.pick_route(self.router.config.routes)
         if route is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "no model server is ready")
         _status, answer, code, error = await self._forward(route, method, raw)

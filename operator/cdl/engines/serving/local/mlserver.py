@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from cdl.engines.local.serving.microservice import Microservice, ServerState
+from cdl.engines.serving.local.microservice import Microservice, ServerState
 
 RUNTIME = "cdl.runtime.mlserver_runtime.CdlRuntime"
 
@@ -58,7 +58,7 @@ class MLServerProcess(Microservice):
     def start(self) -> None:
         s = self.state
         if not (s.http_port and s.grpc_port and s.metrics_port):
-            from cdl.engines.local.serving.microservice import _three_ports
+            from cdl.engines.serving.local.microservice import _three_ports
 
             s.http_port, s.grpc_port, s.metrics_port = _three_ports()
         folder = self.config_dir()
