@@ -33,7 +33,7 @@ tools:
 
 # The engines' own virtual environments (seldon-core pins old libraries; Label Studio is big).
 engines: venv
-	@for s in setup-seldon setup-labelstudio; do \
+	@for s in setup-seldon setup-mlserver setup-labelstudio; do \
 	  if [ -f scripts/$$s.sh ]; then bash scripts/$$s.sh || exit 1; fi; done
 
 lint: venv
