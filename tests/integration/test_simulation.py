@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -48,8 +49,10 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def images(tmp_path_factory: pytest.TempPathFactory) -> ImageBuilder:
-    return ImageBuilder(ROOT, tmp_path_factory.mktemp("simulation"))
+def images(tmp_path_factory: pytest.TempPathFactory, seldon_venv: Path) -> ImageBuilder:
+    """The project's images; the predictor's packages come from the seldon environment, built (or
+    brought up to date with its requirements) first."""
+    return ImageBuilder(ROOT, tmp_path_factory.mktemp("simulation"), {"main": Path(sys.prefix), "seldon": seldon_venv})
 
 
 def run_in(image: Any, code: str, tmp_path: Path) -> tuple[int, str]:
