@@ -42,7 +42,9 @@ def needs_push(env: dict[str, str]) -> None:
 
 
 @pytest.fixture(scope="module")
-def simulated_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, str]]]:
+def simulated_cluster(tmp_path_factory: pytest.TempPathFactory,
+                      seldon_venv: Path) -> Iterator[tuple[Path, dict[str, str]]]:
+    """`cdl up --engines cluster` (the predictor image's packages: the seldon environment, built first)."""
     from cdl.simulation.containers import namespaces_available
 
     if not namespaces_available():

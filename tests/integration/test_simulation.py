@@ -49,10 +49,16 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def images(tmp_path_factory: pytest.TempPathFactory, seldon_venv: Path) -> ImageBuilder:
-    """The project's images; the predictor's packages come from the seldon environment, built (or
-    brought up to date with its requirements) first."""
-    return ImageBuilder(ROOT, tmp_path_factory.mktemp("simulation"), {"main": Path(sys.prefix), "seldon": seldon_venv})
+def images(tmp_path_factory: pytest.TempPathFactory) -> ImageBuilder:
+    return ImageBuilder(ROOT, tmp_path_factory.mktemp("simulation"))
+
+
+@pytest.fixture(scope="module")
+def serving_images(tmp_path_factory: pytest.TempPathFactory, seldon_venv: Path) -> ImageBuilder:
+    """The images, with the predictor's packages from the seldon environment, built (or brought up
+    to date with its requirements) first."""
+    return ImageBuilder(ROOT, tmp_path_factory.mktemp("serving-images"),
+                        {"main": Path(sys.prefix), "seldon": seldon_venv})
 
 
 def run_in(image: Any, code: str, tmp_path: Path) -> tuple[int, str]:
@@ -63,7 +69,8 @@ def run_in(image: Any, code: str, tmp_path: Path) -> tuple[int, str]:
 # --------------------------------------------------------------------------- images
 
 
-def test_an_image_holds_only_what_its_dockerfile_copies(images: ImageBuilder, tmp_path: Path) -> None:
+def test_an_image_holds_only_what_its_dockerfile_copies(serving_images: ImageBuilder, tmp_path: Path) -> None:
+    images = serving_images
     train = images.image(TRAIN_IMAGE)
     code, out = run_in(train, "import cdl.runtime.trial, determined; import cdl.engines", tmp_path)
     assert code != 0 and "No module named 'cdl.engines'" in out  # the operator's code is not in a trial image
@@ -260,9 +267,9 @@ def test_a_step_needing_code_its_image_lacks_fails_the_run(pachd: FakePachd, tmp
 
 
 @pytest.fixture
-def seldon(cluster_seldon_crd: Any, k8s_client: Any, images: ImageBuilder,
+def seldon(cluster_seldon_crd: Any, k8s_client: Any, serving_images: ImageBuilder,
            tmp_path: Path) -> Iterator[FakeSeldonController]:
-    controller = FakeSeldonController(k8s_client, images=images, work_dir=tmp_path / "seldon")
+    controller = FakeSeldonController(k8s_client, images=serving_images, work_dir=tmp_path / "seldon")
     controller.start()
     yield controller
     controller.stop()
