@@ -246,7 +246,7 @@ def _evaluate(res: Resource, spec: ModelVersionSpec, ctx: Context) -> Result:
     exp = ctx.cluster.get("Experiment", res.namespace, (res.status.get("lineage") or {}).get("experiment", "")) or {}
     request = EvaluationRequest(
         job_id=f"eval-{res.namespace}-{res.name}-{res.status['specHash']}", namespace=res.namespace,
-        resource=res.title, package_uri=artifact["uri"], package_sha256=artifact["sha256"],
+        resource=f"{res.namespace}/{res.name}", package_uri=artifact["uri"], package_sha256=artifact["sha256"],
         package_dir=ctx.engines.package_dir(artifact["uri"], artifact["sha256"]) if evaluator.needs_local_copies
         else None,
         entrypoint=ev.entrypoint, data=data, compression=compression,
