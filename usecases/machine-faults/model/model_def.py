@@ -36,16 +36,25 @@ class _WriteAssets(pytorch.PyTorchCallback):
         (Path(checkpoint_dir) / ASSETS_FILE).write_text(json.dumps(self.assets, indent=2))
 
 
+def _experiment_seed(context: pytorch.PyTorchTrialContext) -> int:
+    """The experiment's seed (the same for every trial of a search, so they validate on the same
+    rows); off-platform, without an experiment config, CDL_SEED or 42."""
+    try:
+        seed = context.get_experiment_config().get("reproducibility", {}).get("experiment_seed")
+    except ValueError:
+        seed = None
+    return int(seed if seed is not None else os.environ.get("CDL_SEED", "42"))
+
+
 class FaultTrial(pytorch.PyTorchTrial):
     def __init__(self, context: pytorch.PyTorchTrialContext) -> None:
         self.context = context
         hp = context.get_hparams()
-        seed = int(os.environ.get("CDL_SEED", "42"))
-        torch.manual_seed(seed)
+        torch.manual_seed(int(os.environ.get("CDL_SEED", "42")))  # weight init: this trial's seed
         table = read_table(os.environ["CDL_DATA_DIR"])
         self.class_names = sorted(set(table.labels))
         order = list(range(len(table.labels)))
-        random.Random(seed).shuffle(order)
+        random.Random(_experiment_seed(context)).shuffle(order)
         n_val = max(1, len(order) // 5)
         val, train = order[:n_val], order[n_val:]
         scaler = Scaler.fit([table.features[i] for i in train])
