@@ -1,49 +1,54 @@
-"""Serving latency and throughput: the cdl router and seldon-core microservice against the floor.
+"""Serving throughput and latency, side by side in one run: where each request's time goes.
 
-The model is the anchor of design/environment.md: a 5,000-feature MLP (torch), one example per
-request as JSON (about 25 KB). Measured in one run, client and servers sharing the machine:
+Two models, each served by every server, each server measured directly and through the cdl
+router (Scoring Data off, then on: rows into an embedded PostgreSQL):
 
-- in-process `CdlPredictor.predict` (the floor: no HTTP, no JSON);
-- seldon-core-microservice directly (`--workers 2 --threads 1 --grpc-workers 0`), as the local
-  engine starts it;
-- the cdl router in front of it, Scoring Data off, then on (rows into an embedded PostgreSQL);
-- MLServer 1.7.1 serving the same predictor through a custom runtime (V2 protocol), when
-  `.venvs/mlserver` exists (`python -m venv .venvs/mlserver && .venvs/mlserver/bin/pip install
-  mlserver==1.7.1 torch==2.13.0`).
+- the BBC news classifier (usecases/bbc-news, PyTorch; an untrained network of the real shape
+  over a vocabulary from the generated corpus: serving cost does not depend on the weights), one
+  short sentence per request;
+- the 22 KB MLP: 5,000 features -> 128 -> 5 (PyTorch), one example per request as JSON.
 
-Usage: .venv/bin/python bench/serving_bench.py [--requests 2000] [--concurrency 8]
-Prints a table of p50/p99 latency (ms) and requests/s at concurrency 1 and N, with the ratio of
-each server's c=1 p50 to the microservice's.
+Servers: the in-process `CdlPredictor` (no HTTP), a minimal aiohttp + orjson server around it
+(bench/floor_server.py: the floor), seldon-core-microservice (as the local engine starts it),
+MLServer with cdl's runtime (Open Inference Protocol), and, for the MLP at c=32, MLServer with
+adaptive batching. Load comes from `wrk` (C, one thread; `scripts/install-bench-tools.sh`), which takes far
+less of the shared cores than a Python client.
+
+Per configuration it prints p50/p99 at c=1, req/s and p50 at c=8 (and c=32), the ratio to the
+floor, what the router costs over the server behind it, and where a request's time goes:
+request parse, model (the server's own figure, from the router's Prometheus histogram), response
+encode (both measured in the server's environment with its own code), and the rest (HTTP, the
+server's framework, the client).
+
+    .venv/bin/python bench/serving_bench.py [--seconds 4] [--only mlp|bbc]
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
-import platform
+import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import aiohttp
 import numpy as np
-import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
-FEATURES = 5000
-HIDDEN = 128
+BBC_MODEL = ROOT / "usecases" / "bbc-news" / "model"
+FEATURES, HIDDEN = 5000, 128
 CLASSES = ["business", "entertainment", "politics", "sport", "tech"]
+SENTENCE = "The government announced new tax plans for small businesses ahead of the election."
 
-PREDICTOR_SOURCE = '''
+MLP_PREDICTOR = '''
 """The benchmark's predictor: a 5,000-feature MLP (torch), one thread."""
 import json
 from pathlib import Path
@@ -71,293 +76,532 @@ class BenchPredictor:
         return [self.class_names[i] for i in logits.argmax(dim=1).tolist()]
 '''
 
-MLSERVER_RUNTIME = '''
-"""MLServer custom runtime around the same predictor class (V2 protocol)."""
-import sys
 
-from mlserver import MLModel
-from mlserver.codecs import NumpyCodec, StringCodec
-from mlserver.types import InferenceRequest, InferenceResponse
+# --------------------------------------------------------------------------- packages
 
 
-class CdlRuntime(MLModel):
-    async def load(self) -> bool:
-        package = self.settings.parameters.uri
-        sys.path.insert(0, package + "/model")
-        from serve import BenchPredictor
-
-        self.predictor = BenchPredictor()
-        self.predictor.load(package)
-        return True
-
-    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
-        x = NumpyCodec.decode_input(payload.inputs[0])
-        labels = self.predictor.predict(x)
-        return InferenceResponse(model_name=self.name, outputs=[StringCodec.encode_output("label", labels)])
-'''
-
-
-@dataclass
-class Result:
-    name: str
-    c1: tuple[float, float, float] | None = None  # p50, p99, req/s
-    cn: tuple[float, float, float] | None = None
-    processes: int | None = None
-    pss_mb: float | None = None
-    note: str = ""
-
-
-def build_package(dest: Path) -> Path:
+def mlp_package(dest: Path) -> Path:
     import torch
 
     from cdl.runtime import package
 
     torch.manual_seed(0)
-    root = dest / "bench-1"
+    root = dest / "mlp"
     (root / "model").mkdir(parents=True)
     (root / "checkpoint").mkdir()
-    (root / "model" / "serve.py").write_text(PREDICTOR_SOURCE)
-    net = torch.nn.Sequential(torch.nn.Linear(FEATURES, HIDDEN), torch.nn.ReLU(), torch.nn.Linear(HIDDEN, len(CLASSES)))
+    (root / "model" / "serve.py").write_text(MLP_PREDICTOR)
+    net = torch.nn.Sequential(torch.nn.Linear(FEATURES, HIDDEN), torch.nn.ReLU(), torch.nn.Linear(HIDDEN, 5))
     torch.save({"models_state_dict": [net.state_dict()]}, root / "checkpoint" / "state_dict.pth")
     (root / "checkpoint" / "class_names.json").write_text(json.dumps(CLASSES))
-    (root / "requirements.txt").write_text("torch==2.13.0\n")
-    package.write_manifest(root, {"name": "bench", "version": 1, "framework": "pytorch",
+    package.write_manifest(root, {"name": "mlp", "version": 1, "framework": "pytorch",
                                   "entrypoints": {"predictor": "serve:BenchPredictor"}})
-    sha, _ = package.pack(root, dest / "bench-1.tar.gz")
-    return dest / "bench-1.tar.gz"
+    return root
 
 
-def rows(n: int, seed: int = 0) -> list[list[float]]:
-    """Bag-of-words-like rows: 60 % zeros, the rest weights with 3 decimals (about 23 KB as JSON)."""
+def bbc_package(dest: Path) -> Path:
+    """The BBC predictor's package: its code, a vocabulary fitted on the generated corpus, and a
+    network of the trained shape (hidden 256) with initial weights."""
+    import torch
+
+    from cdl.runtime import package
+
+    sys.path.insert(0, str(BBC_MODEL))
+    sys.path.insert(0, str(BBC_MODEL.parent / "data"))
+    import generate  # type: ignore[import-not-found]
+    from news_model import ModelConfig, TextVectorizer, load_corpus, write_assets  # type: ignore[import-not-found]
+
+    corpus_dir = dest / "bbc-corpus"
+    generate.generate(corpus_dir, per_class=40, seed=1, invalid=False, readme=False)
+    corpus = load_corpus(corpus_dir)
+    vectorizer = TextVectorizer()
+    vectorizer.fit([vectorizer.tokens(t) for t in corpus.texts], vocab_size=10000, min_df=1)
+    config = ModelConfig(input_dim=len(vectorizer.vocab), hidden_size=256, num_classes=len(CLASSES), dropout=0.3)
+    torch.manual_seed(0)
+    net = config.build()
+    root = dest / "bbc"
+    shutil.copytree(BBC_MODEL, root / "model", ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "checkpoint").mkdir()
+    torch.save({"models_state_dict": [net.state_dict()]}, root / "checkpoint" / "state_dict.pth")
+    write_assets(root / "checkpoint", {"vocab": vectorizer.vocab, "class_names": CLASSES,
+                                       "model_config": config.__dict__})
+    (root / "checkpoint" / "class_names.json").write_text(json.dumps(CLASSES))
+    package.write_manifest(root, {"name": "bbc", "version": 1, "framework": "pytorch",
+                                  "entrypoints": {"predictor": "serve:NewsPredictor"}})
+    return root
+
+
+def mlp_row(seed: int = 0) -> list[float]:
+    """A bag-of-words-like row: 60 % zeros, the rest weights with 3 decimals (about 22 KB as JSON)."""
     rng = np.random.default_rng(seed)
-    values = np.round(rng.random((n, FEATURES)), 3) * (rng.random((n, FEATURES)) > 0.6)
-    return [[int(v) if v == 0 else float(v) for v in r] for r in values]
+    values = np.round(rng.random(FEATURES), 3) * (rng.random(FEATURES) > 0.6)
+    return [int(v) if v == 0 else float(v) for v in values]
 
 
-def seldon_body(row: list[float]) -> bytes:
-    return json.dumps({"data": {"ndarray": [row]}}).encode()
+@dataclass
+class Model:
+    name: str
+    package: Path
+    seldon_body: bytes
+    v2_body: bytes
 
 
-def v2_body(row: list[float]) -> bytes:
-    return json.dumps({"inputs": [{"name": "x", "shape": [1, FEATURES], "datatype": "FP32", "data": row}]}).encode()
+def models(dest: Path, only: str | None) -> list[Model]:
+    out = []
+    if only in (None, "bbc"):
+        out.append(Model("BBC news, one sentence", bbc_package(dest),
+                         json.dumps({"data": {"ndarray": [SENTENCE]}}).encode(),
+                         json.dumps({"inputs": [{"name": "text", "shape": [1, 1], "datatype": "BYTES",
+                                                 "data": [SENTENCE]}]}).encode()))
+    if only in (None, "mlp"):
+        row = mlp_row()
+        out.append(Model("22 KB MLP", mlp_package(dest), json.dumps({"data": {"ndarray": [row]}}).encode(),
+                         json.dumps({"inputs": [{"name": "x", "shape": [1, FEATURES], "datatype": "FP32",
+                                                 "data": row}]}).encode()))
+    return out
 
 
-def percentiles(ms: list[float]) -> tuple[float, float]:
-    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+# --------------------------------------------------------------------------- load
 
 
-async def load(url: str, bodies: list[bytes], concurrency: int, total: int) -> tuple[float, float, float]:
-    """`total` POSTs with `concurrency` clients on one keep-alive session; (p50, p99, req/s)."""
-    latencies: list[float] = []
-    errors = 0
-    counter = iter(range(total))
-
-    async def client(session: aiohttp.ClientSession) -> None:
-        nonlocal errors
-        for i in counter:
-            body = bodies[i % len(bodies)]
-            start = time.perf_counter()
-            async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as resp:
-                await resp.read()
-                if resp.status != 200:
-                    errors += 1
-            latencies.append((time.perf_counter() - start) * 1000.0)
-
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
-        for body in bodies[:20]:  # warm up
-            async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as resp:
-                await resp.read()
-        started = time.perf_counter()
-        await asyncio.gather(*(client(session) for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
-    if errors:
-        raise RuntimeError(f"{url}: {errors} of {total} requests failed")
-    p50, p99 = percentiles(latencies)
-    return p50, p99, total / elapsed
+@dataclass
+class Run:
+    p50: float
+    p99: float
+    rps: float
+    errors: int = 0
+    cpu_ms: float | None = None  # CPU time per request of the measured processes (robust to a busy machine)
 
 
-def measure(url: str, bodies: list[bytes], concurrency: int, requests: int) -> tuple[tuple[float, float, float],
-                                                                                      tuple[float, float, float]]:
-    c1 = asyncio.run(load(url, bodies, 1, max(200, requests // 4)))
-    cn = asyncio.run(load(url, bodies, concurrency, requests))
-    return c1, cn
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of the processes and their children (a server's workers too)."""
+    import psutil
 
-
-def group_footprint(pid: int) -> tuple[int, float]:
-    """Processes and PSS (MB) of a process and its descendants."""
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return 0, 0.0
-    pss = 0
-    for p in procs:
+    total = 0.0
+    for pid in pids:
         try:
-            pss += p.memory_full_info().pss
+            root = psutil.Process(pid)
+            for proc in [root, *root.children(recursive=True)]:
+                try:
+                    t = proc.cpu_times()
+                    total += t.user + t.system
+                except psutil.Error:
+                    pass
         except psutil.Error:
             pass
-    return len(procs), pss / 1e6
+    return total
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
-def in_process(package_dir: Path, calls: int) -> Result:
+def wrk(url: str, body: bytes, concurrency: int, seconds: float, work: Path, pids: list[int] = ()) -> Run:
+    """`wrk` POSTing one body; latency percentiles (ms), requests per second, and the CPU per
+    request of `pids` (with their children) over the measured run."""
+    (work / "body.json").write_bytes(body)
+    script = work / "post.lua"
+    script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+                      f'local f = io.open("{work / "body.json"}", "rb")\nwrk.body = f:read("*all")\nf:close()\n')
+    subprocess.run(["wrk", "-t1", "-c1", "-d1s", "-s", str(script), url], capture_output=True, timeout=60)  # warm
+    cpu_before = cpu_seconds(list(pids))
+    done = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:g}s", "--latency", "--timeout", "10s",
+                           "-s", str(script), url], capture_output=True, text=True, timeout=seconds + 60)
+    cpu = cpu_seconds(list(pids)) - cpu_before
+    text = done.stdout
+    count = re.search(r"(\d+) requests in", text)
+
+    def pct(p: str) -> float:
+        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+        return float(m.group(1)) * _UNITS[m.group(2)] if m else float("nan")
+
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+    return Run(pct("50"), pct("99"), float(rps.group(1)) if rps else 0.0, int(errors.group(1)) if errors else 0,
+               cpu / int(count.group(1)) * 1000.0 if (pids and count and int(count.group(1))) else None)
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes] | None, log: Path, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{url}: the server exited:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} not ready in {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(10)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+# --------------------------------------------------------------------------- servers
+
+
+@dataclass
+class Server:
+    name: str
+    url: str  # predict URL
+    health: str
+    protocol: str  # seldon | v2
+    stopper: Any
+    pid: int = 0
+
+
+def start_floor(model: Model, work: Path) -> Server:
+    from cdl.engines.serving.local.microservice import free_port
+
+    port = free_port("127.0.0.1")
+    log = work / "floor.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "floor_server.py"), "--package",
+                                 str(model.package), "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    base = f"http://127.0.0.1:{port}"
+    wait_ready(f"{base}/health/ping", proc, log)
+    return Server("aiohttp + orjson floor", f"{base}/api/v1.0/predictions", f"{base}/health/ping", "seldon",
+                  lambda: stop(proc), proc.pid)
+
+
+def start_engine_server(kind: str, model: Model, work: Path, batch: int = 0) -> Server:
+    """seldon-core-microservice or MLServer exactly as the local engine starts them."""
+    from cdl.engines.serving.local import venv as venvs
+    from cdl.engines.serving.local.microservice import Microservice, ServerState, prepare_wrapper_dir
+    from cdl.engines.serving.local.mlserver import MLServerProcess
+
+    state = ServerState(id=f"{kind}-{batch}", model_version="bench-1", sha256="", predictor="",
+                        package_dir=str(model.package), server=kind, model_name="bench",
+                        max_batch_size=batch, max_batch_time_ms=2.0 if batch else 0.0)
+    venv = venvs.ensure_venv(kind=kind)
+    process = (MLServerProcess if kind == "mlserver" else Microservice)(
+        state, venv, prepare_wrapper_dir(work / "wrapper"), work / "logs")
+    process.start()
+    deadline = time.monotonic() + 180
+    while not process.healthy():
+        if not process.alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"{kind} did not start: {Path(state.log).read_text()[-3000:]}")
+        time.sleep(0.2)
+    name = "seldon-core-microservice" if kind == "seldon" else \
+        f"MLServer{f', batching {batch}' if batch else ''}"
+    return Server(name, state.predict_url, "", "v2" if kind == "mlserver" else "seldon", process.stop,
+                  state.pid or 0)
+
+
+class RouterProcess:
+    """The cdl router (`python -m cdl.engines.serving.local.router`) in front of one server."""
+
+    def __init__(self, server: Server, work: Path, database_url: str) -> None:
+        from cdl.engines.serving.local.microservice import free_port
+
+        self.server, self.config = server, work / "router.json"
+        self.version = 0
+        self.write(logging=False)
+        self.port = free_port("127.0.0.1")
+        log = work / "router.log"
+        env = {**os.environ, "CDL_ROUTER_DATABASE_URL": database_url}
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "cdl.engines.serving.local.router", "--config",
+                                          str(self.config), "--port", str(self.port)], stdout=out,
+                                         stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        wait_ready(f"http://127.0.0.1:{self.port}/health/ping", self.proc, log)
+
+    @property
+    def url(self) -> str:
+        base = f"http://127.0.0.1:{self.port}"
+        return f"{base}/v2/models/bench/infer" if self.server.protocol == "v2" else f"{base}/api/v1.0/predictions"
+
+    def write(self, logging: bool) -> None:
+        self.version += 1
+        self.config.write_text(json.dumps({
+            "version": self.version, "namespace": "bench", "deployment": "bench", "protocol": self.server.protocol,
+            "routes": [{"model_version": "bench-1", "role": "primary", "percent": 100,
+                        "backends": [self.server.url]}],
+            "shadows": [], "logging": {"enabled": logging, "sample_rate": 1.0}}))
+
+    def scoring(self, on: bool) -> None:
+        self.write(on)
+        os.kill(self.proc.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while self.health()["version"] != self.version and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def health(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=5) as resp:
+            return json.loads(resp.read())
+
+    def model_ms(self) -> float | None:
+        """The model's mean time per request as the servers reported it (Prometheus histogram)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        total = re.search(r"^cdl_model_seconds_sum\{[^}]*\} ([\d.e+-]+)$", text, re.M)
+        count = re.search(r"^cdl_model_seconds_count\{[^}]*\} ([\d.e+-]+)$", text, re.M)
+        if not (total and count) or float(count.group(1)) == 0:
+            return None
+        return float(total.group(1)) / float(count.group(1)) * 1000.0
+
+    def drain(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while self.health()["scoring"]["queued"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        stop(self.proc)
+
+
+# --------------------------------------------------------------------------- where the time goes
+
+
+def seldon_costs(model: Model) -> tuple[float, float]:
+    """Request parse (orjson, as the wrapper's Flask does, plus its input checks) and response
+    encode (orjson), ms, measured here with the same libraries."""
+    import orjson
+
     from cdl.runtime.serving import CdlPredictor
 
-    model = CdlPredictor(model_package=str(package_dir))
-    model.load()
-    x = np.asarray(rows(50, seed=1), dtype=np.float64)
-    for i in range(50):
-        model.predict(x[i:i + 1])
-    raw_ms, wrapped_ms = [], []
-    for i in range(calls):
-        one = x[i % 50:i % 50 + 1]
-        start = time.perf_counter()
-        model.model.predict(one.tolist())
-        raw_ms.append((time.perf_counter() - start) * 1000.0)
-        start = time.perf_counter()
-        model.predict(one)
-        wrapped_ms.append((time.perf_counter() - start) * 1000.0)
-    raw = percentiles(raw_ms)
-    wrapped = percentiles(wrapped_ms)
-    return Result("in-process CdlPredictor.predict (floor)", c1=(wrapped[0], wrapped[1], 1000.0 / np.mean(wrapped_ms)),
-                  note=f"bare predictor {raw[0]:.3f} ms p50; wrapper checks add {wrapped[0] - raw[0]:.3f} ms")
+    predictor = CdlPredictor(model_package=str(model.package))
+    predictor.load()
+    answer = predictor.predict_raw(orjson.loads(model.seldon_body))
+    from cdl.runtime.serving import validate_rows
+
+    def parse() -> None:
+        rows = orjson.loads(model.seldon_body)["data"]["ndarray"]
+        validate_rows(rows, predictor.input_type, predictor.input_shape)
+
+    return _time(parse), _time(lambda: orjson.dumps(answer))
 
 
-def mlserver(package_dir: Path, work: Path, bodies: list[bytes], concurrency: int, requests: int) -> Result:
-    venv = ROOT / ".venvs" / "mlserver"
-    binary = venv / "bin" / "mlserver"
-    if not binary.exists():
-        return Result("MLServer 1.7.1 custom runtime", note=f"skipped: {binary} not installed")
-    models = work / "mlserver"
-    (models / "bench").mkdir(parents=True)
-    (models / "bench" / "cdl_runtime.py").write_text(MLSERVER_RUNTIME)
-    (models / "bench" / "model-settings.json").write_text(json.dumps({
-        "name": "bench", "implementation": "cdl_runtime.CdlRuntime", "parameters": {"uri": str(package_dir)}}))
-    http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
-    (models / "settings.json").write_text(json.dumps({
-        "host": "127.0.0.1", "http_port": http_port, "grpc_port": grpc_port, "metrics_port": metrics_port,
-        "parallel_workers": 0, "debug": False}))
-    log = open(work / "mlserver.log", "wb")
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
-    env.update(PATH=f"{venv / 'bin'}:{env['PATH']}", OMP_NUM_THREADS="1", PYTHONPATH=str(models / "bench"))
-    proc = subprocess.Popen([str(binary), "start", str(models)], cwd=models, stdout=log, stderr=subprocess.STDOUT,
-                            env=env, start_new_session=True)
-    try:
-        base = f"http://127.0.0.1:{http_port}"
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"mlserver exited: {(work / 'mlserver.log').read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{base}/v2/models/bench/ready", timeout=1) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("mlserver not ready in 120 s")
-            time.sleep(0.2)
-        c1, cn = measure(f"{base}/v2/models/bench/infer", bodies, concurrency, requests)
-        n, pss = group_footprint(proc.pid)
-        return Result("MLServer 1.7.1 custom runtime (V2)", c1, cn, n, pss)
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+V2_COSTS = '''
+import json, sys, time
+from mlserver.codecs import NumpyCodec, StringCodec
+from mlserver.types import InferenceRequest, InferenceResponse
+body = open(sys.argv[1], "rb").read()
+def parse():
+    req = InferenceRequest.model_validate_json(body)
+    i = req.inputs[0]
+    return StringCodec.decode_input(i) if i.datatype == "BYTES" else NumpyCodec.decode_input(i).tolist()
+def encode():
+    out = StringCodec.encode_output("label", ["business"])
+    return InferenceResponse(model_name="bench", outputs=[out], parameters={"cdl_model_ms": 0.1}).model_dump_json()
+def timed(f, n=300):
+    for _ in range(20): f()
+    t = time.perf_counter()
+    for _ in range(n): f()
+    return (time.perf_counter() - t) / n * 1000
+print(json.dumps([timed(parse), timed(encode)]))
+'''
+
+
+def v2_costs(model: Model, work: Path) -> tuple[float, float]:
+    """Request parse (pydantic model + codec, as MLServer does) and response encode, ms,
+    measured in MLServer's environment."""
+    from cdl.engines.serving.local import venv as venvs
+
+    (work / "v2.json").write_bytes(model.v2_body)
+    python = venvs.ensure_venv(kind="mlserver") / "bin" / "python"
+    done = subprocess.run([str(python), "-c", V2_COSTS, str(work / "v2.json")], capture_output=True, text=True,
+                          timeout=120)
+    if done.returncode != 0:
+        return float("nan"), float("nan")
+    parse, encode = json.loads(done.stdout)
+    return parse, encode
+
+
+def _time(fn: Any, n: int = 300) -> float:
+    for _ in range(20):
+        fn()
+    started = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - started) / n * 1000.0
+
+
+def in_process(model: Model) -> tuple[float, float]:
+    """p50 ms of the bare predictor and of `CdlPredictor.predict_rows` (its checks included)."""
+    import orjson
+
+    from cdl.runtime.serving import CdlPredictor
+
+    predictor = CdlPredictor(model_package=str(model.package))
+    predictor.load()
+    rows = orjson.loads(model.seldon_body)["data"]["ndarray"]
+    bare, wrapped = [], []
+    for i in range(600):
+        started = time.perf_counter()
+        predictor.model.predict(rows)
+        middle = time.perf_counter()
+        predictor.predict_rows(rows)
+        end = time.perf_counter()
+        if i >= 100:
+            bare.append((middle - started) * 1000.0)
+            wrapped.append((end - middle) * 1000.0)
+    return float(np.median(bare)), float(np.median(wrapped))
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass
+class Row:
+    model: str
+    name: str
+    behind: str | None = None  # the server a router row is in front of
+    c1: Run | None = None
+    c8: Run | None = None
+    c32: Run | None = None
+    parse: float | None = None
+    model_ms: float | None = None
+    encode: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def measure(url: str, body: bytes, work: Path, seconds: float, concurrencies: tuple[int, ...],
+            pids: list[int] = ()) -> dict[int, Run]:
+    return {c: wrk(url, body, c, seconds, work, pids) for c in concurrencies}
+
+
+def bench_model(model: Model, work: Path, database_url: str, seconds: float, pg_pid: int | None) -> list[Row]:
+    rows: list[Row] = []
+    bare, wrapped = in_process(model)
+    rows.append(Row(model.name, "in-process CdlPredictor", c1=Run(wrapped, float("nan"), 1000.0 / wrapped),
+                    model_ms=bare, notes=[f"bare predictor {bare:.3f} ms, with cdl's checks {wrapped:.3f} ms"]))
+    seldon_parse, seldon_encode = seldon_costs(model)
+    v2_parse, v2_encode = v2_costs(model, work)
+    mlp = model.name.startswith("22 KB")
+    starters = [lambda: start_floor(model, work), lambda: start_engine_server("seldon", model, work),
+                lambda: start_engine_server("mlserver", model, work)]
+    if mlp:
+        starters.append(lambda: start_engine_server("mlserver", model, work, batch=32))
+    for start in starters:
+        server = start()
         try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
+            body = model.v2_body if server.protocol == "v2" else model.seldon_body
+            parse, encode = (v2_parse, v2_encode) if server.protocol == "v2" else (seldon_parse, seldon_encode)
+            conc = (1, 8, 32) if mlp and server.name.startswith("MLServer") else (1, 8)
+            direct = Row(model.name, server.name, parse=parse, encode=encode)
+            runs = measure(server.url, body, work, seconds, conc, [server.pid])
+            direct.c1, direct.c8, direct.c32 = runs[1], runs[8], runs.get(32)
+            rows.append(direct)
+            if "batching" in server.name:
+                continue  # batching is measured at c=32 against the same server unbatched
+            router = RouterProcess(server, work, database_url)
+            try:
+                for scoring in (False, True):
+                    router.scoring(scoring)
+                    row = Row(model.name, f"cdl router, scoring {'on' if scoring else 'off'}", behind=server.name,
+                              parse=parse, encode=encode)
+                    # the router's CPU, and PostgreSQL's when it writes the rows
+                    runs = measure(router.url, body, work, seconds, (1, 8),
+                                   [router.proc.pid, *([pg_pid] if scoring and pg_pid else [])])
+                    row.c1, row.c8 = runs[1], runs[8]
+                    if scoring:
+                        router.drain()
+                        row.notes.append(f"{router.health()['scoring']['written']} rows written")
+                    rows.append(row)
+                direct.model_ms = router.model_ms()
+                for row in rows[-2:]:
+                    row.model_ms = direct.model_ms
+            finally:
+                router.stop()
+        finally:
+            server.stopper()
+    return rows
+
+
+def report(rows: list[Row], seconds: float) -> str:
+    out = []
+    load = os.getloadavg()
+    out.append(f"Serving benchmark, {os.uname().nodename} ({os.cpu_count()} cores), {time.strftime('%Y-%m-%d %H:%M')}, "
+               f"wrk -t1, {seconds:g} s per point; load average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    for model in dict.fromkeys(r.model for r in rows):
+        mine = [r for r in rows if r.model == model]
+        floor = next((r for r in mine if r.name.startswith("aiohttp") and r.c8), None)
+        out.append(f"\n### {model}\n")
+        out.append("| configuration | c=1 p50 ms | c=1 p99 ms | c=8 req/s | c=8 p50 ms | c=32 req/s | c=8 vs floor "
+                   "| router: req/s vs server, +p50 c=1 | CPU ms/req (c=8) | router CPU share | parse ms "
+                   "| model ms | encode ms | rest ms (c=1) |")
+        out.append("|" + "---|" * 14)
+        direct: dict[str, Row] = {}
+        for r in mine:
+            if r.behind is None:
+                direct[r.name] = r
+            name = r.name if r.behind is None else f"&nbsp;&nbsp;{r.name} -> {r.behind}"
+            cells = [name]
+            cells += [f"{r.c1.p50:.3f}", "-" if r.c1.p99 != r.c1.p99 else f"{r.c1.p99:.2f}"] if r.c1 else ["-", "-"]
+            cells += [f"{r.c8.rps:.0f}", f"{r.c8.p50:.2f}"] if r.c8 else ["-", "-"]
+            cells.append(f"{r.c32.rps:.0f}" if r.c32 else "-")
+            cells.append(f"{r.c8.rps / floor.c8.rps:.2f}x" if (r.c8 and floor) else "-")
+            behind = direct.get(r.behind or "")
+            if behind and behind.c8 and r.c8 and behind.c1 and r.c1:
+                cells.append(f"{r.c8.rps / behind.c8.rps:.2f}x, {r.c1.p50 - behind.c1.p50:+.2f} ms")
+            else:
+                cells.append("-")
+            cpu = r.c8.cpu_ms if r.c8 else None
+            cells.append("-" if cpu is None else f"{cpu:.3f}")
+            behind_cpu = behind.c8.cpu_ms if (behind and behind.c8) else None
+            cells.append(f"{cpu / (cpu + behind_cpu):.0%}" if (cpu is not None and behind_cpu) else "-")
+            for v in (r.parse, r.model_ms, r.encode):
+                cells.append("-" if v is None or v != v else f"{v:.3f}")
+            if r.behind is None and r.c1 and None not in (r.parse, r.model_ms, r.encode) and r.parse == r.parse:
+                cells.append(f"{r.c1.p50 - r.parse - r.model_ms - r.encode:.3f}")
+            else:
+                cells.append("-")
+            out.append("| " + " | ".join(cells) + " |")
+            errors = sum(x.errors for x in (r.c1, r.c8, r.c32) if x)
+            if errors:
+                r.notes.append(f"{errors} non-2xx answers")
+        notes = [f"- {r.name}{' -> ' + r.behind if r.behind else ''}: {'; '.join(r.notes)}" for r in mine if r.notes]
+        if notes:
+            out.append("")
+            out += notes
+    return "\n".join(out)
+
+
+def postgres_pid(data_dir: Path) -> int | None:
+    """The embedded PostgreSQL's postmaster (its backends are its children)."""
+    for pidfile in data_dir.rglob("postmaster.pid"):
+        try:
+            return int(pidfile.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return None
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--requests", type=int, default=2000, help="requests per concurrent run")
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=4.0, help="seconds of load per point")
+    parser.add_argument("--only", choices=("mlp", "bbc"), default=None)
     args = parser.parse_args()
-
-    from cdl.engines.base import ResourceKey, ServedModel, ServingRequest
-    from cdl.engines.serving.local import LocalServingEngine
-    from cdl.engines.serving.local.venv import ensure_seldon_venv
-    from cdl.runtime import package as cdl_package
+    if not shutil.which("wrk"):
+        print("wrk is not installed: bash scripts/install-bench-tools.sh", file=sys.stderr)
+        return 2
     from cdl.stores.embedded_postgres import EmbeddedPostgres
     from cdl.stores.postgres import Database
 
     work = Path(tempfile.mkdtemp(prefix="cdl-serving-bench-"))
-    results: list[Result] = []
-    engine = pg = None
+    pg = EmbeddedPostgres(work / "pg", database="bench")
+    rows: list[Row] = []
     try:
-        archive = build_package(work)
-        sha = cdl_package.file_sha256(archive)
-        unpacked = cdl_package.unpack(archive, work / "unpacked")
-        data = rows(64)
-        bodies = [seldon_body(r) for r in data]
-        print(f"request body {len(bodies[0]) / 1024:.1f} KB; {args.requests} requests at c={args.concurrency}, "
-              f"{max(200, args.requests // 4)} at c=1", file=sys.stderr)
-
-        results.append(in_process(unpacked, 2000))
-
-        venv = ensure_seldon_venv()
-        pg = EmbeddedPostgres(work / "pg", database="bench")
-        database = Database(pg.start())
-        database.migrate()
-        engine = LocalServingEngine(work / "serving", database=database, venv_dir=venv, poll_seconds=0.2)
-        key = ResourceKey("bench", "mlp")
-        model = ServedModel("bench-1", archive.as_uri(), sha, "serve:BenchPredictor")
-        engine.apply(ServingRequest(key, 1, [model], sample_rate=0.0))
-        status = engine.wait_available(key, 180)
-        if status.state != "Available":
-            raise RuntimeError(f"deployment not available: {status}\n{engine.logs(key)}")
-        dep = engine._deployments[key.slug]
-        (server,) = dep.state.servers.values()
-        direct = f"http://127.0.0.1:{server['http_port']}/api/v1.0/predictions"
-
-        c1, cn = measure(direct, bodies, args.concurrency, args.requests)
-        n, pss = group_footprint(server["pid"])
-        results.append(Result("seldon-core-microservice, 2 sync workers", c1, cn, n, pss))
-
-        c1, cn = measure(status.url, bodies, args.concurrency, args.requests)
-        rn, rpss = group_footprint(dep.state.router.pid)
-        results.append(Result("cdl router -> microservice, scoring off", c1, cn, n + rn, pss + rpss))
-
-        engine.apply(ServingRequest(key, 2, [model], sample_rate=1.0))
-        engine.wait_available(key, 60)
-        c1, cn = measure(status.url, bodies, args.concurrency, args.requests)
-        rn, rpss = group_footprint(dep.state.router.pid)
-        results.append(Result("cdl router -> microservice, scoring on", c1, cn, n + rn, pss + rpss,
-                              note="every request a row in PostgreSQL (batched)"))
-
-        results.append(mlserver(unpacked, work, [v2_body(r) for r in data], args.concurrency, args.requests))
+        database_url = pg.start()
+        Database(database_url).migrate()
+        for model in models(work, args.only):
+            print(f"{model.name}: Seldon body {len(model.seldon_body)} B, V2 body {len(model.v2_body)} B",
+                  file=sys.stderr)
+            rows += bench_model(model, work, database_url, args.seconds, postgres_pid(work / "pg"))
     finally:
-        if engine is not None:
-            engine.close(stop_servers=True)
-        if pg is not None:
-            pg.stop()
+        pg.stop()
         shutil.rmtree(work, ignore_errors=True)
-
-    base = next((r.c1[0] for r in results if r.name.startswith("seldon-core") and r.c1), None)
-    print(f"\nServing benchmark, {platform.node()} ({os.cpu_count()} cores), {time.strftime('%Y-%m-%d %H:%M')}, "
-          f"load average at the end {os.getloadavg()[0]:.1f}")
-    header = (f"| server | c=1 p50 ms | c=1 p99 ms | c={args.concurrency} p50 ms | c={args.concurrency} p99 ms "
-              f"| c={args.concurrency} req/s | c=1 p50 vs microservice | processes, PSS |")
-    print(header)
-    print("|" + "---|" * 8)
-    for r in results:
-        cells = [r.name]
-        cells += [f"{r.c1[0]:.3f}", f"{r.c1[1]:.3f}"] if r.c1 else ["-", "-"]
-        cells += [f"{r.cn[0]:.1f}", f"{r.cn[1]:.1f}", f"{r.cn[2]:.0f}"] if r.cn else ["-", "-", "-"]
-        cells.append(f"{r.c1[0] / base:.2f}x" if (r.c1 and base) else "-")
-        cells.append(f"{r.processes}, {r.pss_mb:.0f} MB" if r.processes else "-")
-        print("| " + " | ".join(cells) + " |")
-    for r in results:
-        if r.note:
-            print(f"- {r.name}: {r.note}")
+    print(report(rows, args.seconds))
     return 0
 
 

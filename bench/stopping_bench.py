@@ -283,6 +283,9 @@ def run_optuna(problem: Problem, pruner_name: str, trials: int, epochs: int, see
 
 
 def bench_problem(problem: Problem, trials: int, epochs: int, seed: int) -> list[dict[str, Any]]:
+    warm = Trainer(problem, configs(problem, 1, seed)[0], seed)  # first-call costs out of the first method
+    for _ in range(2):
+        warm.epoch()
     methods: list[Result] = [
         run_rules(problem, "none", None, trials, epochs, seed),
         run_rules(problem, "cdl patience", StoppingSettings.from_wire({"patience": 3, "minDelta": 0.1}),

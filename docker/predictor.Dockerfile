@@ -16,4 +16,4 @@ RUN touch /microservice/cdl/__init__.py \
 USER 8888
 EXPOSE 9000 5001 6000
 ENV MODEL_NAME=CdlPredictor SERVICE_TYPE=MODEL
-CMD ["sh", "-c", "exec seldon-core-microservice $MODEL_NAME --service-type $SERVICE_TYPE --workers 2 --threads 1 --grpc-workers 0"]
+CMD ["sh", "-c", "exec seldon-core-microservice $MODEL_NAME --service-type $SERVICE_TYPE --workers 2 --threads 2 --grpc-workers 0"]

@@ -67,14 +67,19 @@ PRIVATE_UMASK = 0o077
 
 
 def make_private(directory: Path) -> None:
-    """Make a data directory its owner's alone: the directory 0700 and the files directly in it
+    """Make a data directory its owner's alone: no one else may list or write the directory and
+    its folders (0700, keeping a traverse bit already given), and the files directly in it are
     0600 (the devcluster's `state.db` holds every Secret; the token and kubeconfig are keys),
     including those an older cdl left readable. What is created later inside it is made private
     by the processes' umask (`PRIVATE_UMASK`), set by `cdl up` and the API server."""
     directory.mkdir(parents=True, exist_ok=True)
-    os.chmod(directory, 0o700)
-    for entry in directory.iterdir():
+    for path in (directory, *directory.iterdir()):
         with contextlib.suppress(OSError):
-            if entry.is_symlink():
+            if path.is_symlink():
                 continue
-            os.chmod(entry, 0o700 if entry.is_dir() else 0o600)
+            if path.is_dir():
+                # no one else may list or write; a traverse bit already given stays (as root, the
+                # embedded PostgreSQL runs as its own user and must reach its data folder inside)
+                os.chmod(path, 0o700 | (stat.S_IMODE(path.stat().st_mode) & 0o011))
+            else:
+                os.chmod(path, 0o600)

@@ -25,6 +25,7 @@ DEAD_KUBECONFIG = {
     ["monitor", "news-classifier"],
     ["predict", "news-classifier", "--data", '["x"]'],
     ["experiments", "compare", "bbc-asha"],
+    ["experiments", "study", "bbc-asha"],
 ])
 def test_an_unreachable_api_server_is_a_one_line_error(tmp_path: Path, args: list[str]) -> None:
     kubeconfig = tmp_path / "kubeconfig"

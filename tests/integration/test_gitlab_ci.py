@@ -83,3 +83,31 @@ def test_validate_job_runs_in_shell_mode(team_repo):
     out = run([str(GCL), "validate", "--force-shell-executor"], team_repo, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "resource(s) valid" in out.stdout
+
+
+def test_cdl_is_never_installed_by_name_from_the_public_index():
+    """PyPI's `cdl` is another project (DataLab): the distribution is `cdl-mlops`, and the pipeline
+    takes it from its CI image or the project's own package registry (--index-url, never
+    --extra-index-url, which would let a public package of the same name win)."""
+    import re
+    import tomllib
+
+    import yaml
+
+    assert tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["name"] == "cdl-mlops"
+    pipeline = yaml.safe_load((ROOT / ".gitlab-ci.yml").read_text())
+    lines = []
+    for job in pipeline.values():
+        if isinstance(job, dict):
+            for key in ("before_script", "script"):
+                lines += [str(line) for line in job.get(key) or []]
+    installs = [line for line in lines if "pip install" in line and "cdl" in line]
+    assert installs, "the pipeline installs cdl somewhere when its image lacks it"
+    for line in installs:
+        requirement = line.split("pip install", 1)[1]
+        assert not re.search(r"[\"' ]cdl(\[|==|[\"' ]|$)", requirement), line
+        assert "cdl-mlops" in line and "--extra-index-url" not in line
+        assert re.search(r"--index-url \S*/api/v4/projects/\$\{CDL_PACKAGE_PROJECT\}/packages/pypi/simple", line), line
+    assert pipeline[".cdl-cli"]["image"] == "$CDL_CI_IMAGE"
+    dockerfile = (ROOT / "docker" / "ci-tools.Dockerfile").read_text()
+    assert "scripts/install-tools.sh" in dockerfile and 'pip install ".[operator]"' in dockerfile

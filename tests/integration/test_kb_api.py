@@ -6,7 +6,11 @@ import csv
 import io
 import urllib.parse
 
+import pytest
+
 from tests.plugins.kb import EXPERIMENT, NS
+
+pytestmark = pytest.mark.slow  # a real PostgreSQL
 
 TRIALS_PATH = f"/v1/namespaces/{NS}/experiments/{EXPERIMENT}/trials"
 
@@ -98,7 +102,7 @@ def test_model_versions_report_confusion_and_lineage(kb_server):
     kinds = [link["kind"] for link in mv["lineageChain"]]
     assert kinds == ["data", "experiment", "trial", "checkpoint", "code", "model-version", "deployment"]
     assert mv["lineageChain"][0]["id"] == "news-train@c0ffee" and mv["lineageChain"][-1]["id"] == f"{NS}/news"
-    status, md, _ = kb_server.get("/v1/models/news/versions/1/report.md")
+    status, md, _ = kb_server.get(f"/v1/namespaces/{NS}/models/news/versions/1/report.md")
     assert status == 200 and "business" in md and "accuracy" in md
 
 
@@ -111,8 +115,6 @@ def test_deployment_scoring_over_time(kb_server):
 
 
 def test_a_token_guards_every_other_address(kb_records):
-    import pytest
-
     from cdl.errors import CdlError
     from cdl.kb.api import KB, check_bind, serve_in_thread
     from cdl.kb.catalog import Catalog
@@ -130,3 +132,21 @@ def test_a_token_guards_every_other_address(kb_records):
         assert status == 200 and data["total"] == 1
     finally:
         served.stop()
+
+
+def test_versions_are_counted_per_namespace(kb_server):
+    """A team's namespace is its boundary: the same model name elsewhere is another project."""
+    kb_server.records.database.record_model_version(
+        "news", 1, namespace="other-team", resource="news-v1", stage="candidate",
+        artifact={"uri": "file:///registry/other/news/1/package.tar.gz", "sha256": "b" * 64, "bytes": 99,
+                  "format": "cdl-package/v1+tar.gz"})
+    _, projects, _ = kb_server.get("/v1/projects")
+    assert sorted((p["namespace"], p["versions"]) for p in projects) == [(NS, 2), ("other-team", 1)]
+    _, mine, _ = kb_server.get(f"/v1/namespaces/{NS}/models/news/versions/1")
+    _, theirs, _ = kb_server.get("/v1/namespaces/other-team/models/news/versions/1")
+    assert (mine["stage"], mine["artifact_bytes"]) == ("production", 1234)
+    assert (theirs["stage"], theirs["artifact_bytes"], theirs["report"]) == ("candidate", 99, None)
+    status, data, _ = kb_server.get("/v1/namespaces/nobody/models/news/versions/1")
+    assert status == 404 and "in namespace nobody" in data["error"]
+    _, listed, _ = kb_server.get("/v1/modelversions?namespace=other-team")
+    assert [(v["namespace"], v["version"]) for v in listed["items"]] == [("other-team", 1)]

@@ -5,16 +5,14 @@ a real model server. Screenshots are saved in the test's tmp dir and checked for
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
-import threading
 import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.plugins.kb import EXPERIMENT, NS
+from tests.plugins.kb import EXPERIMENT, NS, Gateway
 from tests.plugins.serving import served
 
 pytestmark = pytest.mark.slow
@@ -43,25 +41,6 @@ def browser(tmp_path):
         driver.quit()
 
 
-class Gateway:
-    """`cdl dashboard`'s gateway on a free loopback port, on its own event loop."""
-
-    def __init__(self, kubeconfig: str) -> None:
-        from cdl.kb.gateway import Upstream, serve
-
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        upstream = Upstream.from_kubeconfig(kubeconfig)
-        self.runner, self.port = asyncio.run_coroutine_threadsafe(
-            serve(upstream, "127.0.0.1", 0, None), self.loop).result(30)
-
-    def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-
-
 @pytest.fixture
 def platform(kb_records, cdl_crds, k8s_client, kubectl, serving_deploy, serving_packages):
     """Records, CRDs, the ModelVersion and Deployment resources, a real model server behind the
@@ -70,7 +49,7 @@ def platform(kb_records, cdl_crds, k8s_client, kubectl, serving_deploy, serving_
 
     from cdl.kb.api import KB, serve_in_thread
     from cdl.kb.catalog import Catalog
-    from cdl.kb.service import deployment_endpoint, register_endpoint
+    from cdl.kb.service import deployment_status, register_endpoint
 
     core = client.CoreV1Api(k8s_client)
     if NS not in [n.metadata.name for n in core.list_namespace().items]:
@@ -84,10 +63,12 @@ def platform(kb_records, cdl_crds, k8s_client, kubectl, serving_deploy, serving_
     kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(m) for m in manifests))
     _, status = serving_deploy(f"kb-{uuid.uuid4().hex[:6]}", [served(serving_packages["v1"])])
     kubectl("patch", "deployments.cdl.dev", "news", "-n", NS, "--subresource=status", "--type=merge",
-            "-p", json.dumps({"status": {"url": status.url, "phase": "Available"}}))
+            "-p", json.dumps({"status": {"url": status.url, "phase": "Available", "monitoring": {
+                "requests": 18, "drift": 0.31, "driftDetected": True, "windowStart": "2026-03-01T12:00:00Z"},
+                "traffic": [{"modelVersion": "news-v1", "percent": 100, "role": "primary"}]}}))
 
     kb = KB(Catalog(kb_records.database, kb_records.artifacts),
-            endpoint=lambda ns, name: deployment_endpoint(ns, name, api_client=k8s_client))
+            deployment=lambda ns, name: deployment_status(ns, name, api_client=k8s_client))
     kb_served = serve_in_thread(kb)
     service_ns = f"kb-{uuid.uuid4().hex[:6]}"
     register_endpoint(service_ns, "cdl-kb", kb_served.port, api_client=k8s_client)
@@ -171,7 +152,7 @@ def test_dashboard_in_chromium(browser, platform, kubectl, serving_packages, tmp
     shot(browser, tmp_path, "3-compare", ["Trials 10, 2 side by side", "trial 10", "trial 2"])
 
     # The report: confusion matrix, lineage; then promote through the Kubernetes API.
-    browser.get(platform + "models/news/versions/1")
+    browser.get(platform + f"namespaces/{NS}/models/news/versions/1")
     wait(browser, ec.presence_of_element_located((By.ID, "confusion")))
     cells = browser.find_elements(By.CSS_SELECTOR, "#confusion td.diag")
     assert [c.text for c in cells] == ["40", "35", "39"]
@@ -208,5 +189,6 @@ def test_dashboard_in_chromium(browser, platform, kubectl, serving_packages, tmp
     wait(browser, lambda d: '"status": 200' in d.find_element(By.ID, "inference-result").text, 60)
     answer = json.loads(browser.find_element(By.ID, "inference-result").text)
     assert answer["response"]["data"]["ndarray"] == [expected_class(serving_packages["v1"], [2.5, -1.0, 0.3, 1.2])]
-    shot(browser, tmp_path, "6-deployment", ["18 requests, 1 errors", "requests per minute", "Remote call"])
+    shot(browser, tmp_path, "6-deployment", ["18 requests, 1 errors", "requests per minute", "Remote call",
+                                             "drift (PSI) 0.31", "drift detected", "primary: news-v1 100%"])
     print(f"screenshots in {tmp_path}")

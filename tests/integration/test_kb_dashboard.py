@@ -5,7 +5,11 @@ from __future__ import annotations
 import re
 import urllib.parse
 
+import pytest
+
 from tests.plugins.kb import EXPERIMENT, NS
+
+pytestmark = pytest.mark.slow  # a real PostgreSQL
 
 
 def page(kb_server, path: str) -> str:
@@ -16,7 +20,7 @@ def page(kb_server, path: str) -> str:
 
 def test_home_lists_projects_experiments_deployments(kb_server):
     html = page(kb_server, "/ui/")
-    assert 'href="../ui/models/news"' in html and f'href="../ui/experiments/{NS}/{EXPERIMENT}"' in html
+    assert f'href="../ui/namespaces/{NS}/models/news"' in html and f'href="../ui/experiments/{NS}/{EXPERIMENT}"' in html
     assert f'href="../ui/deployments/{NS}/news"' in html
     assert 'href="../ui/static/dashboard.css"' in html  # relative: works behind a service proxy too
 
@@ -38,9 +42,9 @@ def test_trial_compare_version_deployment_pages(kb_server):
     assert "EmbeddingBag" in trial and "[32, 128]" in trial and "input [32, 200]" in trial
     compare = page(kb_server, f"/ui/runs/{run}/compare?trials=10,2")
     assert compare.count('class="differs"') >= 3 and compare.count("<polyline") == 10
-    version = page(kb_server, "/ui/models/news/versions/1")
+    version = page(kb_server, f"/ui/namespaces/{NS}/models/news/versions/1")
     assert 'id="confusion"' in version and version.count("class=\"diag\"") == 3 and "news-train@c0ffee" in version
-    versions = page(kb_server, "/ui/models/news/compare?versions=1,2")
+    versions = page(kb_server, f"/ui/namespaces/{NS}/models/news/compare?versions=1,2")
     assert "v1" in versions and "v2" in versions and 'class="differs"' in versions
     deployment = page(kb_server, f"/ui/deployments/{NS}/news")
     assert "18 requests, 1 errors" in deployment and deployment.count("<polyline") == 4

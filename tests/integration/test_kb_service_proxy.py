@@ -12,6 +12,8 @@ from typer.testing import CliRunner
 from cdl.cli.main import app
 from tests.plugins.kb import EXPERIMENT, NS
 
+pytestmark = pytest.mark.slow  # real PostgreSQL (and the devcluster)
+
 
 def test_kubectl_reads_through_the_service_proxy(kb_service, kubectl):
     namespace, rest = kb_service.split("/")
@@ -74,7 +76,6 @@ def test_cli_views_read_through_the_api(devcluster, kb_service, tmp_path, monkey
     assert r.exit_code == 1 and "ModelVersion ml/missing-v9 has no registered version" in r.output
 
 
-@pytest.mark.slow
 def test_the_operator_serves_and_registers_its_knowledge_base(operator_runner, postgres_url, kubectl, tmp_path):
     """As on the embedded platform: kb_port 0 (a free loopback port) and kb_service registered."""
     namespace = f"kb-{uuid.uuid4().hex[:6]}"
@@ -93,3 +94,17 @@ def test_the_operator_serves_and_registers_its_knowledge_base(operator_runner, p
     # stopped with the operator: the port no longer answers
     out = kubectl("get", "--raw", f"/api/v1/namespaces/{namespace}/services/cdl-kb:http/proxy/healthz", check=False)
     assert out.returncode != 0 and "error trying to reach service" in out.stderr
+
+
+def test_study_reads_through_the_api(devcluster, kb_service, tmp_path, monkeypatch):
+    png = tmp_path / "study.png"
+    r = cli(devcluster, kb_service, tmp_path, monkeypatch, "experiments", "study", EXPERIMENT, "-n", NS, "-o", "json",
+            "--plot", str(png))
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.output)
+    # the recorded search has no maxLength: no ASHA replay, and predict never has a length to predict
+    assert [row["rule"] for row in rows] == ["none", "patience", "budgets", "median", "predict", "resources"]
+    assert rows[0]["best"] == 0.95 and rows[0]["stopped_trials"] == 0 and rows[0]["epochs_vs_none"] == 1.0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    r = cli(devcluster, kb_service, tmp_path, monkeypatch, "experiments", "study", EXPERIMENT, "-n", NS)
+    assert r.exit_code == 0 and "replayed under each" in r.output and "winner" in r.output

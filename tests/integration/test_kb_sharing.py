@@ -43,7 +43,8 @@ def registered_blob(kb_records, tmp_path):
                                       "confusion": [[5, 0, 0], [0, 5, 1], [0, 0, 5]]})
     md = kb_records.artifacts.put_bytes("reports/blob/1/report.md", markdown.encode())
     kb_records.artifacts.put_bytes("reports/blob/1/report.json", json.dumps(report).encode())
-    db.record_evaluation("blob", 1, metrics={"accuracy": 0.97}, gates=[], passed=True, report_uri=md.uri)
+    db.record_evaluation("blob", 1, metrics={"accuracy": 0.97}, gates=[], passed=True, report_uri=md.uri,
+                         namespace="ml")
     return pkg
 
 
@@ -85,3 +86,42 @@ def test_export_loads_in_a_fresh_venv_and_imports(devcluster, kb_service, regist
     (folder / "checkpoint" / "weights.npz").write_bytes(b"tampered")
     result = runner.invoke(app, ["import", str(folder)])
     assert result.exit_code == 1 and "checkpoint/weights.npz" in result.output
+
+
+def test_try_a_version_that_is_not_deployed(kb_records, registered_blob, tmp_path):
+    """The dashboard's inference form on a version page: the package's predictor in a child process."""
+    import urllib.error
+    import urllib.request
+
+    from cdl.kb.api import KB, serve_in_thread
+    from cdl.kb.catalog import Catalog
+    from cdl.runtime.package import unpack
+
+    def package_dir(uri: str, sha256: str):
+        archive = tmp_path / f"{sha256[:12]}.tar.gz"
+        kb_records.artifacts.get_file(kb_records.artifacts.key_for(uri), archive, sha256=sha256)
+        return unpack(archive, tmp_path / "unpacked" / sha256[:12])
+
+    served = serve_in_thread(KB(Catalog(kb_records.database, kb_records.artifacts), package_dir=package_dir))
+
+    def post(body: object, path: str = "/v1/namespaces/ml/models/blob/versions/1/predictions", **headers: str):
+        req = urllib.request.Request(f"http://127.0.0.1:{served.port}{path}", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json", **headers}, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=120) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    try:
+        status, answer = post({"data": {"ndarray": ROWS}}, **{"X-Cdl-Dashboard": "1"})
+        assert status == 200, answer
+        assert answer["response"]["data"]["ndarray"] == expected(registered_blob.dir, ROWS)
+        assert answer["predictor"] == NUMPY_PREDICTOR
+        assert post({"data": {"ndarray": ROWS}})[0] == 403  # not from the dashboard's script
+        status, answer = post({"rows": ROWS}, **{"X-Cdl-Dashboard": "1"})
+        assert status == 400 and answer["error"].startswith("body: expected")
+        status, answer = post({"data": {"ndarray": [[1.0, 2.0]]}}, **{"X-Cdl-Dashboard": "1"})
+        assert status == 400 and f"the predictor {NUMPY_PREDICTOR} failed" in answer["error"]  # wrong width
+    finally:
+        served.stop()

@@ -3,7 +3,9 @@ checked against running the rule for real on the same small search."""
 
 from __future__ import annotations
 
+import json
 import re
+import urllib.request
 
 import pytest
 
@@ -84,3 +86,19 @@ def test_prediction_stops_with_its_interval_and_the_study_replays_it(
                               StoppingSettings.from_wire({"predict": PREDICT}))
     assert [(k.trial_id, k.stopped_at, k.best) for k in local] == [(k.trial_id, k.stopped_at, k.best) for k in kept]
     assert set(figures) == set(study.RULES)
+
+    # The knowledge base serves the same study (what `cdl experiments study plain` prints) and its plot.
+    from cdl.kb.api import KB, serve_in_thread
+    from cdl.kb.catalog import Catalog
+
+    served = serve_in_thread(KB(Catalog(database)))
+    try:
+        base = f"http://127.0.0.1:{served.port}/v1/namespaces/ml/experiments/plain/study"
+        with urllib.request.urlopen(base, timeout=60) as resp:
+            served_study = json.loads(resp.read())
+        with urllib.request.urlopen(base + "?format=png", timeout=60) as resp:
+            assert resp.headers["Content-Type"] == "image/png" and resp.read()[:4] == b"\x89PNG"
+    finally:
+        served.stop()
+    assert served_study == json.loads(json.dumps(study.report(recorded)))
+    assert served_study["run"] == plain.id and [r["rule"] for r in served_study["items"]] == list(study.RULES)

@@ -5,13 +5,16 @@
   rendered evaluation report holding a confusion matrix), lineage, and scoring rows of a
   Deployment over three minutes -- written through the same `Database` methods the engines use.
 - `kb_server`: the knowledge base API serving those records on a free loopback port.
+- `Gateway`: `cdl dashboard`'s gateway on a free loopback port, on its own event loop.
 - `kb_service`: that server registered as a Service (and Endpoints) on the devcluster, in a
   namespace of its own; the value is the `NAMESPACE/NAME:PORT` the CLI's --kb-service takes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -95,7 +98,7 @@ def record_sample(database: Any, artifacts: Any) -> Recorded:
         stored = artifacts.put_bytes(f"{base}/report.md", markdown.encode())
         artifacts.put_bytes(f"{base}/report.json", json.dumps(report, default=str).encode())
         database.record_evaluation(MODEL, version, metrics={"accuracy": accuracy}, gates=report["evaluation"]["gates"],
-                                   passed=True, report_uri=stored.uri)
+                                   passed=True, report_uri=stored.uri, namespace=NS)
     rows = []
     for minute in range(3):
         for i in range(5 + minute):
@@ -157,3 +160,22 @@ def kb_service(kb_server: KBServer, k8s_client: Any) -> str:
     namespace = f"kb-{uuid.uuid4().hex[:6]}"
     register_endpoint(namespace, "cdl-kb", kb_server.served.port, api_client=k8s_client)
     return f"{namespace}/cdl-kb:http"
+
+
+class Gateway:
+    """`cdl dashboard`'s gateway on a free loopback port, on its own event loop."""
+
+    def __init__(self, kubeconfig: str, token: str | None = None) -> None:
+        from cdl.kb.gateway import Upstream, serve
+
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        upstream = Upstream.from_kubeconfig(kubeconfig)
+        self.runner, self.port = asyncio.run_coroutine_threadsafe(
+            serve(upstream, "127.0.0.1", 0, token), self.loop).result(30)
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)

@@ -52,6 +52,14 @@ def seldon_venv() -> Path:
 
 
 @pytest.fixture(scope="session")
+def mlserver_venv() -> Path:
+    """The MLServer environment (built on first use, wheels only; `scripts/setup-mlserver.sh`)."""
+    from cdl.engines.serving.local.venv import MLSERVER, ensure_venv
+
+    return ensure_venv(kind=MLSERVER)
+
+
+@pytest.fixture(scope="session")
 def serving_packages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, BuiltPackage]:
     dest = tmp_path_factory.mktemp("serving-packages")
     return {
@@ -100,13 +108,16 @@ def served(pkg: BuiltPackage, role: str = "primary", percent: int = 100,
 
 @pytest.fixture(scope="session")
 def serving_deploy(serving_engine: Any) -> Callable[..., tuple[ResourceKey, ServingStatus]]:
-    """deploy(name, models, generation=1, replicas=1, sample_rate=1.0, wait=True)."""
+    """deploy(name, models, generation=1, replicas=1, sample_rate=1.0, wait=True, server="seldon",
+    max_batch_size=0, max_batch_time_ms=0.0)."""
 
     def deploy(name: str, models: list[ServedModel], generation: int = 1, *, replicas: int = 1,
-               sample_rate: float = 1.0, wait: bool = True, timeout: float = 120.0) -> tuple[ResourceKey, ServingStatus]:
+               sample_rate: float = 1.0, wait: bool = True, timeout: float = 120.0, server: str = "seldon",
+               max_batch_size: int = 0, max_batch_time_ms: float = 0.0) -> tuple[ResourceKey, ServingStatus]:
         key = ResourceKey("serving-test", name)
         serving_engine.apply(ServingRequest(key=key, generation=generation, models=models, replicas=replicas,
-                                            sample_rate=sample_rate))
+                                            sample_rate=sample_rate, server=server, max_batch_size=max_batch_size,
+                                            max_batch_time_ms=max_batch_time_ms))
         status = serving_engine.wait_available(key, timeout) if wait else serving_engine.status(key)
         if wait:
             assert status.state == "Available", f"{key}: {status}\n{serving_engine.logs(key, 60)}"

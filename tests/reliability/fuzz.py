@@ -120,3 +120,66 @@ def malformed_requests(n: int = 1000, seed: int = 21) -> Iterator[tuple[str, byt
     for i in range(n):
         name = "too many rows" if i % 200 == 199 else names[i % len(names)]
         yield name, CASES[name](rng)
+
+
+# --------------------------------------------------------------------------- manifests
+
+MANIFEST_FILES = ("datapipeline.yaml", "experiment-asha.yaml", "modelversion.yaml", "deployment.yaml")
+
+
+def _nested(depth: int) -> bytes:
+    """JSON text nesting objects and lists `depth` deep (as text: too deep for json.dumps)."""
+    opening = "".join('{"n": ' if i % 2 == 0 else "[" for i in range(depth))
+    closing = "".join("}" if i % 2 == 0 else "]" for i in reversed(range(depth)))
+    return f'{opening}"leaf"{closing}'.encode()
+
+
+def _spec_paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every path to a value inside a spec (for mutations)."""
+    found = [prefix] if prefix else []
+    if isinstance(value, dict):
+        for k, v in value.items():
+            found += _spec_paths(v, (*prefix, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found += _spec_paths(v, (*prefix, i))
+    return found
+
+
+def _set(doc: Any, path: tuple[Any, ...], value: Any) -> None:
+    for part in path[:-1]:
+        doc = doc[part]
+    doc[path[-1]] = value
+
+
+MANIFEST_CASES: dict[str, Callable[[random.Random, dict[str, Any]], bytes]] = {
+    "valid": lambda r, m: _j(m),
+    "nested 150-3000 deep": lambda r, m: _j({**m, "spec": {**m["spec"], "extra": "NESTED"}}).replace(
+        b'"NESTED"', _nested(r.randrange(150, 3000))),
+    "1 MB string": lambda r, m: _j(_mutated(r, m, "x" * 1_000_000)),
+    "5,000-item list": lambda r, m: _j(_mutated(r, m, [r.choice(["a", 1, {"name": "s"}])] * 5000)),
+    "wrong type": lambda r, m: _j(_mutated(r, m, r.choice([None, True, -1, 3.5, "text", [], {}]))),
+    "unknown field": lambda r, m: _j({**m, "spec": {**m["spec"], f"unknown{r.randrange(100)}": 1}}),
+    "missing spec": lambda r, m: _j({k: v for k, v in m.items() if k != "spec"}),
+    "bad name": lambda r, m: _j({**m, "metadata": {"name": r.choice(["UPPER", "-x", "a" * 300, "a_b", ""])}}),
+    "duplicate key": lambda r, m: _j(m).replace(
+        b'"spec": {', b'"spec": {"' + r.choice(list(m["spec"])).encode() + b'": null, ', 1),
+}
+
+
+def _mutated(rng: random.Random, manifest: dict[str, Any], value: Any) -> dict[str, Any]:
+    doc = json.loads(json.dumps(manifest))
+    _set(doc["spec"], rng.choice(_spec_paths(doc["spec"])), value)
+    return doc
+
+
+def generated_manifests(manifests: list[dict[str, Any]], n: int = 120, seed: int = 21) -> Iterator[tuple[str, bytes]]:
+    """`n` manifests (JSON bodies) from the use case's: valid ones and each kind of mistake in turn;
+    every one is named uniquely so creates never collide."""
+    rng = random.Random(seed)
+    names = list(MANIFEST_CASES)
+    for i in range(n):
+        category = names[i % len(names)]
+        base = json.loads(json.dumps(manifests[i % len(manifests)]))
+        base["metadata"] = {"name": f"fuzz-{i}"}
+        yield category, MANIFEST_CASES[category](rng, base)

@@ -77,3 +77,33 @@ def test_reference_docs_are_up_to_date():
     from cdl.api.reference import render
 
     assert (ROOT / "docs" / "reference.md").read_text() == render(), "run `cdl docs reference`"
+
+
+@pytest.mark.parametrize("info", KINDS, ids=lambda k: k.kind)
+def test_every_string_list_and_map_of_the_spec_is_bounded(info):
+    """As a careful CRD author bounds them: the API server refuses a 1 MB URI or a 5,000-step
+    pipeline before any controller spends anything on it."""
+    spec = crd(info)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    unbounded = []
+    for path, node in _walk(spec, "spec"):
+        kind = node.get("type")
+        if kind == "string" and "enum" not in node and "maxLength" not in node:
+            unbounded.append(path)
+        elif kind == "array" and "maxItems" not in node:
+            unbounded.append(path)
+        elif kind == "object" and isinstance(node.get("additionalProperties"), dict) and "maxProperties" not in node:
+            unbounded.append(path)
+    assert unbounded == []
+
+
+def test_oversized_fields_are_refused_by_the_schema_with_the_field():
+    from cdl.api.validation import check
+
+    pipeline = {"apiVersion": "cdl.dev/v1alpha1", "kind": "DataPipeline", "metadata": {"name": "big"},
+                "spec": {"source": {"uri": "file:///" + "x" * 1_000_000}, "split": {"test": 0.2}}}
+    problems = check(pipeline)
+    assert any("spec.source.uri" in str(p) for p in problems), problems
+    pipeline["spec"]["source"]["uri"] = "file:///data"
+    pipeline["spec"]["steps"] = [{"name": f"s{i}", "image": "busybox", "command": ["true"]} for i in range(5000)]
+    problems = check(pipeline)
+    assert any("spec.steps" in str(p) for p in problems), problems

@@ -78,6 +78,11 @@ BAD = [
      "spec.canary.trafficPercent", "less than or equal to 100"),
     ("both-model-and-ref", DEP, ["spec", "model"], {"name": "news-classifier", "stage": "production"},
      "spec", "exactly one of modelVersionRef and model"),
+    ("unknown-server", DEP, ["spec", "server"], "triton", "spec.server", '"seldon", "mlserver"'),
+    ("batching-without-mlserver", DEP, ["spec", "batching"], {"maxBatchSize": 32}, "spec",
+     "batching needs server: mlserver"),
+    ("batch-size-zero", DEP, ["spec", "batching"], {"maxBatchSize": 0}, "spec.batching.maxBatchSize",
+     "greater than or equal to 1"),
     ("bad-stage", MV, ["spec", "stage"], "live", "spec.stage", '"production"'),
     ("gate-without-rule", MV, ["spec", "evaluation", "gates", 0], {"metric": "accuracy"},
      "spec.evaluation.gates[0]", "exactly one of min, max or maxDropVsStage"),
@@ -122,3 +127,23 @@ def test_not_yaml_and_missing_file_are_problems(tmp_path):
     assert result.exit_code == 1
     assert "not valid YAML" in result.output
     assert "no such file or directory" in result.output
+
+
+def test_a_folder_of_hostile_files_is_checked_to_the_end(tmp_path):
+    """Deeply nested documents and duplicated keys are problems of their file; the files after
+    them are still checked (no RecursionError, no abort)."""
+    (tmp_path / "a-deep-flow.yaml").write_text("apiVersion: cdl.dev/v1alpha1\nkind: Experiment\nspec: "
+                                               + "[" * 3000 + "]" * 3000 + "\n")
+    deep_block = "apiVersion: cdl.dev/v1alpha1\nkind: DataPipeline\nmetadata: {name: deep}\nspec:\n"
+    deep_block += "".join("  " * (i + 1) + f"k{i}:\n" for i in range(150)) + "  " * 151 + "x: 1\n"
+    (tmp_path / "b-deep-block.yaml").write_text(deep_block)
+    dup = yaml.safe_dump(_load(EXP)).replace("spec:\n", "spec:\n  engine: local\n  engine: determined\n", 1)
+    (tmp_path / "c-duplicate.yaml").write_text(dup)
+    (tmp_path / "d-good.yaml").write_text(yaml.safe_dump(_load(EXP)))
+    result = runner.invoke(app, ["validate", "-f", str(tmp_path)])
+    assert result.exit_code == 1, result.output
+    assert "a-deep-flow.yaml" in result.output and "b-deep-block.yaml" in result.output
+    assert "at most 100" in result.output
+    assert "c-duplicate.yaml" in result.output and "duplicate key 'engine'" in result.output
+    assert "d-good.yaml" not in result.output  # checked, and valid
+    assert "3 problem(s) in" in result.output

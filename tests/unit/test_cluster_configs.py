@@ -310,6 +310,31 @@ def test_the_seldon_deployment_refuses_bad_splits() -> None:
     assert "resources" not in plain["spec"]["predictors"][0]["componentSpecs"][0]["spec"]["containers"][0]
 
 
+def test_an_mlserver_deployment_renders_protocol_v2_with_cdls_runtime_and_batching() -> None:
+    request = serving(model("news-v1", "primary", 90), model("news-v2", "canary", 10), server="mlserver",
+                      max_batch_size=32, max_batch_time_ms=2.5)
+    settings = SeldonSettings.from_env({}, predictor_image="reg/predictor:1", mlserver_image="reg/mlserver:1",
+                                       gateway_url="http://gw.example")
+    obj = seldon_deployment(request, settings)
+    assert obj["spec"]["protocol"] == "v2"
+    primary, canary = obj["spec"]["predictors"]
+    container = primary["componentSpecs"][0]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert container["image"] == "reg/mlserver:1" and "MODEL_NAME" not in env
+    assert env["MLSERVER_MODEL_IMPLEMENTATION"] == "cdl.runtime.mlserver_runtime.CdlRuntime"
+    assert env["MLSERVER_MODEL_NAME"] == "news" and env["MLSERVER_MODEL_URI"].endswith("news-v1/package.tar.gz")
+    assert json.loads(env["MLSERVER_MODEL_EXTRA"])["predictor"] == "serve:NewsPredictor"
+    assert (env["MLSERVER_MODEL_MAX_BATCH_SIZE"], env["MLSERVER_MODEL_MAX_BATCH_TIME"]) == ("32", "0.0025")
+    assert "parameters" not in primary["graph"] and canary["traffic"] == 10
+    jsonschema.validate(obj, crd_schema())
+    assert seldon_webhook(obj["spec"]) == []
+    obj["status"] = {"state": "Available", "replicas": 1}
+    assert serving_status(obj, settings).url == "http://gw.example/seldon/ml/news/v2/models/news/infer"
+    seldon = seldon_deployment(serving(model("news-v1", "primary", 100)), settings)
+    assert seldon["spec"]["protocol"] == "seldon"  # the Seldon protocol stays the default
+    assert seldon["spec"]["predictors"][0]["componentSpecs"][0]["spec"]["containers"][0]["image"] == "reg/predictor:1"
+
+
 def test_seldon_status_maps_to_serving_status() -> None:
     obj = seldon_deployment(serving(model("a", "primary", 100), replicas=2), SELDON)
     assert serving_status(obj, SELDON).state == "Deploying"

@@ -88,3 +88,24 @@ def test_summarize_reads_plain_mappings_too() -> None:
     summary = summarize(rows, [1.0, 1.4, 1.6, 2.0])
     assert summary.requests == 2 and summary.errors == 1
     assert summary.drift is not None
+
+
+def test_open_inference_protocol_answers_give_their_labels() -> None:
+    labels = {"model_name": "news", "outputs": [{"name": "label", "shape": [2, 1], "datatype": "BYTES",
+                                                 "data": ["sport", "tech"]}]}
+    assert prediction_labels(labels) == ["sport", "tech"]
+    scores = {"outputs": [{"name": "output", "shape": [2, 3], "datatype": "FP32", "data": [0.1, 0.7, 0.2,
+                                                                                         0.9, 0.05, 0.05]}]}
+    assert prediction_labels(scores) == [1, 0]  # arg max per example, rows rebuilt from the flat data
+
+
+def test_the_client_speaks_the_protocol_of_the_url() -> None:
+    from cdl.engines.serving.local.client import payload, predictions
+
+    assert payload([[1, 2], [3, 4]]) == {"data": {"ndarray": [[1, 2], [3, 4]]}}
+    assert payload([[1, 2], [3, 4]], v2=True) == {"inputs": [{"name": "input", "shape": [2, 2], "datatype": "FP64",
+                                                              "data": [1, 2, 3, 4]}]}
+    assert payload(["an article"], v2=True)["inputs"][0] == {"name": "input", "shape": [1, 1], "datatype": "BYTES",
+                                                            "data": ["an article"]}
+    answer = {"outputs": [{"name": "label", "shape": [2, 1], "datatype": "BYTES", "data": ["a", "b"]}]}
+    assert predictions(answer) == ["a", "b"]

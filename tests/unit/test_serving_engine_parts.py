@@ -87,13 +87,41 @@ def test_the_server_command_uses_the_measured_flags(tmp_path: Path) -> None:
                         package_dir="/pkg", http_port=1, grpc_port=2, metrics_port=3)
     ms = Microservice(state, tmp_path / "venv", tmp_path, tmp_path / "logs", workers=2)
     cmd = ms.command()
-    assert cmd[0].endswith("bin/seldon-core-microservice") and cmd[1] == "CdlPredictor"
-    flags = dict(zip(cmd[2::2], cmd[3::2], strict=False))
+    # seldon-core-microservice through the launcher that binds 127.0.0.1
+    assert cmd[0].endswith("bin/python") and cmd[1:4] == ["-m", "cdl.runtime.microservice_loopback", "CdlPredictor"]
+    flags = dict(zip(cmd[4::2], cmd[5::2], strict=False))
     assert flags == {"--service-type": "MODEL", "--http-port": "1", "--grpc-port": "2", "--metrics-port": "3",
-                     "--workers": "2", "--threads": "1", "--grpc-workers": "0"}
+                     "--workers": "2", "--threads": "2", "--grpc-workers": "0"}  # gthread: keep-alive
     env = ms.environment()
     assert env["CDL_MODEL_PACKAGE"] == "/pkg" and env["CDL_PREDICTOR"] == "serve:P"
     assert env["CDL_MODEL_VERSION"] == "toy-1" and env["PYTHONPATH"] == str(tmp_path)
+
+
+def test_an_mlserver_server_runs_cdls_runtime_with_its_batching(tmp_path: Path) -> None:
+    from cdl.engines.serving.local.mlserver import MLServerProcess, model_settings, server_settings
+
+    state = ServerState(id="toy-1-abc-r0", model_version="toy-1", sha256="0" * 64, predictor="serve:P",
+                        package_dir="/pkg", http_port=1, grpc_port=2, metrics_port=3, server="mlserver",
+                        model_name="news", max_batch_size=16, max_batch_time_ms=5.0)
+    assert state.predict_url == "http://127.0.0.1:1/v2/models/news/infer"
+    settings = model_settings(state)
+    assert settings["implementation"] == "cdl.runtime.mlserver_runtime.CdlRuntime" and settings["name"] == "news"
+    assert (settings["max_batch_size"], settings["max_batch_time"]) == (16, 0.005)
+    assert settings["parameters"] == {"uri": "/pkg", "version": "toy-1",
+                                      "extra": {"predictor": "serve:P", "model_version": "toy-1"}}
+    assert server_settings(state)["parallel_workers"] == 0  # the model runs in the server's process
+    process = MLServerProcess(state, tmp_path / "venv", tmp_path, tmp_path / "logs")
+    assert process.command() == [str(tmp_path / "venv" / "bin" / "mlserver"), "start",
+                                 str(tmp_path / "mlserver" / "toy-1-abc-r0")]
+    unbatched = ServerState(**{**state.wire(), "max_batch_size": 0})
+    assert "max_batch_size" not in model_settings(unbatched)
+    # another server (or batching) for the same model is another set of servers: the change rolls
+    from cdl.engines.serving.local.engine import model_key
+
+    model = {"model_version": "toy-1", "sha256": "a" * 64, "predictor": "serve:P"}
+    keys = {model_key(model), model_key({**model, "server": "seldon"}), model_key({**model, "server": "mlserver"}),
+            model_key({**model, "server": "mlserver", "max_batch_size": 16})}
+    assert len(keys) == 3 and model_key(model) == model_key({**model, "server": "seldon"})
 
 
 def test_servers_are_keyed_by_model_not_role() -> None:

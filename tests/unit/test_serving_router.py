@@ -196,8 +196,11 @@ async def test_router_splits_mirrors_and_scores(tmp_path: Path) -> None:
         assert {r.status_code for r in shadow} == {500} and shadow[0].model_version == "m-3"
         assert "shadow refused" in shadow[0].error
         rejected = [r for r in live if r.status_code == 400]
-        assert len(rejected) == 1 and rejected[0].request == {"raw": "{broken"}
-        assert sorted(r.request["data"]["ndarray"][0][0] for r in live if r.status_code == 200) == list(range(20))
+        assert len(rejected) == 1 and rejected[0].request == b"{broken"  # the bytes received, as they came
+        # the rows carry the bytes received and sent; the database parses them
+        assert sorted(json.loads(r.request)["data"]["ndarray"][0][0] for r in live if r.status_code == 200) \
+            == list(range(20))
+        assert all(json.loads(r.response)["meta"]["requestPath"] for r in live if r.status_code == 200)
         assert sink.calls >= 2  # the first insert failed and was retried
     finally:
         await front.close()

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from cdl.cli.common import OutputFormat, console
-from cdl.cli.experiments import _study_output
+from cdl.cli.experiments import study_output
 from cdl.engines.training import study
+from cdl.errors import CdlError
 from cdl.runtime.stopping import Curve, Point
 
 EPOCHS = 12
@@ -28,7 +30,7 @@ def recorded() -> study.RecordedSearch:
                                           EPOCHS, 1.0 + EPOCHS, 1.0 + EPOCHS))
     spec = {"searcher": {"name": "random", "metric": "accuracy", "smallerIsBetter": False, "maxTrials": 8,
                          "maxLength": {"epochs": EPOCHS}}}
-    return study.RecordedSearch("run-1", spec, trials)
+    return study.RecordedSearch("run-1", spec, trials, "succeeded")
 
 
 def test_every_rule_is_replayed_with_its_cost_and_what_it_keeps() -> None:
@@ -50,13 +52,23 @@ def test_every_rule_is_replayed_with_its_cost_and_what_it_keeps() -> None:
 
 
 def test_study_prints_json_and_writes_a_png(tmp_path) -> None:
-    png = tmp_path / "study.png"
+    search = recorded()
+    data = study.report(search)
     with console.capture() as out:
-        _study_output(recorded(), OutputFormat.json, png, "Experiment ml/toy")
+        study_output(data, OutputFormat.json, "Experiment ml/toy")
     rows = json.loads(out.get())
     assert [r["rule"] for r in rows] == list(study.RULES)
     assert rows[0]["epochs_vs_none"] == 1.0 and all("winner_stopped" in r for r in rows)
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     with console.capture() as out:
-        _study_output(recorded(), OutputFormat.table, None, "Experiment ml/toy")
+        study_output(data, OutputFormat.table, "Experiment ml/toy")
     assert "replayed under each stopping rule" in out.get() and "predict" in out.get()
+    png = tmp_path / "study.png"
+    study.plot(search, study.study(search), str(png))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_a_search_still_running_is_not_studied() -> None:
+    search = recorded()
+    search.state = "running"
+    with pytest.raises(CdlError, match="is running: the study replays finished searches"):
+        study.report(search)

@@ -24,6 +24,9 @@ QUANTITY = (
     r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
 KEEP_ON_DELETE = "cdl.dev/keep-on-delete"
+# How deeply a manifest may nest (the API server's limit, and `cdl validate`'s): far beyond any
+# real resource, well below where a Python parser would run out of stack.
+MAX_NESTING_DEPTH = 100
 
 
 def _quantity_to_str(value: Any) -> Any:

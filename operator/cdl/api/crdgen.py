@@ -72,10 +72,35 @@ def structural(schema: dict[str, Any], defs: dict[str, Any] | None = None) -> di
     return node
 
 
+# Every string, list and map gets a bound, as a careful CRD author sets them (kube-apiserver then
+# refuses a 1 MB URI or a 5,000-step pipeline before any controller sees it); a field's own bound
+# in the models wins. Status bounds are generous: they only stop a runaway writer.
+SPEC_BOUNDS = {"maxLength": 4096, "maxItems": 256, "maxProperties": 256}
+STATUS_BOUNDS = {"maxLength": 65536, "maxItems": 10000, "maxProperties": 10000}
+
+
+def bounded(node: dict[str, Any], bounds: dict[str, int]) -> dict[str, Any]:
+    """`node` with `bounds` added (recursively) to each string, array and map that has none."""
+    kind = node.get("type")
+    if kind == "string" and "enum" not in node:
+        node.setdefault("maxLength", bounds["maxLength"])
+    elif kind == "array":
+        node.setdefault("maxItems", bounds["maxItems"])
+    elif kind == "object" and isinstance(node.get("additionalProperties"), dict):
+        node.setdefault("maxProperties", bounds["maxProperties"])
+    for child in (node.get("properties") or {}).values():
+        bounded(child, bounds)
+    for key in ("items", "additionalProperties"):
+        if isinstance(node.get(key), dict):
+            bounded(node[key], bounds)
+    return node
+
+
 def kind_schema(info: KindInfo) -> dict[str, Any]:
     """The openAPIV3Schema of one kind."""
-    spec = structural(info.spec_model.model_json_schema(by_alias=True, mode="validation"))
-    status = structural(info.status_model.model_json_schema(by_alias=True, mode="validation"))
+    spec = bounded(structural(info.spec_model.model_json_schema(by_alias=True, mode="validation")), SPEC_BOUNDS)
+    status = bounded(structural(info.status_model.model_json_schema(by_alias=True, mode="validation")),
+                     STATUS_BOUNDS)
     # Status keeps fields written by a newer operator instead of pruning them away.
     status["x-kubernetes-preserve-unknown-fields"] = True
     spec["description"] = info.spec_model.__doc__.strip().splitlines()[0] if info.spec_model.__doc__ else (

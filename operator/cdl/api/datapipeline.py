@@ -116,7 +116,8 @@ class DataPipelineSpec(CdlModel):
     )
     source: Source
     split: Split | None = None
-    steps: list[Step] = Field(default_factory=list)
+    steps: list[Step] = Field(default_factory=list, max_length=50,
+                              description="Processing steps, run in order (at most 50).")
     labeling: Labeling | None = None
     trigger: Trigger | None = None
 

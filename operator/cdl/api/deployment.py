@@ -31,6 +31,14 @@ class RequestLogging(CdlModel):
     sample_rate: float = Field(1.0, ge=0, le=1)
 
 
+class Batching(CdlModel):
+    """MLServer's adaptive batching: concurrent requests are merged into one model call."""
+
+    max_batch_size: int = Field(32, ge=1, le=4096, description="Most examples merged into one model call.")
+    max_batch_time_ms: float = Field(
+        2.0, gt=0, le=1000, description="Longest a request waits for others to join its batch (milliseconds).")
+
+
 class Drift(CdlModel):
     metric: Literal["psi"] = "psi"
     threshold: float = Field(0.2, gt=0)
@@ -54,6 +62,10 @@ class DeploymentSpec(CdlModel):
         description="module:Class in the model path with load(artifact_dir) and predict(X)."
     )
     image: str | None = None
+    server: Literal["seldon", "mlserver"] = Field(
+        "seldon", description="Model server: seldon (seldon-core microservice, Seldon protocol) or mlserver "
+                              "(MLServer, Open Inference Protocol V2 over REST and gRPC).")
+    batching: Batching | None = Field(None, description="Adaptive batching (server: mlserver only).")
     replicas: int = Field(1, ge=0, le=100)
     resources: ComputeResources | None = None
     canary: Canary | None = None
@@ -65,7 +77,15 @@ class DeploymentSpec(CdlModel):
     def _exactly_one_model(self) -> DeploymentSpec:
         if (self.model_version_ref is None) == (self.model is None):
             raise ValueError("exactly one of modelVersionRef and model is required")
+        if self.batching is not None and self.server != "mlserver":
+            raise ValueError("batching needs server: mlserver (seldon-core's server does not batch); "
+                             f"got server: {self.server}")
         return self
+
+    @property
+    def protocol(self) -> str:
+        """What the Deployment's URL speaks: `seldon` or `v2` (the Open Inference Protocol)."""
+        return "v2" if self.server == "mlserver" else "seldon"
 
 
 class TrafficEntry(StatusModel):

@@ -19,7 +19,7 @@ import jsonschema
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from cdl.api.common import API_VERSION, DNS_SUBDOMAIN, GROUP
+from cdl.api.common import API_VERSION, DNS_SUBDOMAIN, GROUP, MAX_NESTING_DEPTH
 from cdl.api.crdgen import kind_schema
 from cdl.api.hyperparameters import hyperparameter_problems
 from cdl.api.kinds import BY_KIND, KindInfo
@@ -182,11 +182,44 @@ def iter_documents(target: str) -> Iterator[Document]:
         yield from _load(file.read_text(), str(file))
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """A YAML loader refusing a key given twice in one mapping, as the API server's strict
+    decoding does (PyYAML would keep the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (kubectl and the API server refuse it)", key_node.start_mark)
+            try:
+                seen.add(key)
+            except TypeError:
+                pass
+        return super().construct_mapping(node, deep=deep)
+
+
+def nesting_depth(value: Any) -> int:
+    """How deeply a loaded document nests (iterative: any depth is measured safely)."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth + 1)
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
 def _load(text: str, source: str) -> Iterator[Document]:
     try:
-        docs = list(yaml.safe_load_all(text))
+        docs = list(yaml.load_all(text, Loader=_StrictLoader))
     except yaml.YAMLError as exc:
         yield Document(source, _YamlFailure(str(exc)))
+        return
+    except RecursionError:
+        yield Document(source, _YamlFailure(f"nested deeper than a manifest may be (at most {MAX_NESTING_DEPTH} "
+                                            "levels)"))
         return
     for i, doc in enumerate(docs):
         if doc is None:
@@ -217,5 +250,14 @@ def validate_targets(targets: list[str]) -> tuple[int, list[Problem]]:
                 continue
             if isinstance(doc.body, dict) and str(doc.body.get("apiVersion", "")).startswith(f"{GROUP}/"):
                 checked += 1
-            problems.extend(check(doc.body, doc.source))
+            depth = nesting_depth(doc.body)
+            if depth > MAX_NESTING_DEPTH:
+                problems.append(Problem(doc.source, resource_name(doc.body) if isinstance(doc.body, dict) else "document",
+                                        "", f"nests {depth} levels deep; at most {MAX_NESTING_DEPTH} are allowed"))
+                continue
+            try:
+                problems.extend(check(doc.body, doc.source))
+            except Exception as exc:  # one document's trouble never stops the others being checked
+                problems.append(Problem(doc.source, "document", "", f"could not be checked: {type(exc).__name__}: "
+                                                                     f"{str(exc)[:200]}"))
     return checked, problems

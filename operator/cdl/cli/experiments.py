@@ -12,7 +12,6 @@ from rich.table import Table
 
 from cdl.cli.common import EXIT_PLATFORM, EXIT_USER, OutputFormat, console, emit, err_console
 from cdl.cli.kube import Kube, KubeconfigOption, NamespaceOption
-from cdl.errors import CdlError
 
 DataDirOption = typer.Option(Path(".cdl"), "--data-dir", "-d", help="The embedded platform's data directory.")
 experiments_app = typer.Typer(help="Look into Experiments: trials side by side.", no_args_is_help=True)
@@ -80,13 +79,10 @@ def compare_cmd(
 @experiments_app.command("study")
 def study_cmd(
     name: str = typer.Argument(..., help="Experiment name (a finished search)."),
+    run: str = typer.Option(None, "--run", help="A run id; default the Experiment's latest run."),
     namespace: str = NamespaceOption,
     kubeconfig: str = KubeconfigOption,
-    data_dir: Path = DataDirOption,
-    database_url: str = typer.Option(
-        None, "--database-url", envvar="CDL_DATABASE_URL",
-        help="Read the search from this Experiment Registry (PostgreSQL); default the local engine's state.",
-    ),
+    kb_service: str = KBServiceOption,
     plot: Path = typer.Option(None, "--plot", help="Also write a PNG: curves with stop points, compute per rule."),
     output: OutputFormat = typer.Option(OutputFormat.table, "--output", "-o"),
 ) -> None:
@@ -96,51 +92,23 @@ def study_cmd(
 
     Example: cdl experiments study bbc-random --plot study.png
     """
-    from cdl.engines.training import study
-    from cdl.engines.training.local.state import load
-
-    status = Kube(kubeconfig).get("Experiment", name, namespace).get("status") or {}
-    run_id = (status.get("engineRef") or {}).get("id")
-    if not run_id:
-        err_console.print(f"the Experiment has not been submitted yet (phase {status.get('phase')})")
-        raise typer.Exit(EXIT_USER)
-    try:
-        if database_url:
-            from cdl.stores.postgres import Database
-
-            with Database(database_url) as db:
-                search = study.from_database(db, run_id)
-        else:
-            path = data_dir / "training" / "runs" / run_id / "run.json"
-            if not path.exists():
-                err_console.print(f"no local training state at {path}; pass --database-url to read the registry")
-                raise typer.Exit(EXIT_PLATFORM)
-            search = study.from_run_state(load(path))
-    except CdlError as exc:
-        err_console.print(str(exc))
-        raise typer.Exit(EXIT_USER)
-    _study_output(search, output, plot, f"Experiment {namespace}/{name}")
-
-
-def _study_output(search: Any, output: OutputFormat, plot: Path | None, title: str) -> None:
-    from cdl.engines.training import study
-
-    if not search.trials or not any(t.curve.scored() for t in search.trials):
-        err_console.print(f"run {search.run_id} recorded no validation of {search.metric!r}: nothing to replay")
-        raise typer.Exit(EXIT_USER)
-    figures = study.study(search)
-    rows = study.rows(search, figures)
+    path = f"/v1/namespaces/{namespace}/experiments/{name}/study"
+    data = kb_get(kubeconfig, kb_service, path, run=run)
     if plot is not None:
-        try:
-            study.plot(search, figures, str(plot))
-        except RuntimeError as exc:
-            err_console.print(str(exc))
-            raise typer.Exit(EXIT_PLATFORM)
+        plot.write_bytes(kb_get(kubeconfig, kb_service, path, raw=True, run=data["run"], format="png"))
+    study_output(data, output, f"Experiment {namespace}/{name}")
+    if plot is not None and output == OutputFormat.table:
+        console.print(f"plot written to {plot}")
+
+
+def study_output(data: dict[str, Any], output: OutputFormat, title: str) -> None:
+    """The study's rows (`cdl.engines.training.study.report`) as JSON/YAML or a table."""
+    rows = data["items"]
     if emit(rows, output):
         return
-    unit = search.unit
-    table = Table(title=f"{title}: {len(search.trials)} trial(s) replayed under each stopping rule "
-                        f"({search.metric}, {'smaller' if search.smaller else 'larger'} is better)")
+    unit = data["unit"]
+    table = Table(title=f"{title}: {data['trials']} trial(s) of run {data['run']} replayed under each stopping rule "
+                        f"({data['metric']}, {'smaller' if data['smallerIsBetter'] else 'larger'} is better)")
     table.add_column("rule", no_wrap=True)
     for col in (f"trial-{unit}", "%", "CPU s", "%", "best", "Δ best", "stopped", "winner"):
         table.add_column(col, justify="right")
@@ -151,13 +119,11 @@ def _study_output(search: Any, output: OutputFormat, plot: Path | None, title: s
             "yes" if r["winner_stopped"] else "no",
         )
     console.print(table)
-    console.print(f"%: share of no stopping; best: best {search.metric} kept; winner: whether the rule stops the "
+    console.print(f"%: share of no stopping; best: best {data['metric']} kept; winner: whether the rule stops the "
                   "trial that won without stopping", markup=False, highlight=False)
     for r in rows:
         if r["settings"]:
             console.print(f"  {r['rule']}: {r['settings']}", markup=False, highlight=False)
-    if plot is not None:
-        console.print(f"plot written to {plot}")
 
 
 def _pct(value: float | None) -> str:

@@ -33,8 +33,8 @@ def report(
                           f"v{mv['version']}, stage {mv.get('stage')})")
         raise typer.Exit(EXIT_USER)
     if output == OutputFormat.table:
-        text = kb_get(kubeconfig, kb_service, f"/v1/models/{mv['model']}/versions/{mv['version']}/report.md",
-                      text=True)
+        path = f"/v1/namespaces/{namespace}/models/{mv['model']}/versions/{mv['version']}/report.md"
+        text = kb_get(kubeconfig, kb_service, path, text=True)
         console.print(text, markup=False, highlight=False)
         return
     emit(mv["report"], output)

@@ -29,7 +29,7 @@ def export(
     from cdl.kb.sharing import write_export
 
     mv = kb_get(kubeconfig, kb_service, f"/v1/namespaces/{namespace}/modelversions/{name}")
-    base = f"/v1/models/{mv['model']}/versions/{mv['version']}"
+    base = f"/v1/namespaces/{namespace}/models/{mv['model']}/versions/{mv['version']}"
     archive_bytes = kb_get(kubeconfig, kb_service, f"{base}/package", raw=True)
     report_md = kb_get(kubeconfig, kb_service, f"{base}/report.md", text=True) if mv.get("report") else None
     output.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ from cdl.devcluster.auth import OPEN_PATHS
 from cdl.devcluster.errors import ApiError, bad_request
 from cdl.devcluster.gc import GarbageCollector
 from cdl.devcluster.jsonutil import dumps, loads
+from cdl.devcluster.limits import limits_middleware
 from cdl.devcluster.objects import Api, DeleteOptions, WriteOptions, now_rfc3339
 from cdl.devcluster.protobuf import MAGIC, decode_delete_options, decode_object
 from cdl.devcluster.registry import NAMESPACE_KEY, REVIEW_KEYS, SERVICE_ACCOUNT_KEY, Registry, ResourceType
@@ -464,7 +465,7 @@ class _WatchWriter:
 # --- app --------------------------------------------------------------------------------------
 
 def build_app(cp: ControlPlane) -> web.Application:
-    app = web.Application(middlewares=[middleware], client_max_size=64 * 1024 * 1024)
+    app = web.Application(middlewares=[middleware, limits_middleware], client_max_size=64 * 1024 * 1024)
     app[CP_KEY] = cp
     app.router.add_route("*", "/{tail:.*}", handle)
     return app

@@ -335,6 +335,13 @@ class ServingRequest:
     request_logging: bool = True
     sample_rate: float = 1.0
     secrets: dict[str, str] = field(default_factory=dict)
+    server: str = "seldon"  # seldon (Seldon protocol) | mlserver (Open Inference Protocol V2)
+    max_batch_size: int = 0  # MLServer adaptive batching; 0: off
+    max_batch_time_ms: float = 0.0
+
+    @property
+    def protocol(self) -> str:
+        return "v2" if self.server == "mlserver" else "seldon"
 
 
 @dataclass

@@ -166,6 +166,9 @@ class SeldonSettings(_EngineSettings):
     )
     image: str = Field("ghcr.io/cdl-dev/cdl-predictor:0.1.0", alias="predictor_image",
                        description="The cdl predictor image (seldon-core-microservice + cdl.runtime).")
+    mlserver_image: str = Field(
+        "ghcr.io/cdl-dev/cdl-mlserver:0.1.0",
+        description="The cdl MLServer image (MLServer + cdl's V2 runtime) for Deployments with server: mlserver.")
     predictor_class: str = Field(
         "cdl.runtime.serving.CdlPredictor",
         description="Seldon MODEL class the image runs (MODEL_NAME): the generic package wrapper.",

@@ -33,7 +33,7 @@ log = logging.getLogger("cdl.kb")
 TOKEN_HEADER = "X-Cdl-Kb-Token"
 TOKEN_COOKIE = "cdl_kb_token"
 LogReader = Callable[[str, str, str | None], str]  # (engine, run id, trial id or None) -> text
-EndpointFinder = Callable[[str, str], str | None]  # (namespace, Deployment) -> its prediction URL
+DeploymentReader = Callable[[str, str], dict[str, Any] | None]  # (namespace, name) -> the Deployment's status
 
 
 @dataclass
@@ -43,7 +43,8 @@ class KB:
     catalog: Catalog
     logs: LogReader | None = None
     token: str | None = None
-    endpoint: EndpointFinder | None = None
+    deployment: DeploymentReader | None = None
+    package_dir: Callable[[str, str], Any] | None = None  # (artifact uri, sha256) -> unpacked package
 
 
 KB_KEY: web.AppKey[KB] = web.AppKey("kb", KB)
@@ -176,6 +177,25 @@ async def compare(request: web.Request) -> web.Response:
                              "total": len(rows)}, f"{m['name']}-compare")
 
 
+async def study(request: web.Request) -> web.Response:
+    """A finished search replayed under each early-stopping rule (what `cdl experiments study`
+    prints); `format=png` for the plot."""
+    import io
+
+    from cdl.engines.training import study as replay
+
+    m = request.match_info
+    catalog = _catalog(request)
+    run_id = request.query.get("run") or (await _run(catalog.runs, m["ns"], m["name"]))[0]["run_id"]
+    search = await _run(replay.from_database, catalog.db, run_id)
+    data = await _run(replay.report, search)
+    if request.query.get("format") == "png":
+        buf = io.BytesIO()
+        await _run(replay.plot, search, await _run(replay.study, search), buf)
+        return web.Response(body=buf.getvalue(), content_type="image/png")
+    return json_response(data)
+
+
 async def trial(request: web.Request) -> web.Response:
     m = request.match_info
     return json_response(await _run(_catalog(request).trial, m["run"], m["trial"]))
@@ -200,8 +220,8 @@ async def projects(request: web.Request) -> web.Response:
 
 async def model_versions(request: web.Request) -> web.Response:
     q = request.query
-    data = await _run(_catalog(request).model_versions, model=q.get("model") or None, query=q.get("q"),
-                      page=page(request))
+    data = await _run(_catalog(request).model_versions, namespace=q.get("namespace") or None,
+                      model=q.get("model") or None, query=q.get("q"), page=page(request))
     return listing(request, data, "model-versions")
 
 
@@ -214,7 +234,8 @@ def _version(request: web.Request) -> int:
 
 
 async def model_version(request: web.Request) -> web.Response:
-    return json_response(await _run(_catalog(request).model_version, request.match_info["model"], _version(request)))
+    m = request.match_info
+    return json_response(await _run(_catalog(request).model_version, m["ns"], m["model"], _version(request)))
 
 
 async def model_version_named(request: web.Request) -> web.Response:
@@ -229,14 +250,15 @@ async def experiment_logs(request: web.Request) -> web.Response:
 
 
 async def report_markdown(request: web.Request) -> web.Response:
-    text = await _run(_catalog(request).report_markdown, request.match_info["model"], _version(request))
+    m = request.match_info
+    text = await _run(_catalog(request).report_markdown, m["ns"], m["model"], _version(request))
     return web.Response(text=text, content_type="text/markdown")
 
 
 async def package(request: web.Request) -> web.StreamResponse:
     """The registered package archive (code, weights, requirements, manifest), streamed."""
-    stream, size, filename = await _run(_catalog(request).package_stream, request.match_info["model"],
-                                        _version(request))
+    stream, size, filename = await _run(_catalog(request).package_stream, request.match_info["ns"],
+                                        request.match_info["model"], _version(request))
     response = web.StreamResponse(headers={"Content-Type": "application/gzip",
                                            "Content-Disposition": f'attachment; filename="{filename}"'})
     if size:
@@ -252,7 +274,8 @@ async def package(request: web.Request) -> web.StreamResponse:
 
 
 async def lineage(request: web.Request) -> web.Response:
-    return json_response(await _run(_catalog(request).lineage, request.match_info["model"], _version(request)))
+    m = request.match_info
+    return json_response(await _run(_catalog(request).lineage, m["ns"], m["model"], _version(request)))
 
 
 async def deployments(request: web.Request) -> web.Response:
@@ -280,7 +303,8 @@ async def predictions(request: web.Request) -> web.Response:
     if request.headers.get("X-Cdl-Dashboard") != "1":
         return json_response({"error": "predictions: send the X-Cdl-Dashboard: 1 header"}, 403)
     kb, m = request.app[KB_KEY], request.match_info
-    url = await _run(kb.endpoint, m["ns"], m["name"]) if kb.endpoint else None
+    status = await _run(kb.deployment, m["ns"], m["name"]) if kb.deployment else None
+    url = (status or {}).get("url")
     if not url:
         raise NotFound(f"Deployment {m['ns']}/{m['name']} has no endpoint (not found, or not serving yet)")
     try:
@@ -303,6 +327,32 @@ async def predictions(request: web.Request) -> web.Response:
         return json_response({"endpoint": url, "status": status, "response": text}, 200 if status < 400 else 502)
 
 
+async def try_version(request: web.Request) -> web.Response:
+    """Predict with a version that is not deployed: its package's predictor, in a child process."""
+    from cdl.kb.trying import predict_with_package, rows_from_payload
+    from cdl.runtime.package import load_package
+
+    if request.headers.get("X-Cdl-Dashboard") != "1":
+        return json_response({"error": "predictions: send the X-Cdl-Dashboard: 1 header"}, 403)
+    kb, m = request.app[KB_KEY], request.match_info
+    if kb.package_dir is None:
+        raise NotFound("trying a version that is not deployed is offered on the embedded platform only (on a "
+                       "cluster, model code runs in Jobs, never beside the operator): deploy it to try it")
+    try:
+        payload = await request.json()
+    except ValueError:
+        raise CdlError('body: not JSON; send {"data": {"ndarray": [row, ...]}}') from None
+    rows = rows_from_payload(payload)
+    version = await _run(kb.catalog.model_version, m["ns"], m["model"], _version(request))
+    folder = await _run(kb.package_dir, version["artifact_uri"], version["artifact_sha256"])
+    predictor = request.query.get("predictor") or load_package(folder).entrypoints.get("predictor")
+    if not predictor:
+        raise CdlError("predictor: the package names none; pass ?predictor=module:Class")
+    predictions = await _run(predict_with_package, folder, predictor, rows)
+    return json_response({"modelVersion": f"{version['model']} v{version['version']}", "predictor": predictor,
+                          "status": 200, "response": {"data": {"ndarray": predictions}}})
+
+
 def build_app(kb: KB) -> web.Application:
     app = web.Application(middlewares=[errors])
     app[KB_KEY] = kb
@@ -312,20 +362,22 @@ def build_app(kb: KB) -> web.Application:
     r.add_get("/v1/namespaces/{ns}/experiments/{name}/runs", runs)
     r.add_get("/v1/namespaces/{ns}/experiments/{name}/trials", trials)
     r.add_get("/v1/namespaces/{ns}/experiments/{name}/compare", compare)
+    r.add_get("/v1/namespaces/{ns}/experiments/{name}/study", study)
     r.add_get("/v1/namespaces/{ns}/experiments/{name}/logs", experiment_logs)
     r.add_get("/v1/namespaces/{ns}/modelversions/{name}", model_version_named)
     r.add_get("/v1/runs/{run}/trials/{trial}", trial)
     r.add_get("/v1/runs/{run}/logs", logs)
     r.add_get("/v1/projects", projects)
     r.add_get("/v1/modelversions", model_versions)
-    r.add_get("/v1/models/{model}/versions/{version}", model_version)
-    r.add_get("/v1/models/{model}/versions/{version}/report.md", report_markdown)
-    r.add_get("/v1/models/{model}/versions/{version}/lineage", lineage)
-    r.add_get("/v1/models/{model}/versions/{version}/package", package)
+    r.add_get("/v1/namespaces/{ns}/models/{model}/versions/{version}", model_version)
+    r.add_get("/v1/namespaces/{ns}/models/{model}/versions/{version}/report.md", report_markdown)
+    r.add_get("/v1/namespaces/{ns}/models/{model}/versions/{version}/lineage", lineage)
+    r.add_get("/v1/namespaces/{ns}/models/{model}/versions/{version}/package", package)
+    r.add_post("/v1/namespaces/{ns}/models/{model}/versions/{version}/predictions", try_version)
     r.add_get("/v1/deployments", deployments)
     r.add_get("/v1/namespaces/{ns}/deployments/{name}", deployment)
     r.add_post("/v1/namespaces/{ns}/deployments/{name}/predictions", predictions)
-    dashboard.add_routes(app, kb.catalog, kb.endpoint)
+    dashboard.add_routes(app, kb.catalog, kb.deployment)
     return app
 
 

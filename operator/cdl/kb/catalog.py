@@ -169,40 +169,47 @@ class Catalog:
     # -- models and versions -------------------------------------------------------------------
 
     def projects(self) -> list[dict[str, Any]]:
-        """Each registered model with its versions' count, its production version and the
-        experiments its versions came from."""
+        """Each registered model (per namespace: a team's versions count on their own) with its
+        versions' count, its production version and the experiments its versions came from."""
         return self._all("""
-            SELECT model, count(*) AS versions, max(version) AS latest,
+            SELECT namespace, model, count(*) AS versions, max(version) AS latest,
                    max(version) FILTER (WHERE stage = 'production') AS production,
                    max(created_at) AS updated_at,
-                   array_remove(array_agg(DISTINCT lineage->>'experiment'), NULL) AS experiments,
-                   min(namespace) AS namespace
-            FROM model_versions WHERE artifact_uri IS NOT NULL GROUP BY model ORDER BY max(created_at) DESC""")
+                   array_remove(array_agg(DISTINCT lineage->>'experiment'), NULL) AS experiments
+            FROM model_versions WHERE artifact_uri IS NOT NULL GROUP BY namespace, model
+            ORDER BY max(created_at) DESC""")
 
-    def model_versions(self, *, model: str | None = None, query: str | None = None,
+    def model_versions(self, *, namespace: str | None = None, model: str | None = None, query: str | None = None,
                        page: Page = Page()) -> dict[str, Any]:
         condition, params = compile_query(query, MODEL_VERSIONS)
         where = [sql.SQL("artifact_uri IS NOT NULL"), condition]
         args: list[Any] = []
-        if model:
-            where.insert(0, sql.SQL("model = %s"))
-            args.append(model)
+        for column, value in (("model", model), ("namespace", namespace)):
+            if value:
+                where.insert(0, sql.SQL("{} = %s").format(sql.Identifier(column)))
+                args.insert(0, value)
         statement = sql.SQL("SELECT *, count(*) OVER () AS total FROM model_versions WHERE {} "
-                            "ORDER BY model, version DESC LIMIT %s OFFSET %s").format(sql.SQL(" AND ").join(where))
+                            "ORDER BY namespace, model, version DESC LIMIT %s OFFSET %s").format(sql.SQL(" AND ").join(where))
         rows = self._all(statement, [*args, *params, page.limit, page.offset])
         total = rows[0]["total"] if rows else 0
         for r in rows:
             r.pop("total")
         return _paged(rows, total, page)
 
-    def model_version(self, model: str, version: int) -> dict[str, Any]:
+    def _version_row(self, namespace: str, model: str, version: int, columns: str = "*") -> dict[str, Any]:
+        rows = self._all(f"SELECT {columns}, artifact_uri AS registered FROM model_versions "  # noqa: S608 - fixed columns
+                         "WHERE namespace = %s AND model = %s AND version = %s", (namespace, model, int(version)))
+        if not rows or not rows[0].get("registered"):
+            raise NotFound(f"model {model} has no registered version {version} in namespace {namespace}")
+        row = rows[0]
+        row.pop("registered")
+        return row
+
+    def model_version(self, namespace: str, model: str, version: int) -> dict[str, Any]:
         """A version with its report (JSON, confusion matrix included) and lineage chain."""
-        rows = self._all("SELECT * FROM model_versions WHERE model = %s AND version = %s", (model, int(version)))
-        if not rows or not rows[0].get("artifact_uri"):
-            raise NotFound(f"model {model} has no registered version {version}")
-        out = rows[0]
+        out = self._version_row(namespace, model, version)
         out["report"] = self.report(out.get("report_uri"))
-        out["lineageChain"] = self.lineage(model, int(version), out)
+        out["lineageChain"] = self.lineage(namespace, model, int(version), out)
         return out
 
     def model_version_named(self, namespace: str, name: str) -> dict[str, Any]:
@@ -211,7 +218,7 @@ class Catalog:
                          "AND artifact_uri IS NOT NULL ORDER BY version DESC LIMIT 1", (namespace, name))
         if not rows:
             raise NotFound(f"ModelVersion {namespace}/{name} has no registered version")
-        return self.model_version(rows[0]["model"], rows[0]["version"])
+        return self.model_version(namespace, rows[0]["model"], rows[0]["version"])
 
     def report(self, report_uri: str | None) -> dict[str, Any] | None:
         if not report_uri or self.artifacts is None:
@@ -222,26 +229,24 @@ class Catalog:
         except (CdlError, OSError, ValueError):
             return None
 
-    def report_markdown(self, model: str, version: int) -> str:
-        rows = self._all("SELECT report_uri FROM model_versions WHERE model = %s AND version = %s",
-                         (model, int(version)))
-        uri = rows[0]["report_uri"] if rows else None
+    def report_markdown(self, namespace: str, model: str, version: int) -> str:
+        uri = self._version_row(namespace, model, version, "report_uri")["report_uri"]
         if not uri or self.artifacts is None:
             raise NotFound(f"model {model} version {version} has no report yet")
         return self.artifacts.get_bytes(self.artifacts.key_for(uri)).decode()
 
-    def package_stream(self, model: str, version: int) -> tuple[Any, int | None, str]:
+    def package_stream(self, namespace: str, model: str, version: int) -> tuple[Any, int | None, str]:
         """(open binary stream, size, file name) of a version's registered package archive."""
-        rows = self._all("SELECT artifact_uri, artifact_bytes FROM model_versions WHERE model = %s AND version = %s",
-                         (model, int(version)))
-        if not rows or not rows[0]["artifact_uri"] or self.artifacts is None:
-            raise NotFound(f"model {model} has no registered version {version}")
-        key = self.artifacts.key_for(rows[0]["artifact_uri"])
-        return self.artifacts.open_read(key), rows[0]["artifact_bytes"], f"{model}-v{version}.tar.gz"
+        row = self._version_row(namespace, model, version, "artifact_uri, artifact_bytes")
+        if self.artifacts is None:
+            raise NotFound("this knowledge base has no artifact store")
+        key = self.artifacts.key_for(row["artifact_uri"])
+        return self.artifacts.open_read(key), row["artifact_bytes"], f"{model}-v{version}.tar.gz"
 
-    def lineage(self, model: str, version: int, record: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    def lineage(self, namespace: str, model: str, version: int,
+                record: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """The chain data commit -> experiment run -> trial -> checkpoint -> version -> deployments."""
-        record = record or self.model_version(model, version)
+        record = record or self._version_row(namespace, model, version)
         lin = record.get("lineage") or {}
         data = lin.get("data") or {}
         code = lin.get("code") or {}

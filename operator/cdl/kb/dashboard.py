@@ -64,7 +64,7 @@ def render(request: web.Request, template: str, **context: Any) -> web.Response:
 
 
 CATALOG_KEY: web.AppKey[Catalog] = web.AppKey("kb-catalog", Catalog)
-ENDPOINT_KEY: web.AppKey[Any] = web.AppKey("kb-endpoint-finder", object)
+DEPLOYMENT_KEY: web.AppKey[Any] = web.AppKey("kb-deployment-reader", object)
 
 
 def _catalog(request: web.Request) -> Catalog:
@@ -220,7 +220,8 @@ async def model(request: web.Request) -> web.Response:
     query = q.get("q", "")
     error = None
     try:
-        versions = await _run(_catalog(request).model_versions, model=m["model"], query=query, page=Page(limit=500))
+        versions = await _run(_catalog(request).model_versions, namespace=m["ns"], model=m["model"], query=query,
+                              page=Page(limit=500))
     except Exception as exc:  # noqa: BLE001
         from cdl.kb.query import QueryError
 
@@ -230,7 +231,7 @@ async def model(request: web.Request) -> web.Response:
     metrics: list[str] = []
     for v in versions["items"]:
         metrics.extend(k for k in (v.get("metrics") or {}) if k not in metrics)
-    return render(request, "model.html", model=m["model"], versions=versions, query=query, error=error,
+    return render(request, "model.html", ns=m["ns"], model=m["model"], versions=versions, query=query, error=error,
                   metrics=metrics)
 
 
@@ -239,7 +240,7 @@ async def compare_versions(request: web.Request) -> web.Response:
     wanted = [v for v in request.query.get("versions", "").split(",") if v.isdigit()]
     if len(wanted) < 2:
         raise web.HTTPBadRequest(text="versions: choose at least two versions to compare, e.g. ?versions=1,2")
-    versions = [await _run(_catalog(request).model_version, m["model"], int(v)) for v in wanted]
+    versions = [await _run(_catalog(request).model_version, m["ns"], m["model"], int(v)) for v in wanted]
     fields: list[tuple[str, list[str], bool]] = []
 
     def add(label: str, values: list[Any]) -> None:
@@ -258,7 +259,7 @@ async def compare_versions(request: web.Request) -> web.Response:
     add("data commit", [((v.get("lineage") or {}).get("data") or {}).get("commit") for v in versions])
     add("artifact bytes", [v.get("artifact_bytes") for v in versions])
     add("created", [_when(v.get("created_at")) for v in versions])
-    return render(request, "compare_versions.html", model=m["model"], versions=versions, rows=fields)
+    return render(request, "compare_versions.html", ns=m["ns"], model=m["model"], versions=versions, rows=fields)
 
 
 async def version(request: web.Request) -> web.Response:
@@ -267,7 +268,7 @@ async def version(request: web.Request) -> web.Response:
         number = int(m["version"])
     except ValueError:
         raise web.HTTPBadRequest(text=f"version: {m['version']!r} is not a version number") from None
-    v = await _run(_catalog(request).model_version, m["model"], number)
+    v = await _run(_catalog(request).model_version, m["ns"], m["model"], number)
     report = v.get("report") or {}
     confusion = ((report.get("evaluation") or {}).get("confusion")) or None
     peak = max((max(row) for row in confusion["matrix"]), default=1) if confusion else 1
@@ -300,26 +301,28 @@ async def deployment(request: web.Request) -> web.Response:
         Markup(line_chart({"p50": pts("p50_ms"), "p99": pts("p99_ms")}, title="latency (ms)", x_label="minutes",
                           y_label="ms")),
     ]
-    finder = request.app[ENDPOINT_KEY]
-    endpoint = await _run(finder, m["ns"], m["name"]) if finder else None
-    return render(request, "deployment.html", ns=m["ns"], name=m["name"], d=d, charts=charts, endpoint=endpoint)
+    reader = request.app[DEPLOYMENT_KEY]
+    status = (await _run(reader, m["ns"], m["name"]) if reader else None) or {}
+    return render(request, "deployment.html", ns=m["ns"], name=m["name"], d=d, charts=charts,
+                  endpoint=status.get("url"), phase=status.get("phase"), traffic=status.get("traffic") or [],
+                  monitoring=status.get("monitoring") or {})
 
 
 async def to_home(request: web.Request) -> web.Response:
     raise web.HTTPFound("ui/")
 
 
-def add_routes(app: web.Application, catalog: Catalog, endpoint_finder: Any = None) -> None:
+def add_routes(app: web.Application, catalog: Catalog, deployment_reader: Any = None) -> None:
     app[CATALOG_KEY] = catalog
-    app[ENDPOINT_KEY] = endpoint_finder
+    app[DEPLOYMENT_KEY] = deployment_reader
     r = app.router
     r.add_get("/", to_home)
     r.add_get("/ui/", home)
     r.add_get("/ui/experiments/{ns}/{name}", experiment)
     r.add_get("/ui/runs/{run}/trials/{trial}", trial)
     r.add_get("/ui/runs/{run}/compare", compare)
-    r.add_get("/ui/models/{model}", model)
-    r.add_get("/ui/models/{model}/compare", compare_versions)
-    r.add_get("/ui/models/{model}/versions/{version}", version)
+    r.add_get("/ui/namespaces/{ns}/models/{model}", model)
+    r.add_get("/ui/namespaces/{ns}/models/{model}/compare", compare_versions)
+    r.add_get("/ui/namespaces/{ns}/models/{model}/versions/{version}", version)
     r.add_get("/ui/deployments/{ns}/{name}", deployment)
     r.add_static("/ui/static/", HERE / "static", show_index=False)

@@ -23,10 +23,16 @@ def serve_knowledge_base(config: Any, context: Any) -> Served:
             from cdl.kb.catalog import NotFound
 
             raise NotFound(f"the {engine} training engine keeps trial logs in its own UI")
-        return training.logs(run_id, trial_id)
+        from cdl.engines.base import EngineRef
 
+        return training.logs(EngineRef(run_id, "", engine), trial_id)
+
+    # Trying a version that is not deployed runs its predictor in a child process: only where the
+    # evaluator runs user code on the operator's machine anyway (the embedded platform); on a
+    # cluster user code runs in Jobs, never beside the operator.
+    local_code = getattr(engines.evaluation(config.default_engine("Evaluation")), "needs_local_copies", False)
     kb = KB(Catalog(context.database, context.artifacts), logs=read_logs, token=config.kb_token,
-            endpoint=deployment_endpoint)
+            deployment=deployment_status, package_dir=engines.package_dir if local_code else None)
     served = serve_in_thread(kb, config.kb_host, config.kb_port or 0)
     if config.kb_service:
         namespace, _, name = config.kb_service.partition("/")
@@ -34,8 +40,8 @@ def serve_knowledge_base(config: Any, context: Any) -> Served:
     return served
 
 
-def deployment_endpoint(namespace: str, name: str, api_client: Any | None = None) -> str | None:
-    """A Deployment's prediction URL (status.url), or None when it has none or does not exist."""
+def deployment_status(namespace: str, name: str, api_client: Any | None = None) -> dict[str, Any] | None:
+    """A Deployment's status (url, traffic, monitoring: drift ...), or None when it does not exist."""
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
@@ -49,7 +55,7 @@ def deployment_endpoint(namespace: str, name: str, api_client: Any | None = None
         if exc.status == 404:
             return None
         raise
-    return (obj.get("status") or {}).get("url")
+    return dict(obj.get("status") or {})
 
 
 def register_endpoint(namespace: str, name: str, port: int, address: str = "127.0.0.1",

@@ -81,6 +81,8 @@ def prediction_labels(response: Any) -> list[Any]:
                 values = flat
     elif isinstance(response.get("jsonData"), Mapping):
         values = response["jsonData"].get("predictions")
+    elif isinstance(response.get("outputs"), list) and response["outputs"]:  # Open Inference Protocol (V2)
+        values = v2_rows(response["outputs"][0])
     if not isinstance(values, list):
         return []
     out: list[Any] = []
@@ -95,6 +97,21 @@ def prediction_labels(response: Any) -> list[Any]:
         elif isinstance(value, (str, int, float, bool)):
             out.append(value)
     return out
+
+
+def v2_rows(tensor: Any) -> list[Any] | None:
+    """A V2 tensor (`{"shape": [n, ...], "data": [...]}`, data flat or nested) as one entry per example."""
+    if not isinstance(tensor, Mapping) or not isinstance(tensor.get("data"), list):
+        return None
+    data, shape = tensor["data"], list(tensor.get("shape") or [])
+    if data and isinstance(data[0], list) or len(shape) < 2:
+        return data
+    width = 1
+    for dim in shape[1:]:
+        width *= int(dim)
+    if width == 1 or shape[0] * width != len(data):
+        return data
+    return [data[i * width:(i + 1) * width] for i in range(shape[0])]
 
 
 def _row_predictions(row: Any) -> list[Any]:

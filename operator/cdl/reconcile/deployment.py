@@ -73,9 +73,12 @@ def reconcile(res: Resource, ctx: Context) -> Result:
         key=res.key, generation=res.generation, models=[m for m, _ in models], replicas=spec.replicas,
         image=spec.image, resources=spec.resources.wire() if spec.resources else {},
         request_logging=logging_on, sample_rate=spec.request_logging.sample_rate if spec.request_logging else 1.0,
+        server=spec.server, max_batch_size=spec.batching.max_batch_size if spec.batching else 0,
+        max_batch_time_ms=spec.batching.max_batch_time_ms if spec.batching else 0.0,
     )
     fingerprint = hashlib.sha256(json.dumps(
-        [res.generation, [m.__dict__ for m, _ in models]], sort_keys=True).encode()).hexdigest()[:16]
+        [res.generation, [m.__dict__ for m, _ in models], request.server, request.max_batch_size,
+         request.max_batch_time_ms], sort_keys=True).encode()).hexdigest()[:16]
     ref = status.get("engineRef") or {}
     if ref.get("fingerprint") != fingerprint or engine.status(res.key).state == "Pending":
         # New models or spec, or an engine that lost its state (it reports Pending): apply.

@@ -128,6 +128,13 @@ def reconcile(res: Resource, ctx: Context) -> Result:
     current = engine_ref(status)
     assert current is not None
     report = engine.status(current)
+    if ctx.database is not None and not getattr(engine, "records_registry", False):
+        from cdl.kb.recording import record_training_status
+
+        record_training_status(ctx.database, run_id=current.id, namespace=res.namespace, experiment=res.name,
+                               engine=engine.name, generation=res.generation,
+                               spec=spec.model_dump(by_alias=True, exclude_unset=True, mode="json"),
+                               data=status.get("data"), status=report)
     _publish(report, spec, result)
     phase = PHASES[report.state]
     counts = report.counts()

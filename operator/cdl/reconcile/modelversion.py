@@ -285,7 +285,9 @@ def _evaluate(res: Resource, spec: ModelVersionSpec, ctx: Context) -> Result:
         "classNames": job_result.get("classNames"), "lineage": res.status.get("lineage"),
         "artifact": res.status.get("artifact"), "compressed": job_result.get("compressed"),
         "packageDir": str(package) if package else None, "evaluation": job_result.get("evaluation"),
-        "data": {"repo": data.repo, "commit": data.commit, "files": data.files},
+        "data": report_data(ctx.cluster.get("DataPipeline", res.namespace, ev.data.pipeline_ref.name),
+                            (res.status.get("lineage") or {}).get("data") or {},
+                            {"repo": data.repo, "commit": data.commit, "files": data.files}),
         "experiment": _experiment_summary(ctx, res),
     })
     if ctx.artifacts is not None:
@@ -313,6 +315,23 @@ def _evaluate(res: Resource, spec: ModelVersionSpec, ctx: Context) -> Result:
                                        namespace=res.namespace)
     result.requeue = True
     return result
+
+
+def report_data(pipeline: dict[str, Any] | None, train: dict[str, Any], test: dict[str, Any]) -> dict[str, Any]:
+    """What the report says about the data: the evaluation commit, the training commit's size, and
+    the DataPipeline's source, split and preprocessing steps (a source URI's credentials masked)."""
+    from cdl.stores.errors import mask_url
+
+    spec = (pipeline or {}).get("spec") or {}
+    out: dict[str, Any] = {**test, "test": test}
+    if train.get("files") is not None:
+        out["train"] = {"files": train.get("files"), "bytes": train.get("bytes")}
+    described = {k: spec[k] for k in ("source", "split", "steps") if spec.get(k)}
+    if described.get("source", {}).get("uri"):
+        described["source"] = {**described["source"], "uri": mask_url(described["source"]["uri"])}
+    if described:
+        out["pipeline"] = described
+    return out
 
 
 def _experiment_summary(ctx: Context, res: Resource) -> dict[str, Any]:

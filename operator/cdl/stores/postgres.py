@@ -675,7 +675,28 @@ def _json(value: Any) -> Jsonb:
 
 
 def _json_text(value: Any) -> str:
-    """`value` as JSON text PostgreSQL's jsonb accepts (see `_json`)."""
+    """`value` as JSON text PostgreSQL's jsonb accepts (see `_json`).
+
+    `bytes` are JSON text as it went over the wire (the router's scoring rows): passed on as they
+    are when orjson reads them (it refuses NaN and infinities, as PostgreSQL does) and they hold no
+    NUL escape; otherwise parsed leniently (NaN becomes null), and a body that is not JSON at all is
+    stored as `{"raw": "<its first 4 KB>"}`. A value with a `scoring_json()` method (the router's
+    gRPC messages) is stored as what that returns: both are decoded here, on the writer's thread."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raw = bytes(value)
+        try:
+            value = orjson.loads(raw)
+            if b"\\u0000" not in raw:
+                return raw.decode()
+        except (orjson.JSONDecodeError, UnicodeDecodeError):
+            try:
+                value = json.loads(raw)
+            except ValueError:
+                value = {"raw": raw[:4096].decode("utf-8", errors="replace")}
+    else:
+        encode = getattr(value, "scoring_json", None)
+        if callable(encode):
+            value = encode()
     try:
         text = orjson.dumps(value, default=_jsonable,
                             option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS).decode()

@@ -38,7 +38,7 @@ class ScoringSpool:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as out:
             for row in rows:
-                out.write(orjson.dumps(asdict(row), default=str, option=orjson.OPT_SERIALIZE_NUMPY))
+                out.write(orjson.dumps(asdict(row), default=_spooled, option=orjson.OPT_SERIALIZE_NUMPY))
                 out.write(b"\n")
             out.flush()
             os.fsync(out.fileno())
@@ -70,3 +70,19 @@ class ScoringSpool:
         if not self.directory.is_dir():
             return 0
         return sum(len(p.read_bytes().splitlines()) for p in self.directory.glob("rows-*.jsonl"))
+
+
+def _spooled(value: object) -> object:
+    """What orjson cannot write itself: the router's rows carry the bytes received and sent (JSON
+    text), and gRPC messages that know their JSON form (`scoring_json`)."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raw = bytes(value)
+        try:
+            orjson.loads(raw)
+            return orjson.Fragment(raw)
+        except (orjson.JSONDecodeError, UnicodeDecodeError):
+            return {"raw": raw[:4096].decode("utf-8", errors="replace")}
+    encode = getattr(value, "scoring_json", None)
+    if callable(encode):
+        return encode()
+    return str(value)

@@ -1,0 +1,1 @@
+"""Serving engines (Model Deployment): the local processes and Seldon Core."""

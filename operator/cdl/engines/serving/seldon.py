@@ -2,7 +2,9 @@
 
 `seldon_deployment` builds the `machinelearning.seldon.io/v1` object (pure): one predictor per
 served ModelVersion running the cdl predictor image (the generic `CdlPredictor` wrapper, told
-which package and predictor class to load through Seldon `parameters` and the environment), the
+which package and predictor class to load through Seldon `parameters` and the environment) or,
+for `server: mlserver`, the cdl MLServer image (`protocol: v2`, cdl's custom runtime configured by
+`MLSERVER_MODEL_*` variables, adaptive batching included), the
 traffic split between primary and canary, a shadow predictor (`shadow: true`), Seldon's request
 logger pointed at cdl's scoring-data sink, replicas, resources and GPU limits. Credentials reach
 the predictors by reference only (`envFrom` a Secret, `secretKeyRef`), never inline.
@@ -43,6 +45,8 @@ RESOURCE_ANNOTATION = "cdl.dev/resource"
 GENERATION_ANNOTATION = "cdl.dev/generation"
 HTTP_PORT = 8000  # Seldon's service port for REST
 PREDICTIONS = "/api/v1.0/predictions"
+MLSERVER_RUNTIME = "cdl.runtime.mlserver_runtime.CdlRuntime"
+MLSERVER_HTTP_PORT, MLSERVER_GRPC_PORT = 9000, 9500  # the ports Seldon's executor calls a model container on
 ROLES = ("primary", "canary", "shadow")
 
 
@@ -66,10 +70,32 @@ def _resources(resources: dict[str, Any], gpu: GpuSettings) -> dict[str, Any]:
     return out
 
 
+def _server_env(model: ServedModel, request: ServingRequest, settings: SeldonSettings) -> list[dict[str, Any]]:
+    """What tells the container which server to run: seldon-core's MODEL class, or MLServer's
+    model settings (cdl's runtime, the package, the predictor, adaptive batching)."""
+    if request.server != "mlserver":
+        return [{"name": "MODEL_NAME", "value": settings.predictor_class},
+                {"name": "SERVICE_TYPE", "value": "MODEL"}]
+    env = [
+        {"name": "MLSERVER_MODEL_NAME", "value": request.key.name},
+        {"name": "MLSERVER_MODEL_IMPLEMENTATION", "value": MLSERVER_RUNTIME},
+        {"name": "MLSERVER_MODEL_URI", "value": model.artifact_uri},
+        {"name": "MLSERVER_MODEL_VERSION", "value": model.model_version},
+        {"name": "MLSERVER_MODEL_EXTRA", "value": json.dumps({"predictor": model.predictor,
+                                                               "model_version": model.model_version})},
+        {"name": "MLSERVER_HTTP_PORT", "value": str(MLSERVER_HTTP_PORT)},
+        {"name": "MLSERVER_GRPC_PORT", "value": str(MLSERVER_GRPC_PORT)},
+        {"name": "MLSERVER_PARALLEL_WORKERS", "value": "0"},
+    ]
+    if request.max_batch_size > 1:
+        env += [{"name": "MLSERVER_MODEL_MAX_BATCH_SIZE", "value": str(request.max_batch_size)},
+                {"name": "MLSERVER_MODEL_MAX_BATCH_TIME", "value": f"{request.max_batch_time_ms / 1000.0:g}"}]
+    return env
+
+
 def _env(model: ServedModel, request: ServingRequest, settings: SeldonSettings) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
-        {"name": "MODEL_NAME", "value": settings.predictor_class},
-        {"name": "SERVICE_TYPE", "value": "MODEL"},
+        *_server_env(model, request, settings),
         {"name": "CDL_MODEL_PACKAGE", "value": model.artifact_uri},
         {"name": "CDL_PACKAGE_SHA256", "value": model.sha256},
         {"name": "CDL_PREDICTOR", "value": model.predictor},
@@ -107,7 +133,7 @@ def _predictor(model: ServedModel, request: ServingRequest, settings: SeldonSett
                gpu: GpuSettings) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": CONTAINER,
-        "image": request.image or settings.image,
+        "image": request.image or (settings.mlserver_image if request.server == "mlserver" else settings.image),
         "env": _env(model, request, settings),
     }
     if settings.credentials_secret:
@@ -132,12 +158,13 @@ def _predictor(model: ServedModel, request: ServingRequest, settings: SeldonSett
         "type": "MODEL",
         "endpoint": {"type": "REST"},
         "children": [],
-        "parameters": [
+    }
+    if request.server != "mlserver":  # seldon-core's wrapper takes them as constructor arguments
+        graph["parameters"] = [
             {"name": "model_package", "type": "STRING", "value": model.artifact_uri},
             {"name": "predictor", "type": "STRING", "value": model.predictor},
             {"name": "model_version", "type": "STRING", "value": model.model_version},
-        ],
-    }
+        ]
     logger = _logger(model, request, settings)
     if logger:
         graph["logger"] = logger
@@ -185,7 +212,7 @@ def seldon_deployment(request: ServingRequest, settings: SeldonSettings, namespa
         },
         "spec": {
             "name": key.name,
-            "protocol": settings.protocol,
+            "protocol": "v2" if request.server == "mlserver" else settings.protocol,
             "annotations": {"seldon.io/rest-timeout": "60000"},
             "predictors": [_predictor(m, request, settings, gpu) for m in request.models],
         },
@@ -207,7 +234,7 @@ def serving_status(obj: dict[str, Any] | None, settings: SeldonSettings) -> Serv
     description = status.get("description") or ""
     ref = {"seldonDeployment": f"{namespace}/{name}"}
     if settings.gateway_url:
-        url = f"{settings.gateway_url.rstrip('/')}/seldon/{namespace}/{name}{PREDICTIONS}"
+        url = f"{settings.gateway_url.rstrip('/')}/seldon/{namespace}/{name}{_predict_path(spec.get('protocol'), name)}"
     else:
         url = (status.get("address") or {}).get("url") or ""
     if state == "Failed":
@@ -219,6 +246,11 @@ def serving_status(obj: dict[str, Any] | None, settings: SeldonSettings) -> Serv
         return ServingStatus("Available", url, desired, ready, f"serving at {url}" if url else "available", ref)
     message = description or ("waiting for Seldon's controller" if not state else f"seldon: {state.lower()}")
     return ServingStatus("Deploying", url, desired, ready, message, ref)
+
+
+def _predict_path(protocol: str | None, name: str) -> str:
+    """Where a SeldonDeployment of this protocol takes predictions (V2: the Open Inference Protocol)."""
+    return f"/v2/models/{name}/infer" if protocol == "v2" else PREDICTIONS
 
 
 # --------------------------------------------------------------------------- Kubernetes
@@ -353,7 +385,7 @@ class SeldonServingEngine:
                 if attempt == 5:
                     raise
                 time.sleep(0.05 * attempt)  # the controller is writing the status: read again
-        return EngineRef(f"{namespace}/{name}", self._url(namespace, name), self.name)
+        return EngineRef(f"{namespace}/{name}", self._url(namespace, name, body["spec"]["protocol"]), self.name)
 
     def _apply(self, request: ServingRequest, namespace: str, name: str, body: dict[str, Any]) -> None:
         current = self.objects.get(namespace, name)
@@ -381,9 +413,9 @@ class SeldonServingEngine:
         self.objects.replace(namespace, name, body)
         log.info("Deployment %s: updated SeldonDeployment %s/%s", request.key, namespace, name)
 
-    def _url(self, namespace: str, name: str) -> str:
+    def _url(self, namespace: str, name: str, protocol: str | None = None) -> str:
         if self.settings.gateway_url:
-            return f"{self.settings.gateway_url.rstrip('/')}/seldon/{namespace}/{name}{PREDICTIONS}"
+            return f"{self.settings.gateway_url.rstrip('/')}/seldon/{namespace}/{name}{_predict_path(protocol, name)}"
         return ""
 
     def status(self, key: ResourceKey) -> ServingStatus:

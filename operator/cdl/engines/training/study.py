@@ -42,6 +42,11 @@ class RecordedSearch:
     run_id: str
     spec: dict[str, Any]  # ExperimentSpec on the wire
     trials: list[RecordedTrial]
+    state: str = ""  # the run's state (a JobState value)
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("succeeded", "failed", "canceled", "completed")
 
     @property
     def searcher(self) -> dict[str, Any]:
@@ -79,7 +84,7 @@ def from_run_state(run: Any) -> RecordedSearch:
                       t.wall_seconds or None, (t.metadata.get("early_stopping") or {}).get("units"))
         for t in run.trials
     ]
-    return RecordedSearch(run.id, run.spec, trials)
+    return RecordedSearch(run.id, run.spec, trials, run.state)
 
 
 def from_database(database: Any, run_id: str) -> RecordedSearch:
@@ -112,11 +117,11 @@ def from_database(database: Any, run_id: str) -> RecordedSearch:
         curve = Curve(t.trial_id, points, trial_completed(t.state, t.stop_reason, units_done, length))
         trials.append(RecordedTrial(t.trial_id, curve, t.state, t.stop_reason, units_done, t.cpu_seconds,
                                     t.wall_seconds, (meta.get("early_stopping") or {}).get("units")))
-    return RecordedSearch(run_id, spec, trials)
+    return RecordedSearch(run_id, spec, trials, run.state or "")
 
 
 def _metric(metrics: dict[str, Any], name: str) -> float | None:
-    from cdl.engines.training.local.runner import metric_lookup
+    from cdl.runtime.stopping.curves import metric_lookup
 
     return metric_lookup(metrics, name)
 
@@ -345,9 +350,21 @@ def rows(search: RecordedSearch, figures: list[RuleFigures]) -> list[dict[str, A
     return [f.row(base, search.unit) for f in figures]
 
 
-def plot(search: RecordedSearch, figures: list[RuleFigures], path: str) -> str:
-    """A PNG: the recorded curves with where each comparing rule stopped them, and per rule the
-    compute spent (share of no stopping) against the best metric kept."""
+def report(search: RecordedSearch) -> dict[str, Any]:
+    """The study as data: what `cdl experiments study` prints and the knowledge base serves."""
+    from cdl.errors import CdlError
+
+    if not search.finished:
+        raise CdlError(f"run {search.run_id} is {search.state or 'not finished'}: the study replays finished searches")
+    if not any(t.curve.scored() for t in search.trials):
+        raise CdlError(f"run {search.run_id} recorded no validation of {search.metric!r}: nothing to replay")
+    return {"run": search.run_id, "metric": search.metric, "smallerIsBetter": search.smaller, "unit": search.unit,
+            "trials": len(search.trials), "items": rows(search, study(search))}
+
+
+def plot(search: RecordedSearch, figures: list[RuleFigures], path: Any) -> Any:
+    """A PNG (to a path or a binary file): the recorded curves with where each comparing rule
+    stopped them, and per rule the compute spent (share of no stopping) against the best metric kept."""
     try:
         import matplotlib
     except ImportError as exc:
@@ -390,6 +407,6 @@ def plot(search: RecordedSearch, figures: list[RuleFigures], path: str) -> str:
     ax_bars.set_ylabel(f"trial-{search.unit} spent (share of no stopping)")
     ax_bars.set_title(f"compute per rule; label: best {search.metric} kept; red: winner stopped")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
     return path

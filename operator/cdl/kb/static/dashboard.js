@@ -130,7 +130,8 @@ function inference() {
       }
     } catch (err) { out.textContent = `Input not sent: ${err.message}`; out.className = "error"; return; }
     out.textContent = "…";
-    const url = `${ROOT}v1/namespaces/${box.dataset.namespace}/deployments/${box.dataset.name}/predictions`;
+    const url = box.dataset.url ? `${ROOT}${box.dataset.url}`
+      : `${ROOT}v1/namespaces/${box.dataset.namespace}/deployments/${box.dataset.name}/predictions`;
     try {
       const resp = await fetch(url, {method: "POST", headers: {"Content-Type": "application/json",
                                                               "X-Cdl-Dashboard": "1"}, body: JSON.stringify(payload)});

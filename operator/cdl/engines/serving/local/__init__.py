@@ -1,8 +1,10 @@
-"""The local serving engine: seldon-core-microservice processes behind a router per Deployment.
+"""The local serving engine: model server processes (seldon-core-microservice or MLServer) behind a
+router per Deployment.
 
 `LocalServingEngine` (engine.py) implements `cdl.engines.base.ServingEngine`; `venv.py` builds the
-seldon environment, `microservice.py` runs one model server, `router.py` is the per-Deployment
-router, and `client.py` the small client `cdl predict` uses. Imported lazily, so the router
+model servers' environments, `microservice.py` runs one seldon-core-microservice, `mlserver.py` one
+MLServer, `router.py` is the per-Deployment router (`grpc_router.py` its gRPC side), and
+`client.py` the small client `cdl predict` uses. Imported lazily, so the router
 process does not load the engine.
 """
 

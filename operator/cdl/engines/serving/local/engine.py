@@ -1,8 +1,10 @@
-"""LocalServingEngine: Deployments as seldon-core-microservice processes behind a router.
+"""LocalServingEngine: Deployments as model server processes behind a router.
 
 Each Deployment gets one router process (its stable URL: traffic split, shadow copies, Scoring
 Data) and, per served model (primary, canary, shadow), `replicas` model servers running the
-generic `CdlPredictor` wrapper from the seldon environment. `apply` records what should run and
+generic `CdlPredictor` wrapper: seldon-core-microservice from the seldon environment (Seldon
+protocol, the default), or MLServer with cdl's custom runtime from the mlserver environment
+(`server: mlserver`: the Open Inference Protocol over REST and gRPC, adaptive batching). `apply` records what should run and
 returns at once; a supervisor thread makes it so and keeps it so:
 
 - a server or router that dies is restarted with backoff (a server that never came up backs off
@@ -45,6 +47,7 @@ from cdl.engines.serving.local.microservice import (
     stop_group,
     stop_groups,
 )
+from cdl.engines.serving.local.mlserver import MLServerProcess
 from cdl.engines.serving.local.router import DATABASE_SCHEMA_ENV, DATABASE_URL_ENV, PREDICT_PATH
 from cdl.errors import PermanentEngineError
 
@@ -63,6 +66,7 @@ STATE_FILE = "state.json"
 @dataclass
 class RouterState:
     port: int = 0
+    grpc_port: int = 0  # the Open Inference Protocol's gRPC side (server: mlserver)
     pid: int | None = None
     create_time: float | None = None
     log: str = ""
@@ -87,6 +91,9 @@ class DeploymentState:
     replicas: int = 1
     request_logging: bool = True
     sample_rate: float = 1.0
+    server: str = "seldon"  # seldon | mlserver
+    max_batch_size: int = 0
+    max_batch_time_ms: float = 0.0
     servers: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> ServerState wire
     active: dict[str, str] = field(default_factory=dict)  # role -> model key the router serves now
     router: RouterState = field(default_factory=RouterState)
@@ -108,6 +115,8 @@ class DeploymentState:
 def model_key(model: dict[str, Any]) -> str:
     """Servers are shared by identity, not role: promoting the canary to primary reuses them."""
     raw = f"{model['model_version']}|{model['sha256']}|{model['predictor']}"
+    if model.get("server", "seldon") != "seldon":  # another server (or its batching) is another server
+        raw += f"|{model['server']}|{model.get('max_batch_size', 0)}|{model.get('max_batch_time_ms', 0.0)}"
     return f"{_safe(model['model_version'])[:40]}-{hashlib.sha256(raw.encode()).hexdigest()[:8]}"
 
 
@@ -117,7 +126,8 @@ def _safe(text: str) -> str:
 
 def _fingerprint(request: ServingRequest) -> str:
     body = json.dumps([[asdict(m) for m in request.models], request.replicas, request.request_logging,
-                       request.sample_rate], sort_keys=True)
+                       request.sample_rate, request.server, request.max_batch_size, request.max_batch_time_ms],
+                      sort_keys=True)
     return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 
@@ -143,6 +153,8 @@ class _Deployment:
 
     @property
     def url(self) -> str:
+        if self.state.server == "mlserver":
+            return f"http://127.0.0.1:{self.state.router.port}/v2/models/{self.state.name}/infer"
         return f"http://127.0.0.1:{self.state.router.port}{PREDICT_PATH}"
 
     def save(self) -> None:
@@ -158,7 +170,8 @@ class LocalServingEngine:
     name = "local"
 
     def __init__(self, root: Path, database: Any | None = None, artifacts: Any | None = None,
-                 venv_dir: Path | None = None, *, workers: int = 2, poll_seconds: float = 0.5,
+                 venv_dir: Path | None = None, *, mlserver_venv_dir: Path | None = None, workers: int = 2,
+                 poll_seconds: float = 0.5,
                  supervise: bool = True) -> None:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
@@ -166,14 +179,17 @@ class LocalServingEngine:
         self.artifacts = artifacts
         self.packages = PackageCache(self.root / "packages", artifacts=artifacts)
         self.venv_dir = Path(venv_dir).resolve() if venv_dir else seldon_venv.default_venv_dir()
+        self.venv_dirs = {seldon_venv.SELDON: self.venv_dir,
+                          seldon_venv.MLSERVER: Path(mlserver_venv_dir).resolve() if mlserver_venv_dir
+                          else seldon_venv.default_venv_dir(seldon_venv.MLSERVER)}
         self.workers = workers
         self.poll_seconds = poll_seconds
         self._lock = threading.RLock()
         self._deployments: dict[str, _Deployment] = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._venv_error: str | None = None
-        self._venv_thread: threading.Thread | None = None
+        self._venv_errors: dict[str, str] = {}
+        self._venv_threads: dict[str, threading.Thread] = {}
         self._wrapper: Path | None = None
         self._adopt()
         self._thread: threading.Thread | None = None
@@ -200,6 +216,8 @@ class LocalServingEngine:
             for model in request.models:
                 entry = asdict(model)
                 entry["package_dir"] = str(self._package_dir(request.key, model))
+                entry.update(server=request.server, max_batch_size=request.max_batch_size,
+                             max_batch_time_ms=request.max_batch_time_ms)
                 models.append(entry)
         except PermanentEngineError as exc:
             with dep.lock:
@@ -215,9 +233,14 @@ class LocalServingEngine:
             st.replicas = request.replicas
             st.request_logging = request.request_logging
             st.sample_rate = request.sample_rate
+            st.server = request.server
+            st.max_batch_size = request.max_batch_size
+            st.max_batch_time_ms = request.max_batch_time_ms
             st.error = ""
             if not st.router.port:
                 st.router.port = free_port("127.0.0.1")
+            if st.server == "mlserver" and not st.router.grpc_port:
+                st.router.grpc_port = free_port("127.0.0.1")
             self._plan_servers(dep)
             # the router's new configuration is written now, so status is not Available until
             # the router confirms it routes by it
@@ -335,6 +358,9 @@ class LocalServingEngine:
                     st.servers[sid] = ServerState(
                         id=sid, model_version=model["model_version"], sha256=model["sha256"],
                         predictor=model["predictor"], package_dir=model["package_dir"], replica=replica,
+                        server=model.get("server", "seldon"), model_name=st.name,
+                        max_batch_size=int(model.get("max_batch_size") or 0),
+                        max_batch_time_ms=float(model.get("max_batch_time_ms") or 0.0),
                     ).wire()
 
     def _wanted(self, dep: _Deployment) -> dict[str, list[str]]:
@@ -359,14 +385,17 @@ class LocalServingEngine:
         st = dep.state
         router = st.router
         ref = {"router": f"{router.pid or '-'}/{router.port}", "servers": str(len(st.servers))}
+        if st.server == "mlserver" and router.grpc_port:
+            ref["grpc"] = f"127.0.0.1:{router.grpc_port}"  # inference.GRPCInferenceService
         base = {"url": dep.url, "desired": st.replicas, "ref": ref}
         if st.error:
             return ServingStatus(state="Failed", message=st.error, ready=0, **base)
-        if self._venv_error:
-            return ServingStatus(state="Failed", message=self._venv_error, ready=0, **base)
-        if not seldon_venv.is_ready(self.venv_dir):
-            return ServingStatus(state="Deploying", ready=0, message="preparing the seldon environment "
-                                 f"{self.venv_dir} (first use: about a minute)", **base)
+        for kind in self._kinds(dep):
+            if self._venv_errors.get(kind):
+                return ServingStatus(state="Failed", message=self._venv_errors[kind], ready=0, **base)
+            if not seldon_venv.is_ready(self.venv_dirs[kind], kind):
+                return ServingStatus(state="Deploying", ready=0, message=f"preparing the {kind} environment "
+                                     f"{self.venv_dirs[kind]} (first use: about a minute)", **base)
         wanted = self._wanted(dep)
         by_id = {sid: ServerState.from_wire(s) for sid, s in st.servers.items()}
         ready_per_model = {mkey: sum(1 for sid in ids if by_id.get(sid) and by_id[sid].ready)
@@ -421,22 +450,29 @@ class LocalServingEngine:
                 except Exception:  # keep supervising the others
                     log.exception("serving supervisor: %s", dep.key)
 
-    def _ensure_venv(self) -> bool:
-        if seldon_venv.is_ready(self.venv_dir):
+    @staticmethod
+    def _kinds(dep: _Deployment) -> list[str]:
+        """The model server environments a Deployment's servers need."""
+        return sorted({s.get("server", "seldon") for s in dep.state.servers.values()} | {dep.state.server})
+
+    def _ensure_venv(self, kind: str = seldon_venv.SELDON) -> bool:
+        venv = self.venv_dirs[kind]
+        if seldon_venv.is_ready(venv, kind):
             return True
-        if self._venv_thread is None or not self._venv_thread.is_alive():
-            if self._venv_error:
+        thread = self._venv_threads.get(kind)
+        if thread is None or not thread.is_alive():
+            if self._venv_errors.get(kind):
                 return False
 
             def build() -> None:
                 try:
-                    seldon_venv.ensure_seldon_venv(self.venv_dir)
+                    seldon_venv.ensure_venv(venv, kind)
                 except Exception as exc:
-                    self._venv_error = str(exc)
+                    self._venv_errors[kind] = str(exc)
                 self._wake.set()
 
-            self._venv_thread = threading.Thread(target=build, name="cdl-seldon-venv", daemon=True)
-            self._venv_thread.start()
+            thread = self._venv_threads[kind] = threading.Thread(target=build, name=f"cdl-{kind}-venv", daemon=True)
+            thread.start()
         return False
 
     def _wrapper_dir(self) -> Path:
@@ -448,7 +484,7 @@ class LocalServingEngine:
         st = dep.state
         if st.error or not st.models:
             return
-        if not self._ensure_venv():
+        if not all([self._ensure_venv(kind) for kind in self._kinds(dep)]):
             return
         before = json.dumps(st.wire(), sort_keys=True)
         wanted = self._wanted(dep)
@@ -468,7 +504,9 @@ class LocalServingEngine:
         ms = dep.servers.get(sid)
         state = ServerState.from_wire(dep.state.servers[sid])
         if ms is None:
-            ms = Microservice(state, self.venv_dir, self._wrapper_dir(), dep.dir / "logs", workers=self.workers)
+            kind = state.server if state.server in self.venv_dirs else seldon_venv.SELDON
+            process = MLServerProcess if kind == seldon_venv.MLSERVER else Microservice
+            ms = process(state, self.venv_dirs[kind], self._wrapper_dir(), dep.dir / "logs", workers=self.workers)
             dep.servers[sid] = ms
         else:
             ms.state = state
@@ -557,6 +595,11 @@ class LocalServingEngine:
         if health is None:
             r.healthy = False
             return
+        if dep.state.server == "mlserver" and r.grpc_port and not health.get("grpc_port"):
+            # started before the Deployment moved to MLServer: without its gRPC side; restart it
+            stop_group(r.pid, r.create_time, grace=2.0)
+            r.pid, r.healthy = None, False
+            return
         dep.router_health = health
         r.healthy = r.ever_healthy = True
         r.failures = 0
@@ -572,6 +615,8 @@ class LocalServingEngine:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "cdl.engines.serving.local.router", "--config", str(dep.dir / "router.json"),
                "--port", str(r.port)]
+        if dep.state.server == "mlserver" and r.grpc_port:
+            cmd += ["--grpc-port", str(r.grpc_port)]
         with open(log_path, "ab") as out:
             dep.router_popen = subprocess.Popen(cmd, env=self._router_env(dep), stdin=subprocess.DEVNULL, stdout=out,
                                                 stderr=subprocess.STDOUT, start_new_session=True)
@@ -598,13 +643,16 @@ class LocalServingEngine:
         model's replicas are ready, or at once when the old one has nothing ready to offer."""
         st = dep.state
         ready: dict[str, list[str]] = {}
+        grpc_targets: dict[str, str] = {}  # predict URL -> the same server's gRPC host:port (MLServer)
         versions: dict[str, str] = {}
         for sid, raw in st.servers.items():
             s = ServerState.from_wire(raw)
             mkey = sid.rsplit("-r", 1)[0]
             versions[mkey] = s.model_version
             if s.ready and s.pid:
-                ready.setdefault(mkey, []).append(ServerState.from_wire(raw).predict_url)
+                ready.setdefault(mkey, []).append(s.predict_url)
+                if s.server == "mlserver":
+                    grpc_targets[s.predict_url] = f"127.0.0.1:{s.grpc_port}"
         routes, shadows = [], []
         roles_now = set()
         for model in st.models:
@@ -613,16 +661,19 @@ class LocalServingEngine:
             current = st.active.get(role)
             if current != mkey and (len(ready.get(mkey, [])) >= len(wanted[mkey]) or not ready.get(current or "")):
                 st.active[role] = current = mkey
+            backends = sorted(ready.get(current or "", []))
             entry = {"model_version": versions.get(current, model["model_version"]), "role": role,
-                     "percent": model["percent"], "backends": sorted(ready.get(current or "", [])),
-                     "key": current}
+                     "percent": model["percent"], "backends": backends, "key": current}
+            if any(b in grpc_targets for b in backends):
+                entry["grpc_backends"] = [grpc_targets.get(b, "") for b in backends]
             (shadows if role == "shadow" else routes).append(entry)
         for role in list(st.active):
             if role not in roles_now:
                 del st.active[role]
         config = {"namespace": st.namespace, "deployment": st.name, "routes": routes, "shadows": shadows,
                   "logging": {"enabled": st.request_logging and self.database is not None,
-                              "sample_rate": st.sample_rate}}
+                              "sample_rate": st.sample_rate},
+                  "protocol": "v2" if st.server == "mlserver" else "seldon"}
         if config != st.config:
             st.config = config
             self._write_router_config(dep)
@@ -632,7 +683,8 @@ class LocalServingEngine:
         r = st.router
         if not st.config:
             st.config = {"namespace": st.namespace, "deployment": st.name, "routes": [], "shadows": [],
-                         "logging": {"enabled": False, "sample_rate": st.sample_rate}}
+                         "logging": {"enabled": False, "sample_rate": st.sample_rate},
+                         "protocol": "v2" if st.server == "mlserver" else "seldon"}
         path = dep.dir / "router.json"
         if force and path.exists() and r.written_version:
             return  # the file already holds the latest version

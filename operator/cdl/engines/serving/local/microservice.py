@@ -86,6 +86,10 @@ class ServerState:
     last_exit: str | None = None
     next_start: float = 0.0  # wall clock: when a crashed server may start again (backoff)
     extra: dict[str, Any] = field(default_factory=dict)
+    server: str = "seldon"  # seldon (seldon-core-microservice) | mlserver (Open Inference Protocol)
+    model_name: str = ""  # MLServer's model name (the Deployment's name)
+    max_batch_size: int = 0  # MLServer adaptive batching
+    max_batch_time_ms: float = 0.0
 
     def wire(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,6 +105,8 @@ class ServerState:
 
     @property
     def predict_url(self) -> str:
+        if self.server == "mlserver":
+            return f"{self.url}/v2/models/{self.model_name}/infer"
         return f"{self.url}/api/v1.0/predictions"
 
 
@@ -108,12 +114,13 @@ class Microservice:
     """Start, watch, health-check and stop one seldon-core-microservice process."""
 
     def __init__(self, state: ServerState, venv: Path, wrapper_dir: Path, log_dir: Path, *, workers: int = 2,
-                 env: dict[str, str] | None = None) -> None:
+                 threads: int = 2, env: dict[str, str] | None = None) -> None:
         self.state = state
         self.venv = venv.resolve()
         self.wrapper_dir = wrapper_dir.resolve()
         self.log_dir = log_dir
         self.workers = workers
+        self.threads = threads
         self.extra_env = dict(env or {})
         self._popen: subprocess.Popen[bytes] | None = None
 
@@ -126,8 +133,11 @@ class Microservice:
             str(self.venv / "bin" / "python"), "-m", "cdl.runtime.microservice_loopback", WRAPPER_MODULE,
             "--service-type", "MODEL",
             "--http-port", str(s.http_port), "--grpc-port", str(s.grpc_port), "--metrics-port", str(s.metrics_port),
-            # measured on 2 cores: sync workers help, threads do not, and no gRPC server is needed
-            "--workers", str(self.workers), "--threads", "1", "--grpc-workers", "0",
+            # two threads make gunicorn's gthread worker, which keeps connections alive: the
+            # router's pool reuses them (a sync worker answers `Connection: close`, and the router
+            # then paid a new connection per request: about twice its CPU per request, measured);
+            # no gRPC server is needed (the V2 fast path has MLServer's)
+            "--workers", str(self.workers), "--threads", str(self.threads), "--grpc-workers", "0",
         ]
 
     def environment(self) -> dict[str, str]:

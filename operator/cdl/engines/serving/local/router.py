@@ -3,15 +3,19 @@
 One small aiohttp process per Deployment (`python -m cdl.engines.serving.local.router`), so its
 URL outlives model changes and operator restarts. It
 
-- answers `POST /api/v1.0/predictions` (Seldon protocol) by forwarding the body to a model server
-  of the primary or the canary, split by percent with a smooth weighted round robin (exact
-  shares, interleaved: 10 % canary is every tenth request, not a coin toss);
-- sends a copy to the shadow model in the background; the client never waits for it and never
-  sees its errors;
-- refuses malformed requests itself with 400 and a JSON message (the model server refuses inputs
-  of the wrong shape or type with its own 400, passed through);
-- queues a Scoring Data row per request (sampled at `sampleRate`) and a writer thread inserts
-  them into PostgreSQL in batches; a slow or absent database never slows or fails a request;
+- answers `POST /api/v1.0/predictions` (Seldon protocol) or `POST /v2/models/<name>/infer` (Open
+  Inference Protocol, MLServer) by forwarding the body as received to a model server of the
+  primary or the canary over a keep-alive connection pool, split by percent with a smooth
+  weighted round robin (exact shares, interleaved: 10 % canary is every tenth request);
+- sends a copy to the shadow model in the background once the primary answered; the client
+  never waits for it and never sees its errors;
+- refuses malformed Seldon-protocol requests itself with 400 and a JSON message (one orjson
+  parse of the body, for the envelope checks of `cdl.engines.serving.protocol`; V2 bodies are
+  not read); inputs of the wrong shape or type get the model server's 400, passed through;
+- hands each request's bytes (sampled at `sampleRate`) and the bytes it answered to a writer
+  thread that inserts them into PostgreSQL in batches, which parses them (no encoding on the
+  event loop); a slow or absent database never slows or fails a request;
+- counts requests, examples and model time per model version for Prometheus on `/metrics`;
 - re-reads its configuration (written by the engine) on SIGHUP and when the file changes, and
   reports the version it routes by and the requests in flight per model server on `/health`,
   so the engine knows when an old server is drained.
@@ -39,10 +43,13 @@ import orjson
 from aiohttp import web
 
 from cdl.engines.serving.protocol import EnvelopeError, check_envelope
+from cdl.stores.records import ScoringRow
 
 log = logging.getLogger("cdl.router")
 
 PREDICT_PATH = "/api/v1.0/predictions"
+V2_INFER_PATH = "/v2/models/{model}/infer"
+PROTOCOLS = ("seldon", "v2")
 MAX_BODY = 64 * 1024 * 1024
 BACKEND_TIMEOUT_S = 60.0
 SHADOW_MAX_INFLIGHT = 32
@@ -65,11 +72,15 @@ class Route:
     backends: list[str]
     current: float = 0.0  # smooth weighted round robin state
     next_backend: int = 0
+    grpc_backends: list[str] = field(default_factory=list)  # host:port of the same servers' gRPC (V2)
+
+    def pick_index(self) -> int:
+        index = self.next_backend % len(self.backends)
+        self.next_backend += 1
+        return index
 
     def pick_backend(self) -> str:
-        backend = self.backends[self.next_backend % len(self.backends)]
-        self.next_backend += 1
-        return backend
+        return self.backends[self.pick_index()]
 
 
 @dataclass
@@ -81,13 +92,15 @@ class RouterConfig:
     shadows: list[Route] = field(default_factory=list)
     logging_enabled: bool = True
     sample_rate: float = 1.0
+    protocol: str = "seldon"  # what the model servers speak: "seldon" or "v2" (Open Inference Protocol)
 
     @classmethod
     def read(cls, path: Path) -> RouterConfig:
         data = orjson.loads(path.read_bytes())
 
         def routes(items: list[dict[str, Any]], role: str) -> list[Route]:
-            return [Route(r["model_version"], r.get("role", role), int(r.get("percent", 0)), list(r["backends"]))
+            return [Route(r["model_version"], r.get("role", role), int(r.get("percent", 0)), list(r["backends"]),
+                          grpc_backends=list(r.get("grpc_backends") or []))
                     for r in items]
 
         logging_cfg = data.get("logging") or {}
@@ -99,6 +112,7 @@ class RouterConfig:
             shadows=routes(data.get("shadows") or [], "shadow"),
             logging_enabled=bool(logging_cfg.get("enabled", True)),
             sample_rate=float(logging_cfg.get("sample_rate", 1.0)),
+            protocol=str(data.get("protocol") or "seldon"),
         )
 
 
@@ -323,8 +337,8 @@ class ScoringWriter:
 
 def scoring_row(config: RouterConfig, model_version: str, request: Any, response: Any, status: int,
                 latency_ms: float, shadow: bool, error: str | None) -> Any:
-    from cdl.stores.records import ScoringRow
-
+    """One Scoring Data row; `request` and `response` are the bytes received and sent, as they
+    are: the writer's thread (the database) parses them, never the event loop."""
     return ScoringRow(
         namespace=config.namespace, deployment=config.deployment, model_version=model_version,
         status_code=status, latency_ms=latency_ms, request=request, response=response, shadow=shadow,
@@ -332,12 +346,60 @@ def scoring_row(config: RouterConfig, model_version: str, request: Any, response
     )
 
 
+class Figures:
+    """Per model version: requests by status, examples predicted, model and request time, for
+    Prometheus (`/metrics`). The model's own time and example count come from the model server's
+    answer (`meta.tags` of cdl's Seldon wrapper, `parameters` of its MLServer runtime)."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+
+        self.registry = CollectorRegistry()
+        labels = ("deployment", "model_version", "role")
+        self.requests = Counter("cdl_requests", "Requests answered", (*labels, "code"), registry=self.registry)
+        self.examples = Counter("cdl_predicted_examples", "Examples predicted", labels, registry=self.registry)
+        self.model_seconds = Histogram("cdl_model_seconds", "The model's own time per request", labels,
+                                       registry=self.registry,
+                                       buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
+        self.request_seconds = Histogram("cdl_request_seconds", "Request time through the router", labels,
+                                         registry=self.registry,
+                                         buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 10))
+        self._children: dict[tuple[str, ...], tuple[Any, Any, Any]] = {}
+        self._codes: dict[tuple[str, ...], Any] = {}
+
+    def observe(self, deployment: str, route: Route, status: int, seconds: float, examples: int | None,
+                model_ms: float | None) -> None:
+        key = (deployment, route.model_version, route.role)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (self.examples.labels(*key), self.model_seconds.labels(*key),
+                                              self.request_seconds.labels(*key))
+        code = self._codes.get((*key, str(status)))
+        if code is None:
+            code = self._codes[(*key, str(status))] = self.requests.labels(*key, str(status))
+        code.inc()
+        children[2].observe(seconds)
+        if examples:
+            children[0].inc(examples)
+        if model_ms is not None:
+            children[1].observe(model_ms / 1000.0)
+
+    def text(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)
+
+
 # --------------------------------------------------------------------------- the server
 
 
 class Router:
-    def __init__(self, config_path: Path, writer: ScoringWriter) -> None:
+    def __init__(self, config_path: Path, writer: ScoringWriter, grpc_port: int | None = None,
+                 host: str = "127.0.0.1") -> None:
         self.config_path = config_path
+        self.grpc_port = grpc_port  # the Open Inference Protocol's gRPC side, when asked for
+        self.host = host
+        self.grpc: Any = None
         self.config = RouterConfig.read(config_path)
         self._mtime = config_path.stat().st_mtime_ns
         self.writer = writer
@@ -348,6 +410,7 @@ class Router:
         self._watcher: asyncio.Task[None] | None = None
         self.requests = 0
         self.errors = 0
+        self.figures = Figures()
 
     # ------------------------------------------------------------------ configuration
 
@@ -375,9 +438,12 @@ class Router:
     # ------------------------------------------------------------------ lifecycle
 
     async def on_startup(self, app: web.Application) -> None:
-        connector = aiohttp.TCPConnector(limit=256, limit_per_host=64, keepalive_timeout=30)
+        # a keep-alive pool per model server: no connection set up per request
+        connector = aiohttp.TCPConnector(limit=256, limit_per_host=64, keepalive_timeout=30,
+                                         enable_cleanup_closed=False, ttl_dns_cache=None)
         self.session = aiohttp.ClientSession(
             connector=connector, timeout=aiohttp.ClientTimeout(total=BACKEND_TIMEOUT_S, connect=5),
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"), auto_decompress=False,
             json_serialize=lambda o: orjson.dumps(o).decode())
         loop = asyncio.get_running_loop()
         try:
@@ -386,12 +452,19 @@ class Router:
             pass
         self._watcher = asyncio.create_task(self._watch_config())
         self.writer.start()
+        if self.grpc_port is not None:
+            from cdl.engines.serving.local.grpc_router import GrpcProxy
+
+            self.grpc = GrpcProxy(self, pick_route, scoring_row)
+            self.grpc_port = await self.grpc.start(self.host, self.grpc_port)
 
     async def on_cleanup(self, app: web.Application) -> None:
         if self._watcher is not None:
             self._watcher.cancel()
         for task in list(self.shadow_tasks):
             task.cancel()
+        if self.grpc is not None:
+            await self.grpc.stop()
         if self.session is not None:
             await self.session.close()
         await asyncio.to_thread(self.writer.stop)
@@ -399,8 +472,12 @@ class Router:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY)
         app.router.add_post(PREDICT_PATH, self.predict)
+        app.router.add_post(V2_INFER_PATH, self.predict)
         app.router.add_get("/health", self.health)
         app.router.add_get("/health/ping", self.ping)
+        app.router.add_get("/v2/health/ready", self.ping)
+        app.router.add_get("/v2/health/live", self.ping)
+        app.router.add_get("/metrics", self.metrics)
         app.on_startup.append(self.on_startup)
         app.on_cleanup.append(self.on_cleanup)
         return app
@@ -410,11 +487,16 @@ class Router:
     async def ping(self, request: web.Request) -> web.Response:
         return web.Response(text="pong")
 
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.figures.text(), content_type="text/plain", charset="utf-8")
+
     async def health(self, request: web.Request) -> web.Response:
         cfg = self.config
         body = {
             "status": "ok",
             "version": cfg.version,
+            "protocol": cfg.protocol,
+            "grpc_port": self.grpc_port if self.grpc is not None else None,
             "routes": [{"model_version": r.model_version, "role": r.role, "percent": r.percent,
                         "backends": len(r.backends)} for r in cfg.routes + cfg.shadows],
             "inflight": {k: v for k, v in self.inflight.items() if v},
@@ -442,48 +524,59 @@ class Router:
     async def _predict(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
         config = self.config
+        v2 = request.path != PREDICT_PATH
+        if v2 != (config.protocol == "v2"):
+            speaks = "the Open Inference Protocol (POST /v2/models/<name>/infer)" if config.protocol == "v2" \
+                else f"the Seldon protocol (POST {PREDICT_PATH})"
+            return _json(404, error_body(404, f"Deployment {config.namespace}/{config.deployment} speaks {speaks}",
+                                         "WRONG_PROTOCOL"))
         body = await request.read()
-        log_it = config.logging_enabled and self.writer.enabled and random.random() < config.sample_rate
-        try:
-            payload = check_request(body)
-        except BadRequest as exc:
-            if log_it:
-                self.writer.put(scoring_row(config, "", _lenient(body), None, 400,
-                                            (time.perf_counter() - started) * 1000.0, False, str(exc)))
-            return _json(400, error_body(400, str(exc), "BAD_REQUEST"))
+        rate = config.sample_rate
+        log_it = config.logging_enabled and self.writer.enabled and (rate >= 1.0 or random.random() < rate)
+        if not body:
+            return self._refuse(config, body, 'empty request body: send JSON like {"data": {"ndarray": [[...]]}}'
+                                if not v2 else 'empty request body: send JSON like {"inputs": [...]}',
+                                started, log_it)
+        if not v2:
+            # the Seldon envelope is checked before any model sees it (booleans among numbers would
+            # otherwise be predicted on): the one parse of the body on the request path
+            try:
+                check_request(body)
+            except BadRequest as exc:
+                return self._refuse(config, body, str(exc), started, log_it)
         route = pick_route(config.routes)
         if route is None:
             self.errors += 1
             message = f"no model server of Deployment {config.namespace}/{config.deployment} is ready"
             if log_it:
-                self.writer.put(scoring_row(config, "", payload, None, 503,
+                self.writer.put(scoring_row(config, "", body, None, 503,
                                             (time.perf_counter() - started) * 1000.0, False, message))
             return _json(503, error_body(503, message, "NO_READY_MODEL"))
+        status, answer, error = await self._forward(route, body)
         for shadow in config.shadows:
             if shadow.backends:
-                self._start_shadow(config, shadow, body, payload, log_it)
-        status, answer, error = await self._forward(route, body)
-        latency_ms = (time.perf_counter() - started) * 1000.0
-        parsed: Any = None
-        if answer:
-            try:
-                parsed = orjson.loads(answer)
-            except orjson.JSONDecodeError:
-                parsed = None
-        if status == 200 and isinstance(parsed, dict):
-            meta = parsed.get("meta") if isinstance(parsed.get("meta"), dict) else {}
-            meta["requestPath"] = {route.role: route.model_version}
-            parsed["meta"] = meta
-            answer = orjson.dumps(parsed)
+                self._start_shadow(config, shadow, body, log_it)
+        examples: int | None = None
+        model_ms: float | None = None
+        if status == 200:
+            answer, examples, model_ms = _annotate(answer, route, v2)
         elif status >= 500 or status == 0:
             self.errors += 1
+        seconds = time.perf_counter() - started
+        self.figures.observe(config.deployment, route, status or 502, seconds, examples, model_ms)
         if log_it:
-            self.writer.put(scoring_row(config, route.model_version, payload, parsed, status or 502, latency_ms,
-                                        False, error))
+            self.writer.put(scoring_row(config, route.model_version, body, answer or None, status or 502,
+                                        seconds * 1000.0, False, error))
         if status == 0:
             return _json(502, error_body(502, error or "model server unreachable", "MODEL_SERVER_UNREACHABLE"))
         headers = {"X-Cdl-Model-Version": route.model_version, "X-Cdl-Role": route.role}
         return web.Response(status=status, body=answer, content_type="application/json", headers=headers)
+
+    def _refuse(self, config: RouterConfig, body: bytes, message: str, started: float, log_it: bool) -> web.Response:
+        if log_it:
+            self.writer.put(scoring_row(config, "", body, None, 400, (time.perf_counter() - started) * 1000.0,
+                                        False, message))
+        return _json(400, error_body(400, message, "BAD_REQUEST"))
 
     async def _forward(self, route: Route, body: bytes) -> tuple[int, bytes, str | None]:
         """POST the body to one of the route's servers; on a refused connection try the next
@@ -494,8 +587,7 @@ class Router:
             backend = route.pick_backend()
             self.inflight[backend] = self.inflight.get(backend, 0) + 1
             try:
-                async with self.session.post(backend, data=body,
-                                             headers={"Content-Type": "application/json"}) as resp:
+                async with self.session.post(backend, data=body, headers=_JSON_HEADERS) as resp:
                     answer = await resp.read()
                     if resp.status >= 400:
                         error = _error_text(answer)
@@ -506,39 +598,57 @@ class Router:
                 self.inflight[backend] -= 1
         return 0, b"", error
 
-    def _start_shadow(self, config: RouterConfig, shadow: Route, body: bytes, payload: Any, log_it: bool) -> None:
+    def _start_shadow(self, config: RouterConfig, shadow: Route, body: bytes, log_it: bool) -> None:
         if len(self.shadow_tasks) >= SHADOW_MAX_INFLIGHT:
             self.shadow_dropped += 1  # the shadow is behind: skip this copy rather than queue without bound
             return
-        task = asyncio.create_task(self._shadow(config, shadow, body, payload, log_it))
+        task = asyncio.create_task(self._shadow(config, shadow, body, log_it))
         self.shadow_tasks.add(task)
         task.add_done_callback(self.shadow_tasks.discard)
 
-    async def _shadow(self, config: RouterConfig, shadow: Route, body: bytes, payload: Any, log_it: bool) -> None:
+    async def _shadow(self, config: RouterConfig, shadow: Route, body: bytes, log_it: bool) -> None:
         started = time.perf_counter()
         try:
             status, answer, error = await self._forward(shadow, body)
             if log_it:
-                try:
-                    parsed = orjson.loads(answer) if answer else None
-                except orjson.JSONDecodeError:
-                    parsed = None
-                self.writer.put(scoring_row(config, shadow.model_version, payload, parsed, status or 502,
+                self.writer.put(scoring_row(config, shadow.model_version, body, answer or None, status or 502,
                                             (time.perf_counter() - started) * 1000.0, True, error))
         except Exception:  # a shadow's trouble is never the client's
             log.debug("shadow request failed", exc_info=True)
 
 
+_JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+def _annotate(answer: bytes, route: Route, v2: bool) -> tuple[bytes, int | None, float | None]:
+    """A model server's 200 answer as the client gets it (Seldon: `meta.requestPath` names the
+    model that answered), with the example count and the model's time it reports. The answer is
+    small (labels), so parsing it costs little."""
+    try:
+        parsed = orjson.loads(answer)
+    except orjson.JSONDecodeError:
+        return answer, None, None
+    if not isinstance(parsed, dict):
+        return answer, None, None
+    if v2:
+        params = parsed.get("parameters") if isinstance(parsed.get("parameters"), dict) else {}
+        outputs = parsed.get("outputs") or [{}]
+        shape = outputs[0].get("shape") if isinstance(outputs[0], dict) else None
+        examples = params.get("cdl_examples", shape[0] if shape else None)
+        return answer, examples, params.get("cdl_model_ms")
+    meta = parsed.get("meta") if isinstance(parsed.get("meta"), dict) else {}
+    tags = meta.get("tags") if isinstance(meta.get("tags"), dict) else {}
+    meta["requestPath"] = {route.role: route.model_version}
+    parsed["meta"] = meta
+    data = parsed.get("data") if isinstance(parsed.get("data"), dict) else {}
+    examples = tags.get("cdl_examples")
+    if examples is None and isinstance(data.get("ndarray"), list):
+        examples = len(data["ndarray"])
+    return orjson.dumps(parsed), examples, tags.get("cdl_model_ms")
+
+
 def _json(status: int, body: bytes) -> web.Response:
     return web.Response(status=status, body=body, content_type="application/json")
-
-
-def _lenient(body: bytes) -> Any:
-    """A malformed body as something storable: the JSON when it parses, else its text."""
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return {"raw": body[:4096].decode("utf-8", errors="replace")}
 
 
 def _error_text(answer: bytes) -> str:
@@ -560,15 +670,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, type=Path)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", required=True, type=int)
+    parser.add_argument("--grpc-port", type=int, default=None,
+                        help="also serve the Open Inference Protocol's gRPC service on this port")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    if os.environ.get("CDL_ROUTER_UVLOOP", "1") != "0" and args.grpc_port is None:  # grpc.aio wants asyncio's
+        try:  # libuv's event loop: less CPU per proxied request than asyncio's
+            import uvloop
+
+            uvloop.install()
+        except ImportError:
+            pass
     from cdl.stores.spool import ScoringSpool
 
     writer = ScoringWriter(os.environ.get(DATABASE_URL_ENV) or None, schema=os.environ.get(DATABASE_SCHEMA_ENV) or None,
                            spool=ScoringSpool(args.config.parent / SPOOL_DIR))
-    router = Router(args.config, writer)
+    router = Router(args.config, writer, grpc_port=args.grpc_port, host=args.host)
     log.info("router for %s/%s on %s:%d (config version %d)", router.config.namespace, router.config.deployment,
              args.host, args.port, router.config.version)
     web.run_app(router.app(), host=args.host, port=args.port, print=None, access_log=None,

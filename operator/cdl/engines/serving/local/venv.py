@@ -1,11 +1,13 @@
-"""The seldon virtual environment: seldon-core-microservice and the predictors' libraries.
+"""The model servers' virtual environments: seldon-core-microservice or MLServer, and the
+predictors' libraries.
 
 seldon-core 1.18.2 pins old Flask, click, urllib3, numpy and protobuf, so it gets its own
-environment, as it would get its own container. It is created on first use (or up front by
-`scripts/setup-seldon.sh`), once: a marker file records the hash of the install list
-(`requirements.txt` beside this module) and a file lock keeps two processes from building it at
-the same time. A changed install list is installed into the existing environment; a broken one
-is rebuilt.
+environment (`seldon`, install list `requirements.txt` beside this module), as it would get its
+own container; MLServer 1.7.1, the Open Inference Protocol fast path, gets another (`mlserver`,
+`requirements-mlserver.txt`, wheels only: about 45 s here). Each is created on first use (or up
+front by `scripts/setup-seldon.sh` / `scripts/setup-mlserver.sh`), once: a marker file records
+the hash of the install list and a file lock keeps two processes from building it at the same
+time. A changed install list is installed into the existing environment; a broken one is rebuilt.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -26,20 +29,46 @@ REQUIREMENTS = Path(__file__).with_name("requirements.txt")
 MARKER = ".cdl-ready"
 ENV_VAR = "CDL_SELDON_VENV"
 INSTALL_TIMEOUT_S = 1800
+SELDON, MLSERVER = "seldon", "mlserver"
 
 
-def requirements() -> list[str]:
+@dataclass(frozen=True)
+class ServerEnvironment:
+    """What one kind of model server's environment is made of."""
+
+    name: str
+    requirements: Path
+    binary: str  # the server's command in the environment's bin/
+    env_var: str  # overrides where the environment lives
+    pip_options: tuple[str, ...] = ()
+
+
+ENVIRONMENTS = {
+    SELDON: ServerEnvironment(SELDON, REQUIREMENTS, "seldon-core-microservice", ENV_VAR),
+    MLSERVER: ServerEnvironment(MLSERVER, Path(__file__).with_name("requirements-mlserver.txt"), "mlserver",
+                                "CDL_MLSERVER_VENV", ("--only-binary", ":all:")),
+}
+
+
+def _environment(kind: str) -> ServerEnvironment:
+    try:
+        return ENVIRONMENTS[kind]
+    except KeyError:
+        raise ValueError(f"unknown model server environment {kind!r}; one of {sorted(ENVIRONMENTS)}") from None
+
+
+def requirements(kind: str = SELDON) -> list[str]:
     """The install list, one requirement a line, comments stripped."""
     out = []
-    for line in REQUIREMENTS.read_text().splitlines():
+    for line in _environment(kind).requirements.read_text().splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
             out.append(line)
     return out
 
 
-def requirements_hash() -> str:
-    return hashlib.sha256("\n".join(requirements()).encode()).hexdigest()[:16]
+def requirements_hash(kind: str = SELDON) -> str:
+    return hashlib.sha256("\n".join(requirements(kind)).encode()).hexdigest()[:16]
 
 
 def project_root() -> Path | None:
@@ -51,64 +80,75 @@ def project_root() -> Path | None:
     return None
 
 
-def default_venv_dir() -> Path:
-    """`$CDL_SELDON_VENV`, else `.venvs/seldon` in the checkout, else a per-user cache folder."""
-    if os.environ.get(ENV_VAR):
-        return Path(os.environ[ENV_VAR]).expanduser().resolve()
+def default_venv_dir(kind: str = SELDON) -> Path:
+    """`$CDL_SELDON_VENV` (`$CDL_MLSERVER_VENV`), else `.venvs/<kind>` in the checkout, else a
+    per-user cache folder."""
+    env = _environment(kind)
+    if os.environ.get(env.env_var):
+        return Path(os.environ[env.env_var]).expanduser().resolve()
     root = project_root()
     if root is not None:
-        return root / ".venvs" / "seldon"
+        return root / ".venvs" / kind
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "cdl" / "venvs" / "seldon"
+    return cache / "cdl" / "venvs" / kind
 
 
 def microservice_bin(venv: Path) -> Path:
     return venv / "bin" / "seldon-core-microservice"
 
 
-def is_ready(venv: Path) -> bool:
+def server_bin(venv: Path, kind: str = SELDON) -> Path:
+    return venv / "bin" / _environment(kind).binary
+
+
+def is_ready(venv: Path, kind: str = SELDON) -> bool:
     marker = venv / MARKER
     return (
         marker.exists()
-        and marker.read_text().strip() == requirements_hash()
-        and microservice_bin(venv).exists()
+        and marker.read_text().strip() == requirements_hash(kind)
+        and server_bin(venv, kind).exists()
     )
 
 
 def ensure_seldon_venv(venv: Path | None = None, *, log: Path | None = None) -> Path:
-    """Create (or reuse) the seldon environment and return its directory.
+    """Create (or reuse) the seldon environment and return its directory."""
+    return ensure_venv(venv, SELDON, log=log)
+
+
+def ensure_venv(venv: Path | None = None, kind: str = SELDON, *, log: Path | None = None) -> Path:
+    """Create (or reuse) a model server's environment and return its directory.
 
     Idempotent and safe to call from several processes: the first builds, the others wait on the
     lock and then find the marker. Raises PermanentEngineError (with the pip log's tail) when pip
     fails, because nothing can be served without it."""
-    venv = (venv or default_venv_dir()).resolve()
-    if is_ready(venv):
+    venv = (venv or default_venv_dir(kind)).resolve()
+    if is_ready(venv, kind):
         return venv
     venv.parent.mkdir(parents=True, exist_ok=True)
     log = log or venv.parent / f"{venv.name}-install.log"
     with open(venv.parent / f".{venv.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if is_ready(venv):
+        if is_ready(venv, kind):
             return venv
         started = time.monotonic()
         with open(log, "w") as out:
             python = venv / "bin" / "python"
             # an environment built from an older list is brought up to date in place (running
             # servers keep going); a missing or broken one is built from scratch
-            if not (python.exists() and _pip_install(python, out) == 0):
+            if not (python.exists() and _pip_install(python, out, kind) == 0):
                 if venv.exists():
                     shutil.rmtree(venv)
                 for step in (lambda: _run([_base_python(), "-m", "venv", str(venv)], out),
-                             lambda: _pip_install(python, out)):
+                             lambda: _pip_install(python, out, kind)):
                     rc = step()
                     if rc != 0:
                         out.flush()
                         tail = "\n".join(log.read_text().splitlines()[-15:])
                         raise PermanentEngineError(
-                            f"could not create the seldon environment {venv} (exit {rc}); see {log}:\n{tail}",
-                            reason="SeldonEnvironmentFailed")
+                            f"could not create the {kind} environment {venv} (exit {rc}); see {log}:\n{tail}",
+                            reason="SeldonEnvironmentFailed" if kind == SELDON else "MLServerEnvironmentFailed")
             out.write(f"ready in {time.monotonic() - started:.0f} s\n")
-        (venv / MARKER).write_text(requirements_hash() + "\n")
+        (venv / MARKER).write_text(requirements_hash(kind) + "\n")
     return venv
 
 
@@ -122,9 +162,10 @@ def _run(cmd: list[str], out: IO[str]) -> int:
         return -1
 
 
-def _pip_install(python: Path, out: IO[str]) -> int:
+def _pip_install(python: Path, out: IO[str], kind: str = SELDON) -> int:
     """One pip call with the whole list, so every pin (seldon-core's numpy<2 too) holds together."""
-    return _run([str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q", *requirements()], out)
+    return _run([str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q",
+                 *_environment(kind).pip_options, *requirements(kind)], out)
 
 
 def _base_python() -> str:
@@ -132,11 +173,17 @@ def _base_python() -> str:
     return getattr(sys, "_base_executable", None) or sys.executable
 
 
-def main() -> int:
-    """`python -m cdl.engines.serving.local.venv [DIR]`: build the environment, print its path."""
-    target = Path(sys.argv[1]) if len(sys.argv) > 1 else None
+def main(argv: list[str] | None = None) -> int:
+    """`python -m cdl.engines.serving.local.venv [--kind seldon|mlserver] [DIR]`: build the
+    environment, print its path and how long it took."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="build a model server's virtual environment")
+    parser.add_argument("--kind", choices=sorted(ENVIRONMENTS), default=SELDON)
+    parser.add_argument("dir", nargs="?", type=Path)
+    args = parser.parse_args(argv)
     started = time.monotonic()
-    path = ensure_seldon_venv(target)
+    path = ensure_venv(args.dir, args.kind)
     print(f"{path} ready ({time.monotonic() - started:.0f} s)")
     return 0
 

@@ -136,6 +136,7 @@ class LocalTrainingEngine:
     """The TrainingEngine of the embedded platform (see the module docstring for the layout)."""
 
     name = ENGINE
+    records_registry = True  # writes runs, trials and metric series to PostgreSQL itself (records.py)
 
     def __init__(
         self,
