@@ -211,3 +211,7 @@ def test_the_reconciler_evaluates_through_a_job_and_gates_on_its_result(
     assert status["evaluation"]["passed"] is True and status["evaluation"]["metrics"]["accuracy"] >= 0.9
     (job,) = launcher.jobs.values()
     assert job["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example.com/cdl/train:0.1.0"
+    # Labels a Kubernetes API server accepts (a space or a kind name in one is a 422 for the Job).
+    assert job["metadata"]["labels"]["cdl.dev/resource"] == "ml.clf-v1"
+    env = {e["name"]: e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["CDL_MODEL_VERSION"] == "ml/clf-v1"

@@ -30,3 +30,22 @@ def test_the_evaluation_job_is_created_once_and_followed_by_its_conditions(k8s_c
     view.batch.patch_namespaced_job_status(name, "eval-jobs", {"status": {"conditions": [
         {"type": "Failed", "status": "True", "reason": "DeadlineExceeded", "message": "Job was active longer"}]}})
     assert view.job_state("eval-jobs", name) == (JobState.FAILED, "DeadlineExceeded: Job was active longer")
+
+
+def test_the_job_of_a_long_named_model_version_is_accepted(k8s_client: Any, kubectl: Any) -> None:
+    """Namespace and name may together pass the 63 characters a label value may hold; the Job is
+    still accepted, labelled with a shortened value that stays distinct."""
+    from cdl.quality.evaluation_job import resource_label
+
+    kubectl("create", "namespace", "eval-jobs", check=False)
+    view = KubeClusterView(k8s_client)
+    resource = "eval-jobs/" + "news-classifier-trained-on-the-full-archive-with-stemming-v12"
+    request = EvaluationRequest("eval-long", "eval-jobs", resource, "file:///artifacts/p.tar.gz", "a" * 64, None,
+                                "evaluate:evaluate", DataRef("news-test", "c1", uri="pfs://ml/t@master=c1"),
+                                image="registry.example.com/cdl/train:0.1.0")
+    manifest = evaluation_job(request, EvaluationJobSettings.from_env({}), "file:///artifacts/result.json", "")
+    view.create_job("eval-jobs", manifest)
+    stored = view.batch.read_namespaced_job(job_name(request.job_id), "eval-jobs")
+    label = stored.metadata.labels["cdl.dev/resource"]
+    assert len(label) <= 63 and label == resource_label(resource)
+    assert label != resource_label(resource + "3")

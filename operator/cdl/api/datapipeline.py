@@ -31,10 +31,16 @@ class Source(CdlModel):
         )
     )
     format: Literal["files", "idx", "csv"] = Field(
-        "files", description="files = one datum per file; idx = IDX image/label files; csv = rows."
+        "files",
+        description=(
+            "files = one datum per file; idx = IDX image/label files; csv = rows of *.csv files with a "
+            "header (the split puts a file of the same name, header included, in each output; the label "
+            "column is the first of label/labels/category/class/target present)."
+        ),
     )
     labels_from: Literal["directory", "none"] = Field(
-        "directory", description="directory = automatic labels from the parent folder name."
+        "directory",
+        description="directory = automatic labels from the parent folder name (format files); csv reads its label column.",
     )
     credentials_secret_ref: SecretKeyRef | None = Field(
         None, description="S3 credentials as a Secret key holding `ACCESS_KEY:SECRET_KEY`."
@@ -46,7 +52,9 @@ class Split(CdlModel):
 
     test: float = Field(0.2, gt=0, lt=1, description="Fraction of items for the test output.")
     seed: int = Field(42, ge=0, description="Seed of the split; the same seed gives the same split.")
-    stratify: bool = Field(True, description="Keep each label's share equal in both outputs.")
+    stratify: bool = Field(
+        True, description="Keep each label's share equal in both outputs (folder labels, CSV label column, IDX labels)."
+    )
 
 
 class Step(CdlModel):

@@ -49,7 +49,12 @@ class Gate(CdlModel):
 class Evaluation(CdlModel):
     data: EvaluationData
     entrypoint: Annotated[str, Field(pattern=ENTRYPOINT)] = Field(
-        "evaluate:evaluate", description="module:function in the model path returning {metric: value}."
+        "evaluate:evaluate",
+        description=(
+            "module:function in the model code, called as function(model_dir, data_dir) with the unpacked "
+            "package and the evaluation data; returns {metric: value} or {metrics, labels, predictions, "
+            "class_names}."
+        ),
     )
     gates: list[Gate] = Field(default_factory=list)
 

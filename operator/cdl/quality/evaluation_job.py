@@ -130,6 +130,15 @@ def job_name(job_id: str) -> str:
     return "cdl-eval-" + hashlib.sha256(job_id.encode()).hexdigest()[:12]
 
 
+def resource_label(resource: str) -> str:
+    """`namespace/name` as a label value Kubernetes accepts (`namespace.name`; at most 63
+    characters, longer ones cut and ended with a hash of the whole so they stay distinct)."""
+    value = resource.replace("/", ".")
+    if len(value) <= 63:
+        return value
+    return value[:50].rstrip("-_.") + "-" + hashlib.sha256(value.encode()).hexdigest()[:12]
+
+
 def job_environment(request: EvaluationRequest, settings: EvaluationJobSettings, result_uri: str,
                     variant_uri: str) -> dict[str, str]:
     """The pod's plain environment: everything `cdl.runtime.assess` reads (no secret values)."""
@@ -166,7 +175,7 @@ def evaluation_job(request: EvaluationRequest, settings: EvaluationJobSettings, 
         raise PermanentEngineError(f"evaluation of {request.resource}: no image: set the Experiment's "
                                    "spec.model.image or the operator's cluster.evaluation.image")
     name = job_name(request.job_id)
-    labels = {MANAGED_BY: "cdl", LABEL_RESOURCE: request.resource.replace("/", ".")}
+    labels = {MANAGED_BY: "cdl", LABEL_RESOURCE: resource_label(request.resource)}
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": image,
