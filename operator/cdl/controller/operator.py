@@ -36,7 +36,7 @@ def build_context(config: OperatorConfig, overrides: dict[str, dict[str, Any]] |
                    artifacts=artifacts)
 
 
-def make_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
+def make_registry(config: OperatorConfig, controller: handlers.Controller) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
     @kopf.on.startup(registry=registry)
@@ -45,22 +45,37 @@ def make_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kopf.cdl.dev")
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="kopf.cdl.dev")
         settings.persistence.finalizer = "cdl.dev/cleanup"
-        settings.execution.max_workers = 8
+        settings.execution.max_workers = 8  # only deletions run in kopf's threads
         settings.watching.server_timeout = 60
         settings.networking.request_timeout = 90
+        # Events only feed the work queue: keep few idle per-object tasks around (thousands of
+        # objects each have one while their events flow).
+        settings.queueing.idle_timeout = 2.0
 
     @kopf.on.cleanup(registry=registry)
     def close_engines(**_: Any) -> None:
-        if handlers.STATE.context is not None:
-            handlers.STATE.context.engines.close()
+        controller.stop()  # drain the workers first: a shard hands over only finished work
+        if controller.shards is not None:
+            controller.shards.stop()
+        controller.context.engines.close()
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         """In a pod: the service account; elsewhere: $KUBECONFIG, read now (not at import)."""
         return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
-    handlers.register(registry, config.poll_seconds)
+    handlers.register(registry, controller)
     return registry
+
+
+def make_shards(config: OperatorConfig) -> Any | None:
+    """This replica's shard membership when the chart runs several (`shard_identity` set)."""
+    if not config.shard_identity:
+        return None
+    from cdl.controller.shards import ShardMembership
+
+    return ShardMembership(config.shard_namespace, config.shard_identity, group=config.shard_group,
+                           lease_seconds=config.shard_lease_seconds)
 
 
 def run(config: OperatorConfig, *, kubeconfig: str | None = None,
@@ -73,7 +88,11 @@ def run(config: OperatorConfig, *, kubeconfig: str | None = None,
         os.environ["KUBECONFIG"] = kubeconfig  # kopf's own login reads it too
     load_client_config(kubeconfig)
     context = build_context(config, overrides)
-    handlers.configure(context, config.poll_seconds)
+    shards = make_shards(config)
+    if shards is not None:
+        shards.start()
+    controller = handlers.Controller(context, config.poll_seconds, config.resync_seconds, shards=shards)
+    controller.start()
     if config.metrics_port:
         metrics.serve(config.metrics_port)
     if config.scoring_sink_port and context.database is not None:
@@ -81,9 +100,10 @@ def run(config: OperatorConfig, *, kubeconfig: str | None = None,
 
         serve_in_thread(context.database, config.scoring_sink_port)
     liveness = f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port else None
-    log.info("cdl operator starting: namespaces=%s engines=%s", config.namespaces or "all", config.engines)
+    log.info("cdl operator starting: namespaces=%s engines=%s shard=%s", config.namespaces or "all", config.engines,
+             config.shard_identity or "all")
     asyncio.run(kopf.operator(
-        registry=make_registry(config),
+        registry=make_registry(config, controller),
         standalone=True,
         clusterwide=not config.namespaces,
         namespaces=config.namespaces or (),
@@ -91,3 +111,7 @@ def run(config: OperatorConfig, *, kubeconfig: str | None = None,
         stop_flag=stop_flag,
         ready_flag=ready_flag,
     ))
+    if controller.started:  # kopf stopped without its cleanup handlers
+        controller.stop()
+        if shards is not None:
+            shards.stop()

@@ -7,6 +7,7 @@ cluster ones from `config.cluster`). Tests hand in their own engines through `ov
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,22 @@ class EngineRegistry:
                 self._built[(role, name)] = engine
         self._lock = threading.Lock()
         self.jobs = JobRunner(config.data_dir / "jobs")
+        self._listener: Callable[[str, Any], None] | None = None
+        self._unsubscribe: list[Callable[[], None]] = []
+
+    def subscribe(self, listener: Callable[[str, Any], None]) -> None:
+        """Call `listener(role, key)` when an engine reports a change of a resource's work: every
+        engine that reports changes (`base.ReportsChanges`), built now or later, one channel each."""
+        with self._lock:
+            self._listener = listener
+            built = list(self._built.items())
+        for (role, _), engine in built:
+            self._connect(role, engine)
+
+    def _connect(self, role: str, engine: Any) -> None:
+        listener = self._listener
+        if listener is not None and callable(getattr(engine, "subscribe", None)):
+            self._unsubscribe.append(engine.subscribe(lambda key, _role=role: listener(_role, key)))
 
     def _get(self, role: str, name: str) -> Any:
         with self._lock:
@@ -47,7 +64,8 @@ class EngineRegistry:
                 if name not in allowed:
                     raise PermanentEngineError(
                         f"engine {name!r} cannot drive {role}; allowed: {', '.join(allowed)}", reason="UnknownEngine")
-                self._built[(role, name)] = getattr(self, f"_build_{role}_{name}")()
+                self._built[(role, name)] = engine = getattr(self, f"_build_{role}_{name}")()
+                self._connect(role, engine)
             return self._built[(role, name)]
 
     def data(self, name: str) -> Any:
@@ -76,6 +94,9 @@ class EngineRegistry:
         adopted by the next operator (`cdl down` stops them)."""
         with self._lock:
             built = dict(self._built)
+            unsubscribe, self._unsubscribe = self._unsubscribe, []
+        for stop in unsubscribe:
+            stop()
         for (role, _), engine in built.items():
             close = getattr(engine, "close", None)
             if close is None:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from cdl.engines.base import EngineRef, ResourceKey, ServedModel, ServingRequest, ServingStatus
+from cdl.engines.changes import ChangeFeed
 from cdl.engines.local.serving import venv as seldon_venv
 from cdl.engines.local.serving.microservice import (
     Microservice,
@@ -173,6 +174,8 @@ class LocalServingEngine:
         self._venv_error: str | None = None
         self._venv_thread: threading.Thread | None = None
         self._wrapper: Path | None = None
+        self.changes = ChangeFeed()  # servers started, died or became ready, for the operator
+        self.subscribe = self.changes.subscribe
         self._adopt()
         self._thread: threading.Thread | None = None
         if supervise:
@@ -454,10 +457,15 @@ class LocalServingEngine:
             if self._stop.is_set():
                 break
             for dep in list(self._deployments.values()):
+                changed = False
                 try:
                     with dep.lock:
                         if not dep.deleted:
+                            before = dep.state.wire()
                             self._converge(dep)
+                            changed = dep.state.wire() != before
+                    if changed:  # a server started, died or became ready: tell the operator
+                        self.changes.emit(dep.key)
                 except Exception:  # keep supervising the others
                     log.exception("serving supervisor: %s", dep.key)
 

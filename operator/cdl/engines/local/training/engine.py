@@ -35,6 +35,7 @@ from typing import Any
 
 from cdl.api.experiment import ExperimentSpec
 from cdl.engines.base import EngineRef, JobState, ResourceKey, TrainingRequest, TrainingStatus
+from cdl.engines.changes import ChangeFeed
 from cdl.engines.local.training import hparams as hp
 from cdl.engines.local.training import searchers
 from cdl.engines.local.training.records import Recorder
@@ -159,6 +160,8 @@ class LocalTrainingEngine:
         self.recorder = Recorder(database, artifacts)
         self._drivers: dict[str, RunDriver] = {}
         self._lock = threading.RLock()
+        self.changes = ChangeFeed()  # saved run states (trials reporting, finishing), for the operator
+        self.subscribe = self.changes.subscribe
 
     # ------------------------------------------------------------------ paths
 
@@ -250,6 +253,7 @@ class LocalTrainingEngine:
                 on_trial_finished=self.recorder.trial_finished,
                 on_event=self.recorder.event,
                 on_run_finished=self.recorder.run_finished,
+                on_change=lambda r: self.changes.emit(ResourceKey(r.namespace, r.name)),
             )
             self.recorder.run_started(run, self.run_dir(run_id))
             if not driver.start():
