@@ -17,3 +17,8 @@ app.kubernetes.io/component: operator
 {{- define "cdl.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}{{ default (include "cdl.fullname" .) .Values.serviceAccount.name }}{{- else -}}{{ default "default" .Values.serviceAccount.name }}{{- end -}}
 {{- end -}}
+
+{{/* Whether the operator runs as shards (several replicas, each owning a share). */}}
+{{- define "cdl.sharded" -}}
+{{- if or .Values.operator.shards.enabled (gt (int .Values.operator.replicas) 1) }}true{{- end }}
+{{- end }}
