@@ -55,6 +55,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import signal
 import ssl
 import subprocess
@@ -99,7 +100,7 @@ def serve_operator(kubeconfig: str, workdir: Path, poll_seconds: float | None) -
     config.base_dir = ROOT
     if poll_seconds:
         config.poll_seconds = poll_seconds
-    overrides = {"data": {"local": ScriptedDataEngine(workdir / "outputs", polls=1)}}
+    overrides = {"data": {"local": ScriptedDataEngine(workdir / "outputs", reports=True)}}
     ready = threading.Event()
 
     def announce() -> None:
@@ -223,6 +224,7 @@ class SizeResult:
     idle_patches: float = 0.0
     idle_operator_cpu: float = 0.0
     idle_server_cpu: float = 0.0
+    idle_breakdown: str = ""  # the most frequent requests of the idle window (method, last path part, code)
     operator_rss: float = 0.0
     operator_peak: float = 0.0
     server_rss: float = 0.0
@@ -324,6 +326,13 @@ class Bench:
                     or '"PUT ' in ln or '"DELETE ' in ln]
         result.idle_requests = (len(requests) - 2) / elapsed  # less our own two rv reads
         result.idle_patches = sum(1 for ln in requests if '"PATCH ' in ln) / elapsed
+        kinds: dict[str, int] = {}
+        for ln in requests:
+            verb = ln.split('"', 2)[1].split(" ")[:2]
+            code = ln.split('" ', 1)[1].split(" ")[0] if '" ' in ln else "?"
+            what = f"{verb[0]} {verb[1].split('?')[0].rsplit('/', 2)[-1] if len(verb) > 1 else ''} {code}"
+            kinds[what] = kinds.get(what, 0) + 1
+        result.idle_breakdown = ", ".join(f"{k}: {v}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])[:6])
         result.idle_writes = (rv1 - rv0) / elapsed
         result.idle_operator_cpu = (op1 - op0) / elapsed
         result.idle_server_cpu = (sv1 - sv0) / elapsed
@@ -394,7 +403,7 @@ def progress(message: str) -> None:
 
 
 async def run(sizes: list[int], samples: int, idle: float, poll_seconds: float | None, workdir: Path,
-              ready_timeout: float, phase_seconds: float) -> list[SizeResult]:
+              ready_timeout: float, phase_seconds: float, log_dir: Path | None = None) -> list[SizeResult]:
     from kubernetes import client
 
     from cdl.devcluster import process
@@ -422,6 +431,8 @@ async def run(sizes: list[int], samples: int, idle: float, poll_seconds: float |
             progress(f"{size}: {r.ready}/{r.total} Ready after {r.ready_after:.0f} s; idle window {idle:g} s")
             await bench.idle_window(idle, r)
             r.runs_started = await bench.runs_started()
+            if r.idle_breakdown:
+                progress(f"{size}: idle requests: {r.idle_breakdown}")
             progress(f"{size}: sampling apply -> status with the operator")
             _, r.with_operator = await bench.samples(samples, want_status=True, budget=phase_seconds)
             r.operator_rss = proc_mb(bench.operator.pid, "VmRSS")
@@ -437,6 +448,11 @@ async def run(sizes: list[int], samples: int, idle: float, poll_seconds: float |
     finally:
         await bench.close()
         process.stop(info.data_dir)
+        if log_dir is not None:  # the operator's and the devcluster's logs, for a look afterwards
+            log_dir.mkdir(parents=True, exist_ok=True)
+            for src in (bench.operator.log, info.log_file):
+                if src and Path(src).exists():
+                    shutil.copy(src, log_dir / Path(src).name)
     return results
 
 
@@ -499,6 +515,7 @@ def main() -> None:
     parser.add_argument("--ready-timeout", type=float, default=90.0, help="longest wait for all to be Ready")
     parser.add_argument("--phase-seconds", type=float, default=60.0, help="time cap for each phase's samples")
     parser.add_argument("--poll-seconds", type=float, default=None, help="operator poll_seconds (default: config's)")
+    parser.add_argument("--log-dir", type=Path, default=None, help="copy the operator and devcluster logs here")
     parser.add_argument("--serve-operator", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--kubeconfig", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
@@ -514,7 +531,7 @@ def main() -> None:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="cdl-opbench-") as tmp:
         results = asyncio.run(run(sizes, args.samples, args.idle, args.poll_seconds, Path(tmp),
-                                      args.ready_timeout, args.phase_seconds))
+                                      args.ready_timeout, args.phase_seconds, args.log_dir))
     print(render(results, args.samples, args.idle, poll, time.perf_counter() - started, load))
 
 

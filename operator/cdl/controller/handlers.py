@@ -27,6 +27,7 @@ import kopf
 from cdl.api.common import GROUP, KEEP_ON_DELETE, VERSION
 from cdl.api.kinds import DATAPIPELINE, DEPLOYMENT, EXPERIMENT, MODELVERSION, KindInfo
 from cdl.controller import metrics
+from cdl.controller.events import EventPoster
 from cdl.controller.workqueue import HIGH, LOW, Key, WorkQueue
 from cdl.reconcile import datapipeline, deployment, experiment, modelversion, outcomes
 from cdl.reconcile.base import Context, Resource
@@ -93,6 +94,7 @@ class Controller:
         self.shards = shards  # controller.shards.ShardMembership, or None: this replica owns all
         self.workers = workers or WORKERS
         self.queue = WorkQueue()
+        self.events = EventPoster(context.cluster)
         self.objects: dict[Key, dict[str, Any]] = {}
         self.failures: dict[Key, int] = {}
         self.waiting: dict[str, set[Key]] = {}  # namespace -> keys waiting on another resource
@@ -106,10 +108,12 @@ class Controller:
         if self.shards is not None:
             self.shards.on_change = self.members_changed
         self.queue.start(self.process, self.workers)
+        self.events.start()
         self.started = True
 
     def stop(self) -> None:
         self.queue.stop()
+        self.events.stop()
         self.started = False
 
     def owns(self, key: Key) -> bool:
@@ -196,10 +200,7 @@ class Controller:
             if "phase" in changes:
                 self._wake_waiting(key)
         for event in result.events:
-            try:
-                ctx.cluster.post_event(info.kind, key[1], key[2], res.uid, event.type, event.reason, event.message)
-            except Exception as exc:  # Events are best effort
-                log.warning("event %s of %s not posted: %s", event.reason, res.title, exc)
+            self.events.post(info.kind, key[1], key[2], res.uid, event.type, event.reason, event.message)
             if event.type == "Warning":
                 metrics.ERRORS.labels(info.kind, event.reason).inc()
         with self.lock:
