@@ -32,9 +32,13 @@ pipeline), so instead this file re-executes itself as `python bench/operator_ben
 --serve-operator ...`, which calls `cdl.controller.operator.run()` exactly as `cdl operator run`
 does (same default configuration: poll_seconds 3.0, INFO logging to a log file, kopf settings
 from make_registry) with one override: the data engine is the tests' ScriptedDataEngine
-(tests/integration/operator_engines.py), which costs nothing and finishes a run on its second
-poll, so every bulk pipeline becomes Ready after two reconciles and then stays Ready. The
-measured cost is therefore kopf + handlers + reconciler + API server, not engine work.
+(tests/integration/operator_engines.py) in its reporting mode: it costs nothing, finishes a run
+in its own thread right after the start and reports that (as the local engines report their
+runs), so every bulk pipeline becomes Ready after two reconciles and then stays Ready. The
+measured cost is therefore kopf + controller + reconciler + API server, not engine work.
+(Before issue 17 the scripted engine finished a run on its second poll; a baseline run of the
+old code uses the old file.) `--shards N` starts N operator processes that share the
+DataPipelines through their Leases (CPU and RSS are then their sums).
 
 The devcluster is a background server process (`process.start_background`) with the CRDs of
 `crds/` and `--access-log` on (the idle window counts requests from it, in both phases, so the
@@ -87,7 +91,7 @@ def pipeline(name: str) -> dict[str, Any]:
 
 # --- the operator process ------------------------------------------------------------------------
 
-def serve_operator(kubeconfig: str, workdir: Path, poll_seconds: float | None) -> None:
+def serve_operator(kubeconfig: str, workdir: Path, poll_seconds: float | None, shard: str | None = None) -> None:
     """The operator as `cdl operator run` starts it, with the scripted (free) data engine."""
     sys.path.insert(0, str(ROOT))
     from cdl.config import OperatorConfig
@@ -100,6 +104,8 @@ def serve_operator(kubeconfig: str, workdir: Path, poll_seconds: float | None) -
     config.base_dir = ROOT
     if poll_seconds:
         config.poll_seconds = poll_seconds
+    if shard:  # one of --shards replicas: Leases in the bench namespace
+        config.shard_identity, config.shard_namespace, config.shard_group = shard, NS, "bench"
     overrides = {"data": {"local": ScriptedDataEngine(workdir / "outputs", reports=True)}}
     ready = threading.Event()
 
@@ -114,8 +120,8 @@ def serve_operator(kubeconfig: str, workdir: Path, poll_seconds: float | None) -
 class OperatorProcess:
     """`--serve-operator` in its own process group; ready when it has written `ready`."""
 
-    def __init__(self, kubeconfig: Path, workdir: Path, poll_seconds: float | None) -> None:
-        self.kubeconfig, self.workdir, self.poll_seconds = kubeconfig, workdir, poll_seconds
+    def __init__(self, kubeconfig: Path, workdir: Path, poll_seconds: float | None, shard: str | None = None) -> None:
+        self.kubeconfig, self.workdir, self.poll_seconds, self.shard = kubeconfig, workdir, poll_seconds, shard
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = workdir / "operator.log"
 
@@ -126,6 +132,8 @@ class OperatorProcess:
                str(self.kubeconfig), "--workdir", str(self.workdir)]
         if self.poll_seconds:
             cmd += ["--poll-seconds", str(self.poll_seconds)]
+        if self.shard:
+            cmd += ["--shard", self.shard]
         started = time.perf_counter()
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -160,6 +168,36 @@ class OperatorProcess:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
         self.proc = None
+
+
+class OperatorGroup:
+    """One operator process, or `--shards` of them sharing the DataPipelines through their Leases;
+    CPU and RSS are their sums."""
+
+    def __init__(self, kubeconfig: Path, workdir: Path, poll_seconds: float | None, shards: int) -> None:
+        if shards > 1:
+            self.members = [OperatorProcess(kubeconfig, workdir / f"shard-{i}", poll_seconds, shard=f"shard-{i}")
+                            for i in range(shards)]
+        else:
+            self.members = [OperatorProcess(kubeconfig, workdir, poll_seconds)]
+        self.log = self.members[0].log
+
+    def start(self) -> float:
+        return max(m.start() for m in self.members)
+
+    def stop(self) -> None:
+        for m in self.members:
+            m.stop()
+
+    @property
+    def pids(self) -> list[int]:
+        return [m.pid for m in self.members]
+
+    def cpu(self) -> float:
+        return sum(cpu_seconds(p) for p in self.pids)
+
+    def mb(self, field_name: str) -> float:
+        return sum(proc_mb(p, field_name) for p in self.pids)
 
 
 # --- measurements --------------------------------------------------------------------------------
@@ -233,7 +271,7 @@ class SizeResult:
 
 
 class Bench:
-    def __init__(self, info: Any, workdir: Path, poll_seconds: float | None) -> None:
+    def __init__(self, info: Any, workdir: Path, poll_seconds: float | None, shards: int = 1) -> None:
         from kubernetes import client, config
 
         self.info = info
@@ -245,7 +283,7 @@ class Bench:
         self.custom = client.CustomObjectsApi(self.api_client)
         self.core = client.CoreV1Api(self.api_client)
         self.kubectl_cache = workdir / "kubecache"
-        self.operator = OperatorProcess(info.kubeconfig, workdir / "operator", poll_seconds)
+        self.operator = OperatorGroup(info.kubeconfig, workdir / "operator", poll_seconds, shards)
         self.pool = ThreadPoolExecutor(4)
         self.base = f"/apis/{G}/{V}/namespaces/{NS}/{PLURAL}"
         self.serial = 0
@@ -314,10 +352,10 @@ class Bench:
         """API writes/s and CPU of both processes while nothing is being created."""
         log = self.info.log_file
         offset = log.stat().st_size
-        rv0, op0, sv0 = await self.rv(), cpu_seconds(self.operator.pid), cpu_seconds(self.info.pid)
+        rv0, op0, sv0 = await self.rv(), self.operator.cpu(), cpu_seconds(self.info.pid)
         t0 = time.perf_counter()
         await asyncio.sleep(seconds)
-        rv1, op1, sv1 = await self.rv(), cpu_seconds(self.operator.pid), cpu_seconds(self.info.pid)
+        rv1, op1, sv1 = await self.rv(), self.operator.cpu(), cpu_seconds(self.info.pid)
         elapsed = time.perf_counter() - t0
         with open(log, "rb") as f:
             f.seek(offset)
@@ -403,13 +441,14 @@ def progress(message: str) -> None:
 
 
 async def run(sizes: list[int], samples: int, idle: float, poll_seconds: float | None, workdir: Path,
-              ready_timeout: float, phase_seconds: float, log_dir: Path | None = None) -> list[SizeResult]:
+              ready_timeout: float, phase_seconds: float, log_dir: Path | None = None,
+              shards: int = 1) -> list[SizeResult]:
     from kubernetes import client
 
     from cdl.devcluster import process
 
     info = process.start_background(workdir / "devcluster", crds_dir=ROOT / "crds", extra_args=["--access-log"])
-    bench = Bench(info, workdir, poll_seconds)
+    bench = Bench(info, workdir, poll_seconds, shards)
     results: list[SizeResult] = []
     try:
         bench.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NS)))
@@ -435,8 +474,8 @@ async def run(sizes: list[int], samples: int, idle: float, poll_seconds: float |
                 progress(f"{size}: idle requests: {r.idle_breakdown}")
             progress(f"{size}: sampling apply -> status with the operator")
             _, r.with_operator = await bench.samples(samples, want_status=True, budget=phase_seconds)
-            r.operator_rss = proc_mb(bench.operator.pid, "VmRSS")
-            r.operator_peak = proc_mb(bench.operator.pid, "VmHWM")
+            r.operator_rss = bench.operator.mb("VmRSS")
+            r.operator_peak = bench.operator.mb("VmHWM")
             r.server_rss = proc_mb(info.pid, "VmRSS")
             bench.operator.stop()
             progress(f"{size}: operator stopped; sampling the baseline (apply -> ADDED)")
@@ -450,13 +489,16 @@ async def run(sizes: list[int], samples: int, idle: float, poll_seconds: float |
         process.stop(info.data_dir)
         if log_dir is not None:  # the operator's and the devcluster's logs, for a look afterwards
             log_dir.mkdir(parents=True, exist_ok=True)
-            for src in (bench.operator.log, info.log_file):
-                if src and Path(src).exists():
-                    shutil.copy(src, log_dir / Path(src).name)
+            for i, m in enumerate(bench.operator.members):
+                if m.log.exists():
+                    shutil.copy(m.log, log_dir / f"operator-{i}.log")
+            if info.log_file and Path(info.log_file).exists():
+                shutil.copy(info.log_file, log_dir / Path(info.log_file).name)
     return results
 
 
-def render(results: list[SizeResult], samples: int, idle: float, poll: float, elapsed: float, load: str) -> str:
+def render(results: list[SizeResult], samples: int, idle: float, poll: float, elapsed: float, load: str,
+           shards: int = 1) -> str:
     import kopf
 
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
@@ -464,7 +506,8 @@ def render(results: list[SizeResult], samples: int, idle: float, poll: float, el
     lines = [
         f"operator benchmark, {datetime.date.today()}, {platform.machine()} {os.cpu_count()} cores ({cpu}), "
         f"Python {sys.version.split()[0]}, kopf {kopf.__version__ if hasattr(kopf, '__version__') else '?'}, "
-        f"poll_seconds {poll:g}, load average at start {load}",
+        f"poll_seconds {poll:g}, operator processes (shards) {shards}, load average at start {load}, at end "
+        + " ".join(f"{x:.1f}" for x in os.getloadavg()),
         f"{samples} samples per size and phase, every {KUBECTL_EVERY}th through kubectl apply; p99 of fewer "
         "than 100 samples is the maximum; times in ms",
         "",
@@ -516,12 +559,14 @@ def main() -> None:
     parser.add_argument("--phase-seconds", type=float, default=60.0, help="time cap for each phase's samples")
     parser.add_argument("--poll-seconds", type=float, default=None, help="operator poll_seconds (default: config's)")
     parser.add_argument("--log-dir", type=Path, default=None, help="copy the operator and devcluster logs here")
+    parser.add_argument("--shards", type=int, default=1, help="operator processes sharing the resources")
+    parser.add_argument("--shard", help=argparse.SUPPRESS)
     parser.add_argument("--serve-operator", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--kubeconfig", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_operator:
-        serve_operator(args.kubeconfig, Path(args.workdir), args.poll_seconds)
+        serve_operator(args.kubeconfig, Path(args.workdir), args.poll_seconds, args.shard)
         return
     from cdl.config import OperatorConfig
 
@@ -531,8 +576,8 @@ def main() -> None:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="cdl-opbench-") as tmp:
         results = asyncio.run(run(sizes, args.samples, args.idle, args.poll_seconds, Path(tmp),
-                                      args.ready_timeout, args.phase_seconds, args.log_dir))
-    print(render(results, args.samples, args.idle, poll, time.perf_counter() - started, load))
+                                      args.ready_timeout, args.phase_seconds, args.log_dir, args.shards))
+    print(render(results, args.samples, args.idle, poll, time.perf_counter() - started, load, args.shards))
 
 
 if __name__ == "__main__":
