@@ -45,6 +45,8 @@ class OperatorConfig(BaseModel):
     s3: S3Config = Field(default_factory=S3Config)
     engines: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_ENGINES))
     poll_seconds: float = Field(3.0, gt=0, description="How often running engine work is followed.")
+    watch_selector: str | None = Field(None, description="A label selector: only resources matching it are "
+                                       "watched (server-side), e.g. one operator per team label.")
     resync_seconds: float = Field(600.0, gt=0, description="How often an idle resource is looked at again "
                                   "(source changes, schedules); spread +-25 % so resyncs never bunch up.")
     shard_identity: str | None = Field(None, description="This replica's name among the operator's shards "
@@ -72,6 +74,7 @@ class OperatorConfig(BaseModel):
             "CDL_ARTIFACT_URL": "artifact_url",
             "CDL_POLL_SECONDS": "poll_seconds",
             "CDL_RESYNC_SECONDS": "resync_seconds",
+            "CDL_WATCH_SELECTOR": "watch_selector",
             "CDL_SHARD_IDENTITY": "shard_identity",
             "CDL_SHARD_NAMESPACE": "shard_namespace",
             "CDL_SHARD_GROUP": "shard_group",

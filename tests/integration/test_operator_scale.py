@@ -154,3 +154,19 @@ def test_a_shard_handover_loses_and_duplicates_nothing(operator_runner, k8s, tmp
     runs = {n: data.calls.count("start_run", f"{ns}/{n}") for n in names}
     assert runs == generation, {n: (runs[n], generation[n]) for n in names if runs[n] != generation[n]}
     assert {n: data.calls.count("delete", f"{ns}/{n}") for n in third[:5]} == dict.fromkeys(third[:5], 1)
+
+
+def test_an_operator_with_a_watch_selector_sees_only_its_resources(operator_runner, k8s, namespace, tmp_path):
+    """`watch_selector` is applied by the API server: resources without the label never reach
+    this operator (nor its memory)."""
+    custom, _ = k8s
+    data = ScriptedDataEngine(tmp_path / "outputs", reports=True)
+    with operator_runner(tmp_path / "state", {"data": {"local": data}}, watch_selector="cdl.dev/team=a"):
+        other = dpl("other", namespace)
+        custom.create_namespaced_custom_object(G, V, namespace, PLURAL, other)
+        mine = dpl("mine", namespace)
+        mine["metadata"]["labels"] = {"cdl.dev/team": "a"}
+        custom.create_namespaced_custom_object(G, V, namespace, PLURAL, mine)
+        wait_for(lambda: phase(custom, namespace, "mine") == "Ready", timeout=30, what="the labelled one Ready")
+        assert phase(custom, namespace, "other") is None
+    assert data.calls.count("start_run") == 1

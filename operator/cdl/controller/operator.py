@@ -10,6 +10,7 @@ from typing import Any
 
 import kopf
 
+from cdl.api.common import GROUP
 from cdl.config import OperatorConfig
 from cdl.controller import handlers, metrics, redaction
 from cdl.controller.cluster import KubeClusterView, load_client_config
@@ -51,6 +52,9 @@ def make_registry(config: OperatorConfig, controller: handlers.Controller) -> ko
         # Events only feed the work queue: keep few idle per-object tasks around (thousands of
         # objects each have one while their events flow).
         settings.queueing.idle_timeout = 2.0
+        if config.watch_selector:  # server-side: the rest is never sent to this operator
+            for info, _ in handlers.RECONCILERS:
+                settings.watching.label_selectors[GROUP, info.plural] = config.watch_selector
 
     @kopf.on.cleanup(registry=registry)
     def close_engines(**_: Any) -> None:
