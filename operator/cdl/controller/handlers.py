@@ -47,6 +47,7 @@ KIND_OF_ROLE = {"data": "DataPipeline", "labeling": "DataPipeline", "training": 
 # Worker threads per kind (so per engine role): bounded concurrency against each engine.
 WORKERS = {"DataPipeline": 4, "Experiment": 2, "ModelVersion": 2, "Deployment": 2}
 MAX_BACKOFF = 60.0
+STARTUP_SPREAD = 60.0  # seconds over which a starting operator looks at the Ready resources again
 # Annotations the reconcilers never read and that would copy the spec (kubectl) or kopf's state.
 DROPPED_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
 DROPPED_PREFIXES = ("kopf.cdl.dev/", "kopf.zalando.org/")
@@ -74,6 +75,11 @@ def _essence(body: dict[str, Any]) -> tuple[Any, ...]:
 def _unobserved(body: dict[str, Any]) -> bool:
     status = body.get("status") or {}
     return not status.get("phase") or status.get("observedGeneration") != body["metadata"].get("generation")
+
+
+def _ready(body: dict[str, Any]) -> bool:
+    conditions = (body.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
 def _rv(body: dict[str, Any]) -> int | None:
@@ -140,8 +146,13 @@ class Controller:
             self.objects[key] = new
         if not self.owns(key):
             return
-        if old is None:
-            self.queue.add(key, HIGH if _unobserved(new) else LOW)
+        if old is None:  # first sight: a new resource, or all of them when the operator starts
+            if _unobserved(new):
+                self.queue.add(key, HIGH)
+            elif _ready(new):  # settled: looked at within the first minute, not all at once
+                self.queue.add_after(key, random.uniform(0, min(self.resync_seconds, STARTUP_SPREAD)))
+            else:  # work may have moved while no operator followed it
+                self.queue.add(key, LOW)
         elif _essence(old) != _essence(new):
             self.queue.add(key, HIGH)
 
