@@ -174,7 +174,7 @@ class EngineRegistry:
     def _build_training_determined(self) -> Any:
         from cdl.engines.determined import DeterminedTrainingEngine
 
-        return DeterminedTrainingEngine(self._cluster().determined)
+        return DeterminedTrainingEngine(self._cluster().determined, poll_seconds=self.config.poll_seconds)
 
     def _build_registry_determined(self) -> Any:
         from cdl.engines.determined import DeterminedRegistryEngine
@@ -186,4 +186,4 @@ class EngineRegistry:
         from cdl.engines.seldon import SeldonServingEngine
 
         cluster = self._cluster()
-        return SeldonServingEngine(cluster.seldon, gpu=cluster.gpu)
+        return SeldonServingEngine(cluster.seldon, gpu=cluster.gpu, poll_seconds=self.config.poll_seconds)
