@@ -115,6 +115,7 @@ class Controller:
             self.shards.on_change = self.members_changed
         self.queue.start(self.process, self.workers)
         self.events.start()
+        metrics.watch_queue(self.queue, self.events)
         self.started = True
 
     def stop(self) -> None:
