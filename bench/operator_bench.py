@@ -77,15 +77,16 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[1]
 KUBECTL = ROOT / ".tools" / "bin" / "kubectl"
 NS = "bench"
+LIVE_NS = "bench-live"  # another team's namespace: samples taken while the bulk converges
 G, V, PLURAL = "cdl.dev", "v1alpha1", "datapipelines"
 FINALIZER = "cdl.dev/cleanup"
 KUBECTL_EVERY = 4  # every 4th sample goes through kubectl apply
 SAMPLE_TIMEOUT = 30.0  # a sample with no status write by then counts as missed
 
 
-def pipeline(name: str) -> dict[str, Any]:
+def pipeline(name: str, namespace: str = NS) -> dict[str, Any]:
     return {"apiVersion": f"{G}/{V}", "kind": "DataPipeline",
-            "metadata": {"name": name, "namespace": NS, "labels": {"app": "bench"}},
+            "metadata": {"name": name, "namespace": namespace, "labels": {"app": "bench"}},
             "spec": {"source": {"uri": f"file:///data/{name}"}, "split": {"test": 0.2}}}
 
 
@@ -262,11 +263,13 @@ class SizeResult:
     idle_patches: float = 0.0
     idle_operator_cpu: float = 0.0
     idle_server_cpu: float = 0.0
+    settle: float = 0.0  # seconds from the Ready wait's end until the operator stopped writing (cap 120)
     idle_breakdown: str = ""  # the most frequent requests of the idle window (method, last path part, code)
     operator_rss: float = 0.0
     operator_peak: float = 0.0
     server_rss: float = 0.0
     with_operator: list[Sample] = field(default_factory=list)
+    during: list[Sample] = field(default_factory=list)  # in LIVE_NS while the bulk was created and converged
     baseline: list[Sample] = field(default_factory=list)
 
 
@@ -306,8 +309,8 @@ class Bench:
             items = (await r.json())["items"]
         return {o["metadata"]["name"]: (o.get("status") or {}).get("phase", "") for o in items}
 
-    def create_sync(self, name: str) -> None:
-        self.custom.create_namespaced_custom_object(G, V, NS, PLURAL, pipeline(name))
+    def create_sync(self, name: str, namespace: str = NS) -> None:
+        self.custom.create_namespaced_custom_object(G, V, namespace, PLURAL, pipeline(name, namespace))
 
     def delete_sync(self, name: str) -> None:
         self.custom.delete_namespaced_custom_object(G, V, NS, PLURAL, name)
@@ -348,6 +351,21 @@ class Bench:
         ids = [((o.get("status") or {}).get("engineRef") or {}).get("id", "") for o in items]
         return max((int(i.rsplit("-", 1)[1]) for i in ids if i.startswith("run-")), default=0)
 
+    async def settle(self, quiet: float = 3.0, cap: float = 120.0) -> float:
+        """Wait until the operator has written nothing (no PATCH, POST) for `quiet` seconds, at
+        most `cap`: what is still queued (Events, follow-ups) is not idleness. Returns the wait."""
+        log = self.info.log_file
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < cap:
+            offset = log.stat().st_size
+            await asyncio.sleep(quiet)
+            with open(log, "rb") as f:
+                f.seek(offset)
+                text = f.read().decode(errors="replace")
+            if '"PATCH ' not in text and '"POST ' not in text:
+                break
+        return time.perf_counter() - t0
+
     async def idle_window(self, seconds: float, result: SizeResult) -> None:
         """API writes/s and CPU of both processes while nothing is being created."""
         log = self.info.log_file
@@ -375,7 +393,7 @@ class Bench:
         result.idle_operator_cpu = (op1 - op0) / elapsed
         result.idle_server_cpu = (sv1 - sv0) / elapsed
 
-    async def sample(self, via: str, want_status: bool) -> tuple[str, Sample]:
+    async def sample(self, via: str, want_status: bool, namespace: str = NS) -> tuple[str, Sample]:
         """Create one DataPipeline, timing the events of a watch opened on it beforehand."""
         self.serial += 1
         name = f"sample-{self.serial}"
@@ -383,7 +401,7 @@ class Bench:
         rv = await self.rv()
         params = {"watch": "true", "resourceVersion": str(rv), "timeoutSeconds": str(int(SAMPLE_TIMEOUT) + 10),
                   "fieldSelector": f"metadata.name={name}"}
-        async with self.session.get(self.base, params=params,
+        async with self.session.get(f"/apis/{G}/{V}/namespaces/{namespace}/{PLURAL}", params=params,
                                     timeout=aiohttp.ClientTimeout(total=None)) as stream:
             assert stream.status == 200, await stream.text()
             done = asyncio.Event()
@@ -409,9 +427,9 @@ class Bench:
             t0 = time.perf_counter()
             task = asyncio.create_task(reader())
             if via == "kubectl":
-                await self.kubectl("apply", "-f", "-", stdin=json.dumps(pipeline(name)).encode())
+                await self.kubectl("apply", "-f", "-", stdin=json.dumps(pipeline(name, namespace)).encode())
             else:
-                await asyncio.get_running_loop().run_in_executor(self.pool, self.create_sync, name)
+                await asyncio.get_running_loop().run_in_executor(self.pool, self.create_sync, name, namespace)
             s.created = time.perf_counter() - t0
             try:
                 await asyncio.wait_for(done.wait(), SAMPLE_TIMEOUT)
@@ -421,6 +439,16 @@ class Bench:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         return name, s
+
+    async def samples_until(self, stop: asyncio.Event, every: float = 1.0) -> list[Sample]:
+        """Samples in another namespace, one per `every` seconds, until `stop` (the bulk converging)."""
+        out: list[Sample] = []
+        while not stop.is_set():
+            _, s = await self.sample("kubectl" if len(out) % KUBECTL_EVERY == 0 else "python", True, LIVE_NS)
+            out.append(s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every)
+        return out
 
     async def samples(self, n: int, want_status: bool, budget: float) -> tuple[list[str], list[Sample]]:
         """Up to n samples, one at a time; stops early once `budget` seconds have gone."""
@@ -451,7 +479,8 @@ async def run(sizes: list[int], samples: int, idle: float, poll_seconds: float |
     bench = Bench(info, workdir, poll_seconds, shards)
     results: list[SizeResult] = []
     try:
-        bench.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NS)))
+        for ns in (NS, LIVE_NS):
+            bench.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
         await bench.kubectl("wait", "--for=condition=Established", f"crd/{PLURAL}.{G}", "--timeout=30s")
         await bench.kubectl("get", PLURAL, "-n", NS)  # warms kubectl's discovery cache
         present = 0
@@ -461,13 +490,20 @@ async def run(sizes: list[int], samples: int, idle: float, poll_seconds: float |
             r.operator_start = bench.operator.start()
             progress(f"{size}: operator up in {r.operator_start:.1f} s; creating {size - present} DataPipelines")
             t0 = time.perf_counter()
+            converged = asyncio.Event()
+            during = asyncio.create_task(bench.samples_until(converged))
             if size > present:
                 r.bulk_rate = await bench.bulk(present, size)
             r.created = unrun + max(0, size - present)
             # every DataPipeline present (earlier samples included) should be Ready before measuring
             r.ready, r.total = await bench.wait_ready(ready_timeout)
             r.ready_after = time.perf_counter() - t0
-            progress(f"{size}: {r.ready}/{r.total} Ready after {r.ready_after:.0f} s; idle window {idle:g} s")
+            converged.set()
+            r.during = await during
+            r.created += len(r.during)  # each of them needed a run too
+            r.settle = await bench.settle()
+            progress(f"{size}: {r.ready}/{r.total} Ready after {r.ready_after:.0f} s; writes stopped "
+                     f"{r.settle:.0f} s later; idle window {idle:g} s")
             await bench.idle_window(idle, r)
             r.runs_started = await bench.runs_started()
             if r.idle_breakdown:
@@ -532,17 +568,32 @@ def render(results: list[SizeResult], samples: int, idle: float, poll: float, el
                          f"{ms(pct(to_fin, .5), 7)} {ms(pct(to_st, .5), 7)} {miss:>4}")
     lines += [
         "",
+        f"while the bulk is created and converges: apply -> first status write in another namespace ({LIVE_NS}),",
+        "one sample a second",
+        f"{'present':>7} {'client':<7} {'n':>4} {'status p50':>10} {'p99':>7} {'max':>7} {'miss':>4}",
+    ]
+    for r in results:
+        for via in ("python", "kubectl"):
+            st = [s.status for s in r.during if s.via == via]
+            top = max((float("inf") if v is None else v for v in st), default=float("nan")) * 1000
+            lines.append(f"{r.size:>7} {via:<7} {len(st):>4} {ms(pct(st, .5), 10)} {ms(pct(st, .99), 7)} "
+                         f"{ms(top, 7)} {sum(1 for v in st if v is None):>4}")
+    lines += [
+        "",
         "after the bulk create: Ready = Ready/present when the wait ended ('after s'); runs = data runs this",
-        "operator process started / DataPipelines it had to run (above 1 each: runs restarted); then an idle",
+        "operator process started / DataPipelines it had to run (above 1 each: runs restarted); 'quiet s' =",
+        "until the operator's writes (Events, patches) stopped for 3 s, at most 120 s; then an idle",
         f"window of {idle:g} s with nothing created: API requests/s and PATCH/s (devcluster access log, less the",
         "benchmark's own), writes/s (resourceVersion growth), CPU; RSS after the samples",
-        f"{'present':>7} {'bulk/s':>7} {'Ready':>11} {'after s':>7} {'runs':>9} {'op start s':>10} {'req/s':>6} "
+        f"{'present':>7} {'bulk/s':>7} {'Ready':>11} {'after s':>7} {'quiet s':>7} {'runs':>9} {'op start s':>10} "
+        f"{'req/s':>6} "
         f"{'PATCH/s':>7} "
         f"{'writes/s':>8} {'op CPU':>7} "
         f"{'srv CPU':>7} {'op RSS MB':>9} {'op peak MB':>10} {'srv RSS MB':>10}",
     ]
     for r in results:
         lines.append(f"{r.size:>7} {r.bulk_rate:>7.0f} {f'{r.ready}/{r.total}':>11} {r.ready_after:>7.0f} "
+                     f"{r.settle:>7.0f} "
                      f"{f'{r.runs_started}/{r.created}':>9} {r.operator_start:>10.1f} {r.idle_requests:>6.1f} {r.idle_patches:>7.1f} {r.idle_writes:>8.1f} {r.idle_operator_cpu:>7.0%} {r.idle_server_cpu:>7.0%} "
                      f"{r.operator_rss:>9.0f} {r.operator_peak:>10.0f} {r.server_rss:>10.0f}")
     lines.append(f"(took {elapsed:.0f} s; CPU in cores: 100% = one core busy; 'miss' = samples with no status "
