@@ -47,6 +47,8 @@ class OperatorConfig(BaseModel):
     poll_seconds: float = Field(3.0, gt=0, description="How often running engine work is followed.")
     watch_selector: str | None = Field(None, description="A label selector: only resources matching it are "
                                        "watched (server-side), e.g. one operator per team label.")
+    workers: dict[str, int] = Field(default_factory=dict, description="Reconcile workers per kind (so per engine), "
+                                    "over the defaults DataPipeline 4, Experiment 2, ModelVersion 2, Deployment 2.")
     resync_seconds: float = Field(600.0, gt=0, description="How often an idle resource is looked at again "
                                   "(source changes, schedules); spread +-25 % so resyncs never bunch up.")
     shard_identity: str | None = Field(None, description="This replica's name among the operator's shards "

@@ -99,6 +99,9 @@ class Controller:
         self.resync_seconds = resync_seconds
         self.shards = shards  # controller.shards.ShardMembership, or None: this replica owns all
         self.workers = workers or WORKERS
+        unknown = set(self.workers) - set(BY_KIND)
+        if unknown or any(n < 1 for n in self.workers.values()):
+            raise ValueError(f"workers: kinds are {', '.join(BY_KIND)} with at least 1 worker each; got {self.workers}")
         self.queue = WorkQueue()
         self.events = EventPoster(context.cluster)
         self.objects: dict[Key, dict[str, Any]] = {}

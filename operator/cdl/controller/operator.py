@@ -95,7 +95,8 @@ def run(config: OperatorConfig, *, kubeconfig: str | None = None,
     shards = make_shards(config)
     if shards is not None:
         shards.start()
-    controller = handlers.Controller(context, config.poll_seconds, config.resync_seconds, shards=shards)
+    controller = handlers.Controller(context, config.poll_seconds, config.resync_seconds, shards=shards,
+                                     workers={**handlers.WORKERS, **config.workers})
     controller.start()
     if config.metrics_port:
         metrics.serve(config.metrics_port)
