@@ -198,8 +198,8 @@ class Controller:
         result, outcome = outcomes.run(module.reconcile, res, ctx)
         metrics.LATENCY.labels(info.kind).observe(time.perf_counter() - started)
         metrics.RECONCILES.labels(info.kind, outcome).inc()
-        changes = {k: _without_nulls_in_lists(v) for k, v in result.status.items() if res.status.get(k) != v
-                   and not (v is None and k not in res.status)}
+        changes = {k: _patch_value(res.status.get(k), v) for k, v in result.status.items()
+                   if _empty_as_none(res.status.get(k)) != _empty_as_none(v)}
         if changes:  # only what changed: a pass that changes nothing writes nothing
             try:
                 stored = ctx.cluster.patch_status(info.kind, key[1], key[2], changes)
@@ -269,6 +269,18 @@ def _merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+def _empty_as_none(value: Any) -> Any:
+    return None if value in ({}, [], None) else value
+
+
+def _patch_value(old: Any, new: Any) -> Any:
+    """The merge-patch value that makes `old` into `new`: an empty map cannot be merged over a
+    full one (it would change nothing, and the pass would write it forever), so it removes it."""
+    if new == {} and isinstance(old, dict) and old:
+        return None
+    return _without_nulls_in_lists(new)
 
 
 def _without_nulls_in_lists(value: Any, in_list: bool = False) -> Any:
