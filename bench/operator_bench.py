@@ -81,7 +81,8 @@ LIVE_NS = "bench-live"  # another team's namespace: samples taken while the bulk
 G, V, PLURAL = "cdl.dev", "v1alpha1", "datapipelines"
 FINALIZER = "cdl.dev/cleanup"
 KUBECTL_EVERY = 4  # every 4th sample goes through kubectl apply
-SAMPLE_TIMEOUT = 30.0  # a sample with no status write by then counts as missed
+SAMPLE_TIMEOUT = 30.0
+WORKERS: int | None = None  # --workers: the operator's DataPipeline workers (default: its configuration's)  # a sample with no status write by then counts as missed
 
 
 def pipeline(name: str, namespace: str = NS) -> dict[str, Any]:
@@ -92,7 +93,8 @@ def pipeline(name: str, namespace: str = NS) -> dict[str, Any]:
 
 # --- the operator process ------------------------------------------------------------------------
 
-def serve_operator(kubeconfig: str, workdir: Path, poll_seconds: float | None, shard: str | None = None) -> None:
+def serve_operator(kubeconfig: str, workdir: Path, poll_seconds: float | None, shard: str | None = None,
+                   workers: int | None = None) -> None:
     """The operator as `cdl operator run` starts it, with the scripted (free) data engine."""
     sys.path.insert(0, str(ROOT))
     from cdl.config import OperatorConfig
@@ -105,6 +107,8 @@ def serve_operator(kubeconfig: str, workdir: Path, poll_seconds: float | None, s
     config.base_dir = ROOT
     if poll_seconds:
         config.poll_seconds = poll_seconds
+    if workers:
+        config.workers = {"DataPipeline": workers}
     if shard:  # one of --shards replicas: Leases in the bench namespace
         config.shard_identity, config.shard_namespace, config.shard_group = shard, NS, "bench"
     overrides = {"data": {"local": ScriptedDataEngine(workdir / "outputs", reports=True)}}
@@ -135,6 +139,8 @@ class OperatorProcess:
             cmd += ["--poll-seconds", str(self.poll_seconds)]
         if self.shard:
             cmd += ["--shard", self.shard]
+        if WORKERS:
+            cmd += ["--workers", str(WORKERS)]
         started = time.perf_counter()
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -184,7 +190,11 @@ class OperatorGroup:
         self.log = self.members[0].log
 
     def start(self) -> float:
-        return max(m.start() for m in self.members)
+        took = max(m.start() for m in self.members)
+        if len(self.members) > 1:  # let every replica count as a member (two renew periods) first
+            time.sleep(8)
+            took += 8
+        return took
 
     def stop(self) -> None:
         for m in self.members:
@@ -542,7 +552,8 @@ def render(results: list[SizeResult], samples: int, idle: float, poll: float, el
     lines = [
         f"operator benchmark, {datetime.date.today()}, {platform.machine()} {os.cpu_count()} cores ({cpu}), "
         f"Python {sys.version.split()[0]}, kopf {kopf.__version__ if hasattr(kopf, '__version__') else '?'}, "
-        f"poll_seconds {poll:g}, operator processes (shards) {shards}, load average at start {load}, at end "
+        f"poll_seconds {poll:g}, operator processes (shards) {shards}, DataPipeline workers {WORKERS or 'default'}, "
+        f"load average at start {load}, at end "
         + " ".join(f"{x:.1f}" for x in os.getloadavg()),
         f"{samples} samples per size and phase, every {KUBECTL_EVERY}th through kubectl apply; p99 of fewer "
         "than 100 samples is the maximum; times in ms",
@@ -612,13 +623,16 @@ def main() -> None:
     parser.add_argument("--log-dir", type=Path, default=None, help="copy the operator and devcluster logs here")
     parser.add_argument("--shards", type=int, default=1, help="operator processes sharing the resources")
     parser.add_argument("--shard", help=argparse.SUPPRESS)
+    parser.add_argument("--workers", type=int, default=None, help="the operator's DataPipeline workers")
     parser.add_argument("--serve-operator", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--kubeconfig", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_operator:
-        serve_operator(args.kubeconfig, Path(args.workdir), args.poll_seconds, args.shard)
+        serve_operator(args.kubeconfig, Path(args.workdir), args.poll_seconds, args.shard, args.workers)
         return
+    global WORKERS
+    WORKERS = args.workers
     from cdl.config import OperatorConfig
 
     sizes = sorted(int(s) for s in args.sizes.split(","))

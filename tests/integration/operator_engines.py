@@ -118,7 +118,10 @@ class ScriptedDataEngine:
         self.faults.check("run_status")
         with self._lock:
             self.runs[run_id] = self.runs.get(run_id, 0) + 1
-            running = (run_id not in self.finished) if self.reports else self.runs[run_id] <= self.polls
+            # Reporting: a run this instance never started belongs to another operator process's
+            # instance (the benchmark's shards); like all of them it finished at once.
+            running = (run_id in self._keys and run_id not in self.finished) if self.reports \
+                else self.runs[run_id] <= self.polls
         if running:
             return DataRunStatus(run_id, JobState.RUNNING, "Processing", "step 1/1", source_hash=self.fingerprint)
         return DataRunStatus(run_id, JobState.SUCCEEDED, "Ready", source_hash=self.fingerprint,

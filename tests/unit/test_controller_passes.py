@@ -8,11 +8,16 @@ import time
 from cdl.config import OperatorConfig
 from cdl.controller.handlers import Controller
 from cdl.devcluster.patch import merge_patch
-from cdl.engines.base import ResourceKey
+from cdl.engines.base import DataRunStatus, JobState, ResourceKey
 from cdl.engines.registry import EngineRegistry
 from cdl.reconcile.base import Context
 from tests.integration.operator_engines import ScriptedDataEngine
 from tests.integration.test_operator_core import dpl
+
+
+class RerunningEngine(ScriptedDataEngine):
+    def run_status(self, key, run_id, request=None):
+        return DataRunStatus(run_id, JobState.RUNNING, "Processing", "step 1/1", source_hash=self.fingerprint)
 
 
 class MergingCluster:
@@ -58,9 +63,9 @@ def test_a_pass_writes_only_changes_and_an_emptied_map_is_removed_not_rewritten(
     ctl.process(key)
     assert len(cluster.writes) == writes  # nothing changed, nothing written
 
-    # Another engine instance that does not know the run (as after a restart without state):
-    # it reports the run as running with no repos; the repos map is removed once, not rewritten.
-    ctl.context.engines._built[("data", "local")] = ScriptedDataEngine(tmp_path / "out2", reports=True)
+    # The engine now reports the run as running again, with no repos (a rerun): the repos map is
+    # removed once, not rewritten on every pass.
+    ctl.context.engines._built[("data", "local")] = RerunningEngine(tmp_path / "out2")
     ctl.process(key)
     assert "repos" not in cluster.body["status"] and cluster.body["status"]["phase"] == "Processing"
     writes = len(cluster.writes)
