@@ -6,7 +6,7 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
-EXTRAS := operator,train,tf,cluster,serve,dev
+EXTRAS := operator,train,tf,cluster,serve,dev,study,bench
 PYTEST_ARGS ?=
 
 .PHONY: venv tools engines lint test test-fast demo crds clean
@@ -23,6 +23,7 @@ $(STAMP): pyproject.toml
 tools:
 	bash scripts/install-tools.sh
 	bash scripts/install-gitlab-ci-local.sh
+	bash scripts/install-browser.sh
 
 # The engines' own virtual environments (seldon-core pins old libraries; Label Studio is big).
 engines: venv

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from cdl.api.datapipeline import DataPipelineSpec  # noqa: E402
 from cdl.engines.base import DataRunRequest, JobState, ResourceKey  # noqa: E402
-from cdl.engines.local.data import LocalDataEngine  # noqa: E402
+from cdl.engines.data.local import LocalDataEngine  # noqa: E402
 
 KEY = ResourceKey("bench", "data")
 LABELS = ("business", "entertainment", "politics", "sport", "tech")

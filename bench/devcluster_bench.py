@@ -7,7 +7,12 @@ Beside each: the same operation done directly on SQLite with the server's schema
 requests; for watch delivery the baseline is that write plus an in-process asyncio queue hop.
 The ratio shows the cost of HTTP+TLS, JSON, validation and fan-out.
 
-Usage: .venv/bin/python bench/devcluster_bench.py [--sizes 1000,10000] [--samples 400]
+With `--against DIR` (another revision's source, e.g. `git archive main operator | tar -x -C DIR`)
+a second server runs DIR/operator (first on its PYTHONPATH) beside this tree's; creates and patches
+alternate between the two sample by sample, and the ratio this tree / that tree is printed per
+operation: the check that a change to the write path did not make it slower.
+
+Usage: .venv/bin/python bench/devcluster_bench.py [--sizes 1000,10000] [--samples 400] [--against DIR]
 """
 
 from __future__ import annotations
@@ -82,17 +87,28 @@ async def preload(client: Client, start: int, stop: int) -> None:
     await asyncio.gather(*(one(i) for i in range(start, stop)))
 
 
-async def measure_server(client: Client, stored: int, samples: int, tag: str) -> dict[str, list[float]]:
-    out: dict[str, list[float]] = {"create": [], "patch": [], "watch": []}
+async def measure_servers(clients: list[Client], stored: int, samples: int, tag: str) -> list[dict[str, list[float]]]:
+    """Creates and patches alternate between the servers, sample by sample, so that a load
+    change on the machine hits both alike."""
+    outs: list[dict[str, list[float]]] = [{"create": [], "patch": [], "watch": []} for _ in clients]
     for i in range(samples):
-        t0 = time.perf_counter()
-        await client.create(f"{tag}-{i}")
-        out["create"].append(time.perf_counter() - t0)
+        for client, out in zip(clients, outs, strict=True):
+            t0 = time.perf_counter()
+            await client.create(f"{tag}-{i}")
+            out["create"].append(time.perf_counter() - t0)
     for i in range(samples):
-        t0 = time.perf_counter()
-        await client.patch(f"cm-{(i * 7919) % stored}", f"{tag}-p{i}")
-        out["patch"].append(time.perf_counter() - t0)
-    # watch delivery: one open watch on the namespace, one PATCH at a time
+        for client, out in zip(clients, outs, strict=True):
+            t0 = time.perf_counter()
+            await client.patch(f"cm-{(i * 7919) % stored}", f"{tag}-p{i}")
+            out["patch"].append(time.perf_counter() - t0)
+    for client, out in zip(clients, outs, strict=True):
+        out["watch"] = await measure_watch(client, stored, samples, tag)
+    return outs
+
+
+async def measure_watch(client: Client, stored: int, samples: int, tag: str) -> list[float]:
+    """Watch delivery: one open watch on the namespace, one PATCH at a time."""
+    out: dict[str, list[float]] = {"watch": []}
     async with client.session.get(client.base, params={"watch": "true", "resourceVersion": "0",
                                                        "allowWatchBookmarks": "true"}) as stream:
         events: asyncio.Queue[tuple[float, dict[str, Any]]] = asyncio.Queue()
@@ -127,7 +143,7 @@ async def measure_server(client: Client, stored: int, samples: int, tag: str) ->
                     break
             out["watch"].append(arrived - t0)
         task.cancel()
-    return out
+    return out["watch"]
 
 
 async def measure_sqlite(path: Path, stored: int, samples: int) -> dict[str, list[float]]:
@@ -179,39 +195,65 @@ async def measure_sqlite(path: Path, stored: int, samples: int) -> dict[str, lis
     return out
 
 
-async def run(sizes: list[int], samples: int) -> list[tuple[int, str, float, float, float, float, float]]:
-    rows = []
+Row = tuple[int, str, float, float, float, float, float]
+
+
+def start(data_dir: Path, source: str | None) -> process.ServerInfo:
+    """A server from this tree, or from `source`'s operator/ (first on the child's PYTHONPATH)."""
+    saved = os.environ.get("PYTHONPATH")
+    if source:
+        os.environ["PYTHONPATH"] = str(Path(source).resolve() / "operator")
+    try:
+        return process.start_background(data_dir)
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
+
+
+async def run(sizes: list[int], samples: int, against: str = "") -> tuple[list[Row], list[Row]]:
+    """The table's rows for this tree and, with `against`, for that tree (measured alongside)."""
+    rows: list[Row] = []
+    other: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp:
-        info = process.start_background(Path(tmp) / "server")
-        client = Client(info)
+        infos = [start(Path(tmp) / "server", None)]
+        if against:
+            infos.append(start(Path(tmp) / "against", against))
+        clients = [Client(info) for info in infos]
         try:
-            status, _ = process.request(f"{info.url}/api/v1/namespaces", info.token, "POST",
-                                        {"metadata": {"name": NS}}, ca_file=info.ca_file)
-            assert status == 201
+            for info in infos:
+                status, _ = process.request(f"{info.url}/api/v1/namespaces", info.token, "POST",
+                                            {"metadata": {"name": NS}}, ca_file=info.ca_file)
+                assert status == 201
             loaded = 0
             for n, size in enumerate(sizes):
-                await preload(client, loaded, size)
+                for client in clients:
+                    await preload(client, loaded, size)
                 loaded = size
-                server = await measure_server(client, size, samples, f"s{n}")
-                rss = rss_mb(info.pid)
+                measured = await measure_servers(clients, size, samples, f"s{n}")
+                rss = [rss_mb(info.pid) for info in infos]
                 base = await measure_sqlite(Path(tmp) / f"base{n}.db", size, samples)
                 for op in ("create", "patch", "watch"):
-                    rows.append((size, op, pct(server[op], 0.5), pct(server[op], 0.99), pct(base[op], 0.5),
-                                 pct(base[op], 0.99), rss))
+                    for out, server, mem in zip((rows, other), measured, rss, strict=False):
+                        out.append((size, op, pct(server[op], 0.5), pct(server[op], 0.99), pct(base[op], 0.5),
+                                    pct(base[op], 0.99), mem))
         finally:
-            await client.session.close()
-            process.stop(info.data_dir)
-    return rows
+            for client, info in zip(clients, infos, strict=True):
+                await client.session.close()
+                process.stop(info.data_dir)
+    return rows, other
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="1000,10000")
     parser.add_argument("--samples", type=int, default=400)
+    parser.add_argument("--against", default="", help="another revision's source tree to compare with")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     started = time.perf_counter()
-    rows = asyncio.run(run(sizes, args.samples))
+    rows, other = asyncio.run(run(sizes, args.samples, args.against))
     print(f"devcluster benchmark, {datetime.date.today()}, {platform.machine()} {os.cpu_count()} cores, "
           f"Python {sys.version.split()[0]}, {args.samples} samples per op, client c=1 over HTTPS")
     print(f"{'stored':>7} {'op':<7} {'p50 ms':>8} {'p99 ms':>8} {'sqlite p50':>11} {'sqlite p99':>11} "
@@ -219,6 +261,13 @@ def main() -> None:
     for size, op, p50, p99, b50, b99, rss in rows:
         print(f"{size:>7} {op:<7} {p50:>8.2f} {p99:>8.2f} {b50:>11.3f} {b99:>11.3f} "
               f"{p50 / b50:>7.1f} {p99 / b99:>7.1f} {rss:>7.0f}")
+    if other:
+        print(f"\nthis tree against {args.against} (same run, same machine)")
+        print(f"{'stored':>7} {'op':<7} {'p50 ms':>8} {'there p50':>10} {'x p50':>7} {'p99 ms':>8} {'there p99':>10} "
+              f"{'x p99':>7} {'RSS MB':>7} {'there RSS':>10}")
+        for (size, op, p50, p99, _, _, rss), (_, _, o50, o99, _, _, o_rss) in zip(rows, other, strict=True):
+            print(f"{size:>7} {op:<7} {p50:>8.2f} {o50:>10.2f} {p50 / o50:>7.2f} {p99:>8.2f} {o99:>10.2f} "
+                  f"{p99 / o99:>7.2f} {rss:>7.0f} {o_rss:>10.0f}")
     print(f"(took {time.perf_counter() - started:.0f} s; median of medians {statistics.median(r[2] for r in rows):.2f} ms)")
 
 

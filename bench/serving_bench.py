@@ -283,8 +283,8 @@ def main() -> int:
     args = parser.parse_args()
 
     from cdl.engines.base import ResourceKey, ServedModel, ServingRequest
-    from cdl.engines.local.serving import LocalServingEngine
-    from cdl.engines.local.serving.venv import ensure_seldon_venv
+    from cdl.engines.serving.local import LocalServingEngine
+    from cdl.engines.serving.local.venv import ensure_seldon_venv
     from cdl.runtime import package as cdl_package
     from cdl.stores.embedded_postgres import EmbeddedPostgres
     from cdl.stores.postgres import Database

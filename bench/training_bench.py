@@ -29,7 +29,7 @@ from typing import Any
 
 from cdl.api.experiment import ExperimentSpec
 from cdl.engines.base import ResourceKey, TrainingRequest, TrainingStatus
-from cdl.engines.local.training import LocalTrainingEngine
+from cdl.engines.training.local import LocalTrainingEngine
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_DIR = REPO / "tests" / "fixtures" / "training" / "linreg"

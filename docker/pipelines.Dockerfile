@@ -7,4 +7,9 @@ WORKDIR /opt/cdl
 RUN pip install "numpy<3" "pillow>=10"
 COPY operator/cdl/__init__.py /opt/cdl/cdl/__init__.py
 COPY operator/cdl/runtime /opt/cdl/cdl/runtime
+# the split step's rules (numpy, cdl.errors and cdl.runtime.idx only)
+COPY operator/cdl/errors.py /opt/cdl/cdl/errors.py
+COPY operator/cdl/engines/__init__.py /opt/cdl/cdl/engines/__init__.py
+COPY operator/cdl/engines/data/__init__.py /opt/cdl/cdl/engines/data/__init__.py
+COPY operator/cdl/engines/data/split.py /opt/cdl/cdl/engines/data/split.py
 COPY pipelines /opt/cdl/pipelines

@@ -6,7 +6,7 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 HOME=/tmp KERAS_BACKEND=torch
 WORKDIR /microservice
 # The same install list as the local serving engine's venv (seldon-core pins old libraries).
-COPY operator/cdl/engines/local/serving/requirements.txt /tmp/requirements.txt
+COPY operator/cdl/engines/serving/local/requirements.txt /tmp/requirements.txt
 RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu -r /tmp/requirements.txt \
  && useradd --uid 8888 --no-create-home --shell /usr/sbin/nologin seldon
 # Only the runtime side of cdl: it imports nothing from the operator.

@@ -7,7 +7,6 @@ inputs and outputs come from `cdl.runtime.pfs` (the `/pfs` layout locally and on
 - `pipelines.text.clean`     normalize text (encoding, Unicode form, newlines, whitespace)
 - `pipelines.image.validate` decode IDX files (and PNG/JPEG) and check shapes, value and label ranges
 - `pipelines.split`          a reproducible, optionally stratified train/test split by seed
-- `pipelines.labels.export`  export finished Label Studio annotations into a PostgreSQL table
 
 Each step writes what it kept and discarded, and why, to `/pfs/out/.cdl-report.json`.
 """

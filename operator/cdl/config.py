@@ -14,12 +14,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-DEFAULT_ENGINES = {
-    "DataPipeline": "local",
-    "Experiment": "local",
-    "ModelVersion": "local",
-    "Deployment": "local",
-}
+from cdl.api.kinds import KINDS
+
+# One engine per kind, plus where ModelVersion evaluation runs: local (subprocess) or kubernetes (Job).
+DEFAULT_ENGINES = {**{info.kind: "local" for info in KINDS}, "Evaluation": "local"}
 ENV_PREFIX = "CDL_"
 
 
@@ -60,6 +58,24 @@ class OperatorConfig(BaseModel):
     health_port: int | None = Field(None, description="Liveness endpoint port; None = off.")
     scoring_sink_port: int | None = Field(None, description="Seldon request-logger sink port; None = off.")
     cluster: dict[str, Any] = Field(default_factory=dict, description="Cluster engines' settings.")
+    label_studio_urls: list[str] = Field(
+        default_factory=list,
+        description="Label Studio servers a DataPipeline may name (scheme://host[:port], or a URL prefix); "
+                    "empty = any. A DataPipeline's labelStudio.tokenSecretRef is sent to its labelStudio.url, so "
+                    "without this list an author could send any Secret of their namespace to a server of theirs.",
+    )
+
+    def label_studio_allowed(self, url: str) -> bool:
+        """Is `url` one of the allowed Label Studio servers (always, with no list)?"""
+        if not self.label_studio_urls:
+            return True
+        return any(_url_within(url, allowed) for allowed in self.label_studio_urls)
+    kb_port: int | None = Field(None, ge=0, le=65535,
+                                description="Knowledge base API and dashboard port; 0 = any free port; None = off.")
+    kb_host: str = Field("127.0.0.1", description="Address the knowledge base listens on; non-loopback needs kb_token.")
+    kb_token: str | None = Field(None, repr=False, description="Token the knowledge base requires (X-Cdl-Kb-Token).")
+    kb_service: str | None = Field(None, description="NAMESPACE/NAME of a Service (and Endpoints) the operator "
+                                   "registers for its knowledge base port (the embedded platform's service proxy).")
 
     @classmethod
     def load(cls, path: Path | None = None, env: dict[str, str] | None = None) -> OperatorConfig:
@@ -84,10 +100,16 @@ class OperatorConfig(BaseModel):
             "CDL_METRICS_PORT": "metrics_port",
             "CDL_HEALTH_PORT": "health_port",
             "CDL_SCORING_SINK_PORT": "scoring_sink_port",
+            "CDL_KB_PORT": "kb_port",
+            "CDL_KB_HOST": "kb_host",
+            "CDL_KB_TOKEN": "kb_token",
+            "CDL_KB_SERVICE": "kb_service",
         }
         for var, field in scalar.items():
             if env.get(var):
                 data[field] = env[var]
+        if env.get("CDL_LABEL_STUDIO_URLS"):
+            data["label_studio_urls"] = [u.strip() for u in env["CDL_LABEL_STUDIO_URLS"].split(",") if u.strip()]
         if env.get("CDL_NAMESPACES"):
             data["namespaces"] = [n.strip() for n in env["CDL_NAMESPACES"].split(",") if n.strip()]
         engines = {**DEFAULT_ENGINES, **data.get("engines", {})}
@@ -111,5 +133,25 @@ class OperatorConfig(BaseModel):
     def artifacts(self) -> str:
         return self.artifact_url or (self.data_dir / "artifacts").as_uri()
 
+    def s3_settings(self) -> Any:
+        """The S3 endpoint of the configuration (`cdl.stores.artifacts.S3Settings`), or None."""
+        from cdl.stores.artifacts import s3_settings
+
+        s3 = self.s3
+        return s3_settings(s3.endpoint, s3.access_key, s3.secret_key, secure=s3.secure, region=s3.region)
+
     def default_engine(self, kind: str) -> str:
         return self.engines.get(kind, "local")
+
+
+def _url_within(url: str, allowed: str) -> bool:
+    """Same scheme, host and port as `allowed`, and under its path (no `https://ls.example.com.evil.io`)."""
+    from urllib.parse import urlsplit
+
+    try:
+        got, want = urlsplit(url.strip()), urlsplit(allowed.strip())
+        same_server = (got.scheme.lower(), got.hostname, got.port) == (want.scheme.lower(), want.hostname, want.port)
+    except ValueError:
+        return False
+    prefix = want.path.rstrip("/")
+    return same_server and (got.path.rstrip("/") == prefix or got.path.startswith(prefix + "/"))

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import yaml
 
-from cdl.processes import _alive as _process_alive
-from cdl.processes import stop_group
+from cdl.config import DEFAULT_ENGINES
+from cdl.processes import alive, stop_group
+
+KB_SERVICE = "cdl-system/cdl-kb"
 
 
 @dataclass
@@ -24,10 +26,6 @@ class Component:
     running: bool
     log: Path
     detail: str = ""
-
-
-def _alive(pid: int | None) -> bool:
-    return bool(pid) and _process_alive(pid)
 
 
 def _pid(path: Path) -> int | None:
@@ -51,7 +49,7 @@ def start_postgres(data_dir: Path) -> str:
     """Start (or find) the embedded PostgreSQL; return its URL, also written to DIR/postgres.url."""
     url_file = data_dir / "postgres.url"
     pidfile = data_dir / "postgres.pid"
-    if url_file.exists() and _alive(_pid(pidfile)):
+    if url_file.exists() and alive(_pid(pidfile)):
         return url_file.read_text().strip()
     log = data_dir / "logs" / "postgres.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -99,8 +97,12 @@ def write_operator_config(data_dir: Path, base_dir: Path, database_url: str | No
         "base_dir": str(base_dir),
         "database_url": database_url,
         "artifact_url": (data_dir / "artifacts").as_uri(),
-        "engines": {"DataPipeline": "local", "Experiment": "local", "ModelVersion": "local", "Deployment": "local"},
+        "engines": dict(DEFAULT_ENGINES),
         "poll_seconds": 2.0,
+        # The knowledge base on a free loopback port, reached through the devcluster's service
+        # proxy at /api/v1/namespaces/cdl-system/services/cdl-kb:http/proxy/.
+        "kb_port": 0,
+        "kb_service": KB_SERVICE,
     }
     path = data_dir / "operator.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -110,7 +112,7 @@ def write_operator_config(data_dir: Path, base_dir: Path, database_url: str | No
 def start_operator(data_dir: Path, kubeconfig: Path, base_dir: Path, database_url: str | None) -> Component:
     pidfile = data_dir / "operator.pid"
     log = data_dir / "logs" / "operator.log"
-    if _alive(_pid(pidfile)):
+    if alive(_pid(pidfile)):
         return Component("operator", _pid(pidfile), True, log, "already running")
     config = write_operator_config(data_dir, base_dir, database_url)
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -135,7 +137,7 @@ def status(data_dir: Path) -> list[Component]:
     out = []
     for name in ("postgres", "operator"):
         pid = _pid(data_dir / f"{name}.pid")
-        out.append(Component(name, pid, _alive(pid), data_dir / "logs" / f"{name}.log"))
+        out.append(Component(name, pid, alive(pid), data_dir / "logs" / f"{name}.log"))
     return out
 
 
@@ -145,10 +147,43 @@ def stop_model_servers(data_dir: Path) -> bool:
     root = data_dir / "serving"
     if not (root / "deployments").is_dir() or not any((root / "deployments").iterdir()):
         return False
-    from cdl.engines.local.serving import LocalServingEngine
+    from cdl.engines.serving.local import LocalServingEngine
 
     LocalServingEngine(root, supervise=False).close(stop_servers=True)
     return True
+
+
+STOPPED_MESSAGE = "the platform is stopped (cdl down): serving again at the same URL after cdl up"
+
+
+def mark_deployments_stopped(data_dir: Path) -> int:
+    """Write "Deploying" into the status of every Deployment that says otherwise (its servers are
+    stopped with the platform), so no client trusts a stale "Available" after the next `cdl up`:
+    the operator writes Available again once the URL answers. Returns how many were marked."""
+    from cdl.devcluster import process
+    from cdl.reconcile.base import set_condition
+
+    info = process.read_status(data_dir)
+    if info is None:
+        return 0
+    code, listing = process.request(f"{info.url}/apis/cdl.dev/v1alpha1/deployments", info.token,
+                                    ca_file=info.ca_file)
+    if code != 200 or not isinstance(listing, dict):
+        return 0
+    marked = 0
+    for item in listing.get("items") or []:
+        current = item.get("status") or {}
+        if current.get("phase") in (None, "Deploying", "Failed"):
+            continue
+        meta = item["metadata"]
+        patch: dict[str, object] = {"phase": "Deploying", "message": STOPPED_MESSAGE}
+        set_condition(patch, current, "Ready", False, "PlatformStopped", STOPPED_MESSAGE,
+                      int(meta.get("generation") or 0))
+        code, _ = process.request(
+            f"{info.url}/apis/cdl.dev/v1alpha1/namespaces/{meta['namespace']}/deployments/{meta['name']}/status",
+            info.token, "PATCH", {"status": patch}, content_type="application/merge-patch+json", ca_file=info.ca_file)
+        marked += code == 200
+    return marked
 
 
 def stop_component(data_dir: Path, name: str) -> bool:

@@ -17,8 +17,8 @@ import sys
 
 import numpy as np
 
+from cdl.runtime.idx import IdxError, decode_idx, encode_idx, find_pairs
 from cdl.runtime.pfs import DatumFile, Report, datum_files, log, output_path
-from pipelines.image.idx import IdxError, decode_idx, encode_idx, find_pairs
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 

@@ -18,7 +18,7 @@ import pytest
 
 from cdl.api.datapipeline import DataPipelineSpec
 from cdl.engines.base import DataEngine, DataRunRequest, DataRunStatus, JobState, ResourceKey
-from cdl.engines.local.data import LocalDataEngine
+from cdl.engines.data.local import LocalDataEngine
 from cdl.errors import DependencyNotReady, PermanentEngineError
 from tests.plugins.data import REPO_ROOT, make_idx_pair, make_text_corpus
 from tests.plugins.operator import wait_for
@@ -332,7 +332,7 @@ def test_an_interrupted_run_resumes_after_a_restart(tmp_path: Path) -> None:
         from pathlib import Path
         from cdl.api.datapipeline import DataPipelineSpec
         from cdl.engines.base import DataRunRequest, ResourceKey
-        from cdl.engines.local.data import LocalDataEngine
+        from cdl.engines.data.local import LocalDataEngine
         spec = DataPipelineSpec.model_validate(json.loads(sys.argv[1]))
         engine = LocalDataEngine(Path({str(root)!r}), workers=1)
         ref = engine.start_run(DataRunRequest(ResourceKey("ml", "bbc"), spec, 1, base_dir=Path({str(REPO_ROOT)!r})))
@@ -371,7 +371,7 @@ def test_an_interrupted_run_resumes_after_a_restart(tmp_path: Path) -> None:
 
 
 def test_idx_images_are_validated_and_split(data_engine: LocalDataEngine, tmp_path: Path) -> None:
-    from pipelines.image.idx import encode_idx, load_dataset
+    from cdl.runtime.idx import encode_idx, load_dataset
 
     src = tmp_path / "fashion"
     make_idx_pair(src, "train", 100, gz=True)

@@ -44,6 +44,102 @@ def test_stop_start_keeps_objects_and_continues_resource_versions(tmp_path):
         process.stop(tmp_path)
 
 
+def test_the_api_port_stays_the_same_across_stops_and_crashes(tmp_path):
+    """Clients (kubeconfigs handed out, an operator still running) keep working: a restart after a
+    clean stop or a kill -9 reuses the last port, even with the server's side of the connections
+    it closed (an operator's watches) in TIME_WAIT."""
+    import http.client
+    import os
+    import signal
+
+    from cdl.devcluster.tls import client_context
+
+    first = process.start_background(tmp_path)
+    ports = [first.port]
+    try:
+        for restart in ("stop", "kill -9", "stop"):
+            info = process.read_status(tmp_path)
+            watchers = []
+            for _ in range(5):  # open connections the server closes when it stops
+                conn = http.client.HTTPSConnection("127.0.0.1", info.port, context=client_context(info.ca_file))
+                conn.request("GET", "/api/v1/namespaces/default/configmaps",
+                              headers={"Authorization": f"Bearer {info.token}"})
+                conn.getresponse().read()
+                watchers.append(conn)
+            if restart == "stop":
+                assert process.stop(tmp_path)
+            else:
+                os.killpg(info.pid, signal.SIGKILL)
+                os.waitpid(info.pid, 0)  # our child: reap it, as init would
+            ports.append(process.start_background(tmp_path).port)
+            for conn in watchers:
+                conn.close()
+    finally:
+        process.stop(tmp_path)
+    assert ports == [first.port] * 4, ports
+
+
+def test_after_cdl_down_no_deployment_says_available_until_it_answers_again(tmp_path, monkeypatch):
+    """The serving processes stop with the platform: `cdl down` says so in each Deployment's
+    status (keeping its URL), so a client reading it right after the next `cdl up` waits instead
+    of sending requests to a URL nothing answers yet."""
+    from cdl.cli.common import project_root
+
+    monkeypatch.setattr(platform, "PLATFORM_COMPONENTS", platform.PLATFORM_COMPONENTS[:1])
+    app = typer.Typer()
+    platform.register(app)
+    runner = CliRunner()
+    data = tmp_path / "state"
+    path = "/apis/cdl.dev/v1alpha1/namespaces/default/deployments"
+    try:
+        assert runner.invoke(app, ["up", "--data-dir", str(data), "--crds", str(project_root() / "crds")]).exit_code == 0
+        info = process.read_status(data)
+        manifest = yaml.safe_load((project_root() / "usecases/bbc-news/manifests/deployment.yaml").read_text())
+        assert process.request(f"{info.url}{path}", info.token, "POST", manifest, ca_file=info.ca_file)[0] == 201
+        url = "http://127.0.0.1:34029/api/v1.0/predictions"
+        ready = {"type": "Ready", "status": "True", "reason": "Available", "message": "available",
+                 "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1}
+        code, _ = process.request(f"{info.url}{path}/news-classifier/status", info.token, "PATCH",
+                                  {"status": {"phase": "Available", "url": url, "conditions": [ready]}},
+                                  content_type="application/merge-patch+json", ca_file=info.ca_file)
+        assert code == 200
+
+        down = runner.invoke(app, ["down", "--data-dir", str(data)])
+        assert down.exit_code == 0 and "1 marked Deploying" in down.output
+        assert runner.invoke(app, ["up", "--data-dir", str(data)]).exit_code == 0
+        info = process.read_status(data)
+        code, dep = process.request(f"{info.url}{path}/news-classifier", info.token, ca_file=info.ca_file)
+        status = dep["status"]
+        assert status["phase"] == "Deploying" and status["url"] == url
+        assert "cdl down" in status["message"]
+        assert [(c["type"], c["status"], c["reason"]) for c in status["conditions"]] == [
+            ("Ready", "False", "PlatformStopped")]
+    finally:
+        runner.invoke(app, ["down", "--data-dir", str(data)])
+
+
+def test_the_data_directory_is_its_owners_alone(tmp_path):
+    """state.db holds every Secret: the data directory is 0700 and its files 0600, also when an
+    older cdl left them readable."""
+    import stat
+
+    data = tmp_path / "state"
+    data.mkdir(mode=0o755)
+    (data / "state.db").touch(mode=0o644)
+    info = process.start_background(data)
+    try:
+        code, _ = process.request(f"{info.url}/api/v1/namespaces/default/secrets", info.token, "POST",
+                                  {"metadata": {"name": "db"}, "stringData": {"password": "hunter2"}},
+                                  ca_file=info.ca_file)
+        assert code == 201
+    finally:
+        process.stop(data)
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in data.iterdir() if p.is_file()}
+    assert {"state.db", "token", "kubeconfig", "devcluster.log"} <= set(modes)
+    assert {name: mode for name, mode in modes.items() if mode & 0o077} == {}
+
+
 def test_cdl_up_status_down(tmp_path, monkeypatch):
     # Only the control plane: PostgreSQL and the operator have their own tests.
     monkeypatch.setattr(platform, "PLATFORM_COMPONENTS", platform.PLATFORM_COMPONENTS[:1])

@@ -21,8 +21,9 @@ from cdl.engines.base import (
     TrainingEngine,
     TrainingRequest,
 )
-from cdl.engines.cluster_settings import DeterminedSettings
-from cdl.engines.determined import DeterminedRegistryEngine, DeterminedTrainingEngine
+from cdl.engines.registry.determined import DeterminedRegistryEngine
+from cdl.engines.settings import DeterminedSettings
+from cdl.engines.training.determined import DeterminedTrainingEngine
 from cdl.errors import PermanentEngineError, TransientEngineError
 from tests.fakes.determined_master import FakeDeterminedMaster, MasterError
 from tests.plugins.cluster_fakes import DET_PASSWORD, DET_USER
@@ -82,7 +83,7 @@ def test_submit_creates_one_experiment_per_generation_with_the_generated_config(
     assert exp.user == DET_USER
     assert sorted(exp.files) == ["evaluate.py", "model_def.py"]  # the model dir, as .detignore filters it
     config = yaml.safe_load(exp.text)
-    assert config["entrypoint"] == "model_def:NewsTrial"
+    assert config["entrypoint"] == "python3 -m cdl.runtime.launch"
     assert config["searcher"] == {
         "name": "adaptive_asha", "metric": "validation_accuracy", "smaller_is_better": False, "max_trials": 4,
         "max_concurrent_trials": 2, "time_metric": "epochs", "max_time": 4, "mode": "standard", "divisor": 2,
@@ -239,6 +240,16 @@ def test_registry_packages_the_checkpoint_and_registers_it_in_determined(
                                    "url": f"https://det.example.com/det/models/news-classifier/versions/{det_version}"}
     assert registry.register(request).sha256 == registered.sha256  # idempotent
     assert len(model.versions) == 1
+
+    # dynamic-int8 compression stores its variant through the registry the version lives in
+    from cdl.runtime.package import unpack
+
+    archive = file_store.get_file("models/news-classifier/3/package.tar.gz", tmp_path / "package.tar.gz")
+    variant = registry.store_variant("news-classifier", 3, "dynamic-int8", unpack(archive, tmp_path / "variant"))
+    assert file_store.exists("models/news-classifier/3/dynamic-int8/package.tar.gz")
+    assert model.versions[det_version]["metadata"]["variants"]["dynamic-int8"] == {
+        "artifactUri": variant.artifact_uri, "sha256": variant.sha256}
+    assert model.versions[det_version]["metadata"]["cdlVersion"] == 3
 
     registry.set_stage("news-classifier", 3, "production")
     assert model.versions[det_version]["labels"] == ["stage:production"]

@@ -13,8 +13,8 @@ from pachyderm_sdk.api import pfs, pps
 
 from cdl.api.datapipeline import DataPipelineSpec
 from cdl.engines.base import DataEngine, DataRunRequest, DataRunStatus, JobState, ResourceKey
-from cdl.engines.cluster_settings import PachydermSettings
-from cdl.engines.pachyderm import PachydermDataEngine
+from cdl.engines.data.pachyderm import PachydermDataEngine
+from cdl.engines.settings import PachydermSettings
 from cdl.errors import PermanentEngineError, TransientEngineError
 from tests.fakes.pachd import FakePachd
 

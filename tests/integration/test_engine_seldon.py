@@ -12,8 +12,8 @@ import pytest
 from kubernetes import client
 
 from cdl.engines.base import ResourceKey, ServedModel, ServingEngine, ServingRequest, ServingStatus
-from cdl.engines.cluster_settings import SeldonSettings
-from cdl.engines.seldon import GROUP, PLURAL, VERSION, KubernetesSeldonObjects, SeldonServingEngine
+from cdl.engines.serving.seldon import GROUP, PLURAL, VERSION, KubernetesSeldonObjects, SeldonServingEngine
+from cdl.engines.settings import SeldonSettings
 from cdl.errors import PermanentEngineError, TransientEngineError
 
 SINK = "http://cdl-scoring-sink.cdl.svc:8081/scoring"

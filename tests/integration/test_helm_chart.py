@@ -63,10 +63,34 @@ def test_operator_pod_is_locked_down():
             assert "value" not in env and "secretKeyRef" in env["valueFrom"], env
 
 
+def test_only_seldon_pods_reach_the_scoring_sink_and_it_needs_a_key():
+    out = helm("template", "cdl", str(CHART), "--namespace", "cdl")
+    objects = [o for o in yaml.safe_load_all(out.stdout) if o]
+    policy = next(o for o in objects if o["kind"] == "NetworkPolicy")
+    operator = next(o for o in objects if o["kind"] == "Deployment")
+    assert policy["spec"]["podSelector"]["matchLabels"] == operator["spec"]["selector"]["matchLabels"]
+    sink_rule = next(r for r in policy["spec"]["ingress"] if r["ports"] == [{"protocol": "TCP", "port": "scoring-sink"}])
+    assert sink_rule["from"] == [{"namespaceSelector": {}, "podSelector": {"matchExpressions": [
+        {"key": "seldon-deployment-id", "operator": "Exists"}]}}]
+    others = [r for r in policy["spec"]["ingress"] if r is not sink_rule]
+    assert all("scoring-sink" not in str(r) for r in others)  # no other rule opens the sink port
+    env = {e["name"]: e for e in operator["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["CDL_SCORING_SINK_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "cdl-scoring-sink", "key": "key"}
+    off = helm("template", "cdl", str(CHART), "--namespace", "cdl", "--set", "networkPolicy.enabled=false")
+    assert "NetworkPolicy" not in off.stdout
+
+
+def test_the_operator_allows_only_the_charts_label_studio_by_default():
+    out = helm("template", "cdl", str(CHART), "--namespace", "cdl")
+    config_map = next(o for o in yaml.safe_load_all(out.stdout) if o and o["kind"] == "ConfigMap")
+    config = yaml.safe_load(config_map["data"]["config.yaml"])
+    assert config["label_studio_urls"] == ["http://label-studio.label-studio.svc:8080"]
+
+
 def test_rbac_is_namespaced_when_namespaces_are_listed():
     out = helm("template", "cdl", str(CHART), "--namespace", "cdl", *VALUES["namespaced"])
     objects = [o for o in yaml.safe_load_all(out.stdout) if o]
-    roles = [o for o in objects if o["kind"] == "Role"]
+    roles = [o for o in objects if o["kind"] == "Role" and o["metadata"]["name"].endswith("-operator")]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["ml-a", "ml-b"]
     cluster_roles = [o for o in objects if o["kind"] == "ClusterRole"]
     # Only read-only discovery stays cluster-wide.
@@ -77,9 +101,39 @@ def test_rbac_is_namespaced_when_namespaces_are_listed():
     assert secrets_rule["verbs"] == ["get"]
 
 
-def test_chart_crds_are_the_generated_ones():
-    for crd in sorted((ROOT / "crds").glob("cdl.dev_*.yaml")):
-        assert (CHART / "crds" / crd.name).read_text() == crd.read_text(), f"copy crds/{crd.name} into the chart"
+@pytest.mark.parametrize("values", VALUES, ids=list(VALUES))
+def test_nothing_that_runs_team_code_can_read_secrets(values):
+    """Evaluation Jobs run under an account no Role or ClusterRole is bound to, without an API
+    token; the operator's own Secret rule is get-only, and by name when the values list them."""
+    from cdl.config import OperatorConfig
+    from cdl.engines.base import DataRef
+    from cdl.engines.settings import ClusterSettings
+    from cdl.quality.evaluation_job import EvaluationRequest, evaluation_job
+
+    out = helm("template", "cdl", str(CHART), "--namespace", "cdl", *VALUES[values],
+               "--set", "rbac.secretNames={cdl-s3,cdl-determined}")
+    objects = [o for o in yaml.safe_load_all(out.stdout) if o]
+    config_map = next(o for o in objects if o["kind"] == "ConfigMap")
+    config = OperatorConfig.model_validate(yaml.safe_load(config_map["data"]["config.yaml"]))
+    assert config.engines["Evaluation"] == "kubernetes"
+    settings = ClusterSettings.model_validate(config.cluster).evaluation
+    request = EvaluationRequest("eval-1", "ml", "ml/news-v1", "s3://cdl-artifacts/cdl/models/news/1/package.tar.gz",
+                                "a" * 64, None, "evaluate:evaluate", DataRef("news-test", "c1", uri="pfs://ml/t@master=c1"))
+    job = evaluation_job(request, settings, "s3://cdl-artifacts/cdl/evaluations/x/result.json", "")
+    pod = job["spec"]["template"]["spec"]
+    account = pod["serviceAccountName"]
+    assert job["metadata"]["namespace"] == "cdl" and pod["automountServiceAccountToken"] is False
+    kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+    (sa,) = [o for o in objects if o["kind"] == "ServiceAccount" and o["metadata"]["name"] == account]
+    assert sa["metadata"]["namespace"] == "cdl" and sa["automountServiceAccountToken"] is False
+    bound = [s for o in objects if o["kind"] in ("RoleBinding", "ClusterRoleBinding") for s in o["subjects"]]
+    assert bound and account not in {s["name"] for s in bound}
+    for role in (o for o in objects if o["kind"] in ("Role", "ClusterRole")):
+        for rule in role["rules"]:
+            if "secrets" in rule["resources"]:
+                assert rule["verbs"] == ["get"] and rule["resourceNames"] == ["cdl-s3", "cdl-determined"], rule
+            if "jobs" in rule["resources"]:
+                assert role["kind"] == "Role" and role["metadata"]["namespace"] == "cdl"
 
 
 @pytest.mark.slow
@@ -105,7 +159,7 @@ def test_helm_install_into_the_embedded_control_plane(devcluster, kubectl, tmp_p
 @pytest.mark.parametrize("values", VALUES, ids=list(VALUES))
 def test_rendered_operator_configuration_is_what_the_operator_accepts(values):
     from cdl.config import OperatorConfig
-    from cdl.engines.cluster_settings import ClusterSettings
+    from cdl.engines.settings import ClusterSettings
 
     out = helm("template", "cdl", str(CHART), "--namespace", "cdl", *VALUES[values])
     config_map = next(o for o in yaml.safe_load_all(out.stdout) if o and o["kind"] == "ConfigMap")
@@ -117,6 +171,27 @@ def test_rendered_operator_configuration_is_what_the_operator_accepts(values):
         assert cluster.gpu.runtime_class_name == "nvidia"
         assert cluster.gpu.node_selector == {"nvidia.com/gpu.present": "true"}
         assert cluster.gpu.tolerations[0]["key"] == "nvidia.com/gpu"
+
+
+def test_knowledge_base_behind_a_service_and_the_proxy_role():
+    out = helm("template", "cdl", str(CHART), "--namespace", "cdl",
+               "--set", "kb.users[0].kind=Group,kb.users[0].name=data-scientists,"
+                        "kb.users[0].apiGroup=rbac.authorization.k8s.io")
+    objects = [o for o in yaml.safe_load_all(out.stdout) if o]
+    config = yaml.safe_load(next(o for o in objects if o["kind"] == "ConfigMap")["data"]["config.yaml"])
+    assert (config["kb_port"], config["kb_host"]) == (8082, "0.0.0.0")
+    service = next(o for o in objects if o["kind"] == "Service" and o["metadata"]["name"] == "cdl-kb")
+    assert service["spec"]["ports"] == [{"name": "http", "port": 8082, "targetPort": "kb"}]
+    role = next(o for o in objects if o["kind"] == "Role" and o["metadata"]["name"] == "cdl-kb-user")
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["services/proxy"],
+                              "resourceNames": ["cdl-kb", "cdl-kb:http"], "verbs": ["get", "create"]}]
+    binding = next(o for o in objects if o["kind"] == "RoleBinding" and o["metadata"]["name"] == "cdl-kb-user")
+    assert binding["subjects"][0]["name"] == "data-scientists"
+    pod = next(o for o in objects if o["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    token = next(e for e in pod["env"] if e["name"] == "CDL_KB_TOKEN")
+    assert token["valueFrom"]["secretKeyRef"] == {"name": "cdl-kb", "key": "token"}  # never a literal
+    off = helm("template", "cdl", str(CHART), "--namespace", "cdl", "--set", "kb.enabled=false")
+    assert "cdl-kb" not in off.stdout and "kb_port" not in off.stdout
 
 
 def test_several_replicas_run_as_shards_with_their_leases():

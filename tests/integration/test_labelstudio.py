@@ -13,7 +13,7 @@ import pytest
 
 from cdl.api.datapipeline import Labeling
 from cdl.engines.base import LabelingEngine, LabelingRequest, LabelItem, ResourceKey
-from cdl.engines.labelstudio import PREDICTION_MODEL, LabelStudioEngine
+from cdl.engines.labeling.labelstudio import PREDICTION_MODEL, LabelStudioEngine
 from cdl.errors import PermanentEngineError
 from cdl.stores.postgres import Database
 from tests.plugins.data import REPO_ROOT
@@ -158,7 +158,7 @@ def test_the_export_cli_writes_the_same_rows(labelstudio_server, client, postgre
     annotate(client, task.id, "business")
     env = {**os.environ, "LABEL_STUDIO_TOKEN": labelstudio_server.token, "CDL_DATABASE_URL": postgres_url,
            "PYTHONPATH": str(REPO_ROOT)}
-    command = [sys.executable, "-m", "pipelines.labels.export", "--url", labelstudio_server.url, "--project", project,
+    command = [sys.executable, "-m", "cdl.cli.main", "labels", "export", "--url", labelstudio_server.url, "--project", project,
                "--table", "cli_labels"]
     for _ in range(2):  # idempotent
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, start_new_session=True)

@@ -126,6 +126,36 @@ def test_the_chain_reaches_ready_and_waits_on_dependencies(operator_runner, k8s,
     assert out.returncode == 0 and "clf-v1" in out.stdout and "news" in out.stdout
 
 
+def test_two_teams_applying_the_same_manifests_each_get_version_1(operator_runner, k8s, namespace, tmp_path,
+                                                                  postgres_url, postgres_schema):
+    """A namespace is a team's boundary: model `clf` is version 1 and staging in each team's
+    namespace, kept apart in PostgreSQL and registered under names that carry the namespace."""
+    from kubernetes import client
+
+    from cdl.stores.postgres import Database
+
+    custom, core = k8s
+    other = f"{namespace[:50]}-b"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=other)))
+    db = Database(postgres_url, schema=postgres_schema)
+    db.migrate()
+    overrides, _, _, reg, _ = engines(tmp_path)
+    url = f"{postgres_url}{'&' if '?' in postgres_url else '?'}options=-csearch_path%3D{postgres_schema}"
+    with operator_runner(tmp_path / "state", overrides, database_url=url):
+        for team in (namespace, other):
+            for body in (dpl(), exp(), mv()):
+                create(custom, team, body)
+        for team in (namespace, other):
+            wait_for(lambda t=team: get(custom, t, "ModelVersion", "clf-v1").get("status", {}).get("stage") == "staging",
+                     timeout=60, what=f"clf-v1 staging in {team}")
+    for team in (namespace, other):
+        assert get(custom, team, "ModelVersion", "clf-v1")["status"]["version"] == 1
+        assert [(v.version, v.stage) for v in db.model_versions("clf", namespace=team)] == [(1, "staging")]
+        assert reg.stages[(f"{team}.clf", 1)] == "staging"
+    assert {who for what, who in reg.calls.log if what == "register"} == {f"{namespace}.clf:1", f"{other}.clf:1"}
+    db.close()
+
+
 def test_spec_update_is_reconciled_with_observed_generation(operator_runner, k8s, namespace, tmp_path):
     custom, _ = k8s
     overrides, data, train, *_ = engines(tmp_path, train_polls=1)
@@ -212,6 +242,84 @@ def test_permanent_failure_is_surfaced(operator_runner, k8s, namespace, tmp_path
     assert ("Warning", "EngineFailed", "source file:///data/news does not exist") in events(core, namespace, "news")
     out = kubectl("get", "dpl", "news", "-n", namespace)
     assert "Failed" in out.stdout
+
+
+def test_a_secret_value_never_reaches_status_or_events(operator_runner, k8s, namespace, tmp_path):
+    """An engine error quoting a Secret's value (a URL with a password, say) is masked in the
+    status and the Event, as it is in the log."""
+    from cdl.controller.redaction import MASK, redact_value
+
+    custom, core = k8s
+    overrides, data, *_ = engines(tmp_path)
+    secret = "s3cr3t-pa55w0rd-xyz"
+    redact_value(secret)  # as KubeClusterView.read_secret does for every Secret value it reads
+    data.faults.permanent["start_run"] = f"cannot reach postgresql://cdl:{secret}@db/cdl"
+    with operator_runner(tmp_path / "state", overrides):
+        create(custom, namespace, dpl())
+        st = wait_for(phase_is(custom, namespace, "DataPipeline", "news", "Failed"), timeout=60, what="Failed")
+        seen = wait_for(lambda: [m for _, r, m in events(core, namespace, "news") if r == "EngineFailed"], 30,
+                        "the EngineFailed Event")
+    assert st["message"] == f"cannot reach postgresql://cdl:{MASK}@db/cdl"
+    assert secret not in str(st) and secret not in str(seen)
+    assert seen == [f"cannot reach postgresql://cdl:{MASK}@db/cdl"]
+
+
+def test_kopfs_own_events_are_redacted_like_log_lines():
+    """kopf posts its records as Events through a handler on `kopf.objects`, not below the root
+    logger's handlers: the redaction filter sits on that logger too."""
+    import io
+    import logging
+
+    import kopf  # noqa: F401 - attaches its Event poster to kopf.objects
+
+    from cdl.controller import redaction
+
+    redaction.install()
+    redaction.redact_value("another-secret-value")
+    out = io.StringIO()
+    capture = logging.StreamHandler(out)  # formats records as kopf's Event poster does
+    objects = logging.getLogger("kopf.objects")
+    objects.addHandler(capture)
+    try:
+        try:
+            raise RuntimeError("login failed with another-secret-value")
+        except RuntimeError:
+            objects.error("handler failed: %s", "another-secret-value", exc_info=True)
+    finally:
+        objects.removeHandler(capture)
+    assert "another-secret-value" not in out.getvalue()
+    assert "handler failed: ***" in out.getvalue() and "RuntimeError: login failed with ***" in out.getvalue()
+
+
+def test_a_label_studio_url_outside_the_allow_list_fails_before_any_secret_is_read(operator_runner, k8s, namespace,
+                                                                                    tmp_path):
+    """labelStudio.tokenSecretRef is sent to labelStudio.url: with the operator's allow-list, a
+    DataPipeline naming another server fails on the field (its Secret is never read: it does not
+    even exist here, which would otherwise keep the resource waiting for it)."""
+    custom, _ = k8s
+    overrides, *_ = engines(tmp_path)
+    with operator_runner(tmp_path / "state", overrides, label_studio_urls=["https://ls.example.com"]):
+        pipeline = dpl()
+        pipeline["spec"]["labeling"] = {"labelStudio": {
+            "url": "https://ls.example.com.attacker.io", "project": "news",
+            "tokenSecretRef": {"name": "any-secret-of-the-namespace", "key": "token"}}}
+        create(custom, namespace, pipeline)
+        st = wait_for(phase_is(custom, namespace, "DataPipeline", "news", "Failed"), timeout=60, what="Failed")
+    assert "spec.labeling.labelStudio.url: https://ls.example.com.attacker.io is not a Label Studio server" \
+        in st["message"]
+
+
+def test_the_label_studio_allow_list_matches_servers_not_prefixes_of_names():
+    from cdl.config import OperatorConfig
+
+    config = OperatorConfig.load(env={"CDL_LABEL_STUDIO_URLS": "https://ls.example.com, http://10.0.0.5:8080/ls"})
+    assert config.label_studio_allowed("https://ls.example.com/")
+    assert config.label_studio_allowed("https://LS.example.com/projects")
+    assert config.label_studio_allowed("http://10.0.0.5:8080/ls/api")
+    for url in ("https://ls.example.com.attacker.io", "http://ls.example.com", "https://ls.example.com:444",
+                "http://10.0.0.5:8080/lsx", "https://evil.io/?https://ls.example.com"):
+        assert not config.label_studio_allowed(url), url
+    assert OperatorConfig.load(env={}).label_studio_allowed("https://anything.io")  # no list: any
 
 
 def test_invalid_spec_fails_with_the_field(operator_runner, k8s, namespace, tmp_path):

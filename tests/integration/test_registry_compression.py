@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 
 from cdl.api.modelversion import Gate
-from cdl.compression import compress_and_evaluate, compress_package
 from cdl.engines.base import RegisteredModel
-from cdl.engines.local.evaluation import evaluate_package
-from cdl.engines.local.registry import LocalRegistryEngine
+from cdl.engines.registry.local import LocalRegistryEngine
 from cdl.errors import PermanentEngineError
-from cdl.gates import apply_gates
-from cdl.reports import render_report
+from cdl.quality.compression import compress_and_evaluate, compress_package
+from cdl.quality.evaluation import evaluate_package
+from cdl.quality.gates import apply_gates
+from cdl.quality.reports import render_report
 from cdl.runtime.package import load_package
 
 PREDICT = """

@@ -11,12 +11,12 @@ import pytest
 
 from cdl.api.modelversion import Gate
 from cdl.engines.base import RegisteredModel
-from cdl.engines.local.evaluation import confusion_matrix, evaluate_package, is_classification
-from cdl.engines.local.registry import LocalRegistryEngine
+from cdl.engines.registry.local import LocalRegistryEngine
 from cdl.errors import PermanentEngineError
-from cdl.gates import apply_gates
-from cdl.promotion import PromotionRefused, VersionState, plan_promotion
-from cdl.reports import render_report
+from cdl.quality.evaluation import confusion_matrix, evaluate_package, is_classification
+from cdl.quality.gates import apply_gates
+from cdl.quality.promotion import PromotionRefused, VersionState, plan_promotion
+from cdl.quality.reports import render_report
 
 
 def test_evaluation_returns_metrics_confusion_matrix_and_latency(

@@ -16,12 +16,8 @@ from typing import Any
 import pytest
 
 from cdl.engines.base import CheckpointInfo, RegisteredModel, RegistrationRequest
-from cdl.engines.local.registry import (
-    IgnoreRules,
-    LocalRegistryEngine,
-    pin_requirements,
-    requirements_site,
-)
+from cdl.engines.registry.local import LocalRegistryEngine
+from cdl.engines.registry.packaging import IgnoreRules, pin_requirements, requirements_site
 from cdl.errors import PermanentEngineError
 from cdl.runtime.package import FORMAT, PackageError, load_package, unpack
 

@@ -10,7 +10,7 @@ import uuid
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from cdl.scoring_sink import ScoringSink
+from cdl.engines.serving.scoring_sink import ScoringSink
 
 
 def headers(kind: str, request_id: str, endpoint: str = "news-classifier-v1") -> dict[str, str]:
@@ -81,3 +81,43 @@ async def test_query_from_the_seldon_engine_names_the_row_and_samples(sink_clien
     rows = database.scoring_window("team", "clf", 1000)
     assert 70 <= len(rows) <= 130  # about half, each request with its response
     assert all(r.model_version == "clf-v2" and r.shadow and r.request == {} for r in rows)
+
+
+async def test_with_a_key_only_events_carrying_their_namespaces_token_are_taken(database):
+    """Anyone in the cluster could otherwise post rows, fake drift and start retrains."""
+    from cdl.engines.serving.scoring_sink import sink_token
+
+    key = b"k" * 32
+    sink = ScoringSink(database, batch=1000, flush_seconds=60, key=key)
+    async with TestClient(TestServer(sink.app())) as client:
+        request_id = str(uuid.uuid4())
+        body = json.dumps({"data": {"ndarray": [[1]]}})
+        for query, expected in [
+            ({}, 401),                                                           # no token
+            ({"namespace": "ml", "token": "0" * 64}, 401),                       # a wrong token
+            ({"namespace": "ml", "token": sink_token(key, "other-team")}, 401),  # another namespace's
+            ({"namespace": "ml", "token": sink_token(key, "ml")}, 202),
+        ]:
+            resp = await client.post("/", params=query, data=body, headers=headers("request", request_id))
+            assert resp.status == expected, query
+        resp = await client.post("/", params={"namespace": "ml", "token": sink_token(key, "ml")},
+                                 data=json.dumps({"data": {"ndarray": [["a"]]}}), headers=headers("response", request_id))
+        assert resp.status == 202
+        assert await sink.flush() == 1 and sink.refused == 3
+    assert [r.namespace for r in database.scoring_window("ml", "news-classifier", 10)] == ["ml"]
+
+
+def test_the_seldon_logger_url_carries_the_namespaces_token(monkeypatch):
+    from urllib.parse import parse_qs, urlparse
+
+    from cdl.engines.base import ResourceKey, ServedModel, ServingRequest
+    from cdl.engines.serving.scoring_sink import KEY_ENV, sink_token
+    from cdl.engines.serving.seldon import _logger
+    from cdl.engines.settings import SeldonSettings
+
+    monkeypatch.setenv(KEY_ENV, "secret-key")
+    request = ServingRequest(key=ResourceKey("team-a", "news"), generation=1,
+                             models=[ServedModel("news-v1", "s3://b/k", "0" * 64, "serve:P", "primary", 100)])
+    settings = SeldonSettings(scoring_sink_url="http://cdl-scoring-sink.cdl.svc:8081")
+    query = parse_qs(urlparse(_logger(request.models[0], request, settings)["url"]).query)
+    assert query["token"] == [sink_token(b"secret-key", "team-a")] and query["namespace"] == ["team-a"]

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from cdl.engines.base import ResourceKey, ServingRequest
-from cdl.engines.local.serving.client import PredictionError, predict, predictions
-from cdl.monitoring import summarize
+from cdl.engines.serving.local.client import PredictionError, predict, predictions
+from cdl.quality.monitoring import summarize
 from tests.fixtures.serving.build import CLASSES, PREDICTOR, sample
 from tests.plugins.serving import served
 
@@ -267,7 +267,7 @@ def test_killed_model_server_and_router_are_restarted(serving_deploy, serving_en
 
 def test_a_server_that_stops_answering_is_restarted(serving_deploy, serving_engine, serving_packages,
                                                     serving_post, monkeypatch) -> None:
-    from cdl.engines.local.serving import engine as engine_module
+    from cdl.engines.serving.local import engine as engine_module
 
     monkeypatch.setattr(engine_module, "HEALTH_EVERY_S", 0.5)
     monkeypatch.setattr(engine_module, "HEALTH_TIMEOUT_S", 0.5)
@@ -344,7 +344,7 @@ def test_same_models_restart_nothing_and_a_new_model_rolls_without_errors(servin
 
 
 def test_a_new_engine_adopts_running_servers(tmp_path, seldon_venv, serving_packages, serving_post) -> None:
-    from cdl.engines.local.serving import LocalServingEngine
+    from cdl.engines.serving.local import LocalServingEngine
 
     key = ResourceKey("serving-test", "adopt")
     first = LocalServingEngine(tmp_path / "serving", venv_dir=seldon_venv, poll_seconds=0.2)
@@ -382,3 +382,54 @@ def _alive(pid: int) -> bool:
             return fh.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_a_deployment_stopped_with_the_platform_comes_back_at_the_same_url(tmp_path, seldon_venv, serving_packages,
+                                                                           serving_post) -> None:
+    """`cdl down` stops every router and model server (close(stop_servers=True)); the engine of the
+    next `cdl up` serves the Deployment again at the URL clients already have, and does not say
+    Available before that URL answers."""
+    from cdl.engines.serving.local import LocalServingEngine
+
+    key = ResourceKey("serving-test", "down-up")
+    first = LocalServingEngine(tmp_path / "serving", venv_dir=seldon_venv, poll_seconds=0.2)
+    second = None
+    try:
+        first.apply(ServingRequest(key=key, generation=1, models=[served(serving_packages["v1"])]))
+        status = first.wait_available(key, 90)
+        assert status.state == "Available"
+        router = first.router_pid(key)
+        first.close(stop_servers=True)
+        assert not _alive(router)
+
+        second = LocalServingEngine(tmp_path / "serving", venv_dir=seldon_venv, poll_seconds=0.2)
+        seen = []
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            now = second.status(key)
+            seen.append(now.state)
+            if now.state == "Available":
+                break
+            time.sleep(0.05)
+        assert now.state == "Available" and now.url == status.url
+        assert seen[0] != "Available"  # not before the router answers again
+        assert serving_post(now.url, {"data": {"ndarray": [[0, 3, 0, 0]]}})[0] == 200
+    finally:
+        (second or first).delete(key)
+        (second or first).close()
+
+
+def test_model_servers_and_router_listen_on_loopback_only(main_deployment, serving_engine) -> None:
+    """The router is the only door: no model server, metrics port or router is reachable from
+    another machine (requests sent around the router would never be logged)."""
+    import psutil
+
+    key, _ = main_deployment
+    dep = serving_engine._deployments[key.slug]
+    ports = {dep.state.router.port}
+    for server in dep.state.servers.values():
+        ports |= {server["http_port"], server["metrics_port"]}
+    listening = [c for c in psutil.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN
+                 and c.laddr.port in ports]
+    assert {c.laddr.port for c in listening} == ports
+    assert {c.laddr.ip for c in listening} == {"127.0.0.1"}, listening

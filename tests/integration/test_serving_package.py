@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cdl.engines.base import ResourceKey, ServedModel, ServingRequest
-from cdl.engines.local.serving import LocalServingEngine
+from cdl.engines.serving.local import LocalServingEngine
 from cdl.errors import PermanentEngineError
 from cdl.runtime.serving import CdlPredictor
 from tests.fixtures.serving.build import NUMPY_PREDICTOR, build_package

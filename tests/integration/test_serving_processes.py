@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy
 import psutil
 
-from cdl.engines.local.serving.microservice import prepare_wrapper_dir, stop_group
+from cdl.engines.serving.local.microservice import prepare_wrapper_dir, stop_group
 
 
 def test_the_wrapper_folder_runs_without_cdl_installed(tmp_path: Path) -> None:

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from cdl.errors import TransientError
-from cdl.stores.artifacts import S3Settings, StoredArtifact, download_uri, file_uri_path, open_artifact_store
+from cdl.stores.artifacts import S3Settings, StoredArtifact, file_uri_path
 from cdl.stores.errors import ArtifactIntegrityError, ArtifactNotFound, InvalidArtifactKey, StoreUnavailable
+from cdl.stores.opener import download_uri, open_artifact_store
 
 pytestmark = pytest.mark.slow
 

@@ -18,6 +18,7 @@ from cdl.stores.records import ExperimentRun, LabelRow, ScoringRow, TrialMetric,
 pytestmark = pytest.mark.slow
 
 TABLES = {"labels", "experiments_runs", "trials", "trial_metrics", "model_versions", "lineage_edges", "scoring_data",
+          "scoring_rejects",
           "cdl_schema_migrations"}
 
 
@@ -35,24 +36,26 @@ def test_migrations_are_versioned_and_run_once(postgres_url, postgres_schema):
     db = Database(postgres_url, schema=postgres_schema)
     assert db.schema_version() == 0
 
-    assert db.migrate() == [1]
+    shipped = [m.version for m in load_migrations()]
+    assert db.migrate() == shipped
     assert db.migrate() == []  # idempotent: every operator start calls it
-    assert db.schema_version() == 1
+    assert db.schema_version() == shipped[-1]
     assert _tables(postgres_url, postgres_schema) == TABLES
     with psycopg.connect(postgres_url) as conn:
         applied = conn.execute(f"SELECT version, name FROM {postgres_schema}.cdl_schema_migrations").fetchall()
-    assert applied == [(1, "initial")]
+    assert applied == [(m.version, m.name) for m in load_migrations()]
 
-    # a later release ships 0002: only it is applied
-    extra = Migration(2, "label_confidence", "ALTER TABLE labels ADD COLUMN confidence real;")
+    # a later release ships one more: only it is applied
+    nxt = len(load_migrations()) + 1
+    extra = Migration(nxt, "label_confidence", "ALTER TABLE labels ADD COLUMN confidence real;")
     with psycopg.connect(postgres_url, autocommit=True) as conn:
-        assert apply_migrations(conn, [*load_migrations(), extra], postgres_schema) == [2]
+        assert apply_migrations(conn, [*load_migrations(), extra], postgres_schema) == [nxt]
         assert apply_migrations(conn, [*load_migrations(), extra], postgres_schema) == []
         # editing a migration that was applied already is refused, not silently ignored
-        edited = Migration(2, "label_confidence", "ALTER TABLE labels ADD COLUMN confidence double precision;")
-        with pytest.raises(MigrationError, match="0002_label_confidence was changed after it was applied"):
+        edited = Migration(nxt, "label_confidence", "ALTER TABLE labels ADD COLUMN confidence double precision;")
+        with pytest.raises(MigrationError, match=f"{nxt:04d}_label_confidence was changed after it was applied"):
             apply_migrations(conn, [*load_migrations(), edited], postgres_schema)
-    assert db.schema_version() == 2
+    assert db.schema_version() == nxt
     db.close()
 
 
@@ -64,12 +67,14 @@ def test_using_a_database_that_was_not_migrated_says_so(postgres_url, postgres_s
 
 
 def test_a_failing_migration_is_rolled_back_and_named(postgres_url, postgres_schema):
-    broken = Migration(2, "broken", "CREATE TABLE half_done (x int); SELECT no_such_function();")
+    nxt = len(load_migrations()) + 1
+    broken = Migration(nxt, "broken", "CREATE TABLE half_done (x int); SELECT no_such_function();")
     with psycopg.connect(postgres_url, autocommit=True) as conn:
-        with pytest.raises(MigrationError, match="migration 0002_broken failed"):
+        with pytest.raises(MigrationError, match=f"migration {nxt:04d}_broken failed"):
             apply_migrations(conn, [*load_migrations(), broken], postgres_schema)
     assert "half_done" not in _tables(postgres_url, postgres_schema)
-    assert Database(postgres_url, schema=postgres_schema).schema_version() == 1  # 0001 stays applied
+    # the shipped ones stay applied
+    assert Database(postgres_url, schema=postgres_schema).schema_version() == nxt - 1
 
 
 def test_two_operators_migrating_at_once_apply_each_migration_once(postgres_url, postgres_schema):
@@ -93,7 +98,7 @@ def test_two_operators_migrating_at_once_apply_each_migration_once(postgres_url,
     for t in threads:
         t.join(30)
     assert not errors
-    assert sorted(results) == [[], [1]]
+    assert sorted(results) == [[], [m.version for m in load_migrations()]]
     assert _tables(postgres_url, postgres_schema) == TABLES
 
 
@@ -269,20 +274,37 @@ def test_model_version_register_evaluate_promote(database):
 
     database.record_evaluation("news", version, metrics={"accuracy": 0.91, "f1": 0.9},
                                gates=[{"metric": "accuracy", "passed": True, "value": 0.91, "threshold": 0.7}],
-                               passed=True, report_uri="file:///a/reports/news/1/report.md")
-    database.set_model_stage("news", version, "production")
-    record = database.get_model_version("news", version)
+                               passed=True, report_uri="file:///a/reports/news/1/report.md", namespace="ml")
+    database.set_model_stage("news", version, "production", namespace="ml")
+    record = database.get_model_version("news", version, namespace="ml")
     assert (record.stage, record.passed, record.metrics["accuracy"], record.artifact_bytes) == (
         "production", True, 0.91, 1234)
     assert record.lineage["data"]["commit"] == "c0ffee"
     assert record.gates[0]["metric"] == "accuracy" and record.promoted_at is not None
-    assert database.model_in_stage("news", "production").version == version
-    assert [v.version for v in database.model_versions("news")] == [1, 2]
+    assert database.model_in_stage("news", "production", namespace="ml").version == version
+    assert [v.version for v in database.model_versions("news", namespace="ml")] == [1, 2]
 
-    with pytest.raises(RecordNotFound, match="news version 99 is not recorded"):
-        database.set_model_stage("news", 99, "staging")
+    with pytest.raises(RecordNotFound, match="ml/news version 99 is not recorded"):
+        database.set_model_stage("news", 99, "staging", namespace="ml")
     with pytest.raises(ValueError, match="expected one of candidate, staging, production, archived"):
-        database.set_model_stage("news", version, "prod")
+        database.set_model_stage("news", version, "prod", namespace="ml")
+
+
+def test_versions_and_stages_are_per_namespace(database):
+    """A namespace is a team's boundary: the same model name counts 1, 2 ... in each, and each
+    has its own production version."""
+    for team in ("team-a", "team-b"):
+        version = database.next_model_version("digits", namespace=team, resource="digits-v1")
+        assert version == 1
+        database.record_model_version("digits", version, namespace=team, resource="digits-v1", stage="candidate",
+                                      artifact={"uri": f"file:///{team}/digits/1", "sha256": "ab" * 32})
+        database.set_model_stage("digits", version, "production", namespace=team)
+    assert database.next_model_version("digits", namespace="team-a", resource="digits-v2") == 2
+    assert [v.version for v in database.model_versions("digits", namespace="team-b")] == [1]
+    database.set_model_stage("digits", 1, "archived", namespace="team-a")
+    assert database.model_in_stage("digits", "production", namespace="team-a") is None
+    assert database.model_in_stage("digits", "production", namespace="team-b").artifact_uri == \
+        "file:///team-b/digits/1"
 
 
 # -- lineage -----------------------------------------------------------------------------------
@@ -359,6 +381,29 @@ def test_json_values_postgres_cannot_hold_are_stored_as_null(database):
                                              response={"p": float("nan")})])
     row = database.scoring_window("ml", "d", 1)[0]
     assert row.request == {"x": [1.0, None]} and row.response == {"p": None}
+
+
+def test_a_scoring_row_postgresql_refuses_never_blocks_the_rows_behind_it(database):
+    """A NUL character (text and jsonb cannot hold one) is stored escaped; a row refused for a
+    reason of its own (here a status code beyond integer) is set aside with PostgreSQL's error;
+    every other row of the batch is stored, once."""
+    rows = [ScoringRow("ml", "news", "v1", 200, 1.0, request={"data": {"ndarray": [[i]]}}) for i in range(300)]
+    rows[10] = ScoringRow("ml", "news", "v1", 200, 1.0, request={"strData": "a\u0000b", "k\x00": 1},
+                          response={"x": "\x00"}, error="nul \x00 in error")
+    rows[200] = ScoringRow("ml", "news", "v1", 2**40, 1.0, request={"data": {"ndarray": [[200]]}})
+    assert database.insert_scoring_rows(rows) == 299
+
+    stored = database.scoring_window("ml", "news", 1000)
+    assert len(stored) == 299
+    nul_row = next(r for r in stored if r.error)
+    assert nul_row.request == {"strData": "a\\u0000b", "k\\u0000": 1}
+    assert nul_row.response == {"x": "\\u0000"} and nul_row.error == "nul \\u0000 in error"
+    assert sorted(r.request["data"]["ndarray"][0][0] for r in stored if r is not nul_row) == \
+        [i for i in range(300) if i not in (10, 200)]
+
+    rejects = database.scoring_rejects("ml", "news")
+    assert len(rejects) == 1
+    assert "out of range" in rejects[0]["error"] and '"status_code":1099511627776' in rejects[0]["row_json"]
 
 
 # -- failures ----------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from cdl.engines.base import DataRef, EngineRef, JobState, ResourceKey
-from cdl.engines.local.training import compare
+from cdl.engines.training.local import compare
 from cdl.errors import InvalidSpec
 
 pytestmark = pytest.mark.slow
@@ -71,7 +71,8 @@ def test_single_trial_trains_on_the_bound_commit_and_records_everything(
         trial.metrics["validation_loss"])
     meta = row.metadata
     assert meta["model"]["framework"] == "pytorch" and meta["model"]["parameters"] == 9
-    assert meta["model"]["layers"] == [{"name": "Linear", "type": "Linear", "params": 9}]
+    assert meta["model"]["layers"] == [{"name": "Linear", "type": "Linear", "params": 9, "output_shape": [32, 1]}]
+    assert meta["model"]["optimizer"] == "SGD" and meta["model"]["input_shape"] == [32, 8]
     assert meta["packages"]["torch"].startswith(torch.__version__.split("+")[0])
     assert meta["packages"]["determined"] == "0.38.1" and meta["environment"]["python"]
     assert meta["seed"] == 7 and meta["data"]["commit"] == "b0b"
@@ -175,7 +176,7 @@ def test_submit_is_idempotent_and_kill_stops_the_process_group(training_engine, 
         assert time.time() < deadline, status.message
         time.sleep(0.1)
     assert len(status.trials) == 1
-    from cdl.engines.local.training.state import load
+    from cdl.engines.training.local.state import load
 
     pid = load(training_engine.run_dir(ref.id) / "run.json").trials[0].process.pid
     training_engine.kill(ref)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cdl.engines.base import JobState
-from cdl.engines.local.training.state import load
+from cdl.engines.training.local.state import load
 
 pytestmark = pytest.mark.slow
 
@@ -33,6 +33,9 @@ def test_keras_trials_report_checkpoint_and_resume(training_engine, training_spe
     assert promoted.segments == 2
     assert [v.units for v in promoted.validations] == [1, 2]  # resumed at epoch 2, not retrained from 1
     assert promoted.metadata["model"]["framework"] == "keras" and promoted.metadata["model"]["parameters"] == 49
+    # optimizer, loss and shapes straight from the compiled Keras model, with no call in the trial
+    assert promoted.metadata["model"]["optimizer"] and promoted.metadata["model"]["loss"]
+    assert promoted.metadata["model"]["input_shape"][1:] and promoted.metadata["model"]["output_shape"][-1] >= 1
     other = next(t for t in run.trials if t.id != status.best.id)
     assert other.stop_reason == "asha: not promoted at rung 0"
     assert "from checkpoint" in training_engine.logs(ref, promoted.id)

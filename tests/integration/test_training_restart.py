@@ -9,7 +9,7 @@ import time
 import pytest
 
 from cdl.engines.base import JobState
-from cdl.engines.local.training.state import RUNNING, SUCCEEDED, load
+from cdl.engines.training.local.state import RUNNING, SUCCEEDED, load
 
 pytestmark = pytest.mark.slow
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 
 from cdl.engines.base import JobState
-from cdl.engines.local.training import compare
-from cdl.engines.local.training import hparams as hp
+from cdl.engines.training.local import compare
+from cdl.engines.training.local import hparams as hp
 
 pytestmark = pytest.mark.slow
 

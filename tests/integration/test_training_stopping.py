@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cdl.engines.base import JobState
-from cdl.engines.local.training.state import load
+from cdl.engines.training.local.state import load
 
 pytestmark = pytest.mark.slow
 

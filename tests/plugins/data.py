@@ -71,7 +71,7 @@ def make_idx_pair(directory: Path, prefix: str, n: int, shape: tuple[int, int] =
     """A Fashion-MNIST-like `<prefix>-images-idx3-ubyte` / `<prefix>-labels-idx1-ubyte` pair."""
     import gzip
 
-    from pipelines.image.idx import encode_idx
+    from cdl.runtime.idx import encode_idx
 
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, size=(n, *shape), dtype=np.uint8)
@@ -97,7 +97,7 @@ def text_corpus(tmp_path: Path) -> tuple[Path, dict[str, str]]:
 
 @pytest.fixture
 def data_engine(tmp_path: Path) -> Iterator:
-    from cdl.engines.local.data import LocalDataEngine
+    from cdl.engines.data.local import LocalDataEngine
 
     engine = LocalDataEngine(tmp_path / "data-engine", workers=2)
     yield engine

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from cdl.engines.base import CheckpointInfo, RegisteredModel, RegistrationRequest, ResourceKey
-from cdl.engines.local.registry import LocalRegistryEngine
+from cdl.engines.registry.local import LocalRegistryEngine
 
 REGISTRY_FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "registry"
 CLASSES = ("circle", "square", "triangle")

@@ -46,7 +46,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> pytes
 @pytest.fixture(scope="session")
 def seldon_venv() -> Path:
     """The seldon environment (built on first use; `scripts/setup-seldon.sh` builds it up front)."""
-    from cdl.engines.local.serving.venv import ensure_seldon_venv
+    from cdl.engines.serving.local.venv import ensure_seldon_venv
 
     return ensure_seldon_venv()
 
@@ -80,7 +80,7 @@ def serving_database(postgres_url: str) -> Iterator[Any]:
 
 @pytest.fixture(scope="session")
 def serving_engine(tmp_path_factory: pytest.TempPathFactory, seldon_venv: Path, serving_database: Any) -> Iterator[Any]:
-    from cdl.engines.local.serving import LocalServingEngine
+    from cdl.engines.serving.local import LocalServingEngine
 
     engine = LocalServingEngine(tmp_path_factory.mktemp("serving-engine"), database=serving_database,
                                 venv_dir=seldon_venv, poll_seconds=0.2)

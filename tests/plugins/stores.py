@@ -172,7 +172,7 @@ def _wait_healthy(proc: subprocess.Popen, url: str, log_path: Path, timeout: flo
 @pytest.fixture
 def s3_store(s3_server: S3Server):
     """An empty S3 artifact store: a fresh bucket (created on first write) under prefix `artifacts`."""
-    from cdl.stores.artifacts import open_artifact_store
+    from cdl.stores.opener import open_artifact_store
 
     return open_artifact_store(f"s3://cdl-test-{uuid.uuid4().hex[:12]}/artifacts", s3_server.settings)
 
@@ -180,6 +180,6 @@ def s3_store(s3_server: S3Server):
 @pytest.fixture
 def file_store(tmp_path: Path):
     """An empty filesystem artifact store in the test's temporary directory."""
-    from cdl.stores.artifacts import open_artifact_store
+    from cdl.stores.opener import open_artifact_store
 
     return open_artifact_store((tmp_path / "artifacts").as_uri())

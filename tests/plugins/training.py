@@ -12,9 +12,9 @@ import pytest
 
 from cdl.api.experiment import ExperimentSpec
 from cdl.engines.base import DataRef, ResourceKey, TrainingRequest
-from cdl.engines.local.training import DriverSettings, LocalTrainingEngine
-from cdl.engines.local.training.state import load
-from cdl.engines.local.training.trial_process import TrialProcess
+from cdl.engines.training.local import DriverSettings, LocalTrainingEngine
+from cdl.engines.training.local.state import load
+from cdl.engines.training.local.trial_process import TrialProcess
 
 TRAINING_FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "training"
 

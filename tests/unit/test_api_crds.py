@@ -15,6 +15,19 @@ def test_checked_in_crds_are_up_to_date():
     assert stale(ROOT / "crds") == [], "run `cdl crds generate` and commit crds/"
 
 
+def test_the_charts_crd_copy_is_up_to_date():
+    assert stale(ROOT / "charts" / "cdl" / "crds") == [], "run `cdl crds generate` (it writes the chart's copy too)"
+
+
+def test_a_crd_file_no_kind_generates_is_stale(tmp_path):
+    from cdl.api.crdgen import generate
+
+    generate(tmp_path)
+    (tmp_path / "cdl.dev_widgets.yaml").write_text("kind: CustomResourceDefinition\n")
+    (tmp_path / "cdl.dev_experiments.yaml").write_text("changed by hand\n")
+    assert stale(tmp_path) == ["cdl.dev_experiments.yaml", "cdl.dev_widgets.yaml"]
+
+
 def _walk(node, path="openAPIV3Schema"):
     yield path, node
     for name, child in (node.get("properties") or {}).items():

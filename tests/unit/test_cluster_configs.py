@@ -14,10 +14,10 @@ import yaml
 from cdl.api.datapipeline import DataPipelineSpec
 from cdl.api.experiment import ExperimentSpec
 from cdl.engines.base import DataRef, ResourceKey, ServedModel, ServingRequest
-from cdl.engines.cluster_settings import ClusterSettings, DeterminedSettings, GpuSettings, SeldonSettings
-from cdl.engines.determined import checkpoint_uri, deep_merge, entrypoint_for, experiment_config
-from cdl.engines.pachyderm import Names, PachydermDataEngine
-from cdl.engines.seldon import seldon_deployment, serving_status
+from cdl.engines.data.pachyderm import Names, PachydermDataEngine
+from cdl.engines.serving.seldon import seldon_deployment, serving_status
+from cdl.engines.settings import ClusterSettings, DeterminedSettings, GpuSettings, SeldonSettings
+from cdl.engines.training.determined import checkpoint_uri, deep_merge, entrypoint_for, experiment_config
 from cdl.errors import PermanentEngineError
 from tests.fakes.seldon_controller import validate as seldon_webhook
 
@@ -128,8 +128,9 @@ def test_the_config_carries_data_code_seed_and_hyperparameters() -> None:
 
 
 @pytest.mark.parametrize(("entrypoint", "slots", "expected"), [
-    ("model_def:NewsTrial", 1, "model_def:NewsTrial"),
-    ("model_def:NewsTrial", 4, "model_def:NewsTrial"),  # Determined launches torch_distributed itself
+    # a PyTorchTrial too goes through cdl's bootstrap: data copied to CDL_DATA_DIR, early stopping
+    ("model_def:NewsTrial", 1, "python3 -m cdl.runtime.launch"),
+    ("model_def:NewsTrial", 4, "python3 -m determined.launch.torch_distributed python3 -m cdl.runtime.launch"),
     ("model_def:train", 1, "python3 -m cdl.runtime.launch"),
     ("model_def:train", 2, "python3 -m determined.launch.torch_distributed python3 -m cdl.runtime.launch"),
     ("train.py", 1, "python3 train.py"),
@@ -186,6 +187,7 @@ def test_early_stopping_reaches_the_trial_and_the_pod() -> None:
     config = experiment_config(spec, None, {}, det(), KEY)
     assert json.loads(env_of(config)["CDL_EARLY_STOPPING"]) == {"patience": 2, "minDelta": 0.01,
                                                                 "maxTrialSeconds": 600, "maxTrialMemory": "2Gi"}
+    assert env_of(config)["CDL_SMALLER_IS_BETTER"] == "false"  # the in-trial rules need the direction
     (container,) = config["environment"]["pod_spec"]["spec"]["containers"]
     assert container["resources"] == {"limits": {"memory": "2Gi"}}
 
@@ -220,7 +222,7 @@ def dpl_spec(**changes: Any) -> DataPipelineSpec:
 
 
 def test_pipeline_requests_carry_the_step_spec() -> None:
-    from cdl.engines.cluster_settings import PachydermSettings
+    from cdl.engines.settings import PachydermSettings
 
     engine = PachydermDataEngine(PachydermSettings.from_env({}, default_image="reg/cdl-pipelines:0.1"),
                                  gpu=GpuSettings.from_env({}, resource_name="nvidia.com/gpu"))
@@ -243,7 +245,7 @@ def test_pipeline_requests_carry_the_step_spec() -> None:
 
 
 def test_names_fit_pachds_limits() -> None:
-    from cdl.engines.cluster_settings import PachydermSettings
+    from cdl.engines.settings import PachydermSettings
 
     engine = PachydermDataEngine(PachydermSettings.from_env({}))
     names = engine.names(ResourceKey("a-long-namespace-for-a-team", "a.dotted-and-rather-long-datapipeline-name"))

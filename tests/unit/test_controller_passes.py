@@ -7,9 +7,9 @@ import time
 
 from cdl.config import OperatorConfig
 from cdl.controller.handlers import Controller
-from cdl.devcluster.patch import merge_patch
 from cdl.engines.base import DataRunStatus, JobState, ResourceKey
-from cdl.engines.registry import EngineRegistry
+from cdl.engines.chooser import EngineChooser
+from cdl.merge_patch import merge_patch
 from cdl.reconcile.base import Context
 from tests.integration.operator_engines import ScriptedDataEngine
 from tests.integration.test_operator_core import dpl
@@ -43,7 +43,7 @@ class MergingCluster:
 
 def controller_for(tmp_path, cluster, engine):
     config = OperatorConfig(data_dir=tmp_path / "state")
-    engines = EngineRegistry(config, overrides={"data": {"local": engine}})
+    engines = EngineChooser(config, overrides={"data": {"local": engine}})
     return Controller(Context(config=config, cluster=cluster, engines=engines), poll_seconds=60)
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from cdl.api.datapipeline import Source
-from cdl.engines.local.data.ingest import Ingestor, is_missing, resolve_file_uri
-from cdl.engines.local.data.objects import ObjectStore
+from cdl.engines.data.ingest import Ingestor, is_missing, resolve_file_uri
+from cdl.engines.data.objects import ObjectStore
 from cdl.errors import PermanentEngineError
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cdl.engines.base import LabelItem
-from cdl.engines.labelstudio import (
+from cdl.engines.labeling.labelstudio import (
     LabelStudioEngine,
     annotation_rows,
     config_fields,
@@ -86,7 +86,7 @@ def test_label_of_reads_other_controls() -> None:
 
 
 def test_only_images_are_imported_into_an_image_project_in_bounded_batches() -> None:
-    from cdl.engines.labelstudio import MAX_BATCH_BYTES, is_image_url
+    from cdl.engines.labeling.labelstudio import MAX_BATCH_BYTES, is_image_url
 
     assert is_image_url("file:///data/boot/1.png") and is_image_url("https://cdn.example/x")
     assert not is_image_url("file:///data/train-images-idx3-ubyte")

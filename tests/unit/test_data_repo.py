@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from cdl.engines.local.data.objects import ObjectStore
-from cdl.engines.local.data.repo import RepoStore
-from cdl.engines.local.data.steps import Datum, code_fingerprint, glob_datums
+from cdl.engines.data.local.repo import RepoStore
+from cdl.engines.data.local.steps import Datum, code_fingerprint, glob_datums
+from cdl.engines.data.objects import ObjectStore
 
 
 @pytest.fixture
@@ -56,7 +56,7 @@ def test_an_identical_commit_is_the_parent_itself(store: RepoStore) -> None:
 
 
 def test_a_commit_of_missing_objects_is_refused(store: RepoStore) -> None:
-    from cdl.engines.local.data.objects import FileEntry
+    from cdl.engines.data.objects import FileEntry
 
     with pytest.raises(FileNotFoundError, match="missing"):
         store.commit("r", {"f": FileEntry("0" * 64, 3)})

@@ -1,4 +1,4 @@
-"""The reproducible, stratified split (pipelines.split) and its use on commits."""
+"""The reproducible, stratified split (cdl.engines.data.split) and its use on commits."""
 
 from __future__ import annotations
 
@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 
 from cdl.api.datapipeline import Split
-from cdl.engines.local.data.objects import ObjectStore
-from cdl.engines.local.data.split import split_commit
-from pipelines.image.idx import decode_idx, encode_idx
-from pipelines.split import assign, split_csv, split_files, split_idx
+from cdl.engines.data.objects import ObjectStore
+from cdl.engines.data.split import assign, split_commit, split_csv, split_files, split_idx
+from cdl.runtime.idx import decode_idx, encode_idx
 
 
 def corpus(per_label: dict[str, int]) -> list[str]:

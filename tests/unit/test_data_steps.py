@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from cdl.runtime import pfs
+from cdl.runtime.idx import IdxError, decode_idx, encode_idx, load_dataset
 from pipelines.image import validate as image_validate
-from pipelines.image.idx import IdxError, decode_idx, encode_idx, load_dataset
 from pipelines.text import clean, validate
 from pipelines.text.encoding import decode
 

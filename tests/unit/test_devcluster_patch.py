@@ -61,8 +61,3 @@ def test_strategic_merge_merges_named_lists_and_replaces_others():
                                  {"spec": {"ports": [{"containerPort": 80, "protocol": "TCP"}]}}) == {
         "spec": {"ports": [{"containerPort": 80, "name": "h", "protocol": "TCP"}]}}
     assert patch.strategic_merge({"x": [1, 2, 3]}, {"$deleteFromPrimitiveList/x": [2]}) == {"x": [1, 3]}
-
-
-def test_apply_patch_creates_or_merges():
-    assert patch.apply_patch(None, {"a": 1}, builtin=False) == {"a": 1}
-    assert patch.apply_patch({"a": 1, "b": 2}, {"b": 3}, builtin=False) == {"a": 1, "b": 3}

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from cdl.api.modelversion import Gate
-from cdl.gates import apply_gates, smaller_is_better
+from cdl.quality.gates import apply_gates, smaller_is_better
 
 
 def gate(**kw: object) -> Gate:

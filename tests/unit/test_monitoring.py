@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from cdl.monitoring import percentile, prediction_labels, psi_categorical, psi_numeric, summarize
+from cdl.quality.monitoring import percentile, prediction_labels, psi_categorical, psi_numeric, summarize
 from cdl.stores.records import ScoringRow
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cdl.errors import InvalidSpec
-from cdl.promotion import PromotionRefused, StageChange, VersionState, plan_promotion
+from cdl.quality.promotion import PromotionRefused, StageChange, VersionState, plan_promotion
 
 
 def versions(*states: VersionState) -> list[VersionState]:

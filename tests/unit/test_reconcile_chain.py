@@ -9,7 +9,7 @@ import pytest
 
 from cdl.api.kinds import BY_KIND
 from cdl.config import OperatorConfig
-from cdl.engines.registry import EngineRegistry
+from cdl.engines.chooser import EngineChooser
 from cdl.errors import DependencyNotReady
 from cdl.reconcile import datapipeline, deployment, experiment, modelversion, outcomes
 from cdl.reconcile.base import Context, Resource
@@ -80,7 +80,7 @@ def world(tmp_path):
     reg, srv = ScriptedRegistryEngine(), ScriptedServingEngine()
     config = OperatorConfig(data_dir=tmp_path / "state", base_dir=tmp_path.parents[0])
     config.base_dir = __import__("pathlib").Path(__file__).resolve().parents[2]
-    engines = EngineRegistry(config, overrides={"data": {"local": data}, "training": {"local": train},
+    engines = EngineChooser(config, overrides={"data": {"local": data}, "training": {"local": train},
                                                 "registry": {"local": reg}, "serving": {"local": srv}})
     return cluster, Context(config=config, cluster=cluster, engines=engines), data, train, reg, srv
 

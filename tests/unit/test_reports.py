@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from cdl.reports import CHECKLIST, NOT_RECORDED, per_class, render_report
+from cdl.quality.reports import CHECKLIST, NOT_RECORDED, per_class, render_report
 
 MANIFEST = {
     "name": "news", "version": 3, "framework": "pytorch", "frameworkVersion": "2.13.0",
@@ -86,6 +86,19 @@ def test_lineage_and_model_card_come_from_status_and_the_package() -> None:
     assert "bbc-train@abc123" in card["intendedUse"]
     assert card["limitations"] == NOT_RECORDED
     assert "| learning_rate | 0.01 |" in markdown
+
+
+def test_the_code_bundle_and_commit_the_model_was_trained_from_are_in_the_report() -> None:
+    data = full_input()
+    data["lineage"]["code"] = {"gitCommit": "9c1e" * 10, "gitUrl": "https://gitlab.example.com/team/news",
+                               "bundleSha256": "b6" * 32, "bundleUri": f"s3://cdl-artifacts/code/{'b6' * 32}.tar.gz"}
+    markdown, report = render_report(data)
+    assert f"| code bundle | s3://cdl-artifacts/code/{'b6' * 32}.tar.gz (sha256 {'b6' * 32}) |" in markdown
+    got = answers(report)["code"]["answer"]
+    assert f"git commit {'9c1e' * 10} of https://gitlab.example.com/team/news" in got
+    assert f"code bundle sha256 {'b6' * 32}" in got
+    bare, _ = render_report({"model": "news", "version": 1, "metrics": {"accuracy": 0.5}})
+    assert f"| code bundle | {NOT_RECORDED} |" in bare
 
 
 def test_reproducibility_section_answers_every_checklist_item() -> None:

@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 
 from cdl.engines.base import ResourceKey, ServedModel, ServingRequest
-from cdl.engines.local.serving import venv
-from cdl.engines.local.serving.engine import (
+from cdl.engines.serving.local import venv
+from cdl.engines.serving.local.engine import (
     DeploymentState,
     LocalServingEngine,
     _backoff,
     _fingerprint,
     model_key,
 )
-from cdl.engines.local.serving.microservice import (
+from cdl.engines.serving.local.microservice import (
     LOAD_ERROR_MARK,
     Microservice,
     ServerState,

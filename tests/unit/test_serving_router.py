@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from cdl.engines.local.serving.router import (
+from cdl.engines.serving.local.router import (
     PREDICT_PATH,
     BadRequest,
     Route,
@@ -56,6 +56,20 @@ def test_well_formed_requests_pass(body: bytes) -> None:
         (b'{"data": {"tensor": {"shape": [-1], "values": []}}}', "non-negative integers"),
         (b'{"data": {"tensor": [1, 2]}}', "must hold"),
         (b'{"meta": {}}', 'must hold "data"'),
+        # the envelope (cdl.engines.serving.protocol): what seldon answered 500 or predicted on
+        (b'{"binData": "!!aGk="}', '"binData" is not valid base64'),
+        (b'{"binData": 5}', '"binData" must be a base64 string'),
+        (b'{"strData": [1]}', '"strData" must be a string'),
+        (b'{"jsonData": "text"}', '"jsonData" must be an object'),
+        (b'{"data": {"ndarray": [[1]]}, "meta": []}', '"meta" must be an object'),
+        (b'{"data": {"ndarray": [[1]]}, "meta": {"tags": [1]}}', '"meta.tags" must be an object'),
+        (b'{"data": {"ndarray": [[1]]}, "meta": {"puid": 3}}', '"meta.puid" must be a string'),
+        (b'{"data": {"ndarray": [[1]]}, "strData": "x"}', "send exactly one of"),
+        (b'{"data": {"names": "a", "ndarray": [[1]]}}', '"data.names" must be a list of strings'),
+        (b'{"data": {"ndarray": [[1, true]]}}', '"data.ndarray" holds true/false'),
+        (b'{"jsonData": {"instances": [[1, false]]}}', '"jsonData.instances" holds true/false'),
+        (b'{"data": {"ndarray": [[1, 2], [3, [4]]]}}', '"data.ndarray" is ragged'),
+        (b'{"data": {"ndarray": ' + b"[" * 40 + b"1" + b"]" * 40 + b"}}", "nested deeper than 32"),
     ],
 )
 def test_malformed_requests_are_refused_with_a_message(body: bytes, message: str) -> None:
@@ -244,3 +258,36 @@ async def test_no_ready_server_is_a_503(tmp_path: Path) -> None:
                 assert "no model server" in (await resp.json())["status"]["info"]
     finally:
         await front.close()
+
+
+class QuotingSink(ListSink):
+    """A database refusing rows with an error that quotes the request, as PostgreSQL's do."""
+
+    def insert_scoring_rows(self, rows: list[Any]) -> int:
+        raise ValueError(f"invalid input: {rows[0].request}")
+
+
+async def test_health_shows_counts_only(tmp_path: Path) -> None:
+    """/health is unauthenticated: it never shows a client's request (nor an error quoting one)."""
+    good = await start(backend("good"))
+    config = tmp_path / "router.json"
+    write_config(config, 1, [{"model_version": "m-1", "role": "primary", "percent": 100, "backends": [url_of(good)]}])
+    router = Router(config, ScoringWriter(None, database=QuotingSink()))
+    front = await start(router.app())
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(url_of(front), json={"data": {"ndarray": [["secret-token-123"]]}}) as resp:
+                assert resp.status == 200
+            for _ in range(50):
+                if router.writer.failures:
+                    break
+                await asyncio.sleep(0.1)
+            assert router.writer.failures
+            async with session.get(str(front.make_url("/health"))) as resp:
+                text = await resp.text()
+        assert "secret-token-123" not in text
+        scoring = json.loads(text)["scoring"]
+        assert all(isinstance(v, int) for v in scoring.values()), scoring
+    finally:
+        await front.close()
+        await good.close()

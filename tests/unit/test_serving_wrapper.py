@@ -94,6 +94,22 @@ def test_archives_and_file_uris_are_unpacked_once(packages, tmp_path: Path, load
         fetch_package("ftp://host/x.tar.gz", tmp_path)
 
 
+def test_a_package_whose_sha256_differs_is_refused(packages, tmp_path: Path, monkeypatch, capfd) -> None:
+    """The SeldonDeployment names the registered package's sha256 (CDL_PACKAGE_SHA256): an archive
+    replaced in the artifact store must not be loaded, its code must not even be unpacked."""
+    pkg = packages["ok"]
+    monkeypatch.setenv("CDL_PACKAGE_SHA256", "0" * 64)
+    model = CdlPredictor(model_package=pkg.uri, predictor=NUMPY_PREDICTOR, cache_dir=str(tmp_path))
+    with pytest.raises(RuntimeError, match="sha256 mismatch"):
+        model.load()
+    assert not model.ready and "sha256 mismatch" in capfd.readouterr().err
+    assert not any(p.is_dir() for p in tmp_path.iterdir())  # nothing unpacked
+    monkeypatch.setenv("CDL_PACKAGE_SHA256", pkg.sha256)
+    good = CdlPredictor(model_package=pkg.uri, predictor=NUMPY_PREDICTOR, cache_dir=str(tmp_path))
+    good.load()
+    assert list(good.predict([[0, 0, 3.0, 0]])) == ["gamma"]
+
+
 @pytest.mark.parametrize(
     ("X", "message"),
     [
@@ -124,6 +140,8 @@ def test_row_conversions() -> None:
     assert validate_rows([list(range(784))], "tensor", (28, 28)) == [list(range(784))]  # flattened image
     with pytest.raises(InvalidInput, match="takes text"):
         validate_rows([[1, 2]], "text", None)
+    with pytest.raises(InvalidInput, match="binData is not UTF-8 text"):  # not garbage text for a text model
+        as_rows(b"\xff\xfe\x00binary")
 
 
 def test_a_failing_load_names_the_reason(packages, capfd) -> None:

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from cdl.engines.base import ResourceKey
-from cdl.engines.local.training.engine import check_entrypoint, run_id_for
-from cdl.engines.local.training.runner import human_bytes, metric_lookup, parse_quantity
-from cdl.engines.local.training.state import (
+from cdl.engines.training.local.engine import check_entrypoint, run_id_for
+from cdl.engines.training.local.runner import human_bytes, metric_lookup, parse_quantity
+from cdl.engines.training.local.state import (
     Checkpoint,
     RunState,
     TrialState,
@@ -19,7 +19,7 @@ from cdl.engines.local.training.state import (
     load,
     save,
 )
-from cdl.engines.local.training.trial_process import read_events
+from cdl.engines.training.local.trial_process import read_events
 from cdl.errors import InvalidSpec
 
 
@@ -105,8 +105,8 @@ def test_read_events_leaves_a_half_written_line_for_later(tmp_path: Path) -> Non
 def test_status_maps_paused_asha_trials_and_progress(tmp_path: Path) -> None:
     from cdl.api.experiment import ExperimentSpec
     from cdl.engines.base import JobState
-    from cdl.engines.local.training import searchers
-    from cdl.engines.local.training.status import build_status
+    from cdl.engines.training.local import searchers
+    from cdl.engines.training.local.status import build_status
 
     spec = ExperimentSpec.model_validate({
         "model": {"path": "m", "entrypoint": "model_def:T"}, "hyperparameters": {"lr": 0.1},

@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from cdl.engines.local.training import hparams as hp
+from cdl.api.hyperparameters import hyperparameter_problems
+from cdl.engines.training.local import hparams as hp
 
 SPACE = {
     "lr": {"type": "log", "minval": -4, "maxval": -1, "base": 10},
@@ -70,6 +71,6 @@ def test_flatten_uses_dotted_names() -> None:
 
 
 def test_problems_reports_bad_definitions_with_paths() -> None:
-    found = dict(hp.problems({"lr": {"type": "log", "minval": 1, "maxval": 0}, "x": {"type": "nope"}}))
+    found = dict(hyperparameter_problems({"lr": {"type": "log", "minval": 1, "maxval": 0}, "x": {"type": "nope"}}))
     assert "spec.hyperparameters.lr.maxval" in found
     assert "spec.hyperparameters.x.type" in found

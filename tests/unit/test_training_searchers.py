@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from cdl.api.experiment import ExperimentSpec
-from cdl.engines.local.training import searchers
-from cdl.engines.local.training.state import PAUSED, RUNNING, SUCCEEDED, TrialState, Validation
+from cdl.engines.training.local import searchers
+from cdl.engines.training.local.state import PAUSED, RUNNING, SUCCEEDED, TrialState, Validation
 
 
 def spec(name: str, **searcher: Any) -> ExperimentSpec:

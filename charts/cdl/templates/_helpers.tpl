@@ -18,6 +18,15 @@ app.kubernetes.io/component: operator
 {{- if .Values.serviceAccount.create -}}{{ default (include "cdl.fullname" .) .Values.serviceAccount.name }}{{- else -}}{{ default "default" .Values.serviceAccount.name }}{{- end -}}
 {{- end -}}
 
+{{/* The operator's Secret rule: get only, by name when rbac.secretNames lists them. */}}
+{{- define "cdl.secretRule" -}}
+apiGroups: [""]
+resources: ["secrets"]
+verbs: ["get"]
+{{- with .Values.rbac.secretNames }}
+resourceNames: {{- toYaml . | nindent 2 }}
+{{- end }}
+
 {{/* Whether the operator runs as shards (several replicas, each owning a share). */}}
 {{- define "cdl.sharded" -}}
 {{- if or .Values.operator.shards.enabled (gt (int .Values.operator.replicas) 1) }}true{{- end }}

@@ -156,10 +156,10 @@ def generate(out_dir: Path) -> list[Path]:
 
 
 def stale(out_dir: Path) -> list[str]:
-    """Names of files in `out_dir` that differ from what the models generate."""
-    return [
-        f"{GROUP}_{info.plural}.yaml"
-        for info in KINDS
-        if not (out_dir / f"{GROUP}_{info.plural}.yaml").exists()
-        or (out_dir / f"{GROUP}_{info.plural}.yaml").read_text() != render(info)
-    ]
+    """Names of files in `out_dir` that differ from what the models generate, and CRD files of
+    the group there that no kind generates any more."""
+    expected = {f"{GROUP}_{info.plural}.yaml": info for info in KINDS}
+    differ = [name for name, info in expected.items()
+              if not (out_dir / name).exists() or (out_dir / name).read_text() != render(info)]
+    leftover = sorted(p.name for p in out_dir.glob(f"{GROUP}_*.yaml") if p.name not in expected)
+    return differ + leftover

@@ -16,7 +16,6 @@ from cdl.api.common import (
     SecretKeyRef,
     StatusModel,
 )
-from cdl.api.hyperparameters import hyperparameter_problems
 
 ENTRYPOINT = r"^[A-Za-z_][A-Za-z0-9_.]*(:[A-Za-z_][A-Za-z0-9_]*)?$|^[^\s:]+\.py$"
 
@@ -27,14 +26,40 @@ class DataBinding(CdlModel):
     commit: str = Field("", description="Pin a data version; empty = the latest Ready output.")
 
 
+class CodeBundle(CdlModel):
+    """The model code as `cdl push` / the GitLab job uploaded it (docs/cluster-path.md)."""
+
+    uri: Annotated[str, Field(pattern=r"^(s3://|file:///)\S+$")] = Field(
+        description="Where the bundle (.tar.gz) is in the artifact store.")
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] = Field(
+        description="sha256 of the bundle's bytes; the operator refuses a bundle that differs.")
+
+
+class GitRef(CdlModel):
+    """The commit the code was built from (GitLab: CI_PROJECT_URL and CI_COMMIT_SHA)."""
+
+    url: str | None = Field(None, description="The repository.")
+    commit: Annotated[str, Field(pattern=r"^[0-9a-f]{7,64}$")] = Field(description="The commit id.")
+
+
 class ModelCode(CdlModel):
-    path: Annotated[str, Field(min_length=1)] = Field(
-        description="Code directory (local engine; uploaded as model_dir to Determined)."
+    path: Annotated[str, Field(min_length=1)] | None = Field(
+        None, description="Code directory on the operator's machine (embedded platform); "
+        "on a cluster name a bundle instead.",
     )
+    bundle: CodeBundle | None = Field(
+        None, description="Content-addressed code bundle (cdl push); used instead of path when set.")
+    git: GitRef | None = Field(None, description="The commit the code comes from, recorded in lineage.")
     image: str | None = Field(None, description="Container image for the cluster.")
     entrypoint: Annotated[str, Field(pattern=ENTRYPOINT)] = Field(
         description="module:PyTorchTrialClass, module:function, or a script.py using the Core API."
     )
+
+    @model_validator(mode="after")
+    def _code(self) -> ModelCode:
+        if self.path is None and self.bundle is None:
+            raise ValueError("one of path (embedded platform) or bundle (cdl push) is required")
+        return self
 
 
 class Length(CdlModel):
@@ -63,6 +88,38 @@ class Asha(CdlModel):
     max_rungs: int = Field(5, ge=1, le=10, description="Number of rungs.")
 
 
+class PredictiveStopping(CdlModel):
+    """Stop a trial whose predicted final metric cannot win (learning-curve extrapolation)."""
+
+    min_completed_trials: int = Field(
+        3, ge=2, le=1000, description="Completed trials needed to calibrate the model; fewer: never stops."
+    )
+    min_validations: int = Field(3, ge=2, le=1000, description="Validations of a trial before it is predicted.")
+    quantile: float = Field(
+        1.0, gt=0, le=1,
+        description="Stop when the optimistic bound cannot beat this quantile of completed trials (1 = the best).",
+    )
+    confidence: float = Field(0.9, ge=0.5, lt=1, description="Level of the prediction interval.")
+
+
+class MedianStopping(CdlModel):
+    """Stop a trial whose best so far is worse than the completed trials' median at that length."""
+
+    min_completed_trials: int = Field(3, ge=1, le=1000, description="Completed trials needed before it stops any.")
+    warmup_validations: int = Field(2, ge=1, le=1000, description="Validations of a trial before it is compared.")
+
+
+class ResourceComparison(CdlModel):
+    """Stop a trial whose resource use per unit of metric gain is far above the completed trials' median."""
+
+    resource: Literal["cpuSeconds", "wallSeconds", "peakMemory"] = Field(
+        "cpuSeconds", description="Which resource figure of the trial's process tree."
+    )
+    factor: float = Field(3.0, gt=1, le=1000, description="How many times the median counts as far above.")
+    min_completed_trials: int = Field(3, ge=1, le=1000, description="Completed trials needed before it stops any.")
+    warmup_validations: int = Field(2, ge=2, le=1000, description="Validations of a trial before it is compared.")
+
+
 class EarlyStopping(CdlModel):
     """Application and resource metrics that stop a trial (performance-tuning thesis)."""
 
@@ -70,6 +127,9 @@ class EarlyStopping(CdlModel):
     min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as improvement.")
     max_trial_seconds: int | None = Field(None, ge=1, description="Wall-clock budget per trial.")
     max_trial_memory: Quantity | None = Field(None, description="Peak RSS budget of the trial's process tree.")
+    predict: PredictiveStopping | None = Field(None, description="Predictive stopping (needs searcher.maxLength).")
+    median: MedianStopping | None = Field(None, description="The median stopping rule.")
+    resources: ResourceComparison | None = Field(None, description="Resource use per metric gain, compared.")
 
 
 class Searcher(CdlModel):
@@ -90,6 +150,10 @@ class Searcher(CdlModel):
             raise ValueError("maxTrials: Invalid value: must be 1 when searcher.name is single")
         if self.asha is not None and self.name != "asha":
             raise ValueError("asha: Forbidden: only allowed when searcher.name is asha")
+        if self.early_stopping and self.early_stopping.predict and self.max_length is None:
+            raise ValueError(
+                "earlyStopping.predict: Invalid value: needs searcher.maxLength (the length whose metric is predicted)"
+            )
         return self
 
 
@@ -114,10 +178,6 @@ class ExperimentSpec(CdlModel):
     seed: int = Field(42, ge=0)
     checkpoint_storage: CheckpointStorage | None = None
     determined: FreeForm | None = Field(None, description="Raw Determined experiment-config overrides.")
-
-    def hyperparameter_problems(self) -> list[tuple[str, str]]:
-        """Problems in the Determined-syntax map (the CRD keeps it as a pass-through)."""
-        return hyperparameter_problems(self.hyperparameters, "spec.hyperparameters")
 
 
 class TrialCounts(StatusModel):

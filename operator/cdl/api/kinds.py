@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel
 
@@ -11,6 +12,17 @@ from cdl.api.datapipeline import DataPipelineSpec, DataPipelineStatus
 from cdl.api.deployment import DeploymentSpec, DeploymentStatus
 from cdl.api.experiment import ExperimentSpec, ExperimentStatus
 from cdl.api.modelversion import ModelVersionSpec, ModelVersionStatus
+
+
+def literal_values(annotation: Any) -> tuple[str, ...]:
+    """The values of the Literal inside an annotation such as `Literal["a", "b"] | None`."""
+    if get_origin(annotation) is Literal:
+        return tuple(get_args(annotation))
+    for arg in get_args(annotation):
+        found = literal_values(arg)
+        if found:
+            return found
+    return ()
 
 
 @dataclass(frozen=True)
@@ -31,12 +43,16 @@ class KindInfo:
     spec_model: type[BaseModel]
     status_model: type[BaseModel]
     description: str
-    phases: tuple[str, ...]
     columns: tuple[PrinterColumn, ...] = field(default=())
 
     group = GROUP
     version = VERSION
     api_version = API_VERSION
+
+    @property
+    def phases(self) -> tuple[str, ...]:
+        """The phases the status model allows (its `phase` Literal), in their order."""
+        return literal_values(self.status_model.model_fields["phase"].annotation)
 
     @property
     def crd_name(self) -> str:
@@ -54,7 +70,6 @@ DATAPIPELINE = KindInfo(
     spec_model=DataPipelineSpec,
     status_model=DataPipelineStatus,
     description="Versioned data collection, splitting, cleaning, validation and labeling.",
-    phases=("Pending", "Ingesting", "Processing", "Labeling", "Ready", "Failed"),
     columns=(
         PHASE,
         PrinterColumn("Train-Commit", ".status.outputs.train.commit", description="Latest train output commit"),
@@ -71,7 +86,6 @@ EXPERIMENT = KindInfo(
     spec_model=ExperimentSpec,
     status_model=ExperimentStatus,
     description="Hyperparameter search and (distributed) training running Determined code.",
-    phases=("Pending", "Submitted", "Running", "Completed", "Failed", "Canceled"),
     columns=(
         PHASE,
         PrinterColumn("Searcher", ".spec.searcher.name"),
@@ -90,7 +104,6 @@ MODELVERSION = KindInfo(
     spec_model=ModelVersionSpec,
     status_model=ModelVersionStatus,
     description="A registered, evaluated and gated version of a model.",
-    phases=("Pending", "Registering", "Evaluating", "Ready", "Rejected", "Failed"),
     columns=(
         PrinterColumn("Model", ".spec.model"),
         PrinterColumn("Version", ".status.version", "integer"),
@@ -109,7 +122,6 @@ DEPLOYMENT = KindInfo(
     spec_model=DeploymentSpec,
     status_model=DeploymentStatus,
     description="A served model with canary, shadow, scoring data and monitoring.",
-    phases=("Pending", "Deploying", "Available", "Degraded", "Failed"),
     columns=(
         PHASE,
         PrinterColumn("Model-Version", ".status.modelVersion"),

@@ -17,10 +17,10 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
+from cdl.api.kinds import KINDS as ALL_KINDS
 from cdl.cli.common import EXIT_PLATFORM, EXIT_USER, console, err_console, project_root
 
-KINDS = (("DataPipeline", "datapipelines"), ("Experiment", "experiments"), ("ModelVersion", "modelversions"),
-         ("Deployment", "deployments"))
+KINDS = tuple((info.kind, info.plural) for info in ALL_KINDS)
 SAMPLES = [
     "Shares in the bank rose after profits beat forecasts and the firm raised its dividend.",
     "The film won the best picture award at the ceremony and its star thanked the director.",
@@ -103,7 +103,7 @@ def bbc(
     else:
         console.print(f"[bold]1/6[/bold] offline BBC corpus already in {corpus}")
     console.print("[bold]2/6[/bold] preparing the serving environment (seldon-core in its own venv; first time only)")
-    _run([sys.executable, "-m", "cdl.engines.local.serving.venv"], timeout=1800)
+    _run([sys.executable, "-m", "cdl.engines.serving.local.venv"], timeout=1800)
     console.print("[bold]3/6[/bold] starting the embedded platform (API server, PostgreSQL, operator)")
     _run([sys.executable, "-m", "cdl.cli.main", "up", "--data-dir", str(data_dir)], cwd=root)
     kubeconfig = data_dir / "kubeconfig"

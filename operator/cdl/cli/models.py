@@ -12,6 +12,7 @@ from rich.table import Table
 
 from cdl.api.modelversion import STAGES
 from cdl.cli.common import EXIT_PLATFORM, EXIT_USER, OutputFormat, console, emit, err_console
+from cdl.cli.experiments import KBServiceOption, kb_get
 from cdl.cli.kube import Kube, KubeconfigOption, NamespaceOption
 
 
@@ -19,38 +20,24 @@ def report(
     name: str = typer.Argument(..., help="ModelVersion name."),
     namespace: str = NamespaceOption,
     kubeconfig: str = KubeconfigOption,
+    kb_service: str = KBServiceOption,
     output: OutputFormat = typer.Option(OutputFormat.table, "--output", "-o", help="table (Markdown), json or yaml."),
 ) -> None:
     """Print a ModelVersion's evaluation report: metrics, gates, confusion matrix, lineage, model card.
 
     Example: cdl report news-classifier-v1 > report.md
     """
-    mv = Kube(kubeconfig).get("ModelVersion", name, namespace)
-    evaluation = (mv.get("status") or {}).get("evaluation") or {}
-    uri = evaluation.get("reportUri")
-    if not uri:
-        err_console.print(f"ModelVersion {namespace}/{name} has no report yet (phase {mv.get('status', {}).get('phase')})")
+    mv = kb_get(kubeconfig, kb_service, f"/v1/namespaces/{namespace}/modelversions/{name}")
+    if not mv.get("report"):
+        err_console.print(f"ModelVersion {namespace}/{name} has no report yet (model {mv['model']} "
+                          f"v{mv['version']}, stage {mv.get('stage')})")
         raise typer.Exit(EXIT_USER)
     if output == OutputFormat.table:
-        console.print(read_uri(uri).decode(), markup=False, highlight=False)
+        text = kb_get(kubeconfig, kb_service, f"/v1/models/{mv['model']}/versions/{mv['version']}/report.md",
+                      text=True)
+        console.print(text, markup=False, highlight=False)
         return
-    report_json = json.loads(read_uri(uri.removesuffix(".md") + ".json"))
-    emit(report_json, output)
-
-
-def read_uri(uri: str) -> bytes:
-    """The bytes of an artifact (file:// or s3:// with the CDL_S3_* settings)."""
-    import tempfile
-    from pathlib import Path
-
-    from cdl.config import OperatorConfig
-    from cdl.engines.registry import EngineRegistry
-    from cdl.stores.artifacts import download_uri
-
-    with tempfile.TemporaryDirectory() as tmp:
-        dest = Path(tmp) / "artifact"
-        download_uri(uri, dest, s3=EngineRegistry(OperatorConfig.load())._s3())
-        return dest.read_bytes()
+    emit(mv["report"], output)
 
 
 def promote(
@@ -88,59 +75,54 @@ def lineage(
     name: str = typer.Argument(..., help="ModelVersion name."),
     namespace: str = NamespaceOption,
     kubeconfig: str = KubeconfigOption,
+    kb_service: str = KBServiceOption,
     output: OutputFormat = typer.Option(OutputFormat.table, "--output", "-o"),
 ) -> None:
     """Print the chain from the data commit to the deployments serving a ModelVersion.
 
     Example: cdl lineage news-classifier-v1
     """
-    kube = Kube(kubeconfig)
-    mv = kube.get("ModelVersion", name, namespace)
-    st = mv.get("status") or {}
-    lin = st.get("lineage") or {}
-    data = lin.get("data") or {}
-    deployments = [
-        d["metadata"]["name"] for d in kube.list("Deployment", namespace)
-        if any(t.get("modelVersion") == name for t in (d.get("status") or {}).get("traffic", []))
-    ]
-    chain = [
-        ("data", f"{data.get('repo', '?')}@{data.get('commit', '?')}"),
-        ("experiment", f"{lin.get('experiment', '?')} (run {lin.get('run', 1)})"),
-        ("trial", str(lin.get("trial", "?"))),
-        ("checkpoint", str(lin.get("checkpoint", "?"))),
-        ("code", f"git {((lin.get('code') or {}).get('gitCommit') or 'unknown')[:12]}, "
-                 f"image {(lin.get('code') or {}).get('image') or 'none'}"),
-        ("model version", f"{mv['spec']['model']} v{st.get('version', '?')} ({name}), stage {st.get('stage', '?')}"),
-        ("artifact", f"{(st.get('artifact') or {}).get('uri', '?')} sha256 {((st.get('artifact') or {}).get('sha256') or '?')[:12]}"),
-        ("deployments", ", ".join(deployments) or "none"),
-    ]
-    if emit(dict(chain), output):
+    mv = kb_get(kubeconfig, kb_service, f"/v1/namespaces/{namespace}/modelversions/{name}")
+    chain = mv["lineageChain"]
+    if emit(chain, output):
         return
-    for i, (what, value) in enumerate(chain):
-        console.print(f"{'  ' * 0}{'└─ ' if i else ''}[bold]{what}[/bold]: {value}", highlight=False)
+    for i, link in enumerate(chain):
+        detail = ", ".join(f"{k} {v}" for k, v in (link.get("detail") or {}).items() if v not in (None, ""))
+        console.print(f"{'  ' * i}{'└─ ' if i else ''}[bold]{link['kind']}[/bold]: {link['id']}"
+                      + (f" ({detail})" if detail else ""), highlight=False, markup=True)
 
 
 def monitor(
     name: str = typer.Argument(..., help="Deployment name."),
     namespace: str = NamespaceOption,
     kubeconfig: str = KubeconfigOption,
+    kb_service: str = KBServiceOption,
+    bucket: int = typer.Option(60, "--bucket", help="Seconds per row of the time series."),
     output: OutputFormat = typer.Option(OutputFormat.table, "--output", "-o"),
 ) -> None:
-    """Show a Deployment's scoring-data figures: requests, errors, latency, drift, retrains.
+    """Show a Deployment's scoring figures over time (requests, errors, latency) and its drift.
 
     Example: cdl monitor news-classifier
     """
-    dep = Kube(kubeconfig).get("Deployment", name, namespace)
-    st = dep.get("status") or {}
+    figures = kb_get(kubeconfig, kb_service, f"/v1/namespaces/{namespace}/deployments/{name}", bucket=bucket)
+    try:
+        st = Kube(kubeconfig).get("Deployment", name, namespace).get("status") or {}
+    except typer.Exit:
+        st = {}  # the resource is gone; its scoring data is still worth showing
     mon: dict[str, Any] = st.get("monitoring") or {}
-    if emit({"phase": st.get("phase"), "url": st.get("url"), "traffic": st.get("traffic"), **mon}, output):
+    if emit({**figures, "phase": st.get("phase"), "traffic": st.get("traffic"), "monitoring": mon}, output):
         return
-    table = Table(title=f"Deployment {namespace}/{name} ({st.get('phase')})")
-    for col in ("requests", "errors", "p50 ms", "p99 ms", "drift (PSI)", "drift detected", "last retrain"):
+    table = Table(title=f"Deployment {namespace}/{name} ({st.get('phase', 'no resource')}): "
+                        f"{figures['requests']} requests, {figures['errors']} errors")
+    for col in ("from", "requests", "errors", "shadow", "p50 ms", "p99 ms"):
         table.add_column(col)
-    table.add_row(*(str(mon.get(k, "-")) for k in
-                    ("requests", "errors", "p50Ms", "p99Ms", "drift", "driftDetected", "lastRetrain")))
+    for p in figures["series"]:
+        table.add_row(str(p["at"])[:19], str(p["requests"]), str(p["errors"]), str(p["shadow"]),
+                      f"{p['p50_ms']:.1f}", f"{p['p99_ms']:.1f}")
     console.print(table)
+    if mon:
+        console.print(f"  drift (PSI) {mon.get('drift', '-')}, detected {mon.get('driftDetected', '-')}, "
+                      f"last retrain {mon.get('lastRetrain', '-')}", highlight=False)
     for t in st.get("traffic", []):
         console.print(f"  {t.get('role', 'primary')}: {t['modelVersion']} {t['percent']}%")
 

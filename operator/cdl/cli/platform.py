@@ -8,6 +8,7 @@ the operator join the list later) and prints the `export KUBECONFIG=...` line on
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from rich.table import Table
 from cdl import embedded
 from cdl.cli.common import EXIT_OK, EXIT_PLATFORM, EXIT_USER, OutputFormat, console, err_console, project_root
 from cdl.devcluster import process
+from cdl.files import PRIVATE_UMASK, make_private
 
 DEFAULT_DATA_DIR = Path(".cdl")
 
@@ -120,6 +122,10 @@ def up(
         err_console.print(f"[red]--crds {crds} is not a directory[/red]")
         raise typer.Exit(EXIT_USER)
     crds_dir = crds if crds is not None else project_root() / "crds"
+    # the data directory holds every Secret (state.db), the API token and the databases: its
+    # owner's alone, and so is everything the platform's processes create in it
+    os.umask(PRIVATE_UMASK)
+    make_private(data_dir.resolve())
     ctx = UpContext(data_dir.resolve(), port, crds_dir if crds_dir.is_dir() else None)
     for component in PLATFORM_COMPONENTS:
         try:
@@ -168,6 +174,10 @@ def down(data_dir: Path = _data_dir_option()) -> None:
     """
     failed = False
     for component in reversed(PLATFORM_COMPONENTS):
+        if component.stop is process.stop:  # the last moment the API server answers
+            marked = embedded.mark_deployments_stopped(data_dir.resolve())
+            if marked:
+                err_console.print(f"deployments: {marked} marked Deploying until they answer again")
         try:
             stopped = component.stop(data_dir.resolve())
         except OSError as e:

@@ -30,6 +30,7 @@ class KubeClusterView:
         self.api = api_client or client.ApiClient()
         self.custom = client.CustomObjectsApi(self.api)
         self.core = client.CoreV1Api(self.api)
+        self.batch = client.BatchV1Api(self.api)
 
     def _call(self, fn, *args, **kwargs) -> Any:
         try:
@@ -91,3 +92,36 @@ class KubeClusterView:
         info = BY_KIND[kind]
         self._call(self.custom.patch_namespaced_custom_object, info.group, info.version, namespace, info.plural,
                    name, {"metadata": {"annotations": annotations}})
+
+    # ------------------------------------------------------------------ evaluation Jobs (JobLauncher)
+
+    def create_job(self, namespace: str, manifest: dict[str, Any]) -> None:
+        try:
+            self.batch.create_namespaced_job(namespace, manifest)
+        except ApiException as exc:
+            if exc.status == 409:  # created by an earlier pass
+                return
+            if exc.status in (400, 403, 422):
+                from cdl.errors import PermanentEngineError
+
+                raise PermanentEngineError(f"Kubernetes refused the evaluation Job {namespace}/"
+                                           f"{manifest['metadata']['name']}: {exc.status} {exc.reason}") from None
+            raise TransientError(f"Kubernetes API answered {exc.status} {exc.reason}") from None
+        except OSError as exc:
+            raise TransientError(f"Kubernetes API unreachable: {exc}") from None
+
+    def job_state(self, namespace: str, name: str) -> tuple[Any, str] | None:
+        from cdl.engines.base import JobState
+
+        job = self._call(self.batch.read_namespaced_job_status, name, namespace)
+        if job is None:
+            return None
+        status = job.status
+        for cond in (status.conditions or []) if status else []:
+            if cond.status == "True" and cond.type == "Complete":
+                return JobState.SUCCEEDED, cond.message or ""
+            if cond.status == "True" and cond.type == "Failed":
+                return JobState.FAILED, f"{cond.reason or 'Failed'}: {cond.message or ''}".strip(": ")
+        if status is not None and (status.active or 0) > 0:
+            return JobState.RUNNING, ""
+        return JobState.PENDING, ""

@@ -3,7 +3,7 @@
 kopf watches the four kinds and hands every event to `Controller.observe`, which keeps a slim
 copy of the object (metadata the reconcilers read, spec, status) and queues the key when its
 spec or annotations changed (HIGH priority) or when it is seen for the first time. Engines
-report changes of a resource's work through one channel each (`EngineRegistry.subscribe`),
+report changes of a resource's work through one channel each (`EngineChooser.subscribe`),
 which queues just that key (LOW). Workers of `workqueue.WorkQueue` (a fixed number per kind,
 so per engine) run the reconciler and write the status patch and Events themselves. Follow-ups
 are delayed adds of the same queue: `poll_seconds` while engine work runs (a safety net for
@@ -28,6 +28,7 @@ from cdl.api.common import GROUP, KEEP_ON_DELETE, VERSION
 from cdl.api.kinds import DATAPIPELINE, DEPLOYMENT, EXPERIMENT, MODELVERSION, KindInfo
 from cdl.controller import metrics
 from cdl.controller.events import EventPoster
+from cdl.controller.redaction import redact_data
 from cdl.controller.workqueue import HIGH, LOW, Key, WorkQueue
 from cdl.reconcile import datapipeline, deployment, experiment, modelversion, outcomes
 from cdl.reconcile.base import Context, Resource
@@ -198,7 +199,7 @@ class Controller:
         result, outcome = outcomes.run(module.reconcile, res, ctx)
         metrics.LATENCY.labels(info.kind).observe(time.perf_counter() - started)
         metrics.RECONCILES.labels(info.kind, outcome).inc()
-        changes = {k: _patch_value(res.status.get(k), v) for k, v in result.status.items()
+        changes = {k: redact_data(_patch_value(res.status.get(k), v)) for k, v in result.status.items()
                    if _empty_as_none(res.status.get(k)) != _empty_as_none(v)}
         if changes:  # only what changed: a pass that changes nothing writes nothing
             try:
@@ -256,19 +257,6 @@ class Controller:
             raise kopf.TemporaryError(f"{info.kind} {key[1]}/{key[2]} is cleaned up by its shard's owner", delay=2)
         cleanup_body(info, module, body, self.context)
         self.queue.forget(key)
-
-
-def _merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
-    """JSON merge patch (RFC 7386) of `patch` onto `base`, as the API server applies it."""
-    out = dict(base)
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        elif isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def _empty_as_none(value: Any) -> Any:

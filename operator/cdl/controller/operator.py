@@ -14,7 +14,7 @@ from cdl.api.common import GROUP
 from cdl.config import OperatorConfig
 from cdl.controller import handlers, metrics, redaction
 from cdl.controller.cluster import KubeClusterView, load_client_config
-from cdl.engines.registry import EngineRegistry
+from cdl.engines.chooser import EngineChooser
 from cdl.reconcile.base import Context
 
 log = logging.getLogger("cdl.operator")
@@ -29,12 +29,14 @@ def build_context(config: OperatorConfig, overrides: dict[str, dict[str, Any]] |
 
         database = Database(config.database_url)
         database.migrate()
-    from cdl.stores.artifacts import open_artifact_store
+    from cdl.stores.opener import open_artifact_store
 
-    artifacts = open_artifact_store(config.artifacts, s3=EngineRegistry(config)._s3())
-    engines = EngineRegistry(config, artifacts=artifacts, database=database, overrides=overrides)
-    return Context(config=config, cluster=cluster or KubeClusterView(), engines=engines, database=database,
-                   artifacts=artifacts)
+    artifacts = open_artifact_store(config.artifacts, s3=config.s3_settings())
+    engines = EngineChooser(config, artifacts=artifacts, database=database, overrides=overrides)
+    cluster = cluster or KubeClusterView()
+    if hasattr(cluster, "create_job"):  # evaluation Jobs are created through the controller's client
+        engines.job_launcher = cluster
+    return Context(config=config, cluster=cluster, engines=engines, database=database, artifacts=artifacts)
 
 
 def make_registry(config: OperatorConfig, controller: handlers.Controller) -> kopf.OperatorRegistry:
@@ -85,38 +87,111 @@ def make_shards(config: OperatorConfig) -> Any | None:
 def run(config: OperatorConfig, *, kubeconfig: str | None = None,
         overrides: dict[str, dict[str, Any]] | None = None,
         stop_flag: threading.Event | None = None, ready_flag: threading.Event | None = None) -> None:
-    """Run the operator until stopped (blocking)."""
+    """Run the operator until stopped (blocking).
+
+    Outside a pod the API server is the kubeconfig's: when the kubeconfig comes to name another
+    server (the embedded API server restarted on another port), the operator stops its watches
+    and starts again against the new one, rather than calling the old address for good."""
     redaction.install()
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # no line per timer tick
     if kubeconfig:
         os.environ["KUBECONFIG"] = kubeconfig  # kopf's own login reads it too
-    load_client_config(kubeconfig)
-    context = build_context(config, overrides)
-    shards = make_shards(config)
-    if shards is not None:
-        shards.start()
-    controller = handlers.Controller(context, config.poll_seconds, config.resync_seconds, shards=shards,
-                                     workers={**handlers.WORKERS, **config.workers})
-    controller.start()
-    if config.metrics_port:
-        metrics.serve(config.metrics_port)
-    if config.scoring_sink_port and context.database is not None:
-        from cdl.scoring_sink import serve_in_thread
+    watched = None if os.environ.get("KUBERNETES_SERVICE_HOST") else (kubeconfig or os.environ.get("KUBECONFIG"))
+    knowledge_base = None
+    try:
+        first = True
+        while True:
+            server = api_server_of(watched)
+            load_client_config(kubeconfig)
+            context = build_context(config, overrides)
+            shards = make_shards(config)
+            if shards is not None:
+                shards.start()
+            controller = handlers.Controller(context, config.poll_seconds, config.resync_seconds, shards=shards,
+                                             workers={**handlers.WORKERS, **config.workers})
+            controller.start()
+            if first:
+                if config.metrics_port:
+                    metrics.serve(config.metrics_port)
+                if config.scoring_sink_port and context.database is not None:
+                    from cdl.engines.serving.scoring_sink import serve_in_thread
 
-        serve_in_thread(context.database, config.scoring_sink_port)
-    liveness = f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port else None
-    log.info("cdl operator starting: namespaces=%s engines=%s shard=%s", config.namespaces or "all", config.engines,
-             config.shard_identity or "all")
-    asyncio.run(kopf.operator(
-        registry=make_registry(config, controller),
-        standalone=True,
-        clusterwide=not config.namespaces,
-        namespaces=config.namespaces or (),
-        liveness_endpoint=liveness,
-        stop_flag=stop_flag,
-        ready_flag=ready_flag,
-    ))
-    if controller.started:  # kopf stopped without its cleanup handlers
-        controller.stop()
-        if shards is not None:
-            shards.stop()
+                    serve_in_thread(context.database, config.scoring_sink_port)
+                if config.kb_port is not None and context.database is not None:
+                    from cdl.kb.service import serve_knowledge_base
+
+                    knowledge_base = serve_knowledge_base(config, context)
+            liveness = f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port and first else None
+            log.info("cdl operator starting: namespaces=%s engines=%s api=%s shard=%s", config.namespaces or "all",
+                     config.engines, server or "in-cluster", config.shard_identity or "all")
+            first = False
+            stop_now, ended, moved = threading.Event(), threading.Event(), threading.Event()
+            watcher = threading.Thread(target=_watch_api_server, args=(watched, server, stop_flag, stop_now, ended, moved),
+                                       name="cdl-api-server-watch", daemon=True)
+            watcher.start()
+            try:
+                asyncio.run(kopf.operator(
+                    registry=make_registry(config, controller),
+                    standalone=True,
+                    clusterwide=not config.namespaces,
+                    namespaces=config.namespaces or (),
+                    liveness_endpoint=liveness,
+                    stop_flag=stop_now,
+                    ready_flag=ready_flag,
+                ))
+            finally:
+                ended.set()
+                watcher.join(5)
+                if controller.started:  # kopf stopped without its cleanup handlers
+                    controller.stop()
+                    if shards is not None:
+                        shards.stop()
+            if not moved.is_set() or (stop_flag is not None and stop_flag.is_set()):
+                return
+            log.warning("the API server moved from %s to %s: reconnecting", server, api_server_of(watched))
+
+    finally:
+        if knowledge_base is not None:
+            knowledge_base.stop()
+
+def api_server_of(kubeconfig: str | None) -> str | None:
+    """The server URL of the kubeconfig's current context (None in a pod, or when unreadable)."""
+    if not kubeconfig:
+        return None
+    try:
+        import yaml
+
+        with open(kubeconfig) as fh:
+            data = yaml.safe_load(fh) or {}
+        context = next(c["context"] for c in data.get("contexts") or [] if c["name"] == data.get("current-context"))
+        return next(c["cluster"]["server"] for c in data.get("clusters") or [] if c["name"] == context["cluster"])
+    except (OSError, ValueError, KeyError, TypeError, StopIteration, yaml.YAMLError):
+        return None
+
+
+WATCH_SECONDS = 1.0
+
+
+def _watch_api_server(kubeconfig: str | None, server: str | None, stop_flag: threading.Event | None,
+                      stop_now: threading.Event, ended: threading.Event, moved: threading.Event) -> None:
+    """Set `stop_now` when the caller stops the operator or the kubeconfig names another server
+    (read again only when the file changed)."""
+    seen = None
+    while not ended.wait(WATCH_SECONDS if stop_flag is None else 0.1):
+        if stop_flag is not None and stop_flag.is_set():
+            stop_now.set()
+            return
+        if not (kubeconfig and server):
+            continue
+        try:
+            stamp = os.stat(kubeconfig).st_mtime_ns
+        except OSError:
+            continue
+        if stamp == seen:
+            continue
+        seen = stamp
+        now = api_server_of(kubeconfig)
+        if now and now != server:
+            moved.set()
+            stop_now.set()
+            return

@@ -16,18 +16,19 @@ from pathlib import Path
 
 from cdl.devcluster.auth import load_or_create_token
 from cdl.devcluster.server import start_server
+from cdl.files import PRIVATE_UMASK, make_private, write_atomic
 
 
 def _write_state(data_dir: Path, host: str, port: int, url: str, ca_file: Path | None) -> None:
     state = {"pid": os.getpid(), "host": host, "port": port, "url": url,
              "ca_file": str(ca_file) if ca_file else None}
-    tmp = data_dir / "server.json.tmp"
-    tmp.write_text(json.dumps(state))
-    os.replace(tmp, data_dir / "server.json")
+    write_atomic(data_dir / "server.json", json.dumps(state))
 
 
 async def serve(args: argparse.Namespace) -> None:
+    os.umask(PRIVATE_UMASK)  # state.db holds every Secret: nothing here is for other users
     data_dir = Path(args.data_dir).resolve()
+    make_private(data_dir)
     token = load_or_create_token(Path(args.token_file) if args.token_file else data_dir / "token")
     running = await start_server(data_dir, token, args.host, args.port, args.history_size,
                                  args.bookmark_interval, args.access_log, tls=not args.insecure_http)

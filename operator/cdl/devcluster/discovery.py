@@ -66,6 +66,9 @@ def resource_list(registry: Registry, group: str, version: str) -> dict[str, Any
         if rt.scale:
             resources.append({"name": f"{rt.plural}/scale", "singularName": "", "namespaced": rt.namespaced,
                               "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": STATUS_VERBS})
+        for sub, group, ver, kind, verbs in rt.extra_subresources:
+            resources.append({"name": f"{rt.plural}/{sub}", "singularName": "", "namespaced": rt.namespaced,
+                              "group": group, "version": ver, "kind": kind, "verbs": verbs})
     gv = f"{group}/{version}" if group else version
     return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}
 
@@ -86,6 +89,9 @@ def _aggregated_resource(rt: ResourceType, version: str) -> dict[str, Any]:
     if rt.scale:
         subresources.append({"subresource": "scale", "verbs": STATUS_VERBS,
                              "responseKind": {"group": "autoscaling", "version": "v1", "kind": "Scale"}})
+    for sub, group, ver, sub_kind, verbs in rt.extra_subresources:
+        subresources.append({"subresource": sub, "verbs": verbs,
+                             "responseKind": {"group": group, "version": ver, "kind": sub_kind}})
     if subresources:
         entry["subresources"] = subresources
     return entry

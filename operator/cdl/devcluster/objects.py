@@ -17,9 +17,9 @@ from typing import Any, Protocol
 
 import yaml
 
+from cdl.devcluster import defaulting, fieldmanager, kube_schema, schema, validation
 from cdl.devcluster import patch as patches
 from cdl.devcluster import scale as scales
-from cdl.devcluster import schema
 from cdl.devcluster.errors import (
     ApiError,
     Cause,
@@ -33,6 +33,7 @@ from cdl.devcluster.jsonutil import clone, loads
 from cdl.devcluster.registry import (
     CRD_KEY,
     NAMESPACE_KEY,
+    SERVICE_ACCOUNT_KEY,
     Registry,
     ResourceType,
     crd_names_problem,
@@ -58,7 +59,13 @@ class WriteOptions:
     field_validation: str = ""  # Strict | Warn | Ignore ("" = Warn)
     field_manager: str = ""
     force: bool = False
+    user_agent: str = ""
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def manager(self) -> str:
+        """The field manager of an update: `fieldManager`, else the User-Agent's product name."""
+        return self.field_manager or self.user_agent.split("/", 1)[0].strip() or "unknown"
 
 
 @dataclass
@@ -85,8 +92,10 @@ def _spec_part(obj: dict[str, Any], drop_status: bool) -> dict[str, Any]:
     return {k: v for k, v in obj.items() if k != "metadata" and not (drop_status and k == "status")}
 
 
-def apply_patch_body(current: dict[str, Any], ctype: str, body: Any, builtin: bool) -> dict[str, Any]:
-    """`current` changed by a merge, JSON or strategic patch body (415 for other types)."""
+def apply_patch_body(current: dict[str, Any], ctype: str, body: Any, builtin: bool,
+                     schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`current` changed by a merge, JSON or strategic patch body (415 for other types);
+    `schema` gives a strategic merge the kind's list merge keys."""
     if ctype == patches.MERGE_PATCH:
         if not isinstance(body, dict):
             raise bad_request("json: cannot unmarshal the patch into an object: a merge patch must be a JSON object")
@@ -100,7 +109,7 @@ def apply_patch_body(current: dict[str, Any], ctype: str, body: Any, builtin: bo
                            "application/apply-patch+yaml")
         if not isinstance(body, dict):
             raise bad_request("a strategic merge patch must be a JSON object")
-        new = patches.strategic_merge(current, body)
+        new = patches.strategic_merge(current, body, schema)
     else:
         raise ApiError(415, f"the body of the request was in an unknown format - accepted media types include: "
                        f"{patches.JSON_PATCH}, {patches.MERGE_PATCH}, {patches.APPLY_PATCH}"
@@ -108,6 +117,19 @@ def apply_patch_body(current: dict[str, Any], ctype: str, body: Any, builtin: bo
     if not isinstance(new, dict):
         raise ApiError(422, "the patched object is not a JSON object")
     return new
+
+
+def _unknown_fields(rt: ResourceType, version: str, dropped: list[str], opts: WriteOptions) -> None:
+    """Fields the schema does not know were dropped: refuse (Strict), warn (Warn, the default) or
+    say nothing (Ignore), as kube's fieldValidation does."""
+    if not dropped:
+        return
+    unknown = ", ".join(f'unknown field "{p}"' for p in dropped)
+    if opts.field_validation == "Strict":
+        raise bad_request(f"{rt.kind} in version \"{version}\" cannot be handled as a {rt.kind}: "
+                          f"strict decoding error: {unknown}")
+    if opts.field_validation != "Ignore":
+        opts.warnings += [f'unknown field "{p}"' for p in dropped]
 
 
 def _drop_empty_metadata(meta: dict[str, Any]) -> None:
@@ -152,7 +174,9 @@ class Api:
         return out
 
     # --- create ---------------------------------------------------------------------------
-    def create(self, rt: ResourceType, version: str, ns: str, body: Any, opts: WriteOptions) -> dict[str, Any]:
+    def create(self, rt: ResourceType, version: str, ns: str, body: Any, opts: WriteOptions,
+               managed: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """`managed`: the managedFields an apply computed; an ordinary create owns every field."""
         if not isinstance(body, dict):
             raise bad_request("the body of the request must be a JSON object")
         obj = clone(body)
@@ -175,7 +199,7 @@ class Api:
                 if self.store.get(rt.key, ns if rt.namespaced else "", meta["name"]) is None:
                     break
         name = meta["name"]
-        causes = schema.validate_name(name) if isinstance(name, str) else [
+        causes = schema.validate_name(name, rt.key) if isinstance(name, str) else [
             Cause("FieldValueInvalid", "Invalid value: must be a string", "metadata.name")]
         if causes:
             raise invalid(rt.kind, rt.group, str(name), causes)
@@ -186,11 +210,19 @@ class Api:
             meta.pop(k, None)
         if rt.status_subresource and rt.key != CRD_KEY:
             obj.pop("status", None)
-        self._prepare(rt, version, obj, None, opts)
-        _drop_empty_metadata(meta)
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = now_rfc3339()
         meta["generation"] = 1
+        self._prepare(rt, version, obj, None, opts)
+        _drop_empty_metadata(meta)
+        if managed is None:
+            now = meta["creationTimestamp"]
+            entries = fieldmanager.record_update(
+                {}, fieldmanager.object_leaves(obj, self._field_schema(rt, version), "", rt.status_subresource),
+                [], opts.manager, "", rt.api_version(version), now)
+            managed = fieldmanager.write_entries(entries)
+        if managed:
+            meta["managedFields"] = managed
         if opts.dry_run:
             return obj
         rv = self.store.next_rv()
@@ -198,7 +230,17 @@ class Api:
         self.store.put(rt.key, meta.get("namespace", ""), name, obj, rv)
         self.events.publish(Event("ADDED", rt.key, meta.get("namespace", ""), rv, obj))
         self._after_write(rt, obj)
+        if rt.key == NAMESPACE_KEY:
+            self.ensure_default_service_account(name)
         return obj
+
+    def ensure_default_service_account(self, namespace: str) -> None:
+        """Every namespace has a `default` ServiceAccount, as kube's service account controller
+        makes sure (`kubectl create token default`, pods' serviceAccountName)."""
+        sa = self.registry.by_key(SERVICE_ACCOUNT_KEY)
+        if sa is not None and self.store.get(SERVICE_ACCOUNT_KEY, namespace, "default") is None:
+            self.create(sa, "v1", namespace, {"metadata": {"name": "default"}},
+                        WriteOptions(field_manager="kube-controller-manager"))
 
     # --- update ---------------------------------------------------------------------------
     def replace(self, rt: ResourceType, version: str, ns: str, name: str, body: Any, opts: WriteOptions,
@@ -224,9 +266,12 @@ class Api:
         ctype = content_type.split(";")[0].strip().lower()
         if ctype == patches.APPLY_PATCH:
             try:
-                body = yaml.safe_load(raw) if raw else None
-            except yaml.YAMLError as e:
-                raise bad_request(f"error decoding YAML: {e}")
+                body = loads(raw) if raw else None  # kubectl, helm and client-go send JSON
+            except ValueError:
+                try:
+                    body = yaml.safe_load(raw)
+                except yaml.YAMLError as e:
+                    raise bad_request(f"error decoding YAML: {e}")
         else:
             try:
                 body = loads(raw) if raw else None
@@ -241,18 +286,24 @@ class Api:
             if st is None:
                 if subresource:
                     raise not_found(rt.plural, rt.group, name)
+                self._check_type(rt, version, body)
                 body.setdefault("metadata", {}).setdefault("name", name)
-                return self.create(rt, version, ns, body, opts), True
+                new, entries = fieldmanager.apply(
+                    None, body, self._field_schema(rt, version), opts.field_manager, "", rt.status_subresource,
+                    opts.force, rt.api_version(version), now_rfc3339())
+                return self.create(rt, version, ns, new, opts, fieldmanager.write_entries(entries)), True
             self._check_type(rt, version, body)
-            base = clone(st.obj)
-            base.get("metadata", {}).pop("resourceVersion", None)
-            applied = {**body, "metadata": {k: v for k, v in (body.get("metadata") or {}).items()
-                                            if k not in ("resourceVersion", "managedFields")}}
-            new = patches.apply_patch(base, applied, rt.builtin)
-            new.setdefault("metadata", {})["resourceVersion"] = str(st.rv)
-            return self._update(rt, version, st, new, opts, subresource), False
+            wanted_rv = (body.get("metadata") or {}).get("resourceVersion")
+            config = {**body, "metadata": {k: v for k, v in (body.get("metadata") or {}).items()
+                                           if k not in ("resourceVersion", "managedFields")}}
+            new, entries = fieldmanager.apply(
+                st.obj, config, self._field_schema(rt, version), opts.field_manager, subresource,
+                rt.status_subresource, opts.force, rt.api_version(version), now_rfc3339())
+            new.setdefault("metadata", {})["resourceVersion"] = str(wanted_rv or st.rv)
+            return self._update(rt, version, st, new, opts, subresource, fieldmanager.write_entries(entries)), False
         old = self.get(rt, ns, name)
-        new = apply_patch_body(clone(old.obj), ctype, body, rt.builtin)
+        new = apply_patch_body(clone(old.obj), ctype, body, rt.builtin,
+                               self._field_schema(rt, version) if rt.builtin else None)
         return self._update(rt, version, old, new, opts, subresource), False
 
     def scale(self, rt: ResourceType, version: str, ns: str, name: str, method: str, content_type: str,
@@ -279,10 +330,13 @@ class Api:
         scales.set_path(new, rt.scale.spec_replicas, replicas)
         wanted_rv = (changed.get("metadata") or {}).get("resourceVersion") if isinstance(changed, dict) else None
         new["metadata"]["resourceVersion"] = wanted_rv or str(old.rv)
-        return scales.to_scale(rt, self._update(rt, version, old, new, opts, ""))
+        return scales.to_scale(rt, self._update(rt, version, old, new, opts, "", owner_subresource="scale"))
 
     def _update(self, rt: ResourceType, version: str, old: Stored, new: dict[str, Any], opts: WriteOptions,
-                subresource: str) -> dict[str, Any]:
+                subresource: str, managed: list[dict[str, Any]] | None = None,
+                owner_subresource: str | None = None) -> dict[str, Any]:
+        """`managed`: the managedFields an apply computed; an ordinary update records its own
+        (under `owner_subresource`, e.g. "scale", when that is not `subresource`)."""
         if subresource and subresource != "status":
             raise not_found(rt.plural, rt.group, old.obj["metadata"]["name"])
         if subresource == "status" and not rt.status_subresource:
@@ -316,7 +370,7 @@ class Api:
                 meta[k] = old_meta[k]
             else:
                 meta.pop(k, None)
-        meta.pop("managedFields", None)
+        sent_managed = meta.pop("managedFields", None) if subresource != "status" else None
         meta.pop("selfLink", None)
         self._prepare(rt, version, result, old.obj, opts)
         if old_meta.get("deletionTimestamp"):
@@ -328,7 +382,26 @@ class Api:
         if _spec_part(result, rt.status_subresource) != _spec_part(old.obj, rt.status_subresource):
             meta["generation"] = int(old_meta.get("generation", 1)) + 1
         _drop_empty_metadata(meta)
-        if _comparable(result) == _comparable(old.obj):
+        if managed is None:
+            schema = self._field_schema(rt, version)
+            entries = fieldmanager.read_entries(old.obj)
+            if isinstance(sent_managed, list) and sent_managed and \
+                    fieldmanager.comparable(sent_managed) != fieldmanager.comparable(old_meta.get("managedFields")):
+                # the client rewrote ownership (kubectl's client-side to server-side apply
+                # migration); `[{}]` clears it, as in kube
+                entries = [] if sent_managed == [{}] else fieldmanager.read_entries(
+                    {"metadata": {"managedFields": sent_managed}})
+            entries = fieldmanager.record_update(
+                fieldmanager.object_leaves(old.obj, schema, subresource, rt.status_subresource),
+                fieldmanager.object_leaves(result, schema, subresource, rt.status_subresource),
+                entries, opts.manager,
+                subresource if owner_subresource is None else owner_subresource, rt.api_version(version),
+                now_rfc3339())
+            managed = fieldmanager.write_entries(entries)
+        if managed:
+            meta["managedFields"] = managed
+        if _comparable(result) == _comparable(old.obj) and fieldmanager.comparable(managed) == \
+                fieldmanager.comparable(old_meta.get("managedFields")):
             return old.obj
         if opts.dry_run:
             return result
@@ -396,6 +469,14 @@ class Api:
         return obj
 
     # --- helpers --------------------------------------------------------------------------
+    def _field_schema(self, rt: ResourceType, version: str) -> dict[str, Any]:
+        """The schema field ownership and apply follow (list keys, sets, atomic maps)."""
+        if rt.builtin:
+            name = kube_schema.definition_name(rt.group, version, rt.kind)
+            return fieldmanager.root_schema({"$ref": kube_schema.REF_PREFIX + name} if name else None)
+        info = rt.version(version)
+        return fieldmanager.root_schema(info.schema if info else None)
+
     def _check_type(self, rt: ResourceType, version: str, obj: dict[str, Any]) -> None:
         expected = rt.api_version(version)
         api_version = obj.get("apiVersion")
@@ -434,17 +515,29 @@ class Api:
         elif rt.key == CRD_KEY:
             self._prepare_crd(obj, old)
         info = rt.version(version)
-        if not rt.builtin and info is not None and info.schema:
+        if rt.builtin:
+            self._prepare_builtin(rt, version, obj, old, opts)
+        elif info is not None and info.schema:
             dropped, causes = schema.process(obj, info.schema)
             if causes:
                 raise invalid(rt.kind, rt.group, name, causes)
-            if dropped:
-                unknown = ", ".join(f'unknown field "{p}"' for p in dropped)
-                if opts.field_validation == "Strict":
-                    raise bad_request(f"{rt.kind} in version \"{version}\" cannot be handled as a {rt.kind}: "
-                                      f"strict decoding error: {unknown}")
-                if opts.field_validation != "Ignore":
-                    opts.warnings += [f'unknown field "{p}"' for p in dropped]
+            _unknown_fields(rt, version, dropped, opts)
+
+    def _prepare_builtin(self, rt: ResourceType, version: str, obj: dict[str, Any], old: dict[str, Any] | None,
+                         opts: WriteOptions) -> None:
+        """Decode as kube's typed decoder would (unknown fields dropped or refused, wrong types
+        refused), then default, give a new object its initial status, and validate."""
+        def_name = kube_schema.definition_name(rt.group, version, rt.kind)
+        if def_name is not None:
+            try:
+                dropped = kube_schema.decode(obj, def_name)
+            except kube_schema.TypeMismatch as e:
+                raise bad_request(f'{rt.kind} in version "{version}" cannot be handled as a {rt.kind}: {e}')
+            _unknown_fields(rt, version, dropped, opts)
+        defaulting.apply(rt.key, obj, old, lambda: (st.obj for st in self.store.items(rt.key)))
+        causes = validation.validate(rt.key, obj)
+        if causes:
+            raise invalid(rt.kind, rt.group, obj["metadata"].get("name", ""), causes)
 
     def _prepare_crd(self, crd: dict[str, Any], old: dict[str, Any] | None) -> None:
         problem = crd_names_problem(crd)

@@ -1,9 +1,11 @@
-"""Just enough OpenAPI for kubectl to leave validation to the server.
+"""OpenAPI documents: enough for kubectl to leave validation to the server, and to explain kinds.
 
 kubectl 1.35 reads the v3 index; for each group-version we publish the `patch` operations with
 their group-version-kind and the `fieldValidation` query parameter (kubectl then sends
-fieldValidation=Strict and we validate), plus CRD schemas so `kubectl explain` has something to
-say. kubectl 1.20 reads /openapi/v2 as protobuf: an empty, valid document is enough for it.
+fieldValidation=Strict and we validate), plus the schemas of every kind -- kube's own
+definitions for built-ins (kube_schema), the CRD's schema for custom kinds -- so
+`kubectl explain pods.spec.containers` works. kubectl 1.20 reads /openapi/v2 as protobuf: an
+empty, valid document is enough for it; the JSON form carries the built-in definitions.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from cdl.devcluster import kube_schema
 from cdl.devcluster.jsonutil import dumps
 from cdl.devcluster.registry import Registry, ResourceType
 
@@ -26,6 +29,13 @@ def _pb_string(field: int, value: str) -> bytes:
 # openapi_v2.Document{swagger: "2.0", info: {title: "Kubernetes", version: "v1.35.2"}}
 EMPTY_V2_PROTOBUF = _pb_string(1, "2.0") + bytes([(2 << 3) | 2, 21]) + _pb_string(1, "Kubernetes") + _pb_string(2, "v1.35.2")
 EMPTY_V2_JSON = {"swagger": "2.0", "info": INFO, "paths": {}, "definitions": {}}
+
+
+def v2_document(registry: Registry) -> dict[str, Any]:
+    """Swagger 2.0 JSON: the definitions of every served built-in kind (and what they use)."""
+    names = [n for rt in registry.all() if rt.builtin for v in rt.versions
+             if (n := kube_schema.definition_name(rt.group, v.name, rt.kind))]
+    return {**EMPTY_V2_JSON, "definitions": kube_schema.openapi_schemas(names, "#/definitions/")}
 
 
 def gv_path(group: str, version: str) -> str:
@@ -45,7 +55,8 @@ def gv_document(registry: Registry, group: str, version: str) -> dict[str, Any] 
     schemas: dict[str, Any] = {}
     for rt in types:
         gvk = {"group": rt.group, "version": version, "kind": rt.kind}
-        name = _schema_name(rt, version)
+        builtin_def = kube_schema.definition_name(rt.group, version, rt.kind) if rt.builtin else None
+        name = builtin_def or _schema_name(rt, version)
         prefix = f"/{gv_path(group, version)}"
         item = (f"{prefix}/namespaces/{{namespace}}/{rt.plural}/{{name}}" if rt.namespaced
                 else f"{prefix}/{rt.plural}/{{name}}")
@@ -62,6 +73,9 @@ def gv_document(registry: Registry, group: str, version: str) -> dict[str, Any] 
             "x-kubernetes-group-version-kind": gvk,
         }
         paths[item] = {"patch": op}
+        if builtin_def:
+            schemas.update(kube_schema.openapi_schemas([builtin_def]))
+            continue
         info = rt.version(version)
         body: dict[str, Any] = dict(info.schema) if info and info.schema else {
             "type": "object", "x-kubernetes-preserve-unknown-fields": True}

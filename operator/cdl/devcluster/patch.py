@@ -1,5 +1,5 @@
-"""The four PATCH flavours: JSON merge (RFC 7386), JSON patch (RFC 6902), strategic merge
-(an approximation of kube's, for built-in kinds) and server-side apply (create-or-merge).
+"""Three PATCH flavours: JSON merge (RFC 7386), JSON patch (RFC 6902) and strategic merge (an
+approximation of kube's, for built-in kinds). Server-side apply, the fourth, is fieldmanager.py.
 
 All functions are pure: they return a new document and never change their inputs.
 """
@@ -9,7 +9,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from cdl.devcluster import kube_schema
 from cdl.devcluster.errors import ApiError, bad_request
+from cdl.merge_patch import merge_patch as merge_patch  # RFC 7386, the one copy; re-exported
 
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
@@ -23,19 +25,6 @@ class PatchError(ApiError):
 
     def __init__(self, message: str) -> None:
         super().__init__(422, message)
-
-
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386: objects merge, `null` removes, anything else replaces."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = merge_patch(result.get(key), value)
-    return result
 
 
 # --- JSON patch -------------------------------------------------------------------------------
@@ -166,12 +155,34 @@ def _merge_key(field_name: str, items: list[Any]) -> str | None:
     return None
 
 
-def _merge_list(field_name: str, original: list[Any], patch: list[Any]) -> list[Any]:
-    if field_name in PRIMITIVE_MERGE:
+def _child_schema(schema: dict[str, Any] | None, key: str) -> dict[str, Any] | None:
+    """The schema of field `key`, or None (unknown: the name-based rules apply)."""
+    if schema is None:
+        return None
+    s = kube_schema.resolve(schema)
+    props = s.get("properties") or {}
+    if key in props:
+        return props[key]
+    extra = s.get("additionalProperties")
+    return extra if isinstance(extra, dict) else None
+
+
+def _merge_list(field_name: str, original: list[Any], patch: list[Any],
+                schema: dict[str, Any] | None = None) -> list[Any]:
+    items_schema = None
+    if schema is not None:  # the kind's own patch strategy and merge key
+        s = kube_schema.resolve(schema)
+        merge = "merge" in (s.get("x-kubernetes-patch-strategy") or "")
+        key = s.get("x-kubernetes-patch-merge-key") if merge else None
+        items_schema = s.get("items") if isinstance(s.get("items"), dict) else None
+        primitive = merge and not key
+    else:
+        primitive = field_name in PRIMITIVE_MERGE
+        key = None if primitive else _merge_key(field_name, original + patch)
+    if primitive:
         out = list(original)
         out.extend(v for v in patch if v not in out)
         return out
-    key = _merge_key(field_name, original + patch)
     if key is None:
         if any(isinstance(i, dict) and i.get("$patch") == "replace" for i in patch):
             return [i for i in patch if not (isinstance(i, dict) and "$patch" in i)]
@@ -188,16 +199,17 @@ def _merge_list(field_name: str, original: list[Any], patch: list[Any]) -> list[
                 out.pop(idx)
             continue
         if idx is None:
-            out.append(strategic_merge({}, item))
+            out.append(strategic_merge({}, item, items_schema))
         else:
-            out[idx] = strategic_merge(out[idx], item)
+            out[idx] = strategic_merge(out[idx], item, items_schema)
     return out
 
 
-def strategic_merge(original: Any, patch: Any) -> Any:
-    """kube's strategic merge, approximated: maps merge, `null` deletes, lists of objects with a
-    merge key merge by it, other lists are replaced; `$patch`, `$retainKeys`,
-    `$setElementOrder/` and `$deleteFromPrimitiveList/` directives are understood."""
+def strategic_merge(original: Any, patch: Any, schema: dict[str, Any] | None = None) -> Any:
+    """kube's strategic merge: maps merge, `null` deletes, lists merge by their patch merge key
+    (the kind's schema: `x-kubernetes-patch-strategy`/`-merge-key`; without one, by well-known
+    field names), other lists are replaced; `$patch`, `$retainKeys`, `$setElementOrder/` and
+    `$deleteFromPrimitiveList/` directives are understood."""
     if not isinstance(patch, dict):
         return copy.deepcopy(patch)
     if patch.get("$patch") == "replace":
@@ -217,15 +229,15 @@ def strategic_merge(original: Any, patch: Any) -> Any:
         if value is None:
             result.pop(key, None)
         elif isinstance(value, dict):
-            merged = strategic_merge(result.get(key), value)
+            merged = strategic_merge(result.get(key), value, _child_schema(schema, key))
             if merged is None:
                 result.pop(key, None)
             else:
                 result[key] = merged
         elif isinstance(value, list) and isinstance(result.get(key), list):
-            result[key] = _merge_list(key, result[key], value)
+            result[key] = _merge_list(key, result[key], value, _child_schema(schema, key))
         elif isinstance(value, list):
-            result[key] = _merge_list(key, [], value)
+            result[key] = _merge_list(key, [], value, _child_schema(schema, key))
         else:
             result[key] = copy.deepcopy(value)
     if isinstance(retain, list):
@@ -247,10 +259,3 @@ def _reorder(result: dict[str, Any], name: str, order: list[Any]) -> None:
     else:
         rank = {v: n for n, v in enumerate(order)}
         items.sort(key=lambda v: rank.get(v, len(rank)))
-
-
-def apply_patch(current: dict[str, Any] | None, applied: dict[str, Any], builtin: bool) -> dict[str, Any]:
-    """Server-side apply without field ownership: create, or merge the applied configuration."""
-    if current is None:
-        return copy.deepcopy(applied)
-    return strategic_merge(current, applied) if builtin else merge_patch(current, applied)

@@ -14,7 +14,6 @@ import base64
 import contextlib
 import json
 import os
-import signal
 import socket
 import ssl
 import subprocess
@@ -32,6 +31,8 @@ import yaml
 
 from cdl.devcluster.auth import load_or_create_token
 from cdl.devcluster.tls import client_context
+from cdl.files import make_private
+from cdl.processes import alive, stop_group
 
 LOG_NAME = "devcluster.log"
 CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
@@ -154,18 +155,6 @@ def install_crds(url: str, token: str, crds_dir: Path, ca_file: Path | None = No
 
 # --- background process -------------------------------------------------------------------------
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child of ours is not alive
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][:1] != "Z"
-    except OSError:
-        return True
 
 
 def _state(data_dir: Path) -> dict[str, Any] | None:
@@ -180,7 +169,7 @@ def read_status(data_dir: Path) -> ServerInfo | None:
     data_dir = Path(data_dir).resolve()
     state = _state(data_dir)
     ca_file = Path(state["ca_file"]) if state and state.get("ca_file") else None
-    if not state or not _pid_alive(int(state.get("pid", 0))) or not healthy(state["url"], ca_file=ca_file):
+    if not state or not alive(int(state.get("pid", 0))) or not healthy(state["url"], ca_file=ca_file):
         return None
     token = (data_dir / "token").read_text().strip()
     kubeconfig = data_dir / "kubeconfig"
@@ -191,7 +180,10 @@ def read_status(data_dir: Path) -> ServerInfo | None:
 
 
 def _port_free(port: int) -> bool:
+    """Can the server bind `port`? Asked the way the server binds (SO_REUSEADDR): the connections
+    a stopped server closed stay in TIME_WAIT for a minute, and do not stop it listening there."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
             return True
@@ -204,14 +196,14 @@ def start_background(data_dir: Path, port: int | None = None, crds_dir: Path | N
     """Start a detached server for `data_dir` (or return the one already running), install the
     CRDs of `crds_dir`, write `<data_dir>/kubeconfig`. Raises DevClusterError on failure."""
     data_dir = Path(data_dir).resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    make_private(data_dir)
     running = read_status(data_dir)
     if running is not None:
         if crds_dir is not None:
             install_crds(running.url, running.token, crds_dir, running.ca_file)
         return ServerInfo(**{**running.__dict__, "reused": True})
     state = _state(data_dir)
-    if state and _pid_alive(int(state.get("pid", 0))):
+    if state and alive(int(state.get("pid", 0))):
         raise DevClusterError(f"a devcluster process (pid {state['pid']}) holds {data_dir} but is not healthy; "
                               "run `cdl down` first")
     (data_dir / "server.json").unlink(missing_ok=True)
@@ -225,7 +217,7 @@ def start_background(data_dir: Path, port: int | None = None, crds_dir: Path | N
     log_file = data_dir / LOG_NAME
     cmd = [sys.executable, "-m", "cdl.devcluster", "serve", "--data-dir", str(data_dir), "--port", str(port),
            *(extra_args or [])]
-    with open(log_file, "ab") as log:
+    with os.fdopen(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, close_fds=True)
     (data_dir / "server.pid").write_text(str(proc.pid))
@@ -271,35 +263,12 @@ def stop(data_dir: Path, timeout: float = 10.0) -> bool:
     elif (data_dir / "server.pid").exists():
         with contextlib.suppress(ValueError, OSError):
             pid = int((data_dir / "server.pid").read_text())
-    stopped = False
-    if pid and _pid_alive(pid):
-        try:
-            pgid = os.getpgid(pid)
-        except ProcessLookupError:
-            pgid = 0
-        send = (lambda sig: os.killpg(pgid, sig)) if pgid == pid else (lambda sig: os.kill(pid, sig))
-        with contextlib.suppress(ProcessLookupError):
-            send(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while _pid_alive(pid) and time.monotonic() < deadline:
-            _reap(pid)
-            time.sleep(0.05)
-        if _pid_alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                send(signal.SIGKILL)
-            while _pid_alive(pid) and time.monotonic() < deadline + 5:
-                _reap(pid)
-                time.sleep(0.05)
-        _reap(pid)
-        stopped = True
+    stopped = bool(pid) and stop_group(pid, grace=timeout)
     (data_dir / "server.json").unlink(missing_ok=True)
     (data_dir / "server.pid").unlink(missing_ok=True)
     return stopped
 
 
-def _reap(pid: int) -> None:
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
 
 
 # --- in-process server (tests, the embedded platform) -------------------------------------------
@@ -312,6 +281,7 @@ def run_in_thread(data_dir: Path, port: int = 0, *, history_size: int = 10_000,
     from cdl.devcluster.server import Running, start_server
 
     data_dir = Path(data_dir).resolve()
+    make_private(data_dir)
     token = load_or_create_token(data_dir / "token")
     loop = asyncio.new_event_loop()
     started = threading.Event()

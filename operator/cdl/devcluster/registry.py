@@ -22,6 +22,7 @@ class VersionInfo:
     schema: dict[str, Any] | None = None
     printer_columns: list[dict[str, Any]] = field(default_factory=list)
     storage: bool = True
+    selectable_fields: frozenset[str] = frozenset()  # a CRD's selectableFields, as field labels
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,8 @@ class ResourceType:
     builtin: bool = True
     list_kind: str = ""
     verbs: list[str] = field(default_factory=lambda: list(ALL_VERBS))
+    # other subresources: (name, group, version, kind, verbs), e.g. serviceaccounts/token
+    extra_subresources: list[tuple[str, str, str, str, list[str]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.list_kind:
@@ -96,7 +99,8 @@ BUILTINS: list[ResourceType] = [
     _b("", "v1", "secrets", "Secret"),
     _b("", "v1", "configmaps", "ConfigMap", short="cm"),
     _b("", "v1", "services", "Service", short="svc", status=True, categories="all"),
-    _b("", "v1", "serviceaccounts", "ServiceAccount", short="sa"),
+    ResourceType("", "serviceaccounts", "ServiceAccount", "serviceaccount", True, [VersionInfo("v1")], ["sa"],
+                 extra_subresources=[("token", "authentication.k8s.io", "v1", "TokenRequest", ["create"])]),
     _b("", "v1", "pods", "Pod", short="po", status=True, categories="all"),
     _b("", "v1", "endpoints", "Endpoints", short="ep"),
     _b("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", short="pvc", status=True),
@@ -130,6 +134,10 @@ BUILTINS: list[ResourceType] = [
        "ValidatingWebhookConfiguration", False),
     _b("admissionregistration.k8s.io", "v1", "mutatingwebhookconfigurations",
        "MutatingWebhookConfiguration", False),
+    _b("authentication.k8s.io", "v1", "selfsubjectreviews", "SelfSubjectReview", False, verbs=["create"]),
+    _b("authentication.k8s.io", "v1", "tokenreviews", "TokenReview", False, verbs=["create"]),
+    _b("apiregistration.k8s.io", "v1", "apiservices", "APIService", False, status=True,
+       categories="api-extensions"),
     _b("authorization.k8s.io", "v1", "selfsubjectaccessreviews", "SelfSubjectAccessReview", False,
        verbs=["create"]),
     _b("authorization.k8s.io", "v1", "selfsubjectrulesreviews", "SelfSubjectRulesReview", False, verbs=["create"]),
@@ -139,7 +147,10 @@ BUILTINS: list[ResourceType] = [
 
 CRD_KEY = "apiextensions.k8s.io/customresourcedefinitions"
 # Reviews are answered, never stored: the one user of a devcluster may do everything.
-REVIEW_KEYS = {"authorization.k8s.io/selfsubjectaccessreviews", "authorization.k8s.io/selfsubjectrulesreviews"}
+REVIEW_KEYS = {"authorization.k8s.io/selfsubjectaccessreviews", "authorization.k8s.io/selfsubjectrulesreviews",
+               "authentication.k8s.io/selfsubjectreviews", "authentication.k8s.io/tokenreviews"}
+SERVICE_ACCOUNT_KEY = "/serviceaccounts"
+APISERVICE_KEY = "apiregistration.k8s.io/apiservices"
 NAMESPACE_KEY = "/namespaces"
 
 
@@ -222,6 +233,8 @@ def from_crd(crd: dict[str, Any]) -> ResourceType:
             schema=(v.get("schema") or {}).get("openAPIV3Schema"),
             printer_columns=list(v.get("additionalPrinterColumns") or []),
             storage=bool(v.get("storage")),
+            selectable_fields=frozenset(str(f.get("jsonPath", "")).lstrip(".") for f in v.get("selectableFields") or []
+                                        if isinstance(f, dict)),
         ))
     status = any("status" in (v.get("subresources") or {}) for v in spec["versions"])
     scale_spec = next((v["subresources"]["scale"] for v in spec["versions"]

@@ -283,8 +283,11 @@ SUBDOMAIN_MSG = (
 )
 
 
-def validate_name(name: str) -> list[Cause]:
-    """metadata.name must be a DNS-1123 subdomain, as for nearly every kube kind."""
+def validate_name(name: str, resource_key: str = "") -> list[Cause]:
+    """metadata.name must be a DNS-1123 subdomain, as for nearly every kube kind (an APIService
+    is `version.group`, `v1.` for the core group)."""
+    if resource_key == "apiregistration.k8s.io/apiservices" and name.endswith("."):
+        name = name[:-1]
     if len(name) > 253:
         return [Cause("FieldValueTooLong", "Too long: may not be more than 253 bytes", "metadata.name")]
     if not _SUBDOMAIN.match(name):

@@ -146,6 +146,25 @@ def fields_match(reqs: list[FieldRequirement], obj: dict[str, Any]) -> bool:
     return True
 
 
+COMMON_FIELDS = frozenset({"metadata.name", "metadata.namespace"})
+# The field labels kube-apiserver accepts per resource (its GetAttrs / field label conversions).
+SUPPORTED_FIELDS: dict[str, frozenset[str]] = {
+    "/pods": frozenset({"spec.nodeName", "spec.restartPolicy", "spec.schedulerName", "spec.serviceAccountName",
+                        "spec.hostNetwork", "status.phase", "status.podIP", "status.podIPs",
+                        "status.nominatedNodeName"}),
+    "/events": frozenset({"involvedObject.kind", "involvedObject.namespace", "involvedObject.name",
+                          "involvedObject.uid", "involvedObject.apiVersion", "involvedObject.resourceVersion",
+                          "involvedObject.fieldPath", "reason", "reportingComponent", "source", "type"}),
+    "/secrets": frozenset({"type"}),
+    "/namespaces": frozenset({"status.phase"}),
+    "/nodes": frozenset({"spec.unschedulable"}),
+    "/services": frozenset({"spec.clusterIP", "spec.type"}),
+    "/replicationcontrollers": frozenset({"status.replicas"}),
+    "apps/replicasets": frozenset({"status.replicas"}),
+    "batch/jobs": frozenset({"status.successful"}),
+}
+
+
 @dataclass
 class Selector:
     """Both selectors of one request."""
@@ -163,3 +182,12 @@ class Selector:
 
     def matches(self, obj: dict[str, Any]) -> bool:
         return labels_match(self.labels, obj) and fields_match(self.fields, obj)
+
+    def check_fields(self, resource_key: str, extra: frozenset[str] | set[str] = frozenset()) -> None:
+        """400 for a field label the resource cannot be selected by, as kube answers (rather than
+        an empty list). `extra`: a CRD's selectableFields."""
+        allowed = COMMON_FIELDS | SUPPORTED_FIELDS.get(resource_key, frozenset()) | extra
+        for r in self.fields:
+            label = ".".join(r.path)
+            if label not in allowed:
+                raise bad_request(f'field label not supported: {label}')

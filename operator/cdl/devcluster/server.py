@@ -15,14 +15,14 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from cdl.devcluster import discovery, openapi, table
-from cdl.devcluster.auth import OPEN_PATHS, authorized
+from cdl.devcluster import apiservices, auth, discovery, openapi, paging, proxy, table
+from cdl.devcluster.auth import OPEN_PATHS
 from cdl.devcluster.errors import ApiError, bad_request
 from cdl.devcluster.gc import GarbageCollector
 from cdl.devcluster.jsonutil import dumps, loads
 from cdl.devcluster.objects import Api, DeleteOptions, WriteOptions, now_rfc3339
-from cdl.devcluster.protobuf import MAGIC, decode_delete_options, decode_object, type_meta
-from cdl.devcluster.registry import NAMESPACE_KEY, REVIEW_KEYS, Registry, ResourceType
+from cdl.devcluster.protobuf import MAGIC, decode_delete_options, decode_object
+from cdl.devcluster.registry import NAMESPACE_KEY, REVIEW_KEYS, SERVICE_ACCOUNT_KEY, Registry, ResourceType
 from cdl.devcluster.scale import to_scale
 from cdl.devcluster.selectors import Selector
 from cdl.devcluster.store import Store
@@ -58,7 +58,11 @@ class ControlPlane:
         assert ns_type is not None
         for name in DEFAULT_NAMESPACES:
             if self.store.get(NAMESPACE_KEY, "", name) is None:
-                self.api.create(ns_type, "v1", "", {"metadata": {"name": name}}, WriteOptions())
+                self.api.create(ns_type, "v1", "", {"metadata": {"name": name}},
+                                WriteOptions(field_manager="kube-apiserver"))
+            self.api.ensure_default_service_account(name)
+        apiservices.sync(self.api)
+        self.api.on_crd_change.append(lambda: apiservices.sync(self.api))
 
     def openapi(self, what: str, build: Any) -> Any:
         key = (what, self.registry.generation)
@@ -78,6 +82,7 @@ class ControlPlane:
 
 
 CP_KEY: web.AppKey[ControlPlane] = web.AppKey("cp", ControlPlane)
+USER_KEY = "cdl.user"  # the authenticated auth.User of a request
 
 
 # --- responses --------------------------------------------------------------------------------
@@ -99,8 +104,11 @@ def error_response(err: ApiError) -> web.Response:
 @web.middleware
 async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     cp: ControlPlane = request.app[CP_KEY]
-    if request.path not in OPEN_PATHS and not authorized(request.headers.get("Authorization"), cp.token):
-        return error_response(ApiError(401, "Unauthorized"))
+    if request.path not in OPEN_PATHS:
+        user = auth.identify(request.headers.get("Authorization"), cp.token)
+        if user is None:
+            return error_response(ApiError(401, "Unauthorized"))
+        request[USER_KEY] = user
     try:
         return await handler(request)
     except ApiError as e:
@@ -166,6 +174,7 @@ def write_options(request: web.Request) -> WriteOptions:
         field_validation=q.get("fieldValidation", ""),
         field_manager=q.get("fieldManager", ""),
         force=q.get("force", "") == "true",
+        user_agent=request.headers.get("User-Agent", ""),
     )
 
 
@@ -192,6 +201,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if path.startswith("/openapi") or path.startswith("/swagger"):
         return openapi_handler(cp, request, path)
     segs = [s for s in path.split("/") if s]
+    if (proxied := proxy.match(segs)) is not None:
+        return await proxy.forward(cp, request, *proxied)
     if not segs or segs[0] not in ("api", "apis"):
         raise ApiError(404, "the server could not find the requested resource")
     accept = request.headers.get("Accept", "")
@@ -226,7 +237,7 @@ def openapi_handler(cp: ControlPlane, request: web.Request, path: str) -> web.Re
     if path in ("/openapi/v2", "/swagger-2.0.0.pb-v1", "/swagger.json"):
         if "protobuf" in request.headers.get("Accept", "") or path.endswith("pb-v1"):
             return web.Response(body=openapi.EMPTY_V2_PROTOBUF, headers={"Content-Type": openapi.PROTOBUF_V2_TYPE})
-        return json_response(openapi.EMPTY_V2_JSON)
+        return json_response(cp.openapi("v2", lambda: dumps(openapi.v2_document(cp.registry))))
     if path == "/openapi/v3":
         return json_response(cp.openapi("index", lambda: dumps(openapi.v3_index(cp.registry))))
     segs = path.split("/")[3:]
@@ -248,29 +259,29 @@ async def resource_handler(cp: ControlPlane, request: web.Request, t: Target) ->
     if t.name is None:  # collection
         if method == "GET":
             q = request.query
-            selector = Selector.parse(q.get("labelSelector"), q.get("fieldSelector"))
+            selector = selection(request, t)
             if q.get("watch") in ("true", "1"):
                 return await watch_handler(cp, request, t, selector)
-            items = api.list(rt, t.namespace, selector)
+            pg = paging.page(api.list(rt, t.namespace, selector), q.get("limit"), q.get("continue"),
+                             str(cp.store.rv))
             if wants_table(request):
-                return json_response(table.table(rt, t.version, [served(st.obj, api_version) for st in items],
-                                                 str(cp.store.rv)))
-            head = dumps({"kind": rt.list_kind, "apiVersion": api_version,
-                          "metadata": {"resourceVersion": str(cp.store.rv)}})
+                tbl = table.table(rt, t.version, [served(st.obj, api_version) for st in pg.items], pg.resource_version)
+                tbl["metadata"] = pg.list_meta()
+                return json_response(tbl)
+            head = dumps({"kind": rt.list_kind, "apiVersion": api_version, "metadata": pg.list_meta()})
             parts = [st.raw if st.obj.get("apiVersion") == api_version else dumps(served(st.obj, api_version))
-                     for st in items]
+                     for st in pg.items]
             return json_response(head[:-1] + b',"items":[' + b",".join(parts) + b"]}")
         if method == "POST" and rt.key in REVIEW_KEYS:
             raw = await request.read()
-            body = type_meta(raw) if raw.startswith(MAGIC) else loads(raw or b"{}")
-            return json_response(review(body), 201)
+            body = decode_object(raw) if raw.startswith(MAGIC) else loads(raw or b"{}")
+            return json_response(auth.review(body, request[USER_KEY], cp.token), 201)
         if method == "POST":
             opts = write_options(request)
             obj = api.create(rt, t.version, ns, await read_body(request), opts)
             return json_response(obj, 201, opts.warnings)
         if method == "DELETE":
-            q = request.query
-            selector = Selector.parse(q.get("labelSelector"), q.get("fieldSelector"))
+            selector = selection(request, t)
             opts = await delete_options(request)
             deleted = [api.delete(rt, st.obj["metadata"].get("namespace", ""), st.obj["metadata"]["name"], opts)
                        for st in api.list(rt, t.namespace, selector)]
@@ -286,6 +297,9 @@ async def resource_handler(cp: ControlPlane, request: web.Request, t: Target) ->
             return json_response(api.scale(rt, t.version, ns, name, method, request.headers.get("Content-Type", ""),
                                            await request.read(), opts))
         raise ApiError(405, f"method {method} is not allowed on scale")
+    if t.subresource == "token" and rt.key == SERVICE_ACCOUNT_KEY and method == "POST":
+        sa = api.get(rt, ns, name).obj
+        return json_response(auth.token_request(cp.token, sa, await read_body(request)), 201)
     if t.subresource and t.subresource != "status":
         raise ApiError(404, "the server could not find the requested resource")
     if t.subresource == "status" and not rt.status_subresource:
@@ -309,15 +323,13 @@ async def resource_handler(cp: ControlPlane, request: web.Request, t: Target) ->
     raise ApiError(405, f"method {method} is not allowed here")
 
 
-def review(body: Any) -> dict[str, Any]:
-    """A SelfSubject{Access,Rules}Review answered yes: a devcluster has one all-powerful user."""
-    out = dict(body) if isinstance(body, dict) else {}
-    if out.get("kind") == "SelfSubjectRulesReview":
-        out["status"] = {"resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}],
-                         "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}], "incomplete": False}
-    else:
-        out["status"] = {"allowed": True, "reason": "the devcluster's single user may do everything"}
-    return out
+def selection(request: web.Request, t: Target) -> Selector:
+    """The request's label and field selectors; 400 for a field the resource cannot select by."""
+    selector = Selector.parse(request.query.get("labelSelector"), request.query.get("fieldSelector"))
+    if selector.fields:
+        info = t.rt.version(t.version)
+        selector.check_fields(t.rt.key, info.selectable_fields if info else frozenset())
+    return selector
 
 
 async def delete_options(request: web.Request) -> DeleteOptions:

@@ -8,6 +8,7 @@ acknowledged only after its COMMIT (WAL, synchronous=NORMAL: a killed process lo
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ class Stored:
 
 def open_db(path: Path | str) -> sqlite3.Connection:
     """A connection configured for durable, fast single-writer use."""
+    if str(path) != ":memory:":
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))  # created private: it holds every Secret
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")

@@ -28,6 +28,9 @@ BUILTIN_COLUMNS: dict[str, list[dict[str, Any]]] = {
                 {"name": "Message", "type": "string", "jsonPath": ".message"}, AGE_COLUMN],
     "/pods": [{"name": "Status", "type": "string", "jsonPath": ".status.phase"}, AGE_COLUMN],
     "apps/deployments": [{"name": "Replicas", "type": "integer", "jsonPath": ".spec.replicas"}, AGE_COLUMN],
+    "apiregistration.k8s.io/apiservices": [
+        {"name": "Available", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Available")].status'},
+        AGE_COLUMN],
     "apiextensions.k8s.io/customresourcedefinitions": [
         {"name": "Created At", "type": "string", "jsonPath": ".metadata.creationTimestamp"}],
 }

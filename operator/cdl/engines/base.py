@@ -1,6 +1,6 @@
 """Engine protocols: the narrow interfaces reconcilers use to drive engines.
 
-Each protocol is implemented by a local engine (`cdl.engines.local`) and a cluster engine
+Each protocol is implemented by a local engine (`cdl.engines.<role>.local`) and a cluster engine
 (pachyderm, determined, seldon). Engines know nothing of Kubernetes: they receive plain values
 (the validated spec models, resolved secrets, data references) and return plain values. They
 raise `cdl.errors.TransientEngineError` for retryable trouble and `PermanentEngineError` when
@@ -282,6 +282,13 @@ class TrainingEngine(Protocol):
 
 
 # --------------------------------------------------------------------------- registry
+
+
+def registered_name(namespace: str, model: str) -> str:
+    """The name a model is registered under in a registry engine: `<namespace>.<model>`, so two
+    teams registering the same model name never collide (a namespace holds no '.', so the first
+    '.' always separates the two)."""
+    return f"{namespace}.{model}" if namespace else model
 
 
 @dataclass

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from cdl.api.kinds import KindInfo
 from cdl.config import OperatorConfig
 from cdl.engines.base import ResourceKey
+from cdl.engines.chooser import EngineChooser
 from cdl.errors import DependencyNotReady, InvalidSpec
 
 
@@ -116,7 +117,7 @@ class Context:
 
     config: OperatorConfig
     cluster: ClusterView
-    engines: Any  # cdl.engines.registry.EngineRegistry (kept loose to avoid an import cycle)
+    engines: EngineChooser
     database: Any | None = None  # cdl.stores.postgres.Database
     artifacts: Any | None = None  # cdl.stores.artifacts.ArtifactStore
 

@@ -11,7 +11,7 @@ from croniter import croniter
 
 from cdl.api.datapipeline import DataPipelineSpec
 from cdl.engines.base import DataRunRequest, DataRunStatus, JobState, LabelingRequest
-from cdl.errors import DependencyNotReady, TransientError
+from cdl.errors import DependencyNotReady, InvalidSpec, TransientError
 from cdl.reconcile.base import Context, Resource, Result, now, parse, secret, set_condition
 from cdl.reconcile.labeling import label_items
 
@@ -133,6 +133,10 @@ def _sync_labels(res: Resource, spec: DataPipelineSpec, ctx: Context, run: DataR
                  result: Result) -> tuple[str, str]:
     ls = spec.labeling.label_studio
     assert ls is not None
+    if not ctx.config.label_studio_allowed(ls.url):  # checked before any Secret is read
+        raise InvalidSpec(res.title, [("spec.labeling.labelStudio.url", (
+            f"{ls.url} is not a Label Studio server this operator allows "
+            f"({', '.join(ctx.config.label_studio_urls)}; operator setting label_studio_urls)"))])
     db = spec.labeling.database
     database_url = secret(ctx, res, db.url_secret_ref.wire() if db and db.url_secret_ref else None)
     database_url = database_url or ctx.config.database_url or ""

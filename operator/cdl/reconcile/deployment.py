@@ -103,7 +103,7 @@ def reconcile(res: Resource, ctx: Context) -> Result:
 
 
 def _monitor(res: Resource, spec: DeploymentSpec, ctx: Context, primary: dict[str, Any], result: Result) -> None:
-    from cdl.monitoring import summarize
+    from cdl.quality.monitoring import summarize
 
     drift = spec.monitoring.drift if spec.monitoring else None
     window = drift.window if drift else 1000

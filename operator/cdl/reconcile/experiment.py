@@ -3,12 +3,15 @@ trials, and publish the best trial for ModelVersions."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from cdl.api.experiment import ExperimentSpec
+from cdl.api.experiment import ExperimentSpec, ModelCode
 from cdl.engines.base import EngineRef, JobState, ResourceKey, TrainingRequest, TrainingStatus
+from cdl.engines.training.code_bundle import BundleError
 from cdl.errors import DependencyNotReady, InvalidSpec
 from cdl.reconcile.base import Context, Resource, Result, now, parse, set_condition
+from cdl.stores.artifacts import ArtifactIntegrityError, ArtifactNotFound
 
 KIND = "Experiment"
 RETRAIN_ANNOTATION = "cdl.dev/retrain-run"
@@ -48,9 +51,32 @@ def resolve_output(ctx: Context, namespace: str, pipeline: str, output: str, com
     if output not in outputs:
         phase = (dpl.get("status") or {}).get("phase") or "Pending"
         raise DependencyNotReady(f"waiting for DataPipeline {pipeline} output {output} (phase {phase})")
-    dpl_engine = (dpl.get("spec") or {}).get("engine") or ctx.config.default_engine("DataPipeline")
     key = ResourceKey(namespace, pipeline, (dpl.get("metadata") or {}).get("uid", ""))
-    return ctx.engines.data(dpl_engine).resolve(key, output, commit or outputs[output]["commit"])
+    return data_engine_of(ctx, dpl).resolve(key, output, commit or outputs[output]["commit"])
+
+
+def data_engine_of(ctx: Context, dpl: dict[str, Any]) -> Any:
+    """The data engine that drives a DataPipeline (its spec.engine, else the default)."""
+    return ctx.engines.data((dpl.get("spec") or {}).get("engine") or ctx.config.default_engine("DataPipeline"))
+
+
+def output_engine(ctx: Context, namespace: str, pipeline: str) -> Any | None:
+    dpl = ctx.cluster.get("DataPipeline", namespace, pipeline)
+    return data_engine_of(ctx, dpl) if dpl is not None else None
+
+
+def model_code_dir(model: ModelCode, ctx: Context, title: str) -> Path:
+    """The model directory: the verified, unpacked bundle when the spec names one (a cluster),
+    else spec.model.path on the operator's disk (the embedded platform)."""
+    if model.bundle is not None:
+        try:
+            return ctx.engines.code_dir(model.bundle.uri, model.bundle.sha256)
+        except (BundleError, ArtifactIntegrityError, ArtifactNotFound) as exc:
+            raise InvalidSpec(title, [("spec.model.bundle", str(exc))]) from None
+    model_dir = ctx.resolve_path(model.path or "")
+    if not model_dir.is_dir():
+        raise InvalidSpec(title, [("spec.model.path", f"directory {model_dir} does not exist")])
+    return model_dir
 
 
 def bind_data(res: Resource, spec: ExperimentSpec, ctx: Context):
@@ -61,10 +87,7 @@ def bind_data(res: Resource, spec: ExperimentSpec, ctx: Context):
 
 
 def reconcile(res: Resource, ctx: Context) -> Result:
-    spec: ExperimentSpec = parse(res)
-    problems = spec.hyperparameter_problems()
-    if problems:
-        raise InvalidSpec(res.title, problems)
+    spec: ExperimentSpec = parse(res)  # schema, cross-field and hyperparameter rules, once
     engine = ctx.engines.training(engine_name(spec, ctx))
     status, result = res.status, Result()
     ref = status.get("engineRef") or {}
@@ -76,9 +99,7 @@ def reconcile(res: Resource, ctx: Context) -> Result:
             engine.kill(old)
             result.event("Superseded", f"stopped {old.id}: the spec changed or a retrain was asked for")
         data = bind_data(res, spec, ctx)
-        model_dir = ctx.resolve_path(spec.model.path)
-        if not model_dir.is_dir():
-            raise InvalidSpec(res.title, [("spec.model.path", f"directory {model_dir} does not exist")])
+        model_dir = model_code_dir(spec.model, ctx, res.title)
         secrets = {}
         storage = spec.checkpoint_storage
         if storage is not None and storage.credentials_secret_ref is not None:

@@ -10,12 +10,13 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from cdl.api.experiment import ModelCode
 from cdl.api.modelversion import ModelVersionSpec
-from cdl.engines.base import CheckpointInfo, EngineRef, RegistrationRequest
+from cdl.engines.base import CheckpointInfo, EngineRef, RegistrationRequest, registered_name
 from cdl.errors import DependencyNotReady, PermanentEngineError
-from cdl.promotion import PromotionRefused, VersionState, plan_promotion
+from cdl.quality.promotion import PromotionRefused, VersionState, plan_promotion
 from cdl.reconcile.base import Context, Resource, Result, condition, now, parse, set_condition
-from cdl.reconcile.experiment import resolve_output
+from cdl.reconcile.experiment import model_code_dir, output_engine, resolve_output
 
 KIND = "ModelVersion"
 
@@ -37,6 +38,16 @@ def git_commit(path: Path) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def code_lineage(code: ModelCode, model_dir: Path) -> dict[str, Any]:
+    """Which code trained the model: the bundle (hash, where) and the git commit it came from."""
+    out: dict[str, Any] = {"gitCommit": code.git.commit if code.git else git_commit(model_dir), "image": code.image}
+    if code.git is not None and code.git.url:
+        out["gitUrl"] = code.git.url
+    if code.bundle is not None:
+        out.update(bundleSha256=code.bundle.sha256, bundleUri=code.bundle.uri)
+    return out
 
 
 def siblings(ctx: Context, res: Resource, model: str) -> list[dict[str, Any]]:
@@ -108,18 +119,29 @@ def _checkpoint(res: Resource, spec: ModelVersionSpec, ctx: Context, exp: dict[s
 
 
 def _training_figures(ctx: Context, exp: dict[str, Any], trial_id: str) -> dict[str, Any]:
-    """The registered trial's resource figures, for the report's reproducibility section."""
+    """The registered trial's resource figures and the metadata the training runtime captured
+    (model description, packages, environment, data facts), for the package and its report."""
     ref = (exp.get("status") or {}).get("engineRef") or {}
+    figures: dict[str, Any] = {}
+    if ctx.database is not None and ref.get("id"):
+        with contextlib.suppress(Exception):  # nice to have; registration does not depend on it
+            record = next((t for t in ctx.database.trials(ref["id"]) if t.trial_id == str(trial_id)), None)
+            meta = (record.metadata if record else None) or {}
+            for key in ("model", "packages", "environment"):
+                if meta.get(key):
+                    figures[key] = meta[key]
+            if meta.get("data"):
+                figures["trainingData"] = meta["data"]
     try:
         engine = ctx.engines.training(engine_name(exp.get("spec") or {}, ctx))
         report = engine.status(EngineRef(ref.get("id", ""), ref.get("url", ""), ref.get("engine", "")))
     except Exception:  # figures are nice to have; registration does not depend on them
-        return {}
+        return figures
     trial = next((t for t in report.trials if t.id == trial_id), None)
     if trial is None:
-        return {}
-    return {"training": {"wallSeconds": trial.wall_seconds, "cpuSeconds": trial.cpu_seconds,
-                         "peakRssBytes": trial.peak_rss_bytes, "gpuUtilization": trial.gpu_utilization}}
+        return figures
+    return {**figures, "training": {"wallSeconds": trial.wall_seconds, "cpuSeconds": trial.cpu_seconds,
+                                    "peakRssBytes": trial.peak_rss_bytes, "gpuUtilization": trial.gpu_utilization}}
 
 
 def _local(uri: str) -> str | None:
@@ -142,7 +164,8 @@ def _register(res: Resource, spec: ModelVersionSpec, ctx: Context, fingerprint: 
     exp = _experiment(res, spec, ctx)
     exp_spec, est = exp.get("spec") or {}, exp["status"]
     trial, checkpoint, hparams = _checkpoint(res, spec, ctx, exp)
-    model_dir = ctx.resolve_path((exp_spec.get("model") or {}).get("path", "."))
+    code = ModelCode.model_validate(exp_spec.get("model") or {})
+    model_dir = model_code_dir(code, ctx, res.title)
     version = res.status.get("version") if res.status.get("specHash") == fingerprint else None
     version = version or allocate_version(ctx, res, spec.model)
     data = est.get("data") or {}
@@ -150,23 +173,31 @@ def _register(res: Resource, spec: ModelVersionSpec, ctx: Context, fingerprint: 
     binding = exp_spec.get("data") or {}
     if binding and data.get("commit"):
         with contextlib.suppress(DependencyNotReady):
-            ref = resolve_output(ctx, res.namespace, binding["pipelineRef"]["name"], binding.get("output", "train"),
-                                 data["commit"])
+            pipeline = binding["pipelineRef"]["name"]
+            ref = resolve_output(ctx, res.namespace, pipeline, binding.get("output", "train"), data["commit"])
             train_labels = _label_counts(ref.path)
+            counter = getattr(output_engine(ctx, res.namespace, pipeline), "label_counts", None)
+            if not train_labels and counter is not None:  # Pachyderm: counted from pachd, nothing copied
+                train_labels = counter(ref)
+    figures = _training_figures(ctx, exp, trial)
+    # Label folders counted here, else the examples per label the training runtime counted.
+    train_labels = train_labels or dict((figures.pop("trainingData", None) or {}).get("perLabel") or {})
+    figures.pop("trainingData", None)
     lineage = {
         "experiment": exp["metadata"]["name"],
         "run": est.get("run") or 1,
+        "runId": (est.get("engineRef") or {}).get("id"),  # the knowledge base's key of the run's records
         "trial": trial,
         "checkpoint": checkpoint.uuid,
         "data": data,
-        "code": {"gitCommit": git_commit(model_dir), "image": (exp_spec.get("model") or {}).get("image")},
+        "code": code_lineage(code, model_dir),
         "trainLabels": train_labels,
     }
     registry = ctx.engines.registry(engine_name(exp_spec, ctx))
     registered = registry.register(RegistrationRequest(
-        key=res.key, model_name=spec.model, version=int(version), checkpoint=checkpoint, model_dir=model_dir,
+        key=res.key, model_name=registered_name(res.namespace, spec.model), version=int(version), checkpoint=checkpoint, model_dir=model_dir,
         hparams=hparams, metadata={"lineage": lineage, "experiment": exp_spec, "trials": est.get("trials"),
-                                   **_training_figures(ctx, exp, trial)},
+                                   **figures},
     ))
     artifact = {"uri": registered.artifact_uri, "sha256": registered.sha256, "bytes": registered.bytes,
                 "format": registered.format}
@@ -196,41 +227,45 @@ def _register(res: Resource, spec: ModelVersionSpec, ctx: Context, fingerprint: 
 
 
 def _evaluate(res: Resource, spec: ModelVersionSpec, ctx: Context) -> Result:
-    from cdl.engines.local.evaluation import evaluate_package
-    from cdl.gates import apply_gates
-    from cdl.reports import render_report
+    from cdl.engines.registry.local import VARIANT_KEY_TEMPLATE
+    from cdl.quality.evaluation_job import EvaluationRequest
+    from cdl.quality.gates import apply_gates
+    from cdl.quality.reports import render_report
 
     assert spec.evaluation is not None
     result = Result()
     ev = spec.evaluation
+    evaluator = ctx.engines.evaluation(ctx.config.default_engine("Evaluation"))
     data = resolve_output(ctx, res.namespace, ev.data.pipeline_ref.name, ev.data.output)
-    package = ctx.engines.package_dir(res.status["artifact"]["uri"], res.status["artifact"]["sha256"])
-    job_id = f"eval-{res.namespace}-{res.name}-{res.status['specHash']}"
+    if evaluator.needs_local_copies and data.path is None:
+        data = output_engine(ctx, res.namespace, ev.data.pipeline_ref.name).ensure_local(data)
+    artifact = res.status["artifact"]
     compression = spec.compression.method if spec.compression else "none"
-
     registry = ctx.engines.registry((res.status.get("registry") or {}).get("engine") or "local")
     version = int(res.status["version"])
-
-    def work() -> dict[str, Any]:
-        out = evaluate_package(package, ev.entrypoint, Path(data.path), timeout=1800)
-        record = {"metrics": out.metrics, "confusion": out.confusion, "classNames": out.class_names,
-                  "evaluation": out.wire()}
-        if compression == "dynamic-int8":
-            from cdl.compression import compress_and_evaluate
-
-            record["compressed"] = compress_and_evaluate(
-                package, ev.entrypoint, Path(data.path), method="dynamic-int8", original=out,
-                store_variant=lambda variant: registry.store_variant(spec.model, version, "dynamic-int8", variant))
-        return record
-
-    job = ctx.engines.jobs.ensure(job_id, work)
+    exp = ctx.cluster.get("Experiment", res.namespace, (res.status.get("lineage") or {}).get("experiment", "")) or {}
+    request = EvaluationRequest(
+        job_id=f"eval-{res.namespace}-{res.name}-{res.status['specHash']}", namespace=res.namespace,
+        resource=res.title, package_uri=artifact["uri"], package_sha256=artifact["sha256"],
+        package_dir=ctx.engines.package_dir(artifact["uri"], artifact["sha256"]) if evaluator.needs_local_copies
+        else None,
+        entrypoint=ev.entrypoint, data=data, compression=compression,
+        image=((exp.get("spec") or {}).get("model") or {}).get("image"),
+        variant_key=VARIANT_KEY_TEMPLATE.format(name=_registry_name(res, spec.model), version=version,
+                                                variant=compression),
+        store_variant=lambda variant: registry.store_variant(_registry_name(res, spec.model), version, compression,
+                                                             variant),
+    )
+    package = request.package_dir
+    job = evaluator.ensure(request)
     if not job.state.finished:
         result.status.update(phase="Evaluating", message=f"evaluating on {data.repo}@{data.commit[:12]}")
         result.requeue = True
         return result
-    if job.error:
-        raise PermanentEngineError(f"evaluation of {res.title} failed: {job.error}")
-    metrics = job.result["metrics"]
+    if job.error or job.record is None:
+        raise PermanentEngineError(f"evaluation of {res.title} failed: {job.error or 'no result'}")
+    job_result = job.record
+    metrics = job_result["metrics"]
     stage_metrics = {}
     for gate in ev.gates:
         if gate.max_drop_vs_stage:
@@ -241,15 +276,15 @@ def _evaluate(res: Resource, spec: ModelVersionSpec, ctx: Context) -> Result:
     passed, gates = apply_gates(ev.gates, metrics, stage_metrics)
     gate_rows = [g.wire() for g in gates]
     evaluation = {"metrics": metrics, "gates": gate_rows, "passed": passed}
-    if job.result.get("compressed"):
-        evaluation["compressed"] = job.result["compressed"]
+    if job_result.get("compressed"):
+        evaluation["compressed"] = job_result["compressed"]
     markdown, report = render_report({
         "model": spec.model, "version": res.status.get("version"), "resource": res.title,
         "stage": res.status.get("stage") or "candidate",
-        "metrics": metrics, "gates": gate_rows, "passed": passed, "confusion": job.result.get("confusion"),
-        "classNames": job.result.get("classNames"), "lineage": res.status.get("lineage"),
-        "artifact": res.status.get("artifact"), "compressed": job.result.get("compressed"),
-        "packageDir": str(package), "evaluation": job.result.get("evaluation"),
+        "metrics": metrics, "gates": gate_rows, "passed": passed, "confusion": job_result.get("confusion"),
+        "classNames": job_result.get("classNames"), "lineage": res.status.get("lineage"),
+        "artifact": res.status.get("artifact"), "compressed": job_result.get("compressed"),
+        "packageDir": str(package) if package else None, "evaluation": job_result.get("evaluation"),
         "data": {"repo": data.repo, "commit": data.commit, "files": data.files},
         "experiment": _experiment_summary(ctx, res),
     })
@@ -274,7 +309,8 @@ def _evaluate(res: Resource, spec: ModelVersionSpec, ctx: Context) -> Result:
     result.status.update(evaluation=evaluation, message=message)
     if ctx.database is not None:
         ctx.database.record_evaluation(model=spec.model, version=res.status.get("version"), metrics=metrics,
-                                       gates=gate_rows, passed=passed, report_uri=evaluation.get("reportUri"))
+                                       gates=gate_rows, passed=passed, report_uri=evaluation.get("reportUri"),
+                                       namespace=res.namespace)
     result.requeue = True
     return result
 
@@ -333,9 +369,9 @@ def _promote(res: Resource, spec: ModelVersionSpec, ctx: Context, result: Result
             ctx.cluster.patch_spec(KIND, res.namespace, change.resource, {"stage": change.stage})
             archived.append(change.resource)
             continue
-        ctx.engines.registry(engine).set_stage(spec.model, change.version, change.stage)
+        ctx.engines.registry(engine).set_stage(_registry_name(res, spec.model), change.version, change.stage)
         if ctx.database is not None:
-            ctx.database.set_model_stage(spec.model, change.version, change.stage)
+            ctx.database.set_model_stage(spec.model, change.version, change.stage, namespace=res.namespace)
     message = f"{spec.model} version {status.get('version')} moved from {current} to {spec.stage}"
     if archived:
         message += f"; archived {', '.join(archived)}"
@@ -344,11 +380,21 @@ def _promote(res: Resource, spec: ModelVersionSpec, ctx: Context, result: Result
     result.event("Promoted", message)
 
 
+def _registry_name(res: Resource, model: str) -> str:
+    """The name the registry engine holds this version under: as it said when registering
+    (`registry.id` is `<name>/<version>`; versions registered before names carried the
+    namespace keep theirs), else `<namespace>.<model>`."""
+    registry_id = str((res.status.get("registry") or {}).get("id") or "")
+    if "/" in registry_id:
+        return registry_id.rsplit("/", 1)[0]
+    return registered_name(res.namespace, model)
+
+
 def cleanup(res: Resource, ctx: Context) -> None:
     version = res.status.get("version")
     if version:
         engine = (res.status.get("registry") or {}).get("engine") or "local"
-        ctx.engines.registry(engine).delete(res.spec.get("model", ""), int(version))
+        ctx.engines.registry(engine).delete(_registry_name(res, res.spec.get("model", "")), int(version))
     ctx.engines.jobs.forget(f"eval-{res.namespace}-{res.name}-")
 
 

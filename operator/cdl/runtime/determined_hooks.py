@@ -13,6 +13,7 @@ trial bootstrap wraps those few methods before any user code runs:
   `max_length` is an absolute length (off-cluster Determined would otherwise count from 0).
 
 Nothing here changes on-cluster behaviour: only the Dummy* classes and local-mode paths are wrapped.
+The private parts of determined are reached through `cdl.runtime.determined_private` only.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import os
 import sys
 from typing import Any
 
+from cdl.runtime import determined_private as private
 from cdl.runtime import trial_events
 
 _PROGRESS: dict[str, int] = {}  # epochs/batches of the PyTorchTrial controller at the last report
@@ -47,10 +49,8 @@ def install(stop_file: str | None, resume_steps: int | None = None) -> None:
         return
     _INSTALLED = True
 
-    from determined.core import _checkpoint, _preempt, _train
-    from determined.core._preempt import PreemptMode
-
-    train_cls = _train.DummyTrainContext
+    PreemptMode = private.preempt_mode()  # noqa: N806 - the enum's own name
+    train_cls = private.dummy_train_context()
     original_report = train_cls._report_trial_metrics
 
     def report_trial_metrics(
@@ -82,9 +82,9 @@ def install(stop_file: str | None, resume_steps: int | None = None) -> None:
             )
         return bool(dist.broadcast(None))
 
-    _preempt.DummyPreemptContext.should_preempt = should_preempt  # type: ignore[method-assign]
+    private.dummy_preempt_context().should_preempt = should_preempt  # type: ignore[method-assign]
 
-    ckpt_cls = _checkpoint.DummyCheckpointContext
+    ckpt_cls = private.dummy_checkpoint_context()
     original_ckpt = ckpt_cls._report_checkpoint
 
     def report_checkpoint(
@@ -103,11 +103,9 @@ def install(stop_file: str | None, resume_steps: int | None = None) -> None:
 
 
 def _install_pytorch(resume_steps: int | None) -> None:
-    try:
-        from determined.pytorch import _pytorch_trial
-    except ImportError:  # torch is not installed: a Keras-only image
+    ctl = private.pytorch_trial_controller()
+    if ctl is None:  # torch is not installed: a Keras-only image
         return
-    ctl = _pytorch_trial._PyTorchTrialController
     original_init = ctl.__init__
 
     def init(self: Any, *args: Any, **kwargs: Any) -> None:
@@ -136,10 +134,10 @@ def _install_keras() -> None:
 
     Hooked when `determined.keras` is first imported, so a PyTorch trial never pays for
     importing TensorFlow."""
-    if "determined.keras._callback" in sys.modules:
-        keras_callback_loaded(sys.modules["determined.keras._callback"])
+    if private.KERAS_CALLBACK_MODULE in sys.modules:
+        keras_callback_loaded(sys.modules[private.KERAS_CALLBACK_MODULE])
     else:
-        sys.meta_path.insert(0, _AfterImport("determined.keras._callback", keras_callback_loaded))
+        sys.meta_path.insert(0, _AfterImport(private.KERAS_CALLBACK_MODULE, keras_callback_loaded))
 
 
 class _AfterImport(importlib.abc.MetaPathFinder):

@@ -17,7 +17,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-_MODULE = "determined.keras._callback"
+from cdl.runtime.determined_private import KERAS_CALLBACK_MODULE
+
+_MODULE = KERAS_CALLBACK_MODULE
 WEIGHTS = "model_checkpoint.weights.h5"
 
 
@@ -30,9 +32,9 @@ def _callback_module() -> ModuleType:
         pass
     if _MODULE in sys.modules:
         return sys.modules[_MODULE]
-    import determined
+    from cdl.runtime.determined_private import keras_callback_source
 
-    path = Path(determined.__file__).parent / "keras" / "_callback.py"
+    path = keras_callback_source()
     spec = importlib.util.spec_from_file_location(_MODULE, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -33,8 +33,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from cdl.runtime import determined_hooks, trial_events
-from cdl.runtime.trial import ENV_CONFIG, ENV_STOP, TrialInfo, info
+from cdl.runtime import data, determined_hooks, trial_events
+from cdl.runtime.env import ENV_CONFIG, ENV_STOP
+from cdl.runtime.stopping import guard as stopping_guard
+from cdl.runtime.trial import TrialInfo, info
 
 EXIT_OK = 0
 EXIT_USER_ERROR = 1
@@ -48,7 +50,10 @@ class EntrypointError(Exception):
 
 
 def _config() -> dict[str, Any]:
-    return json.loads(Path(os.environ[ENV_CONFIG]).read_text())
+    """The local engine's trial config file; on a Determined cluster there is none (the trial's
+    settings come from `det.get_cluster_info()` and the experiment config's environment)."""
+    path = os.environ.get(ENV_CONFIG)
+    return json.loads(Path(path).read_text()) if path else {}
 
 
 def resolve(entrypoint: str, code_dir: Path) -> tuple[str, Any]:
@@ -128,12 +133,20 @@ def _distributed(config: dict[str, Any]) -> Iterator[Any]:
     import torch.distributed as dist
     from determined import core
 
-    use_gpu = bool(config.get("gpu")) and torch.cuda.is_available()
+    use_gpu = (bool(config.get("gpu")) if config else True) and torch.cuda.is_available()
     local_rank = int(os.environ["LOCAL_RANK"])
     if use_gpu:
         torch.cuda.set_device(local_rank)
     dist.init_process_group(backend="nccl" if use_gpu else "gloo")
     os.environ["USE_TORCH_DISTRIBUTED"] = "1"  # PyTorchTrialContext wraps models in DDP
+    if not config:  # on a Determined cluster: its torch_distributed launcher set the rendezvous up
+        context = core.DistributedContext.from_torch_distributed()
+        try:
+            yield context
+        finally:
+            context.close()
+            dist.destroy_process_group()
+        return
     pub_port, pull_port = config.get("dist_ports") or (0, 0)
     ports = {"pub_port": int(pub_port), "pull_port": int(pull_port)} if pub_port else {}
     context = core.DistributedContext(
@@ -156,8 +169,6 @@ def _run_pytorch(trial_cls: type, found: TrialInfo, config: dict[str, Any], dist
     import determined as det
     from determined import pytorch
 
-    from cdl.runtime.model_metadata import describe_model
-
     if found.max_length is None:
         raise EntrypointError(
             f"spec.model.entrypoint {found.entrypoint!r} is a PyTorchTrial: spec.searcher.maxLength is "
@@ -171,13 +182,7 @@ def _run_pytorch(trial_cls: type, found: TrialInfo, config: dict[str, Any], dist
     ) as context:
         trial = trial_cls(context)
         if context.models:
-            try:
-                description = describe_model(context.models[0])
-                if len(context.models) > 1:
-                    description["models"] = len(context.models)
-                trial_events.emit("model", **description)
-            except Exception as exc:  # noqa: BLE001 - metadata must never break training
-                trial_events.emit("warning", message=f"could not describe the model: {exc}")
+            _describe_pytorch_trial(trial, context)
         period = found.validation_period.to_determined() if found.validation_period else pytorch.Epoch(1)
         checkpoint_period = found.checkpoint_period.to_determined() if found.checkpoint_period else period
         pytorch.Trainer(trial, context).fit(
@@ -187,6 +192,33 @@ def _run_pytorch(trial_cls: type, found: TrialInfo, config: dict[str, Any], dist
             checkpoint_policy="all",
             latest_checkpoint=found.latest_checkpoint,
         )
+
+
+def _describe_pytorch_trial(trial: Any, context: Any) -> None:
+    """The model description, with no code in the trial: the models and optimizers it wrapped
+    (`context.wrap_model` / `wrap_optimizer`), the loss modules it holds, and, after the first
+    forward pass, the input, output and per-layer shapes."""
+    from cdl.runtime.model_metadata import (
+        ShapeWatcher,
+        describe_model,
+        describe_optimizer,
+        find_losses,
+        with_shapes,
+    )
+
+    try:
+        description = describe_model(context.models[0])
+        if len(context.models) > 1:
+            description["models"] = len(context.models)
+        if context.optimizers:
+            description.update(describe_optimizer(context.optimizers[0]))
+        losses = find_losses(trial, *context.models)
+        if losses:
+            description["loss"] = losses[0] if len(losses) == 1 else losses
+        trial_events.emit("model", **description)
+        ShapeWatcher(context.models[0], lambda shapes: trial_events.emit("model", **with_shapes(description, shapes)))
+    except Exception as exc:  # noqa: BLE001 - metadata must never break training
+        trial_events.emit("warning", message=f"could not describe the model: {exc}")
 
 
 def _call_function(fn: Callable[..., Any], found: TrialInfo, config: dict[str, Any], distributed: Any) -> None:
@@ -242,14 +274,21 @@ def main() -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     config = _config()
+    try:
+        data.ensure_data_dir()  # a cluster names the data (CDL_DATA_URI); user code gets a directory
+    except Exception as exc:  # noqa: BLE001 - every trial would fail alike: say why, once
+        print(f"cdl: the trial's data cannot be read: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        trial_events.emit("entrypoint_error", message=f"data: {exc}")
+        return EXIT_ENTRYPOINT
     found = info()
     code_dir = Path(config.get("code_dir") or os.getcwd())
     sys.path.insert(0, str(code_dir))
     resume = _resume_steps(found.latest_checkpoint)
     determined_hooks.install(os.environ.get(ENV_STOP), resume)
+    guard = stopping_guard.install_from_env()  # on a cluster: searcher.earlyStopping inside the trial
     _seed(found.seed)
 
-    from cdl.runtime.model_metadata import environment, package_versions
+    from cdl.runtime.model_metadata import describe_data, environment, package_versions
 
     trial_events.emit(
         "start",
@@ -263,6 +302,11 @@ def main() -> int:
         packages=package_versions(code_dir),
         environment=environment(),
     )
+    if found.data_dir:
+        try:
+            trial_events.emit("data", **describe_data(found.data_dir))
+        except Exception as exc:  # noqa: BLE001 - metadata must never break training
+            trial_events.emit("warning", message=f"could not describe the data: {exc}")
     logger.info("trial %s: %s, hparams %s, train to %s", found.trial_id, found.entrypoint, found.hparams,
                 found.max_length)
     try:
@@ -286,7 +330,8 @@ def main() -> int:
             "error", type=type(exc).__name__, message=str(exc)[:2000], traceback=text[-8000:], all_ranks=True
         )
         return EXIT_USER_ERROR
-    trial_events.emit("exit", status="ok", stopped=determined_hooks.stop_reason(os.environ.get(ENV_STOP)))
+    stopped = determined_hooks.stop_reason(os.environ.get(ENV_STOP)) or (guard.stop_reason() if guard else None)
+    trial_events.emit("exit", status="ok", stopped=stopped)
     return EXIT_OK
 
 

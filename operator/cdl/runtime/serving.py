@@ -108,9 +108,26 @@ def _download(ref: str, dest: Path) -> None:
             shutil.copyfileobj(response, out)
 
 
-def fetch_package(ref: str, cache_dir: Path | None = None) -> Path:
+class PackageMismatch(ValueError):
+    """The package archive's bytes are not the ones the ModelVersion registered."""
+
+
+def _check_sha256(archive: Path, ref: str, expected: str) -> None:
+    digest = hashlib.sha256()
+    with open(archive, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    if digest.hexdigest() != expected.lower():
+        raise PackageMismatch(f"model package {ref}: sha256 mismatch: the archive is {digest.hexdigest()}, "
+                              f"CDL_PACKAGE_SHA256 says {expected}; refusing to load it")
+
+
+def fetch_package(ref: str, cache_dir: Path | None = None, sha256: str | None = None) -> Path:
     """A local, unpacked package folder for `ref` (folder, archive, or URI); downloads and unpacks
-    once per ref. Server workers load at the same time: a file lock makes one of them do it."""
+    once per ref. Server workers load at the same time: a file lock makes one of them do it.
+
+    With `sha256` (CDL_PACKAGE_SHA256) an archive whose bytes hash differently is refused
+    (`PackageMismatch`) before anything in it is unpacked or imported."""
     parsed = urllib.parse.urlparse(ref)
     local: Path | None = None
     if parsed.scheme in ("", "file"):
@@ -124,7 +141,7 @@ def fetch_package(ref: str, cache_dir: Path | None = None) -> Path:
                          "s3:// or http(s)://")
     cache = Path(cache_dir or os.environ.get("CDL_PACKAGE_CACHE") or Path(tempfile.gettempdir()) / "cdl-packages")
     cache.mkdir(parents=True, exist_ok=True)
-    target = cache / hashlib.sha256(ref.encode()).hexdigest()[:16]
+    target = cache / hashlib.sha256(f"{ref}#{sha256 or ''}".encode()).hexdigest()[:16]
     with open(cache / f".{target.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (target / package.MANIFEST).is_file():
@@ -134,6 +151,8 @@ def fetch_package(ref: str, cache_dir: Path | None = None) -> Path:
             archive = cache / f".{target.name}.tar.gz"
             _download(ref, archive)
         try:
+            if sha256:
+                _check_sha256(archive, ref, sha256)
             package.unpack(archive, target)
         finally:
             if local is None:
@@ -167,7 +186,11 @@ def as_rows(X: Any) -> list[Any]:
             return [_scalar(v) for v in X[:, 0]]
         return [_scalar(v) for v in X] if X.dtype.kind in "OUS" and X.ndim == 1 else X.tolist()
     if isinstance(X, (bytes, bytearray)):
-        return [bytes(X).decode("utf-8", errors="replace")]
+        try:
+            return [bytes(X).decode("utf-8")]
+        except UnicodeDecodeError as exc:
+            raise _bad_request(f"binData is not UTF-8 text ({exc.reason} at byte {exc.start}): this model takes "
+                               "text") from None
     if isinstance(X, str):
         return [X]
     if isinstance(X, dict):
@@ -275,6 +298,7 @@ class CdlPredictor:
         self.predictor_ref = predictor or os.environ.get("CDL_PREDICTOR") or ""
         self.model_version = model_version or os.environ.get("CDL_MODEL_VERSION") or ""
         self.cache_dir = cache_dir or os.environ.get("CDL_PACKAGE_CACHE") or None
+        self.package_sha256 = params.pop("package_sha256", None) or os.environ.get("CDL_PACKAGE_SHA256") or None
         self.params = params
         self.package_dir: Path | None = None
         self.manifest: dict[str, Any] = {}
@@ -311,7 +335,8 @@ class CdlPredictor:
         if not self.package_ref:
             raise ValueError("no model package: set CDL_MODEL_PACKAGE (or the model_package parameter)")
         started = time.monotonic()
-        self.package_dir = fetch_package(self.package_ref, Path(self.cache_dir) if self.cache_dir else None)
+        self.package_dir = fetch_package(self.package_ref, Path(self.cache_dir) if self.cache_dir else None,
+                                         sha256=self.package_sha256)
         info = package.load_package(self.package_dir)
         self.manifest = info.raw
         ref = self.predictor_ref or info.entrypoints.get("predictor", "")

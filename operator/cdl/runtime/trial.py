@@ -1,13 +1,16 @@
 """What trial code may ask the platform: hyperparameters, training length, data, seed, checkpoint.
 
 The same calls work under the local training engine (which writes a trial config file named by
-`CDL_TRIAL_CONFIG`) and on a Determined cluster (where they read `det.get_cluster_info()`), so a
+`CDL_TRIAL_CONFIG`) and on a Determined cluster (where they read `det.get_cluster_info()` and the
+experiment config's environment variables, docs/cluster-path.md), so a
 model's code runs unchanged in both places. Only the standard library is imported at module
 level; Determined, torch and Keras are imported when a helper needs them.
 
 Environment a trial process gets (the runtime contract):
-  CDL_DATA_DIR      local directory holding the bound data commit's files (local engine)
-  CDL_DATA_URI      `pfs://repo@commit` when the data is read from Pachyderm instead
+  CDL_DATA_DIR      local directory holding the bound data commit's files (the local engine sets
+                    it; on a cluster `cdl.runtime.launch` sets it after copying CDL_DATA_URI)
+  CDL_DATA_URI      where the data version is on a cluster: `pfs://project/repo@branch=commit`,
+                    `s3://bucket/prefix/` or `file:///dir` (see cdl.runtime.data)
   CDL_DATA_REPO, CDL_DATA_COMMIT   the exact data version trained on
   CDL_SEED          this trial's seed (the experiment's seed for trial 1, +1 per further trial)
   CDL_TRIAL_ID, CDL_EXPERIMENT (namespace/name), CDL_RUN_DIR (the run's directory),
@@ -22,19 +25,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ENV_CONFIG = "CDL_TRIAL_CONFIG"
-ENV_EVENTS = "CDL_TRIAL_EVENTS"
-ENV_STOP = "CDL_TRIAL_STOP"
-ENV_DATA_DIR = "CDL_DATA_DIR"
-ENV_DATA_URI = "CDL_DATA_URI"
-ENV_DATA_REPO = "CDL_DATA_REPO"
-ENV_DATA_COMMIT = "CDL_DATA_COMMIT"
-ENV_SEED = "CDL_SEED"
-ENV_TRIAL_ID = "CDL_TRIAL_ID"
-ENV_EXPERIMENT = "CDL_EXPERIMENT"
-ENV_RUN_DIR = "CDL_RUN_DIR"
-ENV_TRIAL_DIR = "CDL_TRIAL_DIR"
-ENV_MAX_LENGTH = "CDL_MAX_LENGTH"  # "epochs:10" / "batches:500"; overrides the config (cluster use)
+from cdl.runtime.env import (  # noqa: F401  (re-exported: user code reads them as trial.ENV_*)
+    ENV_CONFIG,
+    ENV_DATA_COMMIT,
+    ENV_DATA_DIR,
+    ENV_DATA_REPO,
+    ENV_DATA_URI,
+    ENV_ENTRYPOINT,
+    ENV_EVENTS,
+    ENV_EXPERIMENT,
+    ENV_MAX_LENGTH,
+    ENV_METRIC,
+    ENV_RUN_DIR,
+    ENV_SEED,
+    ENV_STOP,
+    ENV_TRIAL_DIR,
+    ENV_TRIAL_ID,
+)
 
 UNITS = ("epochs", "batches")
 
@@ -139,6 +146,12 @@ def _from_cluster() -> TrialInfo | None:
             length = TrainLength(int(value), unit)
     elif searcher.get("max_time") and searcher.get("time_metric") in UNITS:
         length = TrainLength(int(searcher["max_time"]), searcher["time_metric"])
+    period = config.get("min_validation_period") or {}
+    validation = None
+    if isinstance(period, dict) and period:
+        ((unit, value),) = list(period.items())[:1]
+        if unit in UNITS and value:
+            validation = TrainLength(int(value), unit)
     return TrialInfo(
         trial_id=str(ci.trial.trial_id),
         experiment=os.environ.get(ENV_EXPERIMENT, str(ci.trial.experiment_id)),
@@ -146,9 +159,11 @@ def _from_cluster() -> TrialInfo | None:
         seed=int(ci.trial.trial_seed),
         max_length=length,
         latest_checkpoint=ci.latest_checkpoint,
-        metric=searcher.get("metric"),
+        metric=searcher.get("metric") or os.environ.get(ENV_METRIC),
         smaller_is_better=bool(searcher.get("smaller_is_better", True)),
         slots=int(config.get("resources", {}).get("slots_per_trial", 1)),
+        validation_period=validation,
+        entrypoint=os.environ.get(ENV_ENTRYPOINT, ""),
         on_cluster=True,
     )
 
@@ -159,8 +174,11 @@ def info() -> TrialInfo:
     if _INFO is None:
         config = os.environ.get(ENV_CONFIG)
         found = _from_config(Path(config)) if config else _from_cluster()
-        if found is None:
-            found = TrialInfo(trial_id=os.environ.get(ENV_TRIAL_ID, "0"), seed=int(os.environ.get(ENV_SEED, 0)))
+        if found is None:  # off-cluster with no local engine: a plain `python -m cdl.runtime.launch`
+            found = TrialInfo(trial_id=os.environ.get(ENV_TRIAL_ID, "0"), seed=int(os.environ.get(ENV_SEED, 0)),
+                              entrypoint=os.environ.get(ENV_ENTRYPOINT, ""), metric=os.environ.get(ENV_METRIC))
+        if not found.entrypoint:
+            found.entrypoint = os.environ.get(ENV_ENTRYPOINT, "")
         if os.environ.get(ENV_MAX_LENGTH):
             found.max_length = TrainLength.parse(os.environ[ENV_MAX_LENGTH])
         found.data_dir = os.environ.get(ENV_DATA_DIR) or None

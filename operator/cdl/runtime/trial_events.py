@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Any
 
-from cdl.runtime.trial import ENV_EVENTS
+from cdl.runtime.env import ENV_EVENTS
 
 _LOCK = threading.Lock()
 

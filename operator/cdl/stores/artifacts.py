@@ -28,7 +28,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Protocol, runtime_checkable
+from typing import Any, BinaryIO, Protocol, runtime_checkable
 from urllib.parse import unquote, urlsplit
 
 from cdl.stores.errors import (
@@ -37,10 +37,6 @@ from cdl.stores.errors import (
     InvalidArtifactKey,
 )
 
-if TYPE_CHECKING:  # pragma: no cover
-    from cdl.stores.artifacts_file import FileArtifactStore
-    from cdl.stores.artifacts_s3 import S3ArtifactStore
-
 __all__ = [
     "ArtifactIntegrityError",
     "ArtifactNotFound",
@@ -48,8 +44,7 @@ __all__ = [
     "InvalidArtifactKey",
     "S3Settings",
     "StoredArtifact",
-    "download_uri",
-    "open_artifact_store",
+    "s3_settings",
     "validate_key",
     "validate_prefix",
 ]
@@ -94,6 +89,24 @@ class S3Settings:
         if not endpoint or "/" in endpoint:
             raise ValueError(f"S3 endpoint {endpoint!r}: expected host:port or http(s)://host:port")
         return endpoint, self.secure
+
+
+def s3_settings(endpoint: str | None, access_key: Any = "", secret_key: Any = "", secure: bool = False,
+                region: str | None = None) -> S3Settings | None:
+    """The one way cdl builds S3 settings, from whatever holds them (the operator configuration, a
+    cluster engine's settings, the environment): None without an endpoint; pydantic `SecretStr`
+    values are unwrapped here and nowhere else."""
+    if not endpoint:
+        return None
+
+    def plain(value: Any) -> str:
+        if value is None:
+            return ""
+        getter = getattr(value, "get_secret_value", None)
+        return getter() if getter else str(value)
+
+    return S3Settings(endpoint=endpoint, access_key=plain(access_key), secret_key=plain(secret_key),
+                      secure=secure, region=region)
 
 
 @runtime_checkable
@@ -285,27 +298,7 @@ def local_files(directory: Path) -> list[tuple[str, Path]]:
 
 
 # ---------------------------------------------------------------------------------------------
-# opening a store, and fetching any uri
-
-
-def open_artifact_store(url: str, s3: S3Settings | None = None) -> FileArtifactStore | S3ArtifactStore:
-    """The store for `file:///abs/dir` (or a plain path) or `s3://bucket/prefix` (needs `s3`)."""
-    if not isinstance(url, str) or not url.strip():
-        raise ValueError("artifact store url is empty: use file:///abs/dir, a directory path or s3://bucket/prefix")
-    url = url.strip()
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-    if scheme == "s3":
-        if s3 is None:
-            raise ValueError(f"artifact store {url} is on S3 but no S3 settings (endpoint, keys) were given")
-        from cdl.stores.artifacts_s3 import S3ArtifactStore
-
-        bucket, prefix = split_s3_uri(url)
-        return S3ArtifactStore(bucket, prefix, s3)
-    if scheme in ("", "file"):
-        from cdl.stores.artifacts_file import FileArtifactStore
-
-        return FileArtifactStore(file_uri_path(url) if scheme else Path(url))
-    raise ValueError(f"artifact store {url}: unsupported scheme {scheme!r}; use file:// or s3://")
+# uris
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:
@@ -332,49 +325,3 @@ def file_uri_path(uri: str) -> Path:
     if not path.startswith("/"):
         raise ValueError(f"{uri!r}: file uris need an absolute path (file:///abs/path)")
     return Path(path)
-
-
-def download_uri(uri: str, dest: Path, s3: S3Settings | None = None, sha256: str | None = None) -> Path:
-    """Fetch a file:// or s3:// uri (or an absolute path) to dest and return dest.
-
-    A uri that names a single object or file lands at `dest` as a file (checked against
-    `sha256` when given, or against the checksum recorded by a cdl store); one that names a
-    folder (a checkpoint, a model package directory) is copied under `dest` as a directory.
-    """
-    dest = Path(dest)
-    scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
-    if scheme == "s3":
-        if s3 is None:
-            raise ValueError(f"cannot download {uri}: no S3 settings (endpoint, keys) were given")
-        from cdl.stores.artifacts_s3 import S3ArtifactStore
-
-        bucket, key = split_s3_uri(uri)
-        store = S3ArtifactStore(bucket, "", s3, create_bucket=False)
-        if key and store.exists(key):
-            return store.get_file(key, dest, sha256)
-        if store.list(key):
-            return store.get_dir(key, dest)
-        raise ArtifactNotFound(f"nothing stored at {uri}")
-    if scheme not in ("", "file"):
-        raise ValueError(f"cannot download {uri}: unsupported scheme {scheme!r}; use file:// or s3://")
-    source = file_uri_path(uri) if scheme else Path(uri)
-    if not source.is_absolute():
-        raise ValueError(f"cannot download {uri}: a path must be absolute")
-    from cdl.stores.artifacts_file import recorded_sha256
-
-    if source.is_dir():
-        if dest.exists() and not dest.is_dir():
-            raise NotADirectoryError(f"cannot download folder {uri} to {dest}: it is a file")
-        dest.mkdir(parents=True, exist_ok=True)
-        for rel, path in local_files(source):
-            if not rel.startswith(RESERVED_PREFIX):
-                _copy_verified(path, dest / rel, path.as_uri(), recorded_sha256(path))
-        return dest
-    if not source.is_file():
-        raise ArtifactNotFound(f"nothing stored at {uri}")
-    return _copy_verified(source, dest, uri, sha256 or recorded_sha256(source))
-
-
-def _copy_verified(source: Path, dest: Path, uri: str, sha256: str | None) -> Path:
-    with open(source, "rb") as f:
-        return receive_verified(iter(lambda: f.read(CHUNK), b""), dest, uri, sha256)

@@ -10,6 +10,7 @@ retry later and nothing is half-written, since every method runs in one transact
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -75,6 +76,12 @@ CREATE TABLE IF NOT EXISTS {table} (
 """
 SCORING_COLUMNS = ("namespace", "deployment", "model_version", "request", "response", "status_code", "latency_ms",
                    "shadow", "error", "created_at")
+SCORING_COPY = sql.SQL("COPY scoring_data ({}) FROM STDIN").format(sql.SQL(", ").join(map(sql.Identifier,
+                                                                                     SCORING_COLUMNS)))
+# SQLSTATE classes of a refusal caused by the row itself (data exception, integrity constraint,
+# program limit exceeded such as a jsonb nested too deep), as opposed to the database being away.
+ROW_REFUSAL_CLASSES = frozenset({"22", "23", "54"})
+NUL_ESCAPED = "\\u0000"
 IDLE_PING_SECONDS = 10.0
 
 
@@ -396,25 +403,27 @@ class Database:
     # -- model registry index ----------------------------------------------------------------
 
     def next_model_version(self, model: str, *, namespace: str | None = None, resource: str | None = None) -> int:
-        """Reserve and return the next version number of `model` (1, 2, 3 ... per model name).
+        """Reserve and return the next version number of `model` in `namespace` (1, 2, 3 ... per
+        namespace and model name: a namespace is a team's boundary).
 
         Safe when several operators or threads register versions of one model at once. Given
         the ModelVersion resource (namespace and name), a number it reserved but never
         recorded an artifact for is handed back again, so a retried registration leaves no gap.
         """
+        ns = namespace or ""
         with self.transaction() as cur:
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_id("cdl.model_version", model),))
-            if namespace is not None and resource is not None:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_id("cdl.model_version", f"{ns}/{model}"),))
+            if resource is not None:
                 cur.execute(
-                    "SELECT version FROM model_versions WHERE model = %s AND namespace = %s AND resource = %s "
-                    "AND artifact_uri IS NULL ORDER BY version DESC LIMIT 1", (model, namespace, resource))
+                    "SELECT version FROM model_versions WHERE namespace = %s AND model = %s AND resource = %s "
+                    "AND artifact_uri IS NULL ORDER BY version DESC LIMIT 1", (ns, model, resource))
                 row = cur.fetchone()
                 if row:
                     return int(row["version"])
             cur.execute(
                 "INSERT INTO model_versions (model, version, namespace, resource) "
-                "SELECT %s, coalesce(max(version), 0) + 1, %s, %s FROM model_versions WHERE model = %s "
-                "RETURNING version", (model, namespace, resource, model))
+                "SELECT %s, coalesce(max(version), 0) + 1, %s, %s FROM model_versions "
+                "WHERE namespace = %s AND model = %s RETURNING version", (model, ns, resource, ns, model))
             return int(cur.fetchone()["version"])
 
     def record_model_version(self, model: str, version: int, *, namespace: str | None = None,
@@ -433,57 +442,59 @@ class Database:
                 """INSERT INTO model_versions (model, version, namespace, resource, stage, artifact_uri,
                                                artifact_sha256, artifact_bytes, artifact_format, lineage)
                    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-                   ON CONFLICT (model, version) DO UPDATE SET
-                     namespace = coalesce(EXCLUDED.namespace, model_versions.namespace),
+                   ON CONFLICT (namespace, model, version) DO UPDATE SET
                      resource = coalesce(EXCLUDED.resource, model_versions.resource),
                      stage = EXCLUDED.stage,
                      artifact_uri = EXCLUDED.artifact_uri, artifact_sha256 = EXCLUDED.artifact_sha256,
                      artifact_bytes = EXCLUDED.artifact_bytes, artifact_format = EXCLUDED.artifact_format,
                      lineage = EXCLUDED.lineage""",
-                (model, int(version), namespace, resource, stage, art["uri"], art["sha256"], art["bytes"],
+                (model, int(version), namespace or "", resource, stage, art["uri"], art["sha256"], art["bytes"],
                  art["format"], _json(dict(lineage or {}))))
 
     def record_evaluation(self, model: str, version: int, *, metrics: Mapping[str, Any],
-                          gates: Iterable[Mapping[str, Any]], passed: bool, report_uri: str | None = None) -> None:
+                          gates: Iterable[Mapping[str, Any]], passed: bool, report_uri: str | None = None,
+                          namespace: str | None = None) -> None:
         """Store the evaluation of a recorded version: metrics, gate results, verdict and report."""
         with self.transaction() as cur:
             cur.execute(
                 "UPDATE model_versions SET metrics = %s, gates = %s, passed = %s, report_uri = %s "
-                "WHERE model = %s AND version = %s",
-                (_json(dict(metrics)), _json([dict(g) for g in gates]), bool(passed), report_uri, model,
-                 _version(model, version)))
+                "WHERE namespace = %s AND model = %s AND version = %s",
+                (_json(dict(metrics)), _json([dict(g) for g in gates]), bool(passed), report_uri, namespace or "",
+                 model, _version(model, version)))
             if cur.rowcount == 0:
-                raise RecordNotFound(f"model {model} version {version} is not recorded")
+                raise RecordNotFound(f"model {_where(namespace)}{model} version {version} is not recorded")
 
-    def set_model_stage(self, model: str, version: int, stage: str) -> None:
+    def set_model_stage(self, model: str, version: int, stage: str, *, namespace: str | None = None) -> None:
         """Move a recorded version to a stage (promoted_at is stamped when the stage changes)."""
         _check_stage(stage)
         with self.transaction() as cur:
             cur.execute(
                 "UPDATE model_versions SET promoted_at = CASE WHEN stage IS DISTINCT FROM %s THEN now() "
-                "ELSE promoted_at END, stage = %s WHERE model = %s AND version = %s",
-                (stage, stage, model, _version(model, version)))
+                "ELSE promoted_at END, stage = %s WHERE namespace = %s AND model = %s AND version = %s",
+                (stage, stage, namespace or "", model, _version(model, version)))
             if cur.rowcount == 0:
-                raise RecordNotFound(f"model {model} version {version} is not recorded")
+                raise RecordNotFound(f"model {_where(namespace)}{model} version {version} is not recorded")
 
-    def get_model_version(self, model: str, version: int) -> ModelVersionRecord | None:
+    def get_model_version(self, model: str, version: int, *, namespace: str | None = None) -> ModelVersionRecord | None:
         with self.transaction() as cur:
-            cur.execute("SELECT * FROM model_versions WHERE model = %s AND version = %s", (model, int(version)))
+            cur.execute("SELECT * FROM model_versions WHERE namespace = %s AND model = %s AND version = %s",
+                        (namespace or "", model, int(version)))
             row = cur.fetchone()
         return from_row(ModelVersionRecord, row) if row else None
 
-    def model_versions(self, model: str) -> list[ModelVersionRecord]:
-        """Every recorded version of a model, oldest first."""
+    def model_versions(self, model: str, *, namespace: str | None = None) -> list[ModelVersionRecord]:
+        """Every recorded version of a model in a namespace, oldest first."""
         with self.transaction() as cur:
-            cur.execute("SELECT * FROM model_versions WHERE model = %s ORDER BY version", (model,))
+            cur.execute("SELECT * FROM model_versions WHERE namespace = %s AND model = %s ORDER BY version",
+                        (namespace or "", model))
             return [from_row(ModelVersionRecord, row) for row in cur.fetchall()]
 
-    def model_in_stage(self, model: str, stage: str) -> ModelVersionRecord | None:
-        """The newest version of a model in a stage (e.g. what 'production' means right now)."""
+    def model_in_stage(self, model: str, stage: str, *, namespace: str | None = None) -> ModelVersionRecord | None:
+        """The newest version of a model in a stage in a namespace (what 'production' means there now)."""
         _check_stage(stage)
         with self.transaction() as cur:
-            cur.execute("SELECT * FROM model_versions WHERE model = %s AND stage = %s ORDER BY version DESC LIMIT 1",
-                        (model, stage))
+            cur.execute("SELECT * FROM model_versions WHERE namespace = %s AND model = %s AND stage = %s "
+                        "ORDER BY version DESC LIMIT 1", (namespace or "", model, stage))
             row = cur.fetchone()
         return from_row(ModelVersionRecord, row) if row else None
 
@@ -526,20 +537,65 @@ class Database:
     # -- scoring data ------------------------------------------------------------------------
 
     def insert_scoring_rows(self, rows: Iterable[ScoringRow]) -> int:
-        """Append scoring rows in one COPY (fast for the request logger's batches); return the count."""
-        count = 0
+        """Append scoring rows in one COPY (fast for the request logger's batches); return how many
+        were stored.
+
+        A row PostgreSQL refuses never blocks the others: NUL characters (which neither text nor
+        jsonb can hold) are stored escaped as the six characters `\\u0000`, and a row refused for
+        any other reason of its own (a data or limit error) is found by halving the batch and set
+        aside in `scoring_rejects` with the refusal, in the same transaction as the rest. Only an
+        unavailable database raises (`StoreUnavailable`): then nothing of the batch was written."""
+        prepared: list[tuple[ScoringRow, tuple[Any, ...]]] = []
+        rejected: list[tuple[ScoringRow, str]] = []
+        for r in rows:
+            try:
+                prepared.append((r, _scoring_values(r)))
+            except (ValueError, TypeError, RecursionError, orjson.JSONEncodeError) as exc:
+                rejected.append((r, f"not storable: {type(exc).__name__}: {exc}"))
+        if not prepared and not rejected:
+            return 0
         with self.transaction() as cur:
-            with cur.copy(sql.SQL("COPY scoring_data ({}) FROM STDIN").format(
-                    sql.SQL(", ").join(map(sql.Identifier, SCORING_COLUMNS)))) as copy:
-                for r in rows:
-                    copy.write_row((
-                        r.namespace, r.deployment, r.model_version,
-                        None if r.request is None else _json(r.request),
-                        None if r.response is None else _json(r.response),
-                        int(r.status_code), float(r.latency_ms), bool(r.shadow), r.error, r.created_at or _now(),
-                    ))
-                    count += 1
-        return count
+            written = self._copy_isolating(cur, prepared, rejected)
+            if rejected:
+                self._set_aside(cur, rejected)
+        return written
+
+    def _copy_isolating(self, cur: psycopg.Cursor[Any], items: list[tuple[ScoringRow, tuple[Any, ...]]],
+                        rejected: list[tuple[ScoringRow, str]]) -> int:
+        """COPY `items` inside a savepoint; when PostgreSQL refuses the data, halve and retry, so
+        a refused row ends up alone in `rejected` (log2 of the batch extra round trips per row)."""
+        if not items:
+            return 0
+        try:
+            with cur.connection.transaction(), cur.copy(SCORING_COPY) as copy:
+                for _, values in items:
+                    copy.write_row(values)
+            return len(items)
+        except psycopg.Error as exc:
+            if not _refused_data(exc):
+                raise
+            if len(items) == 1:
+                rejected.append((items[0][0], _first_line(exc)))
+                log.warning("scoring row of %s/%s set aside in scoring_rejects: %s", items[0][0].namespace,
+                            items[0][0].deployment, _first_line(exc))
+                return 0
+        half = len(items) // 2
+        return self._copy_isolating(cur, items[:half], rejected) + self._copy_isolating(cur, items[half:], rejected)
+
+    def _set_aside(self, cur: psycopg.Cursor[Any], rejected: list[tuple[ScoringRow, str]]) -> None:
+        with cur.copy("COPY scoring_rejects (namespace, deployment, model_version, row_json, error, created_at) "
+                      "FROM STDIN") as copy:
+            for row, error in rejected:
+                copy.write_row((_text(row.namespace), _text(row.deployment), _text(row.model_version),
+                                _row_text(row), _text(error)[:10_000], row.created_at or _now()))
+
+    def scoring_rejects(self, namespace: str, deployment: str, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest scoring rows set aside for `deployment`, newest first: row_json (the row as
+        JSON text) and the error PostgreSQL gave."""
+        with self.transaction() as cur:
+            cur.execute("SELECT * FROM scoring_rejects WHERE namespace = %s AND deployment = %s "
+                        "ORDER BY created_at DESC, id DESC LIMIT %s", (namespace, deployment, max(0, int(limit))))
+            return list(cur.fetchall())
 
     def scoring_window(self, namespace: str, deployment: str, limit: int = 1000, *,
                        shadow: bool | None = None) -> list[ScoringRow]:
@@ -583,6 +639,10 @@ def _lock_id(space: str, name: str) -> int:
     return value - (1 << 64) if value >= (1 << 63) else value
 
 
+def _where(namespace: str | None) -> str:
+    return f"{namespace}/" if namespace else ""
+
+
 def _check_stage(stage: str) -> None:
     if stage not in STAGES:
         raise ValueError(f"model stage {stage!r}: expected one of {', '.join(STAGES)}")
@@ -606,15 +666,63 @@ def _artifact_fields(artifact: Any) -> dict[str, Any]:
 
 
 def _json(value: Any) -> Jsonb:
-    """JSONB that PostgreSQL accepts: NaN and infinities become null, numpy values plain numbers.
-    orjson does that natively and fast (a 5,000-value request row costs microseconds, not the
-    milliseconds of a Python walk); anything it refuses goes through `_jsonable` first."""
+    """JSONB that PostgreSQL accepts: NaN and infinities become null, numpy values plain numbers,
+    NUL characters (which jsonb refuses) the six characters `\\u0000`. orjson does that natively
+    and fast (a 5,000-value request row costs microseconds, not the milliseconds of a Python walk);
+    anything it refuses goes through `_jsonable` first."""
+    text = _json_text(value)
+    return Jsonb(value, dumps=lambda _: text)
+
+
+def _json_text(value: Any) -> str:
+    """`value` as JSON text PostgreSQL's jsonb accepts (see `_json`)."""
     try:
         text = orjson.dumps(value, default=_jsonable,
                             option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS).decode()
+    except (TypeError, orjson.JSONEncodeError):  # also deeper than orjson's 254 levels
+        text = json.dumps(_jsonable(value), separators=(",", ":"))
+    if "\\u0000" in text:  # rare: only then pay for the walk that escapes NULs in strings and keys
+        text = json.dumps(_without_nul(json.loads(text)), separators=(",", ":"))
+    return text
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", NUL_ESCAPED)
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    return value
+
+
+def _text(value: Any) -> Any:
+    """A text column's value with NULs escaped (PostgreSQL text cannot hold them)."""
+    return value.replace("\x00", NUL_ESCAPED) if isinstance(value, str) else value
+
+
+def _scoring_values(r: ScoringRow) -> tuple[Any, ...]:
+    """One scoring_data row for COPY, in SCORING_COLUMNS order (jsonb columns as JSON text)."""
+    return (
+        _text(r.namespace), _text(r.deployment), _text(r.model_version),
+        None if r.request is None else _json_text(r.request),
+        None if r.response is None else _json_text(r.response),
+        int(r.status_code), float(r.latency_ms), bool(r.shadow), _text(r.error), r.created_at or _now(),
+    )
+
+
+def _row_text(row: ScoringRow) -> str:
+    """A refused row as JSON text (never refused itself: orjson escapes control characters)."""
+    try:
+        return orjson.dumps(row, default=str)[:1_000_000].decode("utf-8", errors="replace")
     except (TypeError, orjson.JSONEncodeError):
-        return Jsonb(_jsonable(value))
-    return Jsonb(value, dumps=lambda _: text)
+        return _text(repr(row)[:1_000_000])
+
+
+def _refused_data(exc: BaseException) -> bool:
+    """Did PostgreSQL refuse the data itself (rather than fail to be reached)?"""
+    state = getattr(exc, "sqlstate", None)
+    return bool(state) and state[:2] in ROW_REFUSAL_CLASSES
 
 
 def _jsonable(value: Any) -> Any:

@@ -135,7 +135,7 @@ def test_trial_runs_under_the_local_training_engine_with_the_asha_manifest(
 ) -> None:
     """The Experiment manifest's hyperparameters and entrypoint, run by the platform's engine
     (a shortened search: two trials, the better one promoted from its checkpoint to two epochs)."""
-    training = pytest.importorskip("cdl.engines.local.training")
+    training = pytest.importorskip("cdl.engines.training.local")
     from cdl.api.experiment import ExperimentSpec
     from cdl.engines.base import DataRef, JobState, ResourceKey, TrainingRequest
 

@@ -122,7 +122,7 @@ def test_predictor_answers_with_class_names(fmnist_checkpoint: Path, fmnist_data
 def test_function_entrypoint_runs_under_the_local_training_engine(fmnist_data: Path, tmp_path: Path) -> None:
     """The Experiment manifest's entrypoint and hyperparameters under the platform's engine,
     shortened to one trial of two epochs, on the DataPipeline-shaped train output."""
-    training = pytest.importorskip("cdl.engines.local.training")
+    training = pytest.importorskip("cdl.engines.training.local")
     from cdl.api.experiment import ExperimentSpec
     from cdl.engines.base import DataRef, JobState, ResourceKey, TrainingRequest
 

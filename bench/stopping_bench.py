@@ -1,0 +1,362 @@
+"""Benchmark of early stopping (not a test): what each rule spends and keeps in one random search.
+
+The performance-tuning thesis (RQ1/RQ2) asks how early stopping changes the computation of a
+hyperparameter search. Here the same random search (the same trials: cdl's hyperparameter
+sampler, seed and trial budget) runs once per method on three problems, side by side in one run:
+
+- no stopping; cdl's patience/minDelta; cdl's median rule; cdl's predictive stopping
+  (learning-curve model); cdl's resource comparison; ASHA (cdl's searcher, one bracket);
+- the peer: Optuna's MedianPruner and SuccessiveHalvingPruner on the same trials.
+
+Problems: the BBC use case's generated offline corpus (usecases/bbc-news/data/generate.py, its
+NewsNet), the Fashion-MNIST use case's generated sample (usecases/fashion-mnist/data/generate.py,
+an MLP of the use case's shape) and scikit-learn's bundled breast-cancer table (an MLP). Trials
+train in this process, one at a time (torch on one thread), epoch by epoch; after each epoch the
+method decides whether the trial goes on, exactly as the local engine's driver would (cdl's
+rules are the same `cdl.runtime.stopping` code), so a stopped trial really trains no further.
+
+Per method: trial-epochs spent, CPU seconds (training, validation and the method's own
+decisions), the best validation accuracy kept, whether the winner of the unstopped search was
+stopped; and the issue's target for predictive stopping (at most half the trial-epochs of no
+stopping, best within 0.5 points, no worse than Optuna's pruners on both counts).
+
+Usage: .venv/bin/python bench/stopping_bench.py [--trials 16] [--epochs 15] [--seed 7] [--json out.json]
+Needs the `bench` extra (optuna, scikit-learn).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from cdl.api.experiment import ExperimentSpec
+from cdl.engines.training.local import hparams as hp
+from cdl.engines.training.local import searchers
+from cdl.engines.training.local.state import TrialState, Validation
+from cdl.runtime.stopping import Curve, Point, StoppingRules, StoppingSettings
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load(path: Path, name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules[name] = module
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+# ---------------------------------------------------------------------- problems
+
+
+@dataclass
+class Problem:
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    space: dict[str, Any]
+    build: Callable[[dict[str, Any], int], nn.Module]
+    note: str
+
+
+def _split(x: np.ndarray, y: np.ndarray, seed: int, fraction: float = 0.3) -> tuple[torch.Tensor, ...]:
+    order = np.random.default_rng(seed).permutation(len(x))
+    cut = int(len(x) * (1 - fraction))
+    tr, va = order[:cut], order[cut:]
+    return (torch.as_tensor(x[tr], dtype=torch.float32), torch.as_tensor(y[tr], dtype=torch.long),
+            torch.as_tensor(x[va], dtype=torch.float32), torch.as_tensor(y[va], dtype=torch.long))
+
+
+def mlp(inputs: int, classes: int) -> Callable[[dict[str, Any], int], nn.Module]:
+    def build(h: dict[str, Any], _: int) -> nn.Module:
+        return nn.Sequential(nn.Flatten(), nn.Linear(inputs, int(h["hidden_size"])), nn.ReLU(),
+                             nn.Linear(int(h["hidden_size"]), classes))
+
+    return build
+
+
+def bbc(seed: int, per_class: int) -> Problem:
+    gen = _load(REPO / "usecases/bbc-news/data/generate.py", "bbc_generate")
+    news = _load(REPO / "usecases/bbc-news/model/news_model.py", "bbc_news_model")
+    with tempfile.TemporaryDirectory(prefix="cdl-stopping-bench-") as tmp:
+        gen.generate(Path(tmp), per_class, seed, invalid=False, readme=False)
+        corpus = news.load_corpus(tmp)
+    names = corpus.class_names
+    vec = news.TextVectorizer()
+    tokens = [vec.tokens(t) for t in corpus.texts]
+    vec.fit(tokens, 2000)
+    x = news.features(vec.counts(tokens)).numpy()
+    y = np.asarray([names.index(label) for label in corpus.labels])
+    space = {"learning_rate": {"type": "log", "minval": -5, "maxval": -1, "base": 10},
+             "hidden_size": {"type": "int", "minval": 32, "maxval": 128},
+             "dropout": {"type": "double", "minval": 0.1, "maxval": 0.5}}
+
+    def build(h: dict[str, Any], _: int) -> nn.Module:
+        return news.NewsNet(x.shape[1], int(h["hidden_size"]), len(names), float(h["dropout"]))
+
+    return Problem("bbc-news (generated)", *_split(x, y, seed), space, build,
+                   f"{len(x)} articles, {x.shape[1]} stems, NewsNet")
+
+
+def fashion(seed: int, n: int) -> Problem:
+    gen = _load(REPO / "usecases/fashion-mnist/data/generate.py", "fmnist_generate")
+    images, labels = gen.sample(n, np.random.default_rng(seed))
+    x = images.astype(np.float32) / 255.0
+    space = {"learning_rate": {"type": "log", "minval": -5, "maxval": -1, "base": 10},
+             "hidden_size": {"type": "int", "minval": 16, "maxval": 128}}
+    return Problem("fashion-mnist (generated sample)", *_split(x, labels.astype(np.int64), seed), space,
+                   mlp(28 * 28, 10), f"{n} images 28x28, MLP")
+
+
+def tabular(seed: int) -> Problem:
+    from sklearn.datasets import load_breast_cancer
+
+    data = load_breast_cancer()
+    x = (data.data - data.data.mean(0)) / data.data.std(0)
+    space = {"learning_rate": {"type": "log", "minval": -5, "maxval": -1, "base": 10},
+             "hidden_size": {"type": "int", "minval": 4, "maxval": 64}}
+    return Problem("breast-cancer (scikit-learn)", *_split(x.astype(np.float32), data.target, seed), space,
+                   mlp(x.shape[1], 2), f"{len(x)} rows x {x.shape[1]} features, MLP")
+
+
+# ---------------------------------------------------------------------- training
+
+
+class Trainer:
+    """One trial's model: trains epoch by epoch and keeps its state (ASHA resumes it)."""
+
+    def __init__(self, problem: Problem, hparams: dict[str, Any], seed: int) -> None:
+        torch.manual_seed(seed)
+        self.p = problem
+        self.model = problem.build(hparams, seed)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=float(hparams["learning_rate"]))
+        self.gen = torch.Generator().manual_seed(seed)
+        self.epochs = 0
+
+    def epoch(self) -> float:
+        """Train one epoch; the validation accuracy (percent) after it."""
+        self.model.train()
+        order = torch.randperm(len(self.p.x_train), generator=self.gen)
+        for i in range(0, len(order), 32):
+            idx = order[i : i + 32]
+            loss = nn.functional.cross_entropy(self.model(self.p.x_train[idx]), self.p.y_train[idx])
+            self.opt.zero_grad()
+            loss.backward()
+            self.opt.step()
+        self.epochs += 1
+        self.model.eval()
+        with torch.no_grad():
+            pred = self.model(self.p.x_val).argmax(1)
+        return float((pred == self.p.y_val).float().mean()) * 100.0
+
+
+@dataclass
+class Result:
+    method: str
+    trial_epochs: int = 0
+    cpu_seconds: float = 0.0
+    best: float | None = None
+    curves: dict[int, list[float]] = field(default_factory=dict)
+    stopped: set[int] = field(default_factory=set)
+
+    def keep(self, index: int, value: float) -> None:
+        self.curves.setdefault(index, []).append(value)
+        self.trial_epochs += 1
+        self.best = value if self.best is None else max(self.best, value)
+
+
+def configs(problem: Problem, trials: int, seed: int) -> list[dict[str, Any]]:
+    return [hp.sample(problem.space, seed, i) for i in range(trials)]
+
+
+def run_rules(problem: Problem, name: str, settings: StoppingSettings | None, trials: int, epochs: int,
+              seed: int) -> Result:
+    """Sequential random search; after each epoch cdl's rules decide (as the engine's driver)."""
+    result = Result(name)
+    rules = StoppingRules(settings or StoppingSettings(), metric="accuracy", smaller_is_better=False,
+                          target=epochs)
+    done: list[Curve] = []
+    start = time.process_time()
+    for i, h in enumerate(configs(problem, trials, seed)):
+        trainer = Trainer(problem, h, seed + i)
+        curve = Curve(str(i))
+        t0 = time.process_time()
+        for e in range(1, epochs + 1):
+            value = trainer.epoch()
+            result.keep(i, value)
+            curve.points.append(Point(e, value, cpu_seconds=time.process_time() - t0))
+            if settings is not None and rules.check(curve, done).decision is not None:
+                result.stopped.add(i)
+                break
+        curve.completed = i not in result.stopped
+        done.append(curve)
+    result.cpu_seconds = time.process_time() - start
+    return result
+
+
+def run_asha(problem: Problem, trials: int, epochs: int, seed: int, divisor: int = 4) -> Result:
+    """cdl's ASHA searcher (one trial at a time), promoting trials that keep training."""
+    result = Result("cdl asha")
+    spec = ExperimentSpec.model_validate({
+        "model": {"path": ".", "entrypoint": "x:Y"}, "hyperparameters": problem.space, "seed": seed,
+        "searcher": {"name": "asha", "metric": "accuracy", "smallerIsBetter": False, "maxTrials": trials,
+                     "maxLength": {"epochs": epochs}, "asha": {"divisor": divisor}},
+    })
+    asha = searchers.AshaSearch(spec)
+    states: list[TrialState] = []
+    trainers: dict[int, Trainer] = {}
+    start = time.process_time()
+    while actions := asha.next(states, 1):
+        action = actions[0]
+        if isinstance(action, searchers.NewTrial):
+            i = len(states)
+            state = TrialState(id=str(i), index=i, hparams=action.hparams, seed=seed + i, target=action.target,
+                               rung=action.rung)
+            states.append(state)
+            trainers[i] = Trainer(problem, action.hparams, seed + i)
+        else:
+            state = next(s for s in states if s.id == action.trial_id)
+            asha.promote(state, action)
+        trainer = trainers[state.index]
+        while trainer.epochs < (state.target or epochs):
+            value = trainer.epoch()
+            result.keep(state.index, value)
+            state.validations.append(Validation(0, trainer.epochs, value, {}, 0.0))
+        state.units_done = trainer.epochs
+        state.state = asha.segment_done(state)
+    result.cpu_seconds = time.process_time() - start
+    result.stopped = {s.index for s in states if s.units_done < epochs}
+    return result
+
+
+def run_optuna(problem: Problem, pruner_name: str, trials: int, epochs: int, seed: int) -> Result:
+    """The same trials under an Optuna pruner (report every epoch, stop when it says prune)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    pruner = (optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1) if pruner_name == "median"
+              else optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=4))
+    study = optuna.create_study(direction="maximize", pruner=pruner,
+                                sampler=optuna.samplers.RandomSampler(seed=seed))
+    result = Result(f"optuna {pruner_name}")
+    start = time.process_time()
+    for i, h in enumerate(configs(problem, trials, seed)):
+        trial = study.ask()
+        trainer = Trainer(problem, h, seed + i)
+        best = None
+        pruned = False
+        for e in range(1, epochs + 1):
+            value = trainer.epoch()
+            result.keep(i, value)
+            best = value if best is None else max(best, value)
+            trial.report(value, e)
+            if trial.should_prune():
+                pruned = True
+                break
+        if pruned:
+            result.stopped.add(i)
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            study.tell(trial, best)
+    result.cpu_seconds = time.process_time() - start
+    return result
+
+
+# ---------------------------------------------------------------------- the run
+
+
+def bench_problem(problem: Problem, trials: int, epochs: int, seed: int) -> list[dict[str, Any]]:
+    methods: list[Result] = [
+        run_rules(problem, "none", None, trials, epochs, seed),
+        run_rules(problem, "cdl patience", StoppingSettings.from_wire({"patience": 3, "minDelta": 0.1}),
+                  trials, epochs, seed),
+        run_rules(problem, "cdl median", StoppingSettings.from_wire({"median": {}}), trials, epochs, seed),
+        run_rules(problem, "cdl predict", StoppingSettings.from_wire({"predict": {}}), trials, epochs, seed),
+        run_rules(problem, "cdl resources", StoppingSettings.from_wire({"resources": {}}), trials, epochs, seed),
+        run_asha(problem, trials, epochs, seed),
+        run_optuna(problem, "median", trials, epochs, seed),
+        run_optuna(problem, "successive-halving", trials, epochs, seed),
+    ]
+    base = methods[0]
+    winner = max(base.curves, key=lambda i: max(base.curves[i]))
+    rows = []
+    for m in methods:
+        rows.append({
+            "problem": problem.name, "method": m.method, "trial_epochs": m.trial_epochs,
+            "epochs_vs_none": round(m.trial_epochs / base.trial_epochs, 3),
+            "cpu_seconds": round(m.cpu_seconds, 2), "cpu_vs_none": round(m.cpu_seconds / base.cpu_seconds, 3),
+            "best_accuracy": round(m.best or 0.0, 2), "best_delta": round((m.best or 0.0) - (base.best or 0.0), 2),
+            "stopped_trials": len(m.stopped), "winner_stopped": winner in m.stopped,
+        })
+    return rows
+
+
+def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    by = {r["method"]: r for r in rows}
+    p = by["cdl predict"]
+    peers = [by["optuna median"], by["optuna successive-halving"]]
+    return {
+        "problem": p["problem"],
+        "half_the_epochs": p["epochs_vs_none"] <= 0.5,
+        "best_within_0.5": p["best_delta"] >= -0.5,
+        "no_worse_than_optuna": all(p["trial_epochs"] <= q["trial_epochs"] and p["best_accuracy"] >= q["best_accuracy"]
+                                    for q in peers),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trials", type=int, default=16)
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--bbc-per-class", type=int, default=60)
+    parser.add_argument("--fashion-images", type=int, default=3000)
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    started = time.time()
+    problems = [bbc(args.seed, args.bbc_per_class), fashion(args.seed, args.fashion_images), tabular(args.seed)]
+    print(f"# stopping bench {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC on {platform.node()}: "
+          f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}; "
+          f"{args.trials} trials x {args.epochs} epochs, seed {args.seed}")
+    all_rows, verdicts = [], []
+    for problem in problems:
+        print(f"\n## {problem.name}: {problem.note}")
+        rows = bench_problem(problem, args.trials, args.epochs, args.seed)
+        all_rows.extend(rows)
+        verdicts.append(verdict(rows))
+        print("| method | trial-epochs | vs none | CPU s | vs none | best acc % | Δ best | stopped | winner stopped |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+        for r in rows:
+            print(f"| {r['method']} | {r['trial_epochs']} | {r['epochs_vs_none']:.0%} | {r['cpu_seconds']:.1f} | "
+                  f"{r['cpu_vs_none']:.0%} | {r['best_accuracy']:.2f} | {r['best_delta']:+.2f} | "
+                  f"{r['stopped_trials']} | {'yes' if r['winner_stopped'] else 'no'} |")
+    print("\n## target for predictive stopping (<= 50% trial-epochs, best within 0.5 points, no worse than Optuna)")
+    for v in verdicts:
+        print(f"- {v['problem']}: half the epochs {v['half_the_epochs']}, best within 0.5 {v['best_within_0.5']}, "
+              f"no worse than Optuna's pruners {v['no_worse_than_optuna']}")
+    print(f"\n(total {time.time() - started:.0f} s wall, load {os.getloadavg()[0]:.1f})")
+    if args.json:
+        args.json.write_text(json.dumps({"rows": all_rows, "verdicts": verdicts}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

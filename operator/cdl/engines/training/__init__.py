@@ -1,0 +1,1 @@
+"""Training-side concepts shared by the training engines (local and Determined)."""

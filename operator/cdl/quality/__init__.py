@@ -1,0 +1,1 @@
+"""Model quality: evaluation, gates, reports, promotion, compression, monitoring."""

@@ -1,1 +1,0 @@
-"""Label steps: moving finished annotations from Label Studio into PostgreSQL."""

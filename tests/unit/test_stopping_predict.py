@@ -1,0 +1,104 @@
+"""The learning-curve predictor and the stopping rules on synthetic curves whose end is known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cdl.runtime.stopping import Curve, Point, StoppingRules, StoppingSettings
+from cdl.runtime.stopping.predict import CurvePredictor
+
+TARGET = 30
+
+
+def power_curve(trial_id: str, end: float, *, a: float = 0.6, alpha: float = 0.7, noise: float = 0.004,
+                length: int = TARGET, seed: int = 0, completed: bool = True) -> Curve:
+    """An accuracy-like curve rising to `end` at TARGET epochs: y = c - a·x^-alpha (+ noise)."""
+    rng = np.random.default_rng(seed)
+    c = end + a * TARGET ** (-alpha)
+    points = [Point(x, float(c - a * x ** (-alpha) + rng.normal(0, noise)), cpu_seconds=2.0 * x)
+              for x in range(1, length + 1)]
+    return Curve(trial_id, points, completed)
+
+
+def peers(n: int) -> list[Curve]:
+    ends = np.linspace(0.80, 0.92, n)
+    return [power_curve(f"p{i}", float(e), a=0.5 + 0.05 * i, alpha=0.6 + 0.05 * i, seed=i) for i, e in enumerate(ends)]
+
+
+@pytest.mark.parametrize("end", [0.70, 0.86, 0.95])
+def test_predicted_interval_holds_the_known_end_value(end: float) -> None:
+    trial = power_curve("t", end, seed=99, length=6, completed=False)
+    prediction = CurvePredictor(TARGET, smaller_is_better=False, confidence=0.9).predict(trial, peers(6))
+    assert prediction.low <= end <= prediction.high, prediction
+    assert abs(prediction.value - end) < 0.03, prediction
+    assert prediction.high - prediction.low < 0.15  # informative, not an everything-goes interval
+    assert prediction.peers == 6 and set(prediction.families) >= {"pow3", "exp3"}
+
+
+def test_prediction_works_for_losses_too() -> None:
+    # the same curves as losses (smaller is better): 1 - accuracy
+    def as_loss(c: Curve) -> Curve:
+        return Curve(c.trial_id, [Point(p.units, 1 - p.value) for p in c.points], c.completed)
+
+    trial = as_loss(power_curve("t", 0.75, seed=5, length=5, completed=False))
+    prediction = CurvePredictor(TARGET, smaller_is_better=True).predict(trial, [as_loss(p) for p in peers(5)])
+    assert prediction.low <= 0.25 <= prediction.high, prediction
+    assert prediction.low < prediction.value < prediction.high
+
+
+def rules(**settings: object) -> StoppingRules:
+    return StoppingRules(StoppingSettings.from_wire(settings), metric="accuracy", smaller_is_better=False,
+                         target=TARGET)
+
+
+def test_predictive_rule_stops_a_hopeless_trial_and_keeps_a_promising_one() -> None:
+    r = rules(predict={"minCompletedTrials": 3, "minValidations": 4})
+    hopeless = power_curve("bad", 0.6, seed=7, length=4, completed=False)
+    promising = power_curve("good", 0.95, seed=8, length=4, completed=False)
+    outcome = r.check(hopeless, peers(5))
+    assert outcome.decision is not None and outcome.decision.rule == "predict"
+    reason = outcome.decision.reason
+    assert reason.startswith("predicted: predicted final accuracy ") and "% interval" in reason
+    d = outcome.decision.detail
+    assert d["low"] <= d["prediction"] <= d["high"] < d["threshold"]
+    assert f"[{d['low']:.4g}, {d['high']:.4g}]" in reason
+    assert r.check(promising, peers(5)).decision is None
+
+
+def test_too_few_completed_trials_never_stop_and_say_so() -> None:
+    r = rules(predict={"minCompletedTrials": 3}, median={"minCompletedTrials": 3})
+    hopeless = power_curve("bad", 0.3, seed=7, length=8, completed=False)
+    outcome = r.check(hopeless, peers(2))
+    assert outcome.decision is None
+    assert any(n.startswith("predict: 2 of 3 completed trials needed") for n in outcome.notes)
+    assert any(n.startswith("median: 2 of 3 completed trials needed") for n in outcome.notes)
+
+
+def test_median_rule_compares_at_the_same_length() -> None:
+    r = rules(median={"minCompletedTrials": 3, "warmupValidations": 2})
+    below = power_curve("low", 0.70, seed=3, length=3, completed=False)
+    above = power_curve("high", 0.97, seed=4, length=3, completed=False)
+    decision = r.check(below, peers(4)).decision
+    assert decision is not None and decision.rule == "median"
+    assert "after 3 epochs is worse than the median" in decision.reason
+    assert r.check(above, peers(4)).decision is None
+
+
+def test_resource_rule_stops_a_trial_that_pays_far_more_per_gain() -> None:
+    r = rules(resources={"resource": "cpuSeconds", "factor": 3, "minCompletedTrials": 3})
+    normal = power_curve("n", 0.88, seed=11, length=5, completed=False)
+    costly = Curve("c", [Point(p.units, p.value, cpu_seconds=20.0 * p.units) for p in normal.points])
+    decision = r.check(costly, peers(4)).decision
+    assert decision is not None and decision.rule == "resources"
+    assert decision.reason.startswith("resources: cpuSeconds per unit of accuracy gain after 5 epochs is ")
+    assert r.check(normal, peers(4)).decision is None
+
+
+def test_patience_and_budgets_read_as_before() -> None:
+    r = StoppingRules(StoppingSettings.from_wire({"patience": 2, "minDelta": 0.5, "maxTrialMemory": "1Gi"}),
+                      metric="loss", smaller_is_better=True, target=10)
+    flat = Curve("f", [Point(1, 1.0), Point(2, 0.9), Point(3, 0.8)])
+    assert r.check(flat, []).decision.reason == "early-stopped: no improvement > 0.5 in 2 validations"
+    heavy = Curve("h", [Point(1, 1.0, peak_rss_bytes=2 * 2**30)])
+    assert r.check(heavy, []).decision.reason == "budget: peak memory 2 GiB > 1 GiB"
