@@ -26,6 +26,7 @@ verbs: ["get"]
 {{- with .Values.rbac.secretNames }}
 resourceNames: {{- toYaml . | nindent 2 }}
 {{- end }}
+{{- end }}
 
 {{/* Whether the operator runs as shards (several replicas, each owning a share). */}}
 {{- define "cdl.sharded" -}}
