@@ -104,3 +104,16 @@ def test_shards_split_keys_and_a_leaving_member_moves_only_its_own_share():
     moved = [k for k in keys if three[k] != two[k]]
     assert moved and all(three[k] == "c" for k in moved)
     assert owner(("b", "a"), keys[0]) == owner(("a", "b"), keys[0])  # order of members does not matter
+
+
+def test_a_replica_that_could_not_renew_its_lease_works_on_nothing():
+    """Self-fencing: before the others may take its share over (the Lease expiring), a replica
+    that has not renewed stops owning anything."""
+    from cdl.controller.shards import ShardMembership
+
+    m = ShardMembership("ops", "a", lease_seconds=10, renew_seconds=3)
+    m._members = ("a",)
+    m._last_renew = time.time()
+    assert m.owns("ml", "news")
+    m._last_renew = time.time() - 9  # 90 % of the lease without a renewal
+    assert not m.owns("ml", "news")

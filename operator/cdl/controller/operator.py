@@ -133,8 +133,11 @@ def run(config: OperatorConfig, *, kubeconfig: str | None = None,
                 asyncio.run(kopf.operator(
                     registry=make_registry(config, controller),
                     standalone=True,
-                    clusterwide=not config.namespaces,
-                    namespaces=config.namespaces or (),
+                    # One watch stream per namespace (kopf follows namespaces as they come and go),
+                    # so a namespace creating thousands of objects does not hold up another's
+                    # events behind its own in one cluster-wide stream.
+                    clusterwide=False,
+                    namespaces=config.namespaces or ["*"],
                     liveness_endpoint=liveness,
                     stop_flag=stop_now,
                     ready_flag=ready_flag,

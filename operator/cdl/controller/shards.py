@@ -30,6 +30,7 @@ from typing import Any
 log = logging.getLogger("cdl.controller.shards")
 
 GROUP_LABEL = "cdl.dev/operator-group"
+FENCE_AT = 0.8  # of the lease duration: stop working before the others may take over
 
 
 def owner(members: tuple[str, ...], key: str) -> str | None:
@@ -73,6 +74,7 @@ class ShardMembership:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._acquired = time.time()
+        self._last_renew = 0.0
         self.on_change: Callable[[tuple[str, ...], tuple[str, ...]], None] | None = None
 
     # ------------------------------------------------------------------ ownership
@@ -82,7 +84,15 @@ class ShardMembership:
         return self._members
 
     def owns(self, namespace: str, name: str) -> bool:
+        if self.fenced():
+            return False
         return owner(self._members, f"{namespace}/{name}") == self.identity
+
+    def fenced(self) -> bool:
+        """True when this replica's last renewal is so old that the others may have dropped it
+        (an overloaded or cut-off replica): it then works on nothing until it renews, so its
+        share is never worked on twice."""
+        return time.time() - self._last_renew > self.lease_seconds * FENCE_AT
 
     def effective(self, now: float | None = None) -> tuple[str, ...]:
         """The members at `now`: live Leases that have settled (all live ones when none has)."""
@@ -120,8 +130,12 @@ class ShardMembership:
         while not self._stop.wait(min(self.renew_seconds, 1.0)):
             try:
                 if time.time() - self._last_renew >= self.renew_seconds:
+                    was_fenced = self.fenced()
                     self._renew()
                     self._refresh()
+                    if was_fenced and self.on_change is not None:  # take up its share again
+                        log.warning("shard %s renewed its Lease late; working on its share again", self.identity)
+                        self.on_change((), self._members)
                 else:
                     self._recompute()  # a member settles or expires between lists
             except Exception as exc:  # keep trying; the Lease lasts several renew periods
