@@ -297,7 +297,8 @@ class Bench:
         self.core = client.CoreV1Api(self.api_client)
         self.kubectl_cache = workdir / "kubecache"
         self.operator = OperatorGroup(info.kubeconfig, workdir / "operator", poll_seconds, shards)
-        self.pool = ThreadPoolExecutor(4)
+        self.pool = ThreadPoolExecutor(4)  # bulk creates and deletes
+        self.sample_pool = ThreadPoolExecutor(2)  # samples never queue behind the bulk's creates
         self.base = f"/apis/{G}/{V}/namespaces/{NS}/{PLURAL}"
         self.serial = 0
 
@@ -306,6 +307,7 @@ class Bench:
         await self.session.close()
         self.api_client.close()
         self.pool.shutdown()
+        self.sample_pool.shutdown()
 
     # -- API helpers
     async def rv(self) -> int:
@@ -439,7 +441,7 @@ class Bench:
             if via == "kubectl":
                 await self.kubectl("apply", "-f", "-", stdin=json.dumps(pipeline(name, namespace)).encode())
             else:
-                await asyncio.get_running_loop().run_in_executor(self.pool, self.create_sync, name, namespace)
+                await asyncio.get_running_loop().run_in_executor(self.sample_pool, self.create_sync, name, namespace)
             s.created = time.perf_counter() - t0
             try:
                 await asyncio.wait_for(done.wait(), SAMPLE_TIMEOUT)
