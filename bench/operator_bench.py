@@ -32,9 +32,13 @@ pipeline), so instead this file re-executes itself as `python bench/operator_ben
 --serve-operator ...`, which calls `cdl.controller.operator.run()` exactly as `cdl operator run`
 does (same default configuration: poll_seconds 3.0, INFO logging to a log file, kopf settings
 from make_registry) with one override: the data engine is the tests' ScriptedDataEngine
-(tests/integration/operator_engines.py), which costs nothing and finishes a run on its second
-poll, so every bulk pipeline becomes Ready after two reconciles and then stays Ready. The
-measured cost is therefore kopf + handlers + reconciler + API server, not engine work.
+(tests/integration/operator_engines.py) in its reporting mode: it costs nothing, finishes a run
+in its own thread right after the start and reports that (as the local engines report their
+runs), so every bulk pipeline becomes Ready after two reconciles and then stays Ready. The
+measured cost is therefore kopf + controller + reconciler + API server, not engine work.
+(Before issue 17 the scripted engine finished a run on its second poll; a baseline run of the
+old code uses the old file.) `--shards N` starts N operator processes that share the
+DataPipelines through their Leases (CPU and RSS are then their sums).
 
 The devcluster is a background server process (`process.start_background`) with the CRDs of
 `crds/` and `--access-log` on (the idle window counts requests from it, in both phases, so the
@@ -55,6 +59,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import signal
 import ssl
 import subprocess
@@ -72,21 +77,24 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[1]
 KUBECTL = ROOT / ".tools" / "bin" / "kubectl"
 NS = "bench"
+LIVE_NS = "bench-live"  # another team's namespace: samples taken while the bulk converges
 G, V, PLURAL = "cdl.dev", "v1alpha1", "datapipelines"
 FINALIZER = "cdl.dev/cleanup"
 KUBECTL_EVERY = 4  # every 4th sample goes through kubectl apply
-SAMPLE_TIMEOUT = 30.0  # a sample with no status write by then counts as missed
+SAMPLE_TIMEOUT = 30.0
+WORKERS: int | None = None  # --workers: the operator's DataPipeline workers (default: its configuration's)  # a sample with no status write by then counts as missed
 
 
-def pipeline(name: str) -> dict[str, Any]:
+def pipeline(name: str, namespace: str = NS) -> dict[str, Any]:
     return {"apiVersion": f"{G}/{V}", "kind": "DataPipeline",
-            "metadata": {"name": name, "namespace": NS, "labels": {"app": "bench"}},
+            "metadata": {"name": name, "namespace": namespace, "labels": {"app": "bench"}},
             "spec": {"source": {"uri": f"file:///data/{name}"}, "split": {"test": 0.2}}}
 
 
 # --- the operator process ------------------------------------------------------------------------
 
-def serve_operator(kubeconfig: str, workdir: Path, poll_seconds: float | None) -> None:
+def serve_operator(kubeconfig: str, workdir: Path, poll_seconds: float | None, shard: str | None = None,
+                   workers: int | None = None) -> None:
     """The operator as `cdl operator run` starts it, with the scripted (free) data engine."""
     sys.path.insert(0, str(ROOT))
     from cdl.config import OperatorConfig
@@ -99,7 +107,11 @@ def serve_operator(kubeconfig: str, workdir: Path, poll_seconds: float | None) -
     config.base_dir = ROOT
     if poll_seconds:
         config.poll_seconds = poll_seconds
-    overrides = {"data": {"local": ScriptedDataEngine(workdir / "outputs", polls=1)}}
+    if workers:
+        config.workers = {"DataPipeline": workers}
+    if shard:  # one of --shards replicas: Leases in the bench namespace
+        config.shard_identity, config.shard_namespace, config.shard_group = shard, NS, "bench"
+    overrides = {"data": {"local": ScriptedDataEngine(workdir / "outputs", reports=True)}}
     ready = threading.Event()
 
     def announce() -> None:
@@ -113,8 +125,8 @@ def serve_operator(kubeconfig: str, workdir: Path, poll_seconds: float | None) -
 class OperatorProcess:
     """`--serve-operator` in its own process group; ready when it has written `ready`."""
 
-    def __init__(self, kubeconfig: Path, workdir: Path, poll_seconds: float | None) -> None:
-        self.kubeconfig, self.workdir, self.poll_seconds = kubeconfig, workdir, poll_seconds
+    def __init__(self, kubeconfig: Path, workdir: Path, poll_seconds: float | None, shard: str | None = None) -> None:
+        self.kubeconfig, self.workdir, self.poll_seconds, self.shard = kubeconfig, workdir, poll_seconds, shard
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = workdir / "operator.log"
 
@@ -125,6 +137,10 @@ class OperatorProcess:
                str(self.kubeconfig), "--workdir", str(self.workdir)]
         if self.poll_seconds:
             cmd += ["--poll-seconds", str(self.poll_seconds)]
+        if self.shard:
+            cmd += ["--shard", self.shard]
+        if WORKERS:
+            cmd += ["--workers", str(WORKERS)]
         started = time.perf_counter()
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -159,6 +175,40 @@ class OperatorProcess:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
         self.proc = None
+
+
+class OperatorGroup:
+    """One operator process, or `--shards` of them sharing the DataPipelines through their Leases;
+    CPU and RSS are their sums."""
+
+    def __init__(self, kubeconfig: Path, workdir: Path, poll_seconds: float | None, shards: int) -> None:
+        if shards > 1:
+            self.members = [OperatorProcess(kubeconfig, workdir / f"shard-{i}", poll_seconds, shard=f"shard-{i}")
+                            for i in range(shards)]
+        else:
+            self.members = [OperatorProcess(kubeconfig, workdir, poll_seconds)]
+        self.log = self.members[0].log
+
+    def start(self) -> float:
+        took = max(m.start() for m in self.members)
+        if len(self.members) > 1:  # let every replica count as a member (two renew periods) first
+            time.sleep(8)
+            took += 8
+        return took
+
+    def stop(self) -> None:
+        for m in self.members:
+            m.stop()
+
+    @property
+    def pids(self) -> list[int]:
+        return [m.pid for m in self.members]
+
+    def cpu(self) -> float:
+        return sum(cpu_seconds(p) for p in self.pids)
+
+    def mb(self, field_name: str) -> float:
+        return sum(proc_mb(p, field_name) for p in self.pids)
 
 
 # --- measurements --------------------------------------------------------------------------------
@@ -223,15 +273,18 @@ class SizeResult:
     idle_patches: float = 0.0
     idle_operator_cpu: float = 0.0
     idle_server_cpu: float = 0.0
+    settle: float = 0.0  # seconds from the Ready wait's end until the operator stopped writing (cap 120)
+    idle_breakdown: str = ""  # the most frequent requests of the idle window (method, last path part, code)
     operator_rss: float = 0.0
     operator_peak: float = 0.0
     server_rss: float = 0.0
     with_operator: list[Sample] = field(default_factory=list)
+    during: list[Sample] = field(default_factory=list)  # in LIVE_NS while the bulk was created and converged
     baseline: list[Sample] = field(default_factory=list)
 
 
 class Bench:
-    def __init__(self, info: Any, workdir: Path, poll_seconds: float | None) -> None:
+    def __init__(self, info: Any, workdir: Path, poll_seconds: float | None, shards: int = 1) -> None:
         from kubernetes import client, config
 
         self.info = info
@@ -243,8 +296,9 @@ class Bench:
         self.custom = client.CustomObjectsApi(self.api_client)
         self.core = client.CoreV1Api(self.api_client)
         self.kubectl_cache = workdir / "kubecache"
-        self.operator = OperatorProcess(info.kubeconfig, workdir / "operator", poll_seconds)
-        self.pool = ThreadPoolExecutor(4)
+        self.operator = OperatorGroup(info.kubeconfig, workdir / "operator", poll_seconds, shards)
+        self.pool = ThreadPoolExecutor(4)  # bulk creates and deletes
+        self.sample_pool = ThreadPoolExecutor(2)  # samples never queue behind the bulk's creates
         self.base = f"/apis/{G}/{V}/namespaces/{NS}/{PLURAL}"
         self.serial = 0
 
@@ -253,6 +307,7 @@ class Bench:
         await self.session.close()
         self.api_client.close()
         self.pool.shutdown()
+        self.sample_pool.shutdown()
 
     # -- API helpers
     async def rv(self) -> int:
@@ -266,8 +321,8 @@ class Bench:
             items = (await r.json())["items"]
         return {o["metadata"]["name"]: (o.get("status") or {}).get("phase", "") for o in items}
 
-    def create_sync(self, name: str) -> None:
-        self.custom.create_namespaced_custom_object(G, V, NS, PLURAL, pipeline(name))
+    def create_sync(self, name: str, namespace: str = NS) -> None:
+        self.custom.create_namespaced_custom_object(G, V, namespace, PLURAL, pipeline(name, namespace))
 
     def delete_sync(self, name: str) -> None:
         self.custom.delete_namespaced_custom_object(G, V, NS, PLURAL, name)
@@ -308,14 +363,29 @@ class Bench:
         ids = [((o.get("status") or {}).get("engineRef") or {}).get("id", "") for o in items]
         return max((int(i.rsplit("-", 1)[1]) for i in ids if i.startswith("run-")), default=0)
 
+    async def settle(self, quiet: float = 3.0, cap: float = 120.0) -> float:
+        """Wait until the operator has written nothing (no PATCH, POST) for `quiet` seconds, at
+        most `cap`: what is still queued (Events, follow-ups) is not idleness. Returns the wait."""
+        log = self.info.log_file
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < cap:
+            offset = log.stat().st_size
+            await asyncio.sleep(quiet)
+            with open(log, "rb") as f:
+                f.seek(offset)
+                text = f.read().decode(errors="replace")
+            if '"PATCH ' not in text and '"POST ' not in text:
+                break
+        return time.perf_counter() - t0
+
     async def idle_window(self, seconds: float, result: SizeResult) -> None:
         """API writes/s and CPU of both processes while nothing is being created."""
         log = self.info.log_file
         offset = log.stat().st_size
-        rv0, op0, sv0 = await self.rv(), cpu_seconds(self.operator.pid), cpu_seconds(self.info.pid)
+        rv0, op0, sv0 = await self.rv(), self.operator.cpu(), cpu_seconds(self.info.pid)
         t0 = time.perf_counter()
         await asyncio.sleep(seconds)
-        rv1, op1, sv1 = await self.rv(), cpu_seconds(self.operator.pid), cpu_seconds(self.info.pid)
+        rv1, op1, sv1 = await self.rv(), self.operator.cpu(), cpu_seconds(self.info.pid)
         elapsed = time.perf_counter() - t0
         with open(log, "rb") as f:
             f.seek(offset)
@@ -324,11 +394,18 @@ class Bench:
                     or '"PUT ' in ln or '"DELETE ' in ln]
         result.idle_requests = (len(requests) - 2) / elapsed  # less our own two rv reads
         result.idle_patches = sum(1 for ln in requests if '"PATCH ' in ln) / elapsed
+        kinds: dict[str, int] = {}
+        for ln in requests:
+            verb = ln.split('"', 2)[1].split(" ")[:2]
+            code = ln.split('" ', 1)[1].split(" ")[0] if '" ' in ln else "?"
+            what = f"{verb[0]} {verb[1].split('?')[0].rsplit('/', 2)[-1] if len(verb) > 1 else ''} {code}"
+            kinds[what] = kinds.get(what, 0) + 1
+        result.idle_breakdown = ", ".join(f"{k}: {v}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])[:6])
         result.idle_writes = (rv1 - rv0) / elapsed
         result.idle_operator_cpu = (op1 - op0) / elapsed
         result.idle_server_cpu = (sv1 - sv0) / elapsed
 
-    async def sample(self, via: str, want_status: bool) -> tuple[str, Sample]:
+    async def sample(self, via: str, want_status: bool, namespace: str = NS) -> tuple[str, Sample]:
         """Create one DataPipeline, timing the events of a watch opened on it beforehand."""
         self.serial += 1
         name = f"sample-{self.serial}"
@@ -336,7 +413,7 @@ class Bench:
         rv = await self.rv()
         params = {"watch": "true", "resourceVersion": str(rv), "timeoutSeconds": str(int(SAMPLE_TIMEOUT) + 10),
                   "fieldSelector": f"metadata.name={name}"}
-        async with self.session.get(self.base, params=params,
+        async with self.session.get(f"/apis/{G}/{V}/namespaces/{namespace}/{PLURAL}", params=params,
                                     timeout=aiohttp.ClientTimeout(total=None)) as stream:
             assert stream.status == 200, await stream.text()
             done = asyncio.Event()
@@ -362,9 +439,9 @@ class Bench:
             t0 = time.perf_counter()
             task = asyncio.create_task(reader())
             if via == "kubectl":
-                await self.kubectl("apply", "-f", "-", stdin=json.dumps(pipeline(name)).encode())
+                await self.kubectl("apply", "-f", "-", stdin=json.dumps(pipeline(name, namespace)).encode())
             else:
-                await asyncio.get_running_loop().run_in_executor(self.pool, self.create_sync, name)
+                await asyncio.get_running_loop().run_in_executor(self.sample_pool, self.create_sync, name, namespace)
             s.created = time.perf_counter() - t0
             try:
                 await asyncio.wait_for(done.wait(), SAMPLE_TIMEOUT)
@@ -374,6 +451,16 @@ class Bench:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         return name, s
+
+    async def samples_until(self, stop: asyncio.Event, every: float = 1.0) -> list[Sample]:
+        """Samples in another namespace, one per `every` seconds, until `stop` (the bulk converging)."""
+        out: list[Sample] = []
+        while not stop.is_set():
+            _, s = await self.sample("kubectl" if len(out) % KUBECTL_EVERY == 0 else "python", True, LIVE_NS)
+            out.append(s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every)
+        return out
 
     async def samples(self, n: int, want_status: bool, budget: float) -> tuple[list[str], list[Sample]]:
         """Up to n samples, one at a time; stops early once `budget` seconds have gone."""
@@ -394,16 +481,18 @@ def progress(message: str) -> None:
 
 
 async def run(sizes: list[int], samples: int, idle: float, poll_seconds: float | None, workdir: Path,
-              ready_timeout: float, phase_seconds: float) -> list[SizeResult]:
+              ready_timeout: float, phase_seconds: float, log_dir: Path | None = None,
+              shards: int = 1) -> list[SizeResult]:
     from kubernetes import client
 
     from cdl.devcluster import process
 
     info = process.start_background(workdir / "devcluster", crds_dir=ROOT / "crds", extra_args=["--access-log"])
-    bench = Bench(info, workdir, poll_seconds)
+    bench = Bench(info, workdir, poll_seconds, shards)
     results: list[SizeResult] = []
     try:
-        bench.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NS)))
+        for ns in (NS, LIVE_NS):
+            bench.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
         await bench.kubectl("wait", "--for=condition=Established", f"crd/{PLURAL}.{G}", "--timeout=30s")
         await bench.kubectl("get", PLURAL, "-n", NS)  # warms kubectl's discovery cache
         present = 0
@@ -413,19 +502,28 @@ async def run(sizes: list[int], samples: int, idle: float, poll_seconds: float |
             r.operator_start = bench.operator.start()
             progress(f"{size}: operator up in {r.operator_start:.1f} s; creating {size - present} DataPipelines")
             t0 = time.perf_counter()
+            converged = asyncio.Event()
+            during = asyncio.create_task(bench.samples_until(converged))
             if size > present:
                 r.bulk_rate = await bench.bulk(present, size)
             r.created = unrun + max(0, size - present)
             # every DataPipeline present (earlier samples included) should be Ready before measuring
             r.ready, r.total = await bench.wait_ready(ready_timeout)
             r.ready_after = time.perf_counter() - t0
-            progress(f"{size}: {r.ready}/{r.total} Ready after {r.ready_after:.0f} s; idle window {idle:g} s")
+            converged.set()
+            r.during = await during
+            r.created += len(r.during)  # each of them needed a run too
+            r.settle = await bench.settle()
+            progress(f"{size}: {r.ready}/{r.total} Ready after {r.ready_after:.0f} s; writes stopped "
+                     f"{r.settle:.0f} s later; idle window {idle:g} s")
             await bench.idle_window(idle, r)
             r.runs_started = await bench.runs_started()
+            if r.idle_breakdown:
+                progress(f"{size}: idle requests: {r.idle_breakdown}")
             progress(f"{size}: sampling apply -> status with the operator")
             _, r.with_operator = await bench.samples(samples, want_status=True, budget=phase_seconds)
-            r.operator_rss = proc_mb(bench.operator.pid, "VmRSS")
-            r.operator_peak = proc_mb(bench.operator.pid, "VmHWM")
+            r.operator_rss = bench.operator.mb("VmRSS")
+            r.operator_peak = bench.operator.mb("VmHWM")
             r.server_rss = proc_mb(info.pid, "VmRSS")
             bench.operator.stop()
             progress(f"{size}: operator stopped; sampling the baseline (apply -> ADDED)")
@@ -437,10 +535,18 @@ async def run(sizes: list[int], samples: int, idle: float, poll_seconds: float |
     finally:
         await bench.close()
         process.stop(info.data_dir)
+        if log_dir is not None:  # the operator's and the devcluster's logs, for a look afterwards
+            log_dir.mkdir(parents=True, exist_ok=True)
+            for i, m in enumerate(bench.operator.members):
+                if m.log.exists():
+                    shutil.copy(m.log, log_dir / f"operator-{i}.log")
+            if info.log_file and Path(info.log_file).exists():
+                shutil.copy(info.log_file, log_dir / Path(info.log_file).name)
     return results
 
 
-def render(results: list[SizeResult], samples: int, idle: float, poll: float, elapsed: float, load: str) -> str:
+def render(results: list[SizeResult], samples: int, idle: float, poll: float, elapsed: float, load: str,
+           shards: int = 1) -> str:
     import kopf
 
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
@@ -448,7 +554,9 @@ def render(results: list[SizeResult], samples: int, idle: float, poll: float, el
     lines = [
         f"operator benchmark, {datetime.date.today()}, {platform.machine()} {os.cpu_count()} cores ({cpu}), "
         f"Python {sys.version.split()[0]}, kopf {kopf.__version__ if hasattr(kopf, '__version__') else '?'}, "
-        f"poll_seconds {poll:g}, load average at start {load}",
+        f"poll_seconds {poll:g}, operator processes (shards) {shards}, DataPipeline workers {WORKERS or 'default'}, "
+        f"load average at start {load}, at end "
+        + " ".join(f"{x:.1f}" for x in os.getloadavg()),
         f"{samples} samples per size and phase, every {KUBECTL_EVERY}th through kubectl apply; p99 of fewer "
         "than 100 samples is the maximum; times in ms",
         "",
@@ -473,17 +581,32 @@ def render(results: list[SizeResult], samples: int, idle: float, poll: float, el
                          f"{ms(pct(to_fin, .5), 7)} {ms(pct(to_st, .5), 7)} {miss:>4}")
     lines += [
         "",
+        f"while the bulk is created and converges: apply -> first status write in another namespace ({LIVE_NS}),",
+        "one sample a second",
+        f"{'present':>7} {'client':<7} {'n':>4} {'status p50':>10} {'p99':>7} {'max':>7} {'miss':>4}",
+    ]
+    for r in results:
+        for via in ("python", "kubectl"):
+            st = [s.status for s in r.during if s.via == via]
+            top = max((float("inf") if v is None else v for v in st), default=float("nan")) * 1000
+            lines.append(f"{r.size:>7} {via:<7} {len(st):>4} {ms(pct(st, .5), 10)} {ms(pct(st, .99), 7)} "
+                         f"{ms(top, 7)} {sum(1 for v in st if v is None):>4}")
+    lines += [
+        "",
         "after the bulk create: Ready = Ready/present when the wait ended ('after s'); runs = data runs this",
-        "operator process started / DataPipelines it had to run (above 1 each: runs restarted); then an idle",
+        "operator process started / DataPipelines it had to run (above 1 each: runs restarted); 'quiet s' =",
+        "until the operator's writes (Events, patches) stopped for 3 s, at most 120 s; then an idle",
         f"window of {idle:g} s with nothing created: API requests/s and PATCH/s (devcluster access log, less the",
         "benchmark's own), writes/s (resourceVersion growth), CPU; RSS after the samples",
-        f"{'present':>7} {'bulk/s':>7} {'Ready':>11} {'after s':>7} {'runs':>9} {'op start s':>10} {'req/s':>6} "
+        f"{'present':>7} {'bulk/s':>7} {'Ready':>11} {'after s':>7} {'quiet s':>7} {'runs':>9} {'op start s':>10} "
+        f"{'req/s':>6} "
         f"{'PATCH/s':>7} "
         f"{'writes/s':>8} {'op CPU':>7} "
         f"{'srv CPU':>7} {'op RSS MB':>9} {'op peak MB':>10} {'srv RSS MB':>10}",
     ]
     for r in results:
         lines.append(f"{r.size:>7} {r.bulk_rate:>7.0f} {f'{r.ready}/{r.total}':>11} {r.ready_after:>7.0f} "
+                     f"{r.settle:>7.0f} "
                      f"{f'{r.runs_started}/{r.created}':>9} {r.operator_start:>10.1f} {r.idle_requests:>6.1f} {r.idle_patches:>7.1f} {r.idle_writes:>8.1f} {r.idle_operator_cpu:>7.0%} {r.idle_server_cpu:>7.0%} "
                      f"{r.operator_rss:>9.0f} {r.operator_peak:>10.0f} {r.server_rss:>10.0f}")
     lines.append(f"(took {elapsed:.0f} s; CPU in cores: 100% = one core busy; 'miss' = samples with no status "
@@ -499,13 +622,19 @@ def main() -> None:
     parser.add_argument("--ready-timeout", type=float, default=90.0, help="longest wait for all to be Ready")
     parser.add_argument("--phase-seconds", type=float, default=60.0, help="time cap for each phase's samples")
     parser.add_argument("--poll-seconds", type=float, default=None, help="operator poll_seconds (default: config's)")
+    parser.add_argument("--log-dir", type=Path, default=None, help="copy the operator and devcluster logs here")
+    parser.add_argument("--shards", type=int, default=1, help="operator processes sharing the resources")
+    parser.add_argument("--shard", help=argparse.SUPPRESS)
+    parser.add_argument("--workers", type=int, default=None, help="the operator's DataPipeline workers")
     parser.add_argument("--serve-operator", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--kubeconfig", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_operator:
-        serve_operator(args.kubeconfig, Path(args.workdir), args.poll_seconds)
+        serve_operator(args.kubeconfig, Path(args.workdir), args.poll_seconds, args.shard, args.workers)
         return
+    global WORKERS
+    WORKERS = args.workers
     from cdl.config import OperatorConfig
 
     sizes = sorted(int(s) for s in args.sizes.split(","))
@@ -514,8 +643,8 @@ def main() -> None:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="cdl-opbench-") as tmp:
         results = asyncio.run(run(sizes, args.samples, args.idle, args.poll_seconds, Path(tmp),
-                                      args.ready_timeout, args.phase_seconds))
-    print(render(results, args.samples, args.idle, poll, time.perf_counter() - started, load))
+                                      args.ready_timeout, args.phase_seconds, args.log_dir, args.shards))
+    print(render(results, args.samples, args.idle, poll, time.perf_counter() - started, load, args.shards))
 
 
 if __name__ == "__main__":

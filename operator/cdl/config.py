@@ -43,6 +43,17 @@ class OperatorConfig(BaseModel):
     s3: S3Config = Field(default_factory=S3Config)
     engines: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_ENGINES))
     poll_seconds: float = Field(3.0, gt=0, description="How often running engine work is followed.")
+    watch_selector: str | None = Field(None, description="A label selector: only resources matching it are "
+                                       "watched (server-side), e.g. one operator per team label.")
+    workers: dict[str, int] = Field(default_factory=dict, description="Reconcile workers per kind (so per engine), "
+                                    "over the defaults DataPipeline 4, Experiment 2, ModelVersion 2, Deployment 2.")
+    resync_seconds: float = Field(600.0, gt=0, description="How often an idle resource is looked at again "
+                                  "(source changes, schedules); spread +-25 % so resyncs never bunch up.")
+    shard_identity: str | None = Field(None, description="This replica's name among the operator's shards "
+                                       "(the pod name); None = one replica owns every resource.")
+    shard_namespace: str = Field("default", description="Where the shards' Leases live (the operator's namespace).")
+    shard_group: str = Field("cdl-operator", description="The replicas that share the resources (Lease label).")
+    shard_lease_seconds: float = Field(15.0, gt=0, description="A replica that stops renewing is dropped after this.")
     metrics_port: int | None = Field(None, description="Prometheus metrics port; None = off.")
     health_port: int | None = Field(None, description="Liveness endpoint port; None = off.")
     scoring_sink_port: int | None = Field(None, description="Seldon request-logger sink port; None = off.")
@@ -80,6 +91,12 @@ class OperatorConfig(BaseModel):
             "CDL_DATABASE_URL": "database_url",
             "CDL_ARTIFACT_URL": "artifact_url",
             "CDL_POLL_SECONDS": "poll_seconds",
+            "CDL_RESYNC_SECONDS": "resync_seconds",
+            "CDL_WATCH_SELECTOR": "watch_selector",
+            "CDL_SHARD_IDENTITY": "shard_identity",
+            "CDL_SHARD_NAMESPACE": "shard_namespace",
+            "CDL_SHARD_GROUP": "shard_group",
+            "CDL_SHARD_LEASE_SECONDS": "shard_lease_seconds",
             "CDL_METRICS_PORT": "metrics_port",
             "CDL_HEALTH_PORT": "health_port",
             "CDL_SCORING_SINK_PORT": "scoring_sink_port",

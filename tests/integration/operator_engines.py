@@ -8,6 +8,7 @@ to fail transiently or permanently.
 
 from __future__ import annotations
 
+import queue
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,10 +20,12 @@ from cdl.engines.base import (
     EngineRef,
     JobState,
     RegisteredModel,
+    ResourceKey,
     ServingStatus,
     TrainingStatus,
     TrialReport,
 )
+from cdl.engines.changes import ChangeFeed
 from cdl.errors import PermanentEngineError, TransientEngineError
 
 
@@ -56,12 +59,45 @@ class Faults:
 
 
 class ScriptedDataEngine:
+    """By default a run finishes on its `polls + 1`-th status call. With `reports=True` it is an
+    engine that reports changes (`base.ReportsChanges`) like the local one: a run finishes in
+    the engine's own thread right after it started (or, while `hold` is set, when the test calls
+    `finish`), the engine says so, and status calls only read the state."""
+
     name = "local"
 
-    def __init__(self, root: Path, polls: int = 1) -> None:
+    def __init__(self, root: Path, polls: int = 1, reports: bool = False) -> None:
         self.root, self.polls, self.calls, self.faults = root, polls, Calls(), Faults()
         self.runs: dict[str, int] = {}
         self.fingerprint = "v1"
+        self.reports = reports
+        self.started = 0
+        self.finished: set[str] = set()
+        self.hold = threading.Event()
+        self._lock = threading.Lock()
+        self._keys: dict[str, ResourceKey] = {}  # run id -> its resource
+        if reports:
+            self.changes = ChangeFeed()
+            self.subscribe = self.changes.subscribe
+            self._finishing: queue.Queue[str] = queue.Queue()
+            threading.Thread(target=self._finisher, name="scripted-data-finisher", daemon=True).start()
+
+    def _finisher(self) -> None:
+        while True:
+            self._finish(self._finishing.get())
+
+    def _finish(self, run_id: str) -> None:
+        with self._lock:
+            self.finished.add(run_id)
+            key = self._keys[run_id]
+        self.changes.emit(key)
+
+    def finish(self, key) -> None:
+        """Finish every run of `key` now (while `hold` keeps them running)."""
+        with self._lock:
+            runs = [r for r, k in self._keys.items() if k.name == key.name and k.namespace == key.namespace]
+        for run_id in runs:
+            self._finish(run_id)
 
     def source_fingerprint(self, request) -> str:
         return self.fingerprint
@@ -69,14 +105,24 @@ class ScriptedDataEngine:
     def start_run(self, request) -> EngineRef:
         self.faults.check("start_run")
         self.calls.add("start_run", str(request.key))
-        run_id = f"run-{request.key.name}-{self.calls.count('start_run')}"
-        self.runs[run_id] = 0
+        with self._lock:
+            self.started += 1  # numbers runs in start order (the benchmark reads the largest)
+            run_id = f"run-{request.key.name}-{self.started}"
+            self.runs[run_id] = 0
+            self._keys[run_id] = request.key
+        if self.reports and not self.hold.is_set():
+            self._finishing.put(run_id)
         return EngineRef(run_id, engine="scripted")
 
     def run_status(self, key, run_id, request=None) -> DataRunStatus:
         self.faults.check("run_status")
-        self.runs[run_id] = self.runs.get(run_id, 0) + 1
-        if self.runs[run_id] <= self.polls:
+        with self._lock:
+            self.runs[run_id] = self.runs.get(run_id, 0) + 1
+            # Reporting: a run this instance never started belongs to another operator process's
+            # instance (the benchmark's shards); like all of them it finished at once.
+            running = (run_id in self._keys and run_id not in self.finished) if self.reports \
+                else self.runs[run_id] <= self.polls
+        if running:
             return DataRunStatus(run_id, JobState.RUNNING, "Processing", "step 1/1", source_hash=self.fingerprint)
         return DataRunStatus(run_id, JobState.SUCCEEDED, "Ready", source_hash=self.fingerprint,
                              outputs=self.outputs(key), repos={"train": f"{key.name}-train"})

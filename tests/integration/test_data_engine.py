@@ -21,6 +21,7 @@ from cdl.engines.base import DataEngine, DataRunRequest, DataRunStatus, JobState
 from cdl.engines.data.local import LocalDataEngine
 from cdl.errors import DependencyNotReady, PermanentEngineError
 from tests.plugins.data import REPO_ROOT, make_idx_pair, make_text_corpus
+from tests.plugins.operator import wait_for
 
 KEY = ResourceKey("ml", "bbc")
 VALIDATE = {"name": "validate", "command": ["python", "-m", "pipelines.text.validate", "--min-chars", "100"],
@@ -49,6 +50,31 @@ def files_of(path: str | Path) -> dict[str, bytes]:
 
 def test_the_engine_implements_the_protocol(data_engine: LocalDataEngine) -> None:
     assert isinstance(data_engine, DataEngine)
+
+
+def test_the_engine_reports_each_phase_of_a_run_and_its_end(data_engine: LocalDataEngine, tmp_path: Path) -> None:
+    """Change reports (what the operator follows instead of polling): one per phase or state
+    change of a run, the last one once the run is finished; progress alone reports nothing."""
+    from cdl.engines.base import ReportsChanges
+
+    assert isinstance(data_engine, ReportsChanges)
+    src = tmp_path / "bbc"
+    make_text_corpus(src, per_label=4)
+    seen: list[tuple[ResourceKey, str]] = []
+    started: dict[str, str] = {}
+
+    def listener(key: ResourceKey) -> None:  # what the operator would read when it looks now
+        run_id = started.get("id")
+        seen.append((key, data_engine.run_status(key, run_id).state.value if run_id else "starting"))
+
+    data_engine.subscribe(listener)
+    ref = data_engine.start_run(DataRunRequest(KEY, spec(src.as_uri(), [CLEAN], {"test": 0.25}), 1,
+                                               base_dir=REPO_ROOT))
+    started["id"] = ref.id
+    assert data_engine.wait(KEY, ref.id, timeout=300).state == JobState.SUCCEEDED
+    wait_for(lambda: seen and seen[-1][1] == "succeeded", timeout=10, what="the end reported")
+    assert {k for k, _ in seen} == {KEY}
+    assert 2 <= len(seen) <= 8  # phases, not every datum
 
 
 def test_steps_validate_and_clean_then_the_split(data_engine: LocalDataEngine, tmp_path: Path) -> None:

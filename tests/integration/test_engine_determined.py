@@ -255,3 +255,34 @@ def test_registry_packages_the_checkpoint_and_registers_it_in_determined(
     assert model.versions[det_version]["labels"] == ["stage:production"]
     registry.delete("news-classifier", 3)
     assert model.versions == {}
+
+
+def test_one_poller_reports_the_experiments_that_moved(cluster_det_master: FakeDeterminedMaster,
+                                                         tmp_path: Path) -> None:
+    """The master cannot push: the engine lists every cdl experiment in one call per round and
+    tells the operator which Experiment resources moved (started, progressed, finished)."""
+    from cdl.engines.base import ReportsChanges
+    from tests.plugins.operator import wait_for
+
+    engine = DeterminedTrainingEngine(settings_for(cluster_det_master, tmp_path), poll_seconds=0.1)
+    assert isinstance(engine, ReportsChanges)
+    reported: list[ResourceKey] = []
+    engine.subscribe(reported.append)
+    try:
+        wait_for(lambda: engine.poller._seen is not None, timeout=10, what="the first listing")
+        ref = engine.submit(request_for(tmp_path))
+        wait_for(lambda: ResourceKey("ml", "bbc-asha") in reported, timeout=10, what="submitted experiment reported")
+        lists_before = sum(1 for m, p in cluster_det_master.requests if m == "GET" and p == "/api/v1/experiments")
+        reported.clear()
+        time.sleep(0.5)
+        assert reported == []  # nothing moved, nothing reported
+        cluster_det_master.run_trials(int(ref.id), progress=0.5)
+        wait_for(lambda: reported == [ResourceKey("ml", "bbc-asha")], timeout=10, what="progress reported")
+        reported.clear()
+        cluster_det_master.complete(int(ref.id), accuracy)
+        wait_for(lambda: ResourceKey("ml", "bbc-asha") in reported, timeout=10, what="completion reported")
+    finally:
+        engine.close()
+    lists = sum(1 for m, p in cluster_det_master.requests if m == "GET" and p == "/api/v1/experiments")
+    trial_reads = sum(1 for m, p in cluster_det_master.requests if p.endswith("/trials"))
+    assert lists > lists_before and trial_reads == 0  # listing only: no per-experiment polling

@@ -314,3 +314,19 @@ def test_the_bbc_use_case_steps_run_under_pachyderms_contract(cluster_pachd: Fak
     assert validate.report["discarded"] == {"too-short": 1} and clean.report["kept"] == 9
     assert status.outputs["train"].files + status.outputs["test"].files == 9
     assert status.outputs["test"].files == 3  # one per label: stratified
+
+
+def test_a_runs_driver_reports_its_phases_and_its_end(cluster_pachd: FakePachd, tmp_path: Path) -> None:
+    """Change reports: the operator hears when a run moved and when it ended, without polling."""
+    from cdl.engines.base import ReportsChanges
+    from tests.plugins.operator import wait_for
+
+    engine = engine_for(cluster_pachd)
+    assert isinstance(engine, ReportsChanges)
+    reports: list[tuple[ResourceKey, str]] = []
+    engine.subscribe(lambda key: reports.append((key, next(iter(engine._drivers.values())).phase)))
+    ref = engine.start_run(DataRunRequest(KEY, spec_for(make_source(tmp_path / "bbc")), generation=1))
+    wait_for(lambda: reports and reports[-1][1] == "Done", timeout=60, what="the end reported")
+    assert {k for k, _ in reports} == {KEY}
+    assert [p for _, p in reports][:2] == ["Ingesting", "Processing"]
+    assert engine.run_status(KEY, ref.id).state == JobState.SUCCEEDED

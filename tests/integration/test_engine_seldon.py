@@ -188,3 +188,35 @@ def test_an_unreachable_api_server_is_transient(cluster_closed_port: int) -> Non
         engine.status(ResourceKey("ml", "news"))
     assert time.monotonic() - started < 10
     api.close()
+
+
+def test_one_poller_reports_the_deployments_whose_serving_state_moved(
+        k8s_client: Any, fresh_namespace: str, cluster_seldon_controller: Any) -> None:
+    """The engine lists the SeldonDeployments it made in one call per round and tells the
+    operator which Deployment resources moved (created, became ready, went away)."""
+    from cdl.engines.base import ReportsChanges
+    from tests.plugins.operator import wait_for
+
+    cluster_seldon_controller.auto_ready = False
+    engine = engine_for(k8s_client)
+    engine.poller.interval = 0.1
+    assert isinstance(engine, ReportsChanges)
+    reported: list[ResourceKey] = []
+    engine.subscribe(reported.append)
+    key = ResourceKey(fresh_namespace, "news")
+    try:
+        wait_for(lambda: engine.poller._seen is not None, timeout=10, what="the first listing")
+        engine.apply(request_for(fresh_namespace))
+        wait_for(lambda: key in reported, timeout=10, what="the new SeldonDeployment reported")
+        cluster_seldon_controller.wait_processed(fresh_namespace, "news", 1)
+        time.sleep(0.3)
+        reported.clear()
+        time.sleep(0.3)
+        assert key not in reported  # nothing moved, nothing reported
+        cluster_seldon_controller.make_ready(fresh_namespace, "news")
+        wait_for(lambda: key in reported, timeout=10, what="ready reported")
+        reported.clear()
+        engine.delete(key)
+        wait_for(lambda: key in reported, timeout=10, what="deletion reported")
+    finally:
+        engine.close()

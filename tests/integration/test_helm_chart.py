@@ -18,6 +18,7 @@ VALUES = {
     "default": [],
     "microk8s-gpu": ["-f", str(CHART / "values-microk8s-gpu.yaml")],
     "namespaced": ["--set", "watchNamespaces={ml-a,ml-b}"],
+    "shards": ["--set", "operator.replicas=3"],
 }
 
 
@@ -191,3 +192,32 @@ def test_knowledge_base_behind_a_service_and_the_proxy_role():
     assert token["valueFrom"]["secretKeyRef"] == {"name": "cdl-kb", "key": "token"}  # never a literal
     off = helm("template", "cdl", str(CHART), "--namespace", "cdl", "--set", "kb.enabled=false")
     assert "cdl-kb" not in off.stdout and "kb_port" not in off.stdout
+
+
+def test_several_replicas_run_as_shards_with_their_leases():
+    """replicas > 1: each pod names itself (its pod name) and its namespace for the Leases, the
+    service account may manage Leases there, and pods roll over one by one; one replica does not."""
+    def render(*args):
+        out = helm("template", "cdl", str(CHART), "--namespace", "cdl", *args)
+        assert out.returncode == 0, out.stderr
+        return [o for o in yaml.safe_load_all(out.stdout) if o]
+
+    objects = render("--set", "operator.replicas=3")
+    deployment = next(o for o in objects if o["kind"] == "Deployment")
+    env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert deployment["spec"]["replicas"] == 3 and deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert env["CDL_SHARD_IDENTITY"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["CDL_SHARD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    role = next(o for o in objects if o["kind"] == "Role" and o["metadata"]["name"].endswith("-shards"))
+    assert role["metadata"]["namespace"] == "cdl" and role["rules"][0]["resources"] == ["leases"]
+    from cdl.config import OperatorConfig
+
+    config_map = next(o for o in objects if o["kind"] == "ConfigMap")
+    config = OperatorConfig.model_validate(yaml.safe_load(config_map["data"]["config.yaml"]))
+    assert config.shard_group == "cdl-operator" and config.shard_lease_seconds == 15
+
+    single = render()
+    deployment = next(o for o in single if o["kind"] == "Deployment")
+    names = {e["name"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "CDL_SHARD_IDENTITY" not in names and deployment["spec"]["strategy"]["type"] == "Recreate"
+    assert not any(o["kind"] == "Role" and o["metadata"]["name"].endswith("-shards") for o in single)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from cdl.engines.base import DataRef, JobState
+from cdl.engines.base import DataRef, EngineRef, JobState, ResourceKey
 from cdl.engines.training.local import compare
 from cdl.errors import InvalidSpec
 
@@ -127,6 +127,28 @@ def test_failing_trials_show_tracebacks_and_fail_the_run(training_engine, traini
     assert "spec.model.entrypoint 'model_def:NOT_A_TRIAL'" in bad_status.message
     assert "neither a PyTorchTrial class nor a function" in bad_status.message
     assert len(bad_status.trials) == 1  # failed fast: no second trial was started
+
+
+def test_the_engine_reports_a_runs_changes_and_its_end(training_engine, training_spec, training_request) -> None:
+    """Change reports (what the operator follows instead of polling): the run's saved states,
+    the last one once it has ended."""
+    from cdl.engines.base import ReportsChanges
+    from tests.plugins.operator import wait_for
+
+    assert isinstance(training_engine, ReportsChanges)
+    seen: list[tuple[ResourceKey, str]] = []
+    refs: dict[str, EngineRef] = {}
+
+    def listener(key: ResourceKey) -> None:  # what the operator would read when it looks now
+        ref = refs.get("ref")
+        seen.append((key, training_engine.status(ref).state.value if ref else "starting"))
+
+    training_engine.subscribe(listener)
+    broken = training_spec(model={"path": "m", "entrypoint": "model_def:BrokenTrial"})
+    refs["ref"] = training_engine.submit(training_request(broken, name="reported"))
+    assert training_engine.wait(refs["ref"], 120).state == JobState.FAILED
+    wait_for(lambda: seen and seen[-1][1] == "failed", timeout=10, what="the end reported")
+    assert {(k.namespace, k.name) for k, _ in seen} == {("ml", "reported")}
 
 
 def test_missing_entrypoint_is_refused_before_anything_runs(training_engine, training_spec, training_request) -> None:

@@ -27,3 +27,8 @@ verbs: ["get"]
 resourceNames: {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end }}
+
+{{/* Whether the operator runs as shards (several replicas, each owning a share). */}}
+{{- define "cdl.sharded" -}}
+{{- if or .Values.operator.shards.enabled (gt (int .Values.operator.replicas) 1) }}true{{- end }}
+{{- end }}

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import base64
+from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from cdl.api.kinds import BY_KIND
-from cdl.controller.redaction import redact_value
+from cdl.controller.redaction import redact, redact_value
 from cdl.errors import DependencyNotReady, TransientError
 
 
@@ -67,10 +68,25 @@ class KubeClusterView:
         self._call(self.custom.patch_namespaced_custom_object, info.group, info.version, namespace, info.plural,
                    name, {"spec": patch})
 
-    def patch_status(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> None:
+    def patch_status(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any] | None:
+        """Merge-patch the status; returns the object as stored (None when it is gone)."""
         info = BY_KIND[kind]
-        self._call(self.custom.patch_namespaced_custom_object_status, info.group, info.version, namespace,
-                   info.plural, name, {"status": patch})
+        return self._call(self.custom.patch_namespaced_custom_object_status, info.group, info.version, namespace,
+                          info.plural, name, {"status": patch})
+
+    def post_event(self, kind: str, namespace: str, name: str, uid: str, type_: str, reason: str,
+                   message: str) -> None:
+        """A core/v1 Event about a cdl resource, as `kubectl describe` shows it."""
+        info = BY_KIND[kind]
+        stamp = datetime.now(UTC)
+        event = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name=f"{name}.", namespace=namespace),
+            involved_object=client.V1ObjectReference(api_version=info.api_version, kind=kind, name=name,
+                                                     namespace=namespace, uid=uid or None),
+            type=type_, reason=reason, message=redact(message)[:1024], count=1,
+            first_timestamp=stamp, last_timestamp=stamp, source=client.V1EventSource(component="cdl-operator"),
+            reporting_component="cdl.dev/operator")
+        self._call(self.core.create_namespaced_event, namespace, event)
 
     def annotate(self, kind: str, namespace: str, name: str, annotations: dict[str, str]) -> None:
         info = BY_KIND[kind]

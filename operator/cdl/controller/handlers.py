@@ -1,16 +1,24 @@
-"""kopf wiring, kept thin: every event or timer tick of a cdl resource runs its reconciler.
+"""kopf wiring and the reconcile loop: watch events and engine reports feed one work queue.
 
-The handlers are synchronous (kopf runs them in its thread pool); a per-object lock keeps a
-timer tick and an event handler of the same object from reconciling at once. Running engine
-work is followed by a timer; resources that need nothing are looked at rarely.
+kopf watches the four kinds and hands every event to `Controller.observe`, which keeps a slim
+copy of the object (metadata the reconcilers read, spec, status) and queues the key when its
+spec or annotations changed (HIGH priority) or when it is seen for the first time. Engines
+report changes of a resource's work through one channel each (`EngineChooser.subscribe`),
+which queues just that key (LOW). Workers of `workqueue.WorkQueue` (a fixed number per kind,
+so per engine) run the reconciler and write the status patch and Events themselves. Follow-ups
+are delayed adds of the same queue: `poll_seconds` while engine work runs (a safety net for
+engines that do not report changes), a rare resync of `resync_seconds` spread with jitter
+otherwise; there is no timer per object. With shards, only keys this replica owns are worked on.
+Deletion stays with kopf's finalizer handler, run by the owning replica.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
+import random
 import threading
 import time
-from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
@@ -19,8 +27,9 @@ import kopf
 from cdl.api.common import GROUP, KEEP_ON_DELETE, VERSION
 from cdl.api.kinds import DATAPIPELINE, DEPLOYMENT, EXPERIMENT, MODELVERSION, KindInfo
 from cdl.controller import metrics
-from cdl.controller.redaction import redact, redact_data
-from cdl.merge_patch import merge_patch
+from cdl.controller.events import EventPoster
+from cdl.controller.redaction import redact_data
+from cdl.controller.workqueue import HIGH, LOW, Key, WorkQueue
 from cdl.reconcile import datapipeline, deployment, experiment, modelversion, outcomes
 from cdl.reconcile.base import Context, Resource
 
@@ -32,78 +41,234 @@ RECONCILERS: tuple[tuple[KindInfo, ModuleType], ...] = (
     (MODELVERSION, modelversion),
     (DEPLOYMENT, deployment),
 )
-IDLE_SECONDS = {"DataPipeline": 30.0, "Experiment": 30.0, "ModelVersion": 60.0, "Deployment": 10.0}
+BY_KIND = {info.kind: (info, module) for info, module in RECONCILERS}
+# Which resources an engine's report is about: the engines are keyed by the resource they work for.
+KIND_OF_ROLE = {"data": "DataPipeline", "labeling": "DataPipeline", "training": "Experiment",
+                "registry": "ModelVersion", "serving": "Deployment"}
+# Worker threads per kind (so per engine role): bounded concurrency against each engine.
+WORKERS = {"DataPipeline": 4, "Experiment": 2, "ModelVersion": 2, "Deployment": 2}
 MAX_BACKOFF = 60.0
+STARTUP_SPREAD = 60.0  # seconds over which a starting operator looks at the Ready resources again
+# Annotations the reconcilers never read and that would copy the spec (kubectl) or kopf's state.
+DROPPED_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
+DROPPED_PREFIXES = ("kopf.cdl.dev/", "kopf.zalando.org/")
 
 
-@dataclass
-class ControllerState:
-    """What the handlers share: the reconcile context and per-object scheduling."""
-
-    context: Context | None = None
-    poll_seconds: float = 3.0
-    due: dict[str, float] = field(default_factory=dict)
-    # The status this process last wrote, per object: kopf may hand a timer an older copy of the
-    # object, and only the operator writes status, so what it wrote is the newest truth.
-    known_status: dict[str, dict[str, Any]] = field(default_factory=dict)
-    failures: dict[str, int] = field(default_factory=dict)
-    locks: dict[str, threading.Lock] = field(default_factory=dict)
-    guard: threading.Lock = field(default_factory=threading.Lock)
-
-    def lock(self, uid: str) -> threading.Lock:
-        with self.guard:
-            return self.locks.setdefault(uid, threading.Lock())
+def slim(body: Any) -> dict[str, Any]:
+    """What the operator keeps of an object: the metadata reconcilers read, spec and status."""
+    meta = body.get("metadata") or {}
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items()
+                   if k not in DROPPED_ANNOTATIONS and not k.startswith(DROPPED_PREFIXES)}
+    kept = {k: meta.get(k) for k in ("name", "namespace", "uid", "generation", "resourceVersion",
+                                     "deletionTimestamp") if meta.get(k) is not None}
+    if annotations:
+        kept["annotations"] = annotations
+    return {"metadata": kept, "spec": _plain(body.get("spec") or {}), "status": _plain(body.get("status") or {})}
 
 
-STATE = ControllerState()
+def _essence(body: dict[str, Any]) -> tuple[Any, ...]:
+    """What a user changes (the spec through its generation, annotations, deletion); a change
+    of anything else (the status the operator wrote) needs no reconcile."""
+    meta = body["metadata"]
+    return meta.get("generation"), meta.get("annotations"), meta.get("deletionTimestamp")
 
 
-def configure(context: Context, poll_seconds: float) -> None:
-    STATE.context = context
-    STATE.poll_seconds = poll_seconds
-    STATE.due.clear()
-    STATE.failures.clear()
-    STATE.known_status.clear()
+def _unobserved(body: dict[str, Any]) -> bool:
+    status = body.get("status") or {}
+    return not status.get("phase") or status.get("observedGeneration") != body["metadata"].get("generation")
 
 
-def reconcile_body(info: KindInfo, module: ModuleType, body: Any, patch: Any, force: bool) -> None:
-    ctx = STATE.context
-    if ctx is None:
-        raise kopf.TemporaryError("the operator is still starting", delay=2)
-    uid = body["metadata"].get("uid", body["metadata"]["name"])
-    if not force and time.monotonic() < STATE.due.get(uid, 0.0):
-        return
-    with STATE.lock(uid):
-        res = Resource.from_body(info, _plain(body))
-        if res.deleting:
+def _ready(body: dict[str, Any]) -> bool:
+    conditions = (body.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def _rv(body: dict[str, Any]) -> int | None:
+    try:
+        return int(body["metadata"].get("resourceVersion") or "")
+    except ValueError:
+        return None
+
+
+class Controller:
+    """The objects seen, the work queue and its workers, and the reconcile pass of one key."""
+
+    def __init__(self, context: Context, poll_seconds: float, resync_seconds: float = 600.0,
+                 shards: Any | None = None, workers: dict[str, int] | None = None) -> None:
+        self.context = context
+        self.poll_seconds = poll_seconds
+        self.resync_seconds = resync_seconds
+        self.shards = shards  # controller.shards.ShardMembership, or None: this replica owns all
+        self.workers = workers or WORKERS
+        unknown = set(self.workers) - set(BY_KIND)
+        if unknown or any(n < 1 for n in self.workers.values()):
+            raise ValueError(f"workers: kinds are {', '.join(BY_KIND)} with at least 1 worker each; got {self.workers}")
+        self.queue = WorkQueue()
+        self.events = EventPoster(context.cluster)
+        self.objects: dict[Key, dict[str, Any]] = {}
+        self.failures: dict[Key, int] = {}
+        self.waiting: dict[str, set[Key]] = {}  # namespace -> keys waiting on another resource
+        self.lock = threading.Lock()
+        self.started = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self.context.engines.subscribe(self.engine_changed)
+        if self.shards is not None:
+            self.shards.on_change = self.members_changed
+        self.queue.start(self.process, self.workers)
+        self.events.start()
+        metrics.watch_queue(self.queue, self.events)
+        self.started = True
+
+    def stop(self) -> None:
+        self.queue.stop()
+        self.events.stop()
+        self.started = False
+
+    def owns(self, key: Key) -> bool:
+        return self.shards is None or self.shards.owns(key[1], key[2])
+
+    # ------------------------------------------------------------------ inputs
+
+    def observe(self, kind: str, event_type: str | None, body: Any) -> None:
+        """A watch event (None: the initial listing): keep the object, queue it if it changed."""
+        meta = body.get("metadata") or {}
+        key = (kind, meta.get("namespace") or "default", meta["name"])
+        if event_type == "DELETED":
+            with self.lock:
+                self.objects.pop(key, None)
+                self.failures.pop(key, None)
+                self.waiting.get(key[1], set()).discard(key)
+            self.queue.forget(key)
             return
-        known = STATE.known_status.get(uid)
-        if known is not None:
-            res.status = merge_patch(res.status, known)
+        new = slim(body)
+        with self.lock:
+            old = self.objects.get(key)
+            if old is not None and (a := _rv(old)) is not None and (b := _rv(new)) is not None and b < a:
+                return  # older than what this process wrote since
+            self.objects[key] = new
+        if not self.owns(key):
+            return
+        if old is None:  # first sight: a new resource, or all of them when the operator starts
+            if _unobserved(new):
+                self.queue.add(key, HIGH)
+            elif _ready(new):  # settled: looked at within the first minute, not all at once
+                self.queue.add_after(key, random.uniform(0, min(self.resync_seconds, STARTUP_SPREAD)))
+            else:  # work may have moved while no operator followed it
+                self.queue.add(key, LOW)
+        elif _essence(old) != _essence(new):
+            self.queue.add(key, HIGH)
+
+    def engine_changed(self, role: str, resource: Any) -> None:
+        """An engine reported a change of the work of one resource (any thread)."""
+        kind = KIND_OF_ROLE.get(role)
+        if kind is not None:
+            key = (kind, resource.namespace, resource.name)
+            if self.owns(key):
+                self.queue.add(key, LOW)
+
+    def members_changed(self, old: tuple[str, ...], new: tuple[str, ...]) -> None:
+        """Shard members changed: take the keys this replica gained (after the old owner's
+        in-flight passes ended)."""
+        from cdl.controller.shards import owner
+
+        me = self.shards.identity
+        with self.lock:
+            items = list(self.objects.items())
+        gained = 0
+        for key, body in items:
+            ref = f"{key[1]}/{key[2]}"
+            if owner(new, ref) == me and owner(old, ref) != me:
+                self.queue.add_after(key, self.shards.grace_seconds, HIGH if _unobserved(body) else LOW)
+                gained += 1
+        log.info("shard handover: %d resource(s) gained by %s", gained, me)
+
+    # ------------------------------------------------------------------ one pass
+
+    def process(self, key: Key) -> None:
+        info, module = BY_KIND[key[0]]
+        with self.lock:
+            body = self.objects.get(key)
+        if body is None or not self.owns(key) or body["metadata"].get("deletionTimestamp"):
+            return
+        res = Resource.from_body(info, copy.deepcopy(body))
+        ctx = self.context
         started = time.perf_counter()
         result, outcome = outcomes.run(module.reconcile, res, ctx)
         metrics.LATENCY.labels(info.kind).observe(time.perf_counter() - started)
         metrics.RECONCILES.labels(info.kind, outcome).inc()
-        changes = {k: _without_nulls_in_lists(v) for k, v in result.status.items() if res.status.get(k) != v
-                   and not (v is None and k not in res.status)}
-        for key, value in changes.items():  # only what changed: a pass that changes nothing writes nothing
-            patch.status[key] = redact_data(value)
-        STATE.known_status[uid] = merge_patch(res.status, changes)
+        changes = {k: redact_data(_patch_value(res.status.get(k), v)) for k, v in result.status.items()
+                   if _empty_as_none(res.status.get(k)) != _empty_as_none(v)}
+        if changes:  # only what changed: a pass that changes nothing writes nothing
+            try:
+                stored = ctx.cluster.patch_status(info.kind, key[1], key[2], changes)
+            except Exception as exc:
+                log.warning("status of %s not written: %s", res.title, exc)
+                self._schedule(key, "retry", True)
+                return
+            if stored is None:  # deleted meanwhile
+                return
+            with self.lock:
+                if key in self.objects:
+                    self.objects[key] = slim(stored)
+            if "phase" in changes:
+                self._wake_waiting(key)
         for event in result.events:
-            kopf.event(body, type=event.type, reason=event.reason, message=redact(event.message))
+            self.events.post(info.kind, key[1], key[2], res.uid, event.type, event.reason, event.message)
             if event.type == "Warning":
                 metrics.ERRORS.labels(info.kind, event.reason).inc()
-        _schedule(info, uid, outcome, result.requeue, result.requeue_after)
+        with self.lock:
+            waiting = self.waiting.setdefault(key[1], set())
+            if outcome == "waiting":
+                waiting.add(key)
+            else:
+                waiting.discard(key)
+        self._schedule(key, outcome, result.requeue, result.requeue_after)
+
+    def _wake_waiting(self, changed: Key) -> None:
+        """A resource's phase changed: the resources of its namespace that wait on another one
+        look again now (instead of at their next follow-up)."""
+        with self.lock:
+            keys = [k for k in self.waiting.get(changed[1], ()) if k != changed]
+        for k in keys:
+            self.queue.add(k, LOW)
+
+    def _schedule(self, key: Key, outcome: str, requeue: bool, after: float | None = None) -> None:
+        if outcome == "retry":
+            with self.lock:
+                n = self.failures[key] = self.failures.get(key, 0) + 1
+            delay = min(MAX_BACKOFF, self.poll_seconds * 2 ** (n - 1))
+        else:
+            with self.lock:
+                self.failures.pop(key, None)
+            if requeue:
+                delay = after or self.poll_seconds
+            else:  # idle: a rare resync (source changes, schedules), spread so they never bunch up
+                delay = self.resync_seconds * random.uniform(0.75, 1.25)
+        self.queue.add_after(key, delay)
+
+    # ------------------------------------------------------------------ deletion (kopf's finalizer)
+
+    def cleanup(self, info: KindInfo, module: ModuleType, body: Any) -> None:
+        key = (info.kind, body["metadata"].get("namespace") or "default", body["metadata"]["name"])
+        if not self.owns(key):  # the owner cleans up; kopf asks this replica again later
+            raise kopf.TemporaryError(f"{info.kind} {key[1]}/{key[2]} is cleaned up by its shard's owner", delay=2)
+        cleanup_body(info, module, body, self.context)
+        self.queue.forget(key)
 
 
-def _schedule(info: KindInfo, uid: str, outcome: str, requeue: bool, after: float | None = None) -> None:
-    if outcome == "retry":
-        n = STATE.failures[uid] = STATE.failures.get(uid, 0) + 1
-        delay = min(MAX_BACKOFF, STATE.poll_seconds * 2 ** (n - 1))
-    else:
-        STATE.failures.pop(uid, None)
-        delay = (after or STATE.poll_seconds) if requeue else IDLE_SECONDS[info.kind]
-    STATE.due[uid] = time.monotonic() + delay
+def _empty_as_none(value: Any) -> Any:
+    return None if value in ({}, [], None) else value
+
+
+def _patch_value(old: Any, new: Any) -> Any:
+    """The merge-patch value that makes `old` into `new`: an empty map cannot be merged over a
+    full one (it would change nothing, and the pass would write it forever), so it removes it."""
+    if new == {} and isinstance(old, dict) and old:
+        return None
+    return _without_nulls_in_lists(new)
 
 
 def _without_nulls_in_lists(value: Any, in_list: bool = False) -> Any:
@@ -128,10 +293,7 @@ def _plain(body: Any) -> dict[str, Any]:
     return conv(body)
 
 
-def cleanup_body(info: KindInfo, module: ModuleType, body: Any) -> None:
-    ctx = STATE.context
-    if ctx is None:
-        raise kopf.TemporaryError("the operator is still starting", delay=2)
+def cleanup_body(info: KindInfo, module: ModuleType, body: Any, ctx: Context) -> None:
     res = Resource.from_body(info, _plain(body))
     if res.annotations.get(KEEP_ON_DELETE, "").lower() == "true":
         log.info("%s deleted; engine resources kept (%s)", res.title, KEEP_ON_DELETE)
@@ -145,25 +307,18 @@ def cleanup_body(info: KindInfo, module: ModuleType, body: Any) -> None:
             raise kopf.TemporaryError(f"cleanup of {res.title} failed: {exc}", delay=5)
         if not isinstance(exc, InvalidSpec):
             raise kopf.PermanentError(f"cleanup of {res.title} failed: {exc}")
-    STATE.due.pop(res.uid, None)
-    STATE.known_status.pop(res.uid, None)
 
 
-def register(registry: kopf.OperatorRegistry, poll_seconds: float) -> None:
-    """Add the handlers for the four kinds to a kopf registry."""
+def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
+    """Add the handlers for the four kinds to a kopf registry: every watch event goes to the
+    controller (no kopf state is written for them), deletion runs behind kopf's finalizer."""
     for info, module in RECONCILERS:
-        def on_change(body, patch, _info=info, _module=module, **_):
-            reconcile_body(_info, _module, body, patch, force=True)
-
-        def on_tick(body, patch, _info=info, _module=module, **_):
-            reconcile_body(_info, _module, body, patch, force=False)
+        async def on_event(body, type, _kind=info.kind, **_):  # noqa: A002 - kopf's argument name
+            controller.observe(_kind, type, body)
 
         def on_delete(body, _info=info, _module=module, **_):
-            cleanup_body(_info, _module, body)
+            controller.cleanup(_info, _module, body)
 
         resource = (GROUP, VERSION, info.plural)
-        kopf.on.resume(*resource, registry=registry, id="reconcile-resume")(on_change)
-        kopf.on.create(*resource, registry=registry, id="reconcile-create")(on_change)
-        kopf.on.update(*resource, registry=registry, id="reconcile-update")(on_change)
-        kopf.timer(*resource, registry=registry, id="follow", interval=poll_seconds, initial_delay=poll_seconds)(on_tick)
+        kopf.on.event(*resource, registry=registry, id="observe")(on_event)
         kopf.on.delete(*resource, registry=registry, id="cleanup")(on_delete)

@@ -10,6 +10,7 @@ from typing import Any
 
 import kopf
 
+from cdl.api.common import GROUP
 from cdl.config import OperatorConfig
 from cdl.controller import handlers, metrics, redaction
 from cdl.controller.cluster import KubeClusterView, load_client_config
@@ -38,7 +39,7 @@ def build_context(config: OperatorConfig, overrides: dict[str, dict[str, Any]] |
     return Context(config=config, cluster=cluster, engines=engines, database=database, artifacts=artifacts)
 
 
-def make_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
+def make_registry(config: OperatorConfig, controller: handlers.Controller) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
     @kopf.on.startup(registry=registry)
@@ -47,22 +48,40 @@ def make_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kopf.cdl.dev")
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="kopf.cdl.dev")
         settings.persistence.finalizer = "cdl.dev/cleanup"
-        settings.execution.max_workers = 8
+        settings.execution.max_workers = 8  # only deletions run in kopf's threads
         settings.watching.server_timeout = 60
         settings.networking.request_timeout = 90
+        # Events only feed the work queue: keep few idle per-object tasks around (thousands of
+        # objects each have one while their events flow).
+        settings.queueing.idle_timeout = 2.0
+        if config.watch_selector:  # server-side: the rest is never sent to this operator
+            for info, _ in handlers.RECONCILERS:
+                settings.watching.label_selectors[GROUP, info.plural] = config.watch_selector
 
     @kopf.on.cleanup(registry=registry)
     def close_engines(**_: Any) -> None:
-        if handlers.STATE.context is not None:
-            handlers.STATE.context.engines.close()
+        controller.stop()  # drain the workers first: a shard hands over only finished work
+        if controller.shards is not None:
+            controller.shards.stop()
+        controller.context.engines.close()
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         """In a pod: the service account; elsewhere: $KUBECONFIG, read now (not at import)."""
         return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
-    handlers.register(registry, config.poll_seconds)
+    handlers.register(registry, controller)
     return registry
+
+
+def make_shards(config: OperatorConfig) -> Any | None:
+    """This replica's shard membership when the chart runs several (`shard_identity` set)."""
+    if not config.shard_identity:
+        return None
+    from cdl.controller.shards import ShardMembership
+
+    return ShardMembership(config.shard_namespace, config.shard_identity, group=config.shard_group,
+                           lease_seconds=config.shard_lease_seconds)
 
 
 def run(config: OperatorConfig, *, kubeconfig: str | None = None,
@@ -85,7 +104,12 @@ def run(config: OperatorConfig, *, kubeconfig: str | None = None,
             server = api_server_of(watched)
             load_client_config(kubeconfig)
             context = build_context(config, overrides)
-            handlers.configure(context, config.poll_seconds)
+            shards = make_shards(config)
+            if shards is not None:
+                shards.start()
+            controller = handlers.Controller(context, config.poll_seconds, config.resync_seconds, shards=shards,
+                                             workers={**handlers.WORKERS, **config.workers})
+            controller.start()
             if first:
                 if config.metrics_port:
                     metrics.serve(config.metrics_port)
@@ -98,8 +122,8 @@ def run(config: OperatorConfig, *, kubeconfig: str | None = None,
 
                     knowledge_base = serve_knowledge_base(config, context)
             liveness = f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port and first else None
-            log.info("cdl operator starting: namespaces=%s engines=%s api=%s", config.namespaces or "all",
-                     config.engines, server or "in-cluster")
+            log.info("cdl operator starting: namespaces=%s engines=%s api=%s shard=%s", config.namespaces or "all",
+                     config.engines, server or "in-cluster", config.shard_identity or "all")
             first = False
             stop_now, ended, moved = threading.Event(), threading.Event(), threading.Event()
             watcher = threading.Thread(target=_watch_api_server, args=(watched, server, stop_flag, stop_now, ended, moved),
@@ -107,10 +131,13 @@ def run(config: OperatorConfig, *, kubeconfig: str | None = None,
             watcher.start()
             try:
                 asyncio.run(kopf.operator(
-                    registry=make_registry(config),
+                    registry=make_registry(config, controller),
                     standalone=True,
-                    clusterwide=not config.namespaces,
-                    namespaces=config.namespaces or (),
+                    # One watch stream per namespace (kopf follows namespaces as they come and go),
+                    # so a namespace creating thousands of objects does not hold up another's
+                    # events behind its own in one cluster-wide stream.
+                    clusterwide=False,
+                    namespaces=config.namespaces or ["*"],
                     liveness_endpoint=liveness,
                     stop_flag=stop_now,
                     ready_flag=ready_flag,
@@ -118,6 +145,10 @@ def run(config: OperatorConfig, *, kubeconfig: str | None = None,
             finally:
                 ended.set()
                 watcher.join(5)
+                if controller.started:  # kopf stopped without its cleanup handlers
+                    controller.stop()
+                    if shards is not None:
+                        shards.stop()
             if not moved.is_set() or (stop_flag is not None and stop_flag.is_set()):
                 return
             log.warning("the API server moved from %s to %s: reconnecting", server, api_server_of(watched))

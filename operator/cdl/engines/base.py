@@ -13,6 +13,7 @@ operator that calls it again gets the same job back, never a second one.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -36,6 +37,20 @@ class ResourceKey:
     def slug(self) -> str:
         """A filesystem- and DNS-safe identifier, unique per namespace and name."""
         return f"{self.namespace}--{self.name}"
+
+
+ChangeListener = Callable[[ResourceKey], None]
+
+
+@runtime_checkable
+class ReportsChanges(Protocol):
+    """An engine that says when the work of a resource changed state (a run finished, a trial
+    reported, a server died), so the operator follows only what changed instead of polling
+    every resource. One channel per engine: the listener is called with the affected key, from
+    any thread, and must return at once (the operator only queues the key)."""
+
+    def subscribe(self, listener: ChangeListener) -> Callable[[], None]:
+        """Start calling `listener(key)` on changes; returns the function that stops it."""
 
 
 class JobState(enum.StrEnum):

@@ -7,6 +7,7 @@ cluster ones from `config.cluster`). Tests hand in their own engines through `ov
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +49,22 @@ class EngineChooser:
         self._lock = threading.Lock()
         self.jobs = JobRunner(config.data_dir / "jobs")
         self.job_launcher: Any | None = None  # the controller's Kubernetes client, for evaluation Jobs
+        self._listener: Callable[[str, Any], None] | None = None
+        self._unsubscribe: list[Callable[[], None]] = []
+
+    def subscribe(self, listener: Callable[[str, Any], None]) -> None:
+        """Call `listener(role, key)` when an engine reports a change of a resource's work: every
+        engine that reports changes (`base.ReportsChanges`), built now or later, one channel each."""
+        with self._lock:
+            self._listener = listener
+            built = list(self._built.items())
+        for (role, _), engine in built:
+            self._connect(role, engine)
+
+    def _connect(self, role: str, engine: Any) -> None:
+        listener = self._listener
+        if listener is not None and callable(getattr(engine, "subscribe", None)):
+            self._unsubscribe.append(engine.subscribe(lambda key, _role=role: listener(_role, key)))
 
     def _get(self, role: str, name: str) -> Any:
         with self._lock:
@@ -56,7 +73,8 @@ class EngineChooser:
                 if name not in allowed:
                     raise PermanentEngineError(
                         f"engine {name!r} cannot drive {role}; allowed: {', '.join(allowed)}", reason="UnknownEngine")
-                self._built[(role, name)] = getattr(self, f"_build_{role}_{name}")()
+                self._built[(role, name)] = engine = getattr(self, f"_build_{role}_{name}")()
+                self._connect(role, engine)
             return self._built[(role, name)]
 
     def data(self, name: str) -> DataEngine:
@@ -88,6 +106,9 @@ class EngineChooser:
         adopted by the next operator (`cdl down` stops them)."""
         with self._lock:
             built = dict(self._built)
+            unsubscribe, self._unsubscribe = self._unsubscribe, []
+        for stop in unsubscribe:
+            stop()
         for (role, _), engine in built.items():
             close = getattr(engine, "close", None)
             if close is None:
@@ -192,7 +213,7 @@ class EngineChooser:
         if "CDL_PACHD_ADDRESS" not in settings.trial_env:  # trials copy Pachyderm data themselves
             settings = settings.model_copy(
                 update={"trial_env": {**settings.trial_env, "CDL_PACHD_ADDRESS": cluster.pachyderm.address}})
-        return DeterminedTrainingEngine(settings)
+        return DeterminedTrainingEngine(settings, poll_seconds=self.config.poll_seconds)
 
     def _build_registry_determined(self) -> Any:
         from cdl.engines.registry.determined import DeterminedRegistryEngine
@@ -204,4 +225,4 @@ class EngineChooser:
         from cdl.engines.serving.seldon import SeldonServingEngine
 
         cluster = self._cluster()
-        return SeldonServingEngine(cluster.seldon, gpu=cluster.gpu)
+        return SeldonServingEngine(cluster.seldon, gpu=cluster.gpu, poll_seconds=self.config.poll_seconds)

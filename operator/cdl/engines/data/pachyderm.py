@@ -54,6 +54,7 @@ from cdl.engines.base import (
     ResourceKey,
     StepReport,
 )
+from cdl.engines.changes import ChangeFeed
 from cdl.engines.settings import GpuSettings, PachydermSettings
 from cdl.errors import PermanentEngineError, TransientEngineError
 
@@ -179,6 +180,10 @@ class PachydermDataEngine:
         self._ingestor: Any = None
         self._finished: dict[str, DataRunStatus] = {}  # succeeded runs never change: answer from memory
         self._lock = threading.Lock()
+        # Change reports (base.ReportsChanges): a run's driver waits on pachd (wait_commit_set)
+        # anyway, so it reports each phase it reaches and its end; nothing polls per pipeline.
+        self.changes = ChangeFeed()
+        self.subscribe = self.changes.subscribe
 
     # ------------------------------------------------------------------ plumbing
 
@@ -735,7 +740,7 @@ class PachydermDataEngine:
                 raw = self.client.pfs.inspect_commit(commit=self._commit(names, names.raw, run_id))
             info = self._run_info(key, names, raw)
             if not raw.is_set("finished"):
-                driver.phase = "Ingesting"
+                self._phase(driver, key, "Ingesting")
                 try:
                     self._ingest(names, info, raw.commit)
                 except PermanentEngineError:
@@ -744,22 +749,28 @@ class PachydermDataEngine:
                         again = self.client.pfs.inspect_commit(commit=self._commit(names, names.raw, run_id))
                     if not again.is_set("finished") or again.error:
                         raise
-            driver.phase = "Processing"
+            self._phase(driver, key, "Processing")
             with self._rpc(f"waiting on commit set {run_id} of DataPipeline {key}"):
                 self.client.pfs.wait_commit_set(pfs.CommitSet(id=run_id))
                 _, failed, _ = self._step_reports(names, info, run_id)
             if failed:
-                driver.phase = "Done"
+                self._phase(driver, key, "Done")
                 return
-            driver.phase = "Splitting"
+            self._phase(driver, key, "Splitting")
             self._split(names, info, run_id)
-            driver.phase = "Done"
+            self._phase(driver, key, "Done")
         except (TransientEngineError, PermanentEngineError) as exc:
             driver.error = exc
             log.warning("DataPipeline %s run %s: %s", key, run_id, exc)
         except Exception as exc:  # a bug or an unexpected answer: fail the run with what happened
             driver.error = PermanentEngineError(f"run {run_id} of DataPipeline {key} failed: {exc}")
             log.exception("DataPipeline %s run %s", key, run_id)
+        finally:
+            self.changes.emit(key)  # finished, failed or stopped: the operator looks now
+
+    def _phase(self, driver: _Driver, key: ResourceKey, phase: str) -> None:
+        driver.phase = phase
+        self.changes.emit(key)
 
     def _ingest(self, names: Names, info: _RunInfo, commit: pfs.Commit) -> None:
         """Read the source as the local engine does, then put every file into the open commit

@@ -24,10 +24,19 @@ import copy
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlencode
 
-from cdl.engines.base import EngineRef, ResourceKey, ServedModel, ServingRequest, ServingStatus
+from cdl.engines.base import (
+    ChangeListener,
+    EngineRef,
+    ResourceKey,
+    ServedModel,
+    ServingRequest,
+    ServingStatus,
+)
+from cdl.engines.changes import ChangeFeed, ChangePoller
 from cdl.engines.serving.scoring_sink import sink_key, sink_token
 from cdl.engines.settings import GpuSettings, SeldonSettings
 from cdl.errors import PermanentEngineError, TransientEngineError
@@ -325,6 +334,17 @@ class KubernetesSeldonObjects:
         return self._call(f"updating SeldonDeployment {namespace}/{name}",
                           self.api.replace_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name, body)
 
+    def list_managed(self, namespace: str | None = None) -> list[dict[str, Any]]:
+        """Every SeldonDeployment cdl made, in one namespace or all, in one call."""
+        selector = f"{MANAGED_BY}=cdl"
+        if namespace:
+            found = self._call(f"listing SeldonDeployments in {namespace}", self.api.list_namespaced_custom_object,
+                               GROUP, VERSION, namespace, PLURAL, label_selector=selector)
+        else:
+            found = self._call("listing SeldonDeployments", self.api.list_cluster_custom_object, GROUP, VERSION,
+                               PLURAL, label_selector=selector)
+        return list(found.get("items") or [])
+
     def delete(self, namespace: str, name: str) -> None:
         from kubernetes.client.exceptions import ApiException
 
@@ -358,11 +378,40 @@ class SeldonServingEngine:
 
     name = "seldon"
 
-    def __init__(self, settings: SeldonSettings, api: Any | None = None, gpu: GpuSettings | None = None) -> None:
+    def __init__(self, settings: SeldonSettings, api: Any | None = None, gpu: GpuSettings | None = None,
+                 poll_seconds: float = 5.0) -> None:
         self.settings = settings
         self.gpu = gpu or GpuSettings.from_env({})
         self._api = api
         self._objects: SeldonObjects | None = api if isinstance(api, SeldonObjects) else None
+        # Change reports (base.ReportsChanges): one poller lists the SeldonDeployments cdl made
+        # and reports the Deployments whose serving state moved (ready, degraded, failed).
+        self.changes = ChangeFeed()
+        self.poller = ChangePoller(self.changes, self.deployment_states, poll_seconds, "seldon")
+
+    def subscribe(self, listener: ChangeListener) -> Callable[[], None]:
+        unsubscribe = self.changes.subscribe(listener)
+        self.poller.start()
+        return unsubscribe
+
+    def deployment_states(self) -> dict[ResourceKey, object]:
+        """Per Deployment resource, the state of its SeldonDeployment (one list call)."""
+        lister = getattr(self.objects, "list_managed", None)
+        if lister is None:  # an object store that cannot list: no change reports
+            return {}
+        states: dict[ResourceKey, object] = {}
+        for obj in lister(self.settings.namespace or None):
+            meta = obj.get("metadata") or {}
+            namespace, _, name = ((meta.get("annotations") or {}).get(RESOURCE_ANNOTATION) or "").partition("/")
+            if namespace and name:
+                status = serving_status(obj, self.settings)
+                states[ResourceKey(namespace, name)] = (meta.get("generation"), status.state, status.ready,
+                                                        status.desired, status.message)
+        return states
+
+    def close(self, stop_servers: bool = False) -> None:
+        """Operator shutdown: stop listing (the SeldonDeployments keep serving)."""
+        self.poller.stop()
 
     @property
     def objects(self) -> SeldonObjects:

@@ -37,6 +37,7 @@ from determined.experimental.client import Determined
 
 from cdl.api.experiment import ExperimentSpec
 from cdl.engines.base import (
+    ChangeListener,
     CheckpointInfo,
     DataRef,
     EngineRef,
@@ -46,6 +47,7 @@ from cdl.engines.base import (
     TrainingStatus,
     TrialReport,
 )
+from cdl.engines.changes import ChangeFeed, ChangePoller
 from cdl.engines.settings import DeterminedSettings
 from cdl.errors import PermanentEngineError, TransientEngineError
 
@@ -434,9 +436,38 @@ class DeterminedTrainingEngine:
 
     name = "determined"
 
-    def __init__(self, settings: DeterminedSettings) -> None:
+    def __init__(self, settings: DeterminedSettings, poll_seconds: float = 5.0) -> None:
         self.settings = settings
         self.master = DeterminedMaster(settings)
+        # Change reports (base.ReportsChanges): the master has no push API for experiment state,
+        # so one poller lists every cdl experiment in one call and reports the ones that moved.
+        self.changes = ChangeFeed()
+        self.poller = ChangePoller(self.changes, self.experiment_states, poll_seconds, "determined")
+
+    def subscribe(self, listener: ChangeListener) -> Callable[[], None]:
+        unsubscribe = self.changes.subscribe(listener)
+        self.poller.start()
+        return unsubscribe
+
+    def experiment_states(self) -> dict[ResourceKey, object]:
+        """Per Experiment resource, the state of its Determined experiments (one paged list)."""
+        def fetch(offset: int) -> bindings.v1GetExperimentsResponse:
+            return bindings.get_GetExperiments(self.master.session, labels=["cdl"], offset=offset)
+
+        found = self.master.call("listing the cdl experiments", lambda: paged(fetch, "experiments"))
+        states: dict[ResourceKey, object] = {}
+        for exp in found:
+            owner = next((label.split("=", 1)[1] for label in exp.labels or []
+                          if label.startswith(f"{LABEL_RESOURCE}=")), "")
+            namespace, _, name = owner.partition(".")  # a namespace has no dots
+            if namespace and name:
+                key = ResourceKey(namespace, name)
+                states[key] = (*states.get(key, ()), (exp.id, _state_name(exp.state), exp.numTrials, exp.progress))
+        return states
+
+    def close(self, kill_trials: bool = False) -> None:
+        """Operator shutdown: stop listing (experiments on the cluster go on)."""
+        self.poller.stop()
 
     def ref(self, experiment_id: int) -> EngineRef:
         return EngineRef(str(experiment_id), f"{self.settings.web_url}/det/experiments/{experiment_id}", self.name)

@@ -42,6 +42,7 @@ from cdl.engines.base import (
     ResourceKey,
     StepReport,
 )
+from cdl.engines.changes import ChangeFeed
 from cdl.engines.data.ingest import Ingestor
 from cdl.engines.data.local.repo import DEFAULT_BRANCH, Commit, RepoStore, now_iso
 from cdl.engines.data.local.runs import RunRecord, RunStore
@@ -88,6 +89,8 @@ class LocalDataEngine:
         self._requests: dict[str, DataRunRequest] = {}  # slug -> last request (secrets to resume with)
         self._shutdown = False
         self._save_lock = threading.Lock()
+        self.changes = ChangeFeed()  # state/phase changes of runs, for the operator (base.ReportsChanges)
+        self.subscribe = self.changes.subscribe
         self._clean_scratch()
 
     # ------------------------------------------------------------------ names
@@ -352,9 +355,12 @@ class LocalDataEngine:
 
     def _save_record(self, slug: str, record: RunRecord, **changes: Any) -> None:
         with self._save_lock:
+            before = (record.state, record.phase)
             for k, v in changes.items():
                 setattr(record, k, v)
             self.runs.save(slug, record)
+        if (record.state, record.phase) != before:  # progress alone is not worth a reconcile
+            self.changes.emit(ResourceKey(record.namespace, record.name))
 
     def _save(self, slug: str, record: RunRecord, cancel: threading.Event, **changes: Any) -> None:
         if cancel.is_set():

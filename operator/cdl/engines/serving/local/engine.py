@@ -37,6 +37,7 @@ from typing import Any
 
 import cdl.engines.serving.local.venv as seldon_venv
 from cdl.engines.base import EngineRef, ResourceKey, ServedModel, ServingRequest, ServingStatus
+from cdl.engines.changes import ChangeFeed
 from cdl.engines.registry.cache import PackageCache
 from cdl.engines.serving.local.microservice import (
     Microservice,
@@ -191,6 +192,8 @@ class LocalServingEngine:
         self._venv_errors: dict[str, str] = {}
         self._venv_threads: dict[str, threading.Thread] = {}
         self._wrapper: Path | None = None
+        self.changes = ChangeFeed()  # servers started, died or became ready, for the operator
+        self.subscribe = self.changes.subscribe
         self._adopt()
         self._thread: threading.Thread | None = None
         if supervise:
@@ -443,10 +446,15 @@ class LocalServingEngine:
             if self._stop.is_set():
                 break
             for dep in list(self._deployments.values()):
+                changed = False
                 try:
                     with dep.lock:
                         if not dep.deleted:
+                            before = dep.state.wire()
                             self._converge(dep)
+                            changed = dep.state.wire() != before
+                    if changed:  # a server started, died or became ready: tell the operator
+                        self.changes.emit(dep.key)
                 except Exception:  # keep supervising the others
                     log.exception("serving supervisor: %s", dep.key)
 

@@ -37,6 +37,7 @@ import cdl.engines.training.local.hparams as hp
 import cdl.engines.training.local.searchers as searchers
 from cdl.api.experiment import ExperimentSpec
 from cdl.engines.base import EngineRef, JobState, ResourceKey, TrainingRequest, TrainingStatus
+from cdl.engines.changes import ChangeFeed
 from cdl.engines.training.local.records import Recorder
 from cdl.engines.training.local.runner import DriverSettings, RunDriver
 from cdl.engines.training.local.slots import Slots
@@ -160,6 +161,8 @@ class LocalTrainingEngine:
         self.recorder = Recorder(database, artifacts)
         self._drivers: dict[str, RunDriver] = {}
         self._lock = threading.RLock()
+        self.changes = ChangeFeed()  # saved run states (trials reporting, finishing), for the operator
+        self.subscribe = self.changes.subscribe
 
     # ------------------------------------------------------------------ paths
 
@@ -248,6 +251,7 @@ class LocalTrainingEngine:
                 on_trial_finished=self.recorder.trial_finished,
                 on_event=self.recorder.event,
                 on_run_finished=self.recorder.run_finished,
+                on_change=lambda r: self.changes.emit(ResourceKey(r.namespace, r.name)),
             )
             self.recorder.run_started(run, self.run_dir(run_id))
             if not driver.start():

@@ -77,8 +77,10 @@ class RunDriver:
         on_trial_finished: Callable[[RunState, TrialState], None] | None = None,
         on_event: Callable[[RunState, TrialState, str, dict[str, Any]], None] | None = None,
         on_run_finished: Callable[[RunState], None] | None = None,
+        on_change: Callable[[RunState], None] | None = None,
     ) -> None:
         self.run = run
+        self.on_change = on_change  # called after each saved state: the engine reports it
         self.run_dir = run_dir
         self.spec = ExperimentSpec.model_validate(run.spec)
         self.searcher = searchers.make(self.spec)
@@ -723,6 +725,11 @@ class RunDriver:
         if force or now - self._last_persist >= self.settings.persist_seconds:
             save(self.run, self.run_dir / "run.json")
             self._last_persist = now
+            if self.on_change is not None:
+                try:
+                    self.on_change(self.run)
+                except Exception:  # reporting must never stop training
+                    logger.exception("reporting a change of run %s failed", self.run.id)
 
     def _log(self, line: str) -> None:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
