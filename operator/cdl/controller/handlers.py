@@ -122,9 +122,11 @@ class Controller:
         metrics.watch_queue(self.queue, self.events)
         self.started = True
 
-    def stop(self) -> None:
-        self.queue.stop()
-        self.events.stop()
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop taking work and wait up to `timeout` for the workers; a worker still blocked on an
+        API server that went away is left to finish on its own (it only talks to that server)."""
+        self.queue.stop(timeout)
+        self.events.stop(min(timeout, 10.0))
         self.started = False
 
     def owns(self, key: Key) -> bool:

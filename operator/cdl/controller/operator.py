@@ -146,7 +146,8 @@ def run(config: OperatorConfig, *, kubeconfig: str | None = None,
                 ended.set()
                 watcher.join(5)
                 if controller.started:  # kopf stopped without its cleanup handlers
-                    controller.stop()
+                    # after a move, workers blocked on the old address only wait for it to time out
+                    controller.stop(2.0 if moved.is_set() else 30.0)
                     if shards is not None:
                         shards.stop()
             if not moved.is_set() or (stop_flag is not None and stop_flag.is_set()):
