@@ -42,7 +42,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from cdl.engines.serving.protocol import EnvelopeError, check_envelope
+from cdl.engines.serving.protocol import EnvelopeError, check_envelope, json_type
 from cdl.stores.records import ScoringRow
 
 log = logging.getLogger("cdl.router")
@@ -158,10 +158,10 @@ def check_request(body: bytes) -> Any:
         if "ndarray" in data:
             rows = data["ndarray"]
             if not isinstance(rows, list):
-                raise BadRequest(f'"data.ndarray" must be a list of examples, got a JSON {_json_type(rows)}')
+                raise BadRequest(f'"data.ndarray" must be a list of examples, got a JSON {json_type(rows)}')
             if not rows:
                 raise BadRequest('"data.ndarray" is empty: send one row per example')
-            kinds = {_json_type(r) for r in rows}
+            kinds = {json_type(r) for r in rows}
             if len(kinds) > 1:
                 raise BadRequest(f'"data.ndarray" mixes {" and ".join(sorted(kinds))} rows: every example must '
                                  "have the same type and shape")
@@ -192,20 +192,6 @@ def check_request(body: bytes) -> Any:
     except EnvelopeError as exc:
         raise BadRequest(str(exc)) from None
     return payload
-
-
-def _json_type(value: Any) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return "null"
 
 
 def error_body(code: int, message: str, reason: str) -> bytes:
