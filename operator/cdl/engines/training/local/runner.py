@@ -415,19 +415,23 @@ class RunDriver:
             code = proc.poll()
             if code is not None:
                 self._consume(trial)
+                self._resource_point(trial, usage, final=True)
                 self._segment_ended(trial, proc, code)
             else:
                 trial.process = proc.info(trial.segments, trial.target)
                 trial.metadata["current_rss_bytes"] = usage.rss_bytes
                 self._resource_point(trial, usage)
 
-    def _resource_point(self, trial: TrialState, usage: Any) -> None:
-        """Append (at most every RESOURCE_SAMPLE_SECONDS) the trial's memory, CPU time and GPU use."""
+    def _resource_point(self, trial: TrialState, usage: Any, final: bool = False) -> None:
+        """Append (at most every RESOURCE_SAMPLE_SECONDS) the trial's memory, CPU time and GPU use;
+        the `final` point of a segment is always taken, at the segment's peak memory, so a trial
+        shorter than the sampling interval still shows what it used."""
         series = trial.metadata.setdefault("resource_series", [])
         now = time.time()
-        if series and now - series[-1]["at"] < RESOURCE_SAMPLE_SECONDS:
+        if not final and series and now - series[-1]["at"] < RESOURCE_SAMPLE_SECONDS:
             return
-        series.append({"at": round(now, 2), "rssBytes": int(usage.rss_bytes),
+        rss = max(int(usage.rss_bytes), int(usage.peak_rss_bytes)) if final else int(usage.rss_bytes)
+        series.append({"at": round(now, 2), "rssBytes": rss,
                        "cpuSeconds": round(trial.cpu_seconds + usage.cpu_seconds, 2),
                        "gpuUtilization": usage.gpu_utilization})
         if len(series) > RESOURCE_MAX_POINTS:
