@@ -101,19 +101,25 @@ def _run(info: process.ServerInfo, ns: str, corpus: Path, config: Path, log: Pat
 def test_operator_kill_9_schedule_gives_the_same_outputs_as_a_clean_run(tmp_path: Path) -> None:
     corpus = tmp_path / "corpus"
     subprocess.run([sys.executable, str(ROOT / "usecases/bbc-news/data/generate.py"), "--out", str(corpus),
-                    "--per-class", "20", "--seed", "42"], check=True, capture_output=True)
+                    "--per-class", "100", "--seed", "42"], check=True, capture_output=True)
     info = process.start_background(tmp_path / "api", crds_dir=ROOT / "crds")
-    state = tmp_path / "state"
-    state.mkdir()
-    config = state / "operator.yaml"
-    config.write_text(yaml.safe_dump({
-        "data_dir": str(state), "base_dir": str(ROOT), "artifact_url": (state / "artifacts").as_uri(),
-        "engines": {k: "local" for k in ("DataPipeline", "Experiment", "ModelVersion", "Deployment")},
-        "poll_seconds": 0.5}))
+
+    def config_for(name: str) -> Path:
+        """Each run its own engine state: the killed run must do the work again, not find the
+        clean run's datums in the data engine's cache."""
+        state = tmp_path / f"state-{name}"
+        state.mkdir()
+        config = state / "operator.yaml"
+        config.write_text(yaml.safe_dump({
+            "data_dir": str(state), "base_dir": str(ROOT), "artifact_url": (state / "artifacts").as_uri(),
+            "engines": {k: "local" for k in ("DataPipeline", "Experiment", "ModelVersion", "Deployment")},
+            "poll_seconds": 0.5}))
+        return config
+
     log = tmp_path / "operator.log"
     try:
-        clean, took, _ = _run(info, "clean", corpus, config, log, ())
-        killed, took_killed, phases = _run(info, "killed", corpus, config, log, KILL_IN)
+        clean, took, _ = _run(info, "clean", corpus, config_for("clean"), log, ())
+        killed, took_killed, phases = _run(info, "killed", corpus, config_for("killed"), log, KILL_IN)
     finally:
         process.stop(tmp_path / "api")
 

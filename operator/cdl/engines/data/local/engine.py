@@ -288,8 +288,8 @@ class LocalDataEngine:
                 secrets={}, base_dir=Path(record.base_dir) if record.base_dir else None, force=record.force)
         if record.attempts >= MAX_ATTEMPTS:
             self._finish(slug, record, JobState.FAILED, "Failed", self._failure(
-                key, f"data run {record.run_id} was interrupted {record.attempts} times (its driver died each "
-                     "time, e.g. out of memory); change the spec or the source to start a new run"))
+                key, f"data run {record.run_id} was interrupted {record.attempts} times at the same point (its "
+                     "driver died each time, e.g. out of memory); change the spec or the source to start a new run"))
             return
         missing = [name for name in record.secret_names if name not in request.secrets]
         if missing:
@@ -313,7 +313,10 @@ class LocalDataEngine:
         cancel = threading.Event()
         self._cancels[record.run_id] = cancel
         self._active[slug] = record.run_id
+        if (record.phase, record.progress) != (record.phase_at_start, record.progress_at_start):
+            record.attempts = 0  # the run moved on since its last driver started: not a crash loop
         record.attempts += 1
+        record.phase_at_start, record.progress_at_start = record.phase, record.progress
         self.runs.save(slug, record)
         thread = threading.Thread(target=self._execute, args=(record, request, cancel, fd),
                                   name=f"data-run-{slug}-{record.run_id}", daemon=True)

@@ -43,6 +43,10 @@ class RunRecord:
     started: str = field(default_factory=now_iso)
     finished: str | None = None
     attempts: int = 0  # how many times a driver started on it (1 + resumes)
+    # where the run stood when its last driver started: a driver that dies before the run moves on
+    # counts against MAX_ATTEMPTS (a crash loop); one that made progress does not
+    progress_at_start: float = -1.0
+    phase_at_start: str = ""
 
     @property
     def job_state(self) -> JobState:
