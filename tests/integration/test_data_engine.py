@@ -323,7 +323,8 @@ def test_an_orderly_stop_leaves_the_run_to_the_next_engine(tmp_path: Path) -> No
 
 
 @pytest.mark.slow
-def test_an_interrupted_run_resumes_after_a_restart(tmp_path: Path) -> None:
+def _interrupted_run(tmp_path: Path) -> tuple[Path, str]:
+    """A data run whose operator process was killed (SIGKILL) after three datums: (engine root, run id)."""
     src = tmp_path / "src"
     make_text_corpus(src, labels=("sport",), per_label=8)
     root = tmp_path / "engine"
@@ -352,6 +353,11 @@ def test_an_interrupted_run_resumes_after_a_restart(tmp_path: Path) -> None:
     assert proc.returncode == -9, proc.stderr
     run_id = proc.stdout.split()[0]
 
+    return root, run_id
+
+
+def test_an_interrupted_run_resumes_after_a_restart(tmp_path: Path) -> None:
+    root, run_id = _interrupted_run(tmp_path)
     engine = LocalDataEngine(root, workers=2)
     try:
         interrupted = json.loads((root / "runs" / "ml--bbc" / f"{run_id}.json").read_text())
@@ -363,6 +369,38 @@ def test_an_interrupted_run_resumes_after_a_restart(tmp_path: Path) -> None:
         step = done.lineage[0]
         assert step.datums_processed + step.datums_skipped == 8 and step.datums_skipped >= 3
         assert done.outputs["train"].files == 8
+    finally:
+        engine.close()
+
+
+def test_a_run_whose_driver_keeps_dying_at_the_same_point_fails_and_one_that_moves_on_resumes(tmp_path: Path) -> None:
+    """Three drivers that died without the run moving on are a crash loop: the run fails and
+    says so. Drivers that died after the run moved on (an operator killed at several stages) are
+    not: the run resumes."""
+    root, run_id = _interrupted_run(tmp_path)
+    path = root / "runs" / "ml--bbc" / f"{run_id}.json"
+    record = json.loads(path.read_text())
+    looping = {**record, "attempts": 3, "phase_at_start": record["phase"], "progress_at_start": record["progress"]}
+    path.write_text(json.dumps(looping))
+    engine = LocalDataEngine(root, workers=2)
+    try:
+        engine.run_status(KEY, run_id)
+        failed = engine.wait(KEY, run_id, timeout=60)
+        assert failed.state == JobState.FAILED
+        assert "interrupted 3 times at the same point" in failed.message
+    finally:
+        engine.close()
+
+    root2, run_id2 = _interrupted_run(tmp_path / "second")
+    path2 = root2 / "runs" / "ml--bbc" / f"{run_id2}.json"
+    record2 = json.loads(path2.read_text())
+    moved_on = {**record2, "attempts": 3, "phase_at_start": "Ingesting", "progress_at_start": -1.0}
+    path2.write_text(json.dumps(moved_on))
+    engine = LocalDataEngine(root2, workers=2)
+    try:
+        engine.run_status(KEY, run_id2)
+        done = engine.wait(KEY, run_id2, timeout=120)
+        assert done.state == JobState.SUCCEEDED, done.message
     finally:
         engine.close()
 

@@ -286,7 +286,7 @@ class LocalDataEngine:
             request = DataRunRequest(
                 key=key, spec=DataPipelineSpec.model_validate(record.spec), generation=record.generation,
                 secrets={}, base_dir=Path(record.base_dir) if record.base_dir else None, force=record.force)
-        if record.attempts >= MAX_ATTEMPTS:
+        if record.attempts >= MAX_ATTEMPTS and not _moved_on(record):
             self._finish(slug, record, JobState.FAILED, "Failed", self._failure(
                 key, f"data run {record.run_id} was interrupted {record.attempts} times at the same point (its "
                      "driver died each time, e.g. out of memory); change the spec or the source to start a new run"))
@@ -313,7 +313,7 @@ class LocalDataEngine:
         cancel = threading.Event()
         self._cancels[record.run_id] = cancel
         self._active[slug] = record.run_id
-        if (record.phase, record.progress) != (record.phase_at_start, record.progress_at_start):
+        if _moved_on(record):
             record.attempts = 0  # the run moved on since its last driver started: not a crash loop
         record.attempts += 1
         record.phase_at_start, record.progress_at_start = record.phase, record.progress
@@ -557,3 +557,8 @@ def _discards(report: dict[str, Any]) -> str:
 
 
 __all__ = ["LocalDataEngine", "FileEntry"]
+
+
+def _moved_on(record: RunRecord) -> bool:
+    """Whether the run got further (another phase, more progress) since its last driver started."""
+    return (record.phase, record.progress) != (record.phase_at_start, record.progress_at_start)
