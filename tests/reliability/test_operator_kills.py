@@ -35,9 +35,11 @@ def _pipeline(corpus: Path) -> dict:
 
 def _operator(config: Path, kubeconfig: Path, log: Path) -> subprocess.Popen:
     with log.open("ab") as out:
+        # only its configuration file configures it (a CDL_* variable would override the file)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CDL_")}
         return subprocess.Popen([sys.executable, "-m", "cdl.cli.main", "operator", "run", "--config", str(config),
                                  "--kubeconfig", str(kubeconfig), "-A"], stdout=out, stderr=subprocess.STDOUT,
-                                cwd=ROOT, start_new_session=True)
+                                cwd=ROOT, start_new_session=True, env=env)
 
 
 def _kill(proc: subprocess.Popen) -> None:
