@@ -40,7 +40,7 @@ def test_the_operator_follows_the_api_server_to_a_new_port(tmp_path) -> None:
 
             code, _ = process.request(f"{moved.url}{PATH}", moved.token, "POST", dpl("after"), ca_file=moved.ca_file)
             assert code == 201
-            st = wait_for(lambda: _status(moved, "after").get("phase"), 30, "the DataPipeline created after the move")
+            st = wait_for(lambda: _status(moved, "after").get("phase"), 60, "the DataPipeline created after the move")
             assert st
     finally:
         if holder is not None:
