@@ -74,6 +74,39 @@ class KubeClusterView:
         return self._call(self.custom.patch_namespaced_custom_object_status, info.group, info.version, namespace,
                           info.plural, name, {"status": patch})
 
+    def add_finalizer(self, kind: str, namespace: str, name: str, finalizer: str, current: list[str],
+                      resource_version: str | None) -> dict[str, Any] | None:
+        """Add a finalizer to the object at `resource_version` (a JSON Patch with a test, as
+        kopf does it); returns the stored object, or None when it changed meanwhile or is gone."""
+        ops: list[dict[str, Any]] = []
+        if resource_version:
+            ops.append({"op": "test", "path": "/metadata/resourceVersion", "value": resource_version})
+        ops.append({"op": "add", "path": "/metadata/finalizers", "value": [*current, finalizer]})
+        return self._json_patch(kind, namespace, name, ops)
+
+    def remove_finalizer(self, kind: str, namespace: str, name: str, finalizer: str, current: list[str]) -> None:
+        """Remove a finalizer where it was seen; a list that changed meanwhile fails the test (the
+        next look removes it from the newer list)."""
+        if finalizer not in current:
+            return
+        path = f"/metadata/finalizers/{current.index(finalizer)}"
+        done = self._json_patch(kind, namespace, name, [{"op": "test", "path": path, "value": finalizer},
+                                                        {"op": "remove", "path": path}])
+        if done is None and self.get(kind, namespace, name) is not None:
+            raise TransientError(f"the finalizers of {kind} {namespace}/{name} changed meanwhile")
+
+    def _json_patch(self, kind: str, namespace: str, name: str, ops: list[dict[str, Any]]) -> dict[str, Any] | None:
+        info = BY_KIND[kind]
+        try:
+            return self.custom.patch_namespaced_custom_object(info.group, info.version, namespace, info.plural,
+                                                              name, ops, _content_type="application/json-patch+json")
+        except ApiException as exc:
+            if exc.status in (404, 409, 422):  # gone, or a test failed: the object changed
+                return None
+            raise TransientError(f"Kubernetes API answered {exc.status} {exc.reason}") from None
+        except OSError as exc:
+            raise TransientError(f"Kubernetes API unreachable: {exc}") from None
+
     def post_event(self, kind: str, namespace: str, name: str, uid: str, type_: str, reason: str,
                    message: str) -> None:
         """A core/v1 Event about a cdl resource, as `kubectl describe` shows it."""

@@ -1,15 +1,17 @@
-"""kopf wiring and the reconcile loop: watch events and engine reports feed one work queue.
+"""The reconcile loop: watch events and engine reports feed one work queue.
 
-kopf watches the four kinds and hands every event to `Controller.observe`, which keeps a slim
-copy of the object (metadata the reconcilers read, spec, status) and queues the key when its
-spec or annotations changed (HIGH priority) or when it is seen for the first time. Engines
-report changes of a resource's work through one channel each (`EngineChooser.subscribe`),
-which queues just that key (LOW). Workers of `workqueue.WorkQueue` (a fixed number per kind,
-so per engine) run the reconciler and write the status patch and Events themselves. Follow-ups
-are delayed adds of the same queue: `poll_seconds` while engine work runs (a safety net for
-engines that do not report changes), a rare resync of `resync_seconds` spread with jitter
-otherwise; there is no timer per object. With shards, only keys this replica owns are worked on.
-Deletion stays with kopf's finalizer handler, run by the owning replica.
+`controller.watch` follows the four kinds and hands every event to `Controller.observe`, which
+keeps a slim copy of the object (metadata the reconcilers read, spec, status) and queues the key
+when its spec, annotations or deletion changed (HIGH priority) or when it is seen for the first
+time. Engines report changes of a resource's work through one channel each
+(`EngineChooser.subscribe`), which queues just that key (LOW). Workers of `workqueue.WorkQueue`
+(a fixed number per kind, so per engine) run the reconciler and write the status patch and
+Events themselves. Follow-ups are delayed adds of the same queue: `poll_seconds` while engine
+work runs (a safety net for engines that do not report changes), a rare resync of
+`resync_seconds` spread with jitter otherwise; there is no timer per object. With shards, only
+keys this replica owns are worked on. The finalizer `cdl.dev/cleanup` is added before a
+resource's first reconcile and released by the owning replica once the engines' work for a
+deleted resource is cleaned up.
 """
 
 from __future__ import annotations
@@ -22,9 +24,7 @@ import time
 from types import ModuleType
 from typing import Any
 
-import kopf
-
-from cdl.api.common import GROUP, KEEP_ON_DELETE, VERSION
+from cdl.api.common import KEEP_ON_DELETE
 from cdl.api.kinds import DATAPIPELINE, DEPLOYMENT, EXPERIMENT, MODELVERSION, KindInfo
 from cdl.controller import metrics
 from cdl.controller.events import EventPoster
@@ -52,6 +52,7 @@ STARTUP_SPREAD = 60.0  # seconds over which a starting operator looks at the Rea
 # Annotations the reconcilers never read and that would copy the spec (kubectl) or kopf's state.
 DROPPED_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
 DROPPED_PREFIXES = ("kopf.cdl.dev/", "kopf.zalando.org/")
+FINALIZER = "cdl.dev/cleanup"
 
 
 def slim(body: Any) -> dict[str, Any]:
@@ -61,6 +62,8 @@ def slim(body: Any) -> dict[str, Any]:
                    if k not in DROPPED_ANNOTATIONS and not k.startswith(DROPPED_PREFIXES)}
     kept = {k: meta.get(k) for k in ("name", "namespace", "uid", "generation", "resourceVersion",
                                      "deletionTimestamp") if meta.get(k) is not None}
+    if meta.get("finalizers"):
+        kept["finalizers"] = list(meta["finalizers"])
     if annotations:
         kept["annotations"] = annotations
     return {"metadata": kept, "spec": _plain(body.get("spec") or {}), "status": _plain(body.get("status") or {})}
@@ -154,7 +157,7 @@ class Controller:
         if not self.owns(key):
             return
         if old is None:  # first sight: a new resource, or all of them when the operator starts
-            if _unobserved(new):
+            if _unobserved(new) or new["metadata"].get("deletionTimestamp"):
                 self.queue.add(key, HIGH)
             elif _ready(new):  # settled: looked at within the first minute, not all at once
                 self.queue.add_after(key, random.uniform(0, min(self.resync_seconds, STARTUP_SPREAD)))
@@ -162,6 +165,11 @@ class Controller:
                 self.queue.add(key, LOW)
         elif _essence(old) != _essence(new):
             self.queue.add(key, HIGH)
+
+    def known(self, kind: str, namespace: str | None = None) -> set[tuple[str, str]]:
+        """The (namespace, name) of the objects of a kind held now (a watch's fresh list compares)."""
+        with self.lock:
+            return {(k[1], k[2]) for k in self.objects if k[0] == kind and (namespace is None or k[1] == namespace)}
 
     def engine_changed(self, role: str, resource: Any) -> None:
         """An engine reported a change of the work of one resource (any thread)."""
@@ -193,8 +201,17 @@ class Controller:
         info, module = BY_KIND[key[0]]
         with self.lock:
             body = self.objects.get(key)
-        if body is None or not self.owns(key) or body["metadata"].get("deletionTimestamp"):
+        if body is None or not self.owns(key):
             return
+        finalizers = body["metadata"].get("finalizers") or []
+        if body["metadata"].get("deletionTimestamp"):
+            if FINALIZER in finalizers:
+                self._finalize(key, info, module, body)
+            return
+        if FINALIZER not in finalizers:
+            body = self._add_finalizer(key, body)
+            if body is None:
+                return
         res = Resource.from_body(info, copy.deepcopy(body))
         ctx = self.context
         started = time.perf_counter()
@@ -251,13 +268,52 @@ class Controller:
                 delay = self.resync_seconds * random.uniform(0.75, 1.25)
         self.queue.add_after(key, delay)
 
-    # ------------------------------------------------------------------ deletion (kopf's finalizer)
+    # ------------------------------------------------------------------ finalizer and deletion
 
-    def cleanup(self, info: KindInfo, module: ModuleType, body: Any) -> None:
-        key = (info.kind, body["metadata"].get("namespace") or "default", body["metadata"]["name"])
-        if not self.owns(key):  # the owner cleans up; kopf asks this replica again later
-            raise kopf.TemporaryError(f"{info.kind} {key[1]}/{key[2]} is cleaned up by its shard's owner", delay=2)
-        cleanup_body(info, module, body, self.context)
+    def _add_finalizer(self, key: Key, body: dict[str, Any]) -> dict[str, Any] | None:
+        """Add `cdl.dev/cleanup` before the first reconcile (no engine work can start for an object
+        that could vanish without a cleanup); None when the object changed meanwhile (its newer
+        version comes with the watch and is queued again) or is gone."""
+        meta = body["metadata"]
+        try:
+            stored = self.context.cluster.add_finalizer(key[0], key[1], key[2], FINALIZER,
+                                                        meta.get("finalizers") or [], meta.get("resourceVersion"))
+        except Exception as exc:
+            log.warning("finalizer of %s %s/%s not added: %s", key[0], key[1], key[2], exc)
+            self._schedule(key, "retry", True)
+            return None
+        if stored is None:
+            self.queue.add_after(key, 0.5)  # a conflict: the watch brings the newer version
+            return None
+        new = slim(stored)
+        with self.lock:
+            if key in self.objects:
+                self.objects[key] = new
+        return new
+
+    def _finalize(self, key: Key, info: KindInfo, module: ModuleType, body: dict[str, Any]) -> None:
+        """A deleted resource: clean up its engines' work, then release the finalizer. A transient
+        failure is retried with backoff; any other is reported as a Warning and the object goes."""
+        from cdl.errors import TransientError
+
+        res = Resource.from_body(info, copy.deepcopy(body))
+        try:
+            cleanup_body(info, module, body, self.context)
+        except TransientError as exc:
+            log.warning("cleanup of %s failed, retried: %s", res.title, exc)
+            self._schedule(key, "retry", True)
+            return
+        except Exception as exc:  # noqa: BLE001 - a broken cleanup must not keep the object forever
+            log.error("cleanup of %s failed: %s", res.title, exc)
+            self.events.post(info.kind, key[1], key[2], res.uid, "Warning", "CleanupFailed",
+                             f"cleanup of the engines' work failed, the resource is deleted anyway: {exc}")
+        try:
+            self.context.cluster.remove_finalizer(key[0], key[1], key[2], FINALIZER,
+                                                  body["metadata"].get("finalizers") or [])
+        except Exception as exc:
+            log.warning("finalizer of %s not released: %s", res.title, exc)
+            self._schedule(key, "retry", True)
+            return
         self.queue.forget(key)
 
 
@@ -300,27 +356,9 @@ def cleanup_body(info: KindInfo, module: ModuleType, body: Any, ctx: Context) ->
     if res.annotations.get(KEEP_ON_DELETE, "").lower() == "true":
         log.info("%s deleted; engine resources kept (%s)", res.title, KEEP_ON_DELETE)
         return
+    from cdl.errors import InvalidSpec
+
     try:
         module.cleanup(res, ctx)
-    except Exception as exc:  # a spec that never parsed has nothing to clean up
-        from cdl.errors import InvalidSpec, TransientError
-
-        if isinstance(exc, TransientError):
-            raise kopf.TemporaryError(f"cleanup of {res.title} failed: {exc}", delay=5)
-        if not isinstance(exc, InvalidSpec):
-            raise kopf.PermanentError(f"cleanup of {res.title} failed: {exc}")
-
-
-def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
-    """Add the handlers for the four kinds to a kopf registry: every watch event goes to the
-    controller (no kopf state is written for them), deletion runs behind kopf's finalizer."""
-    for info, module in RECONCILERS:
-        async def on_event(body, type, _kind=info.kind, **_):  # noqa: A002 - kopf's argument name
-            controller.observe(_kind, type, body)
-
-        def on_delete(body, _info=info, _module=module, **_):
-            controller.cleanup(_info, _module, body)
-
-        resource = (GROUP, VERSION, info.plural)
-        kopf.on.event(*resource, registry=registry, id="observe")(on_event)
-        kopf.on.delete(*resource, registry=registry, id="cleanup")(on_delete)
+    except InvalidSpec:  # a spec that never parsed has nothing to clean up
+        pass

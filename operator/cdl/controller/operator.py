@@ -1,4 +1,8 @@
-"""Starting the operator: configuration, stores, engines, kopf settings, metrics and health."""
+"""Starting the operator: configuration, stores, engines, the watches, metrics and health.
+
+kopf is the operator's frame (login, start-up and clean-up, the liveness endpoint, signals);
+the four kinds are watched by `controller.watch` and reconciled by `controller.handlers`.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +14,10 @@ from typing import Any
 
 import kopf
 
-from cdl.api.common import GROUP
 from cdl.config import OperatorConfig
 from cdl.controller import handlers, metrics, redaction
 from cdl.controller.cluster import KubeClusterView, load_client_config
+from cdl.controller.watch import ResourceWatches
 from cdl.engines.chooser import EngineChooser
 from cdl.reconcile.base import Context
 
@@ -39,27 +43,18 @@ def build_context(config: OperatorConfig, overrides: dict[str, dict[str, Any]] |
     return Context(config=config, cluster=cluster, engines=engines, database=database, artifacts=artifacts)
 
 
-def make_registry(config: OperatorConfig, controller: handlers.Controller) -> kopf.OperatorRegistry:
+def make_registry(config: OperatorConfig, controller: handlers.Controller,
+                  watches: ResourceWatches) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
     @kopf.on.startup(registry=registry)
     def settings(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.posting.level = logging.WARNING  # our reconcilers post the meaningful Events
-        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kopf.cdl.dev")
-        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="kopf.cdl.dev")
-        settings.persistence.finalizer = "cdl.dev/cleanup"
-        settings.execution.max_workers = 8  # only deletions run in kopf's threads
-        settings.watching.server_timeout = 60
         settings.networking.request_timeout = 90
-        # Events only feed the work queue: keep few idle per-object tasks around (thousands of
-        # objects each have one while their events flow).
-        settings.queueing.idle_timeout = 2.0
-        if config.watch_selector:  # server-side: the rest is never sent to this operator
-            for info, _ in handlers.RECONCILERS:
-                settings.watching.label_selectors[GROUP, info.plural] = config.watch_selector
 
     @kopf.on.cleanup(registry=registry)
     def close_engines(**_: Any) -> None:
+        watches.stop()
         controller.stop()  # drain the workers first: a shard hands over only finished work
         if controller.shards is not None:
             controller.shards.stop()
@@ -70,8 +65,15 @@ def make_registry(config: OperatorConfig, controller: handlers.Controller) -> ko
         """In a pod: the service account; elsewhere: $KUBECONFIG, read now (not at import)."""
         return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
-    handlers.register(registry, controller)
     return registry
+
+
+def make_watches(config: OperatorConfig, controller: handlers.Controller) -> ResourceWatches:
+    """The watches of the four kinds, feeding the controller (a label selector is applied by
+    the API server: the rest is never sent to this operator). Their streams have their own
+    connection pool: the workers' calls never wait for a connection a stream holds."""
+    return ResourceWatches([info for info, _ in handlers.RECONCILERS], controller.observe, controller.known,
+                           namespaces=config.namespaces, label_selector=config.watch_selector)
 
 
 def make_shards(config: OperatorConfig) -> Any | None:
@@ -110,6 +112,8 @@ def run(config: OperatorConfig, *, kubeconfig: str | None = None,
             controller = handlers.Controller(context, config.poll_seconds, config.resync_seconds, shards=shards,
                                              workers={**handlers.WORKERS, **config.workers})
             controller.start()
+            watches = make_watches(config, controller)
+            watches.start()
             if first:
                 if config.metrics_port:
                     metrics.serve(config.metrics_port)
@@ -131,13 +135,9 @@ def run(config: OperatorConfig, *, kubeconfig: str | None = None,
             watcher.start()
             try:
                 asyncio.run(kopf.operator(
-                    registry=make_registry(config, controller),
+                    registry=make_registry(config, controller, watches),
                     standalone=True,
-                    # One watch stream per namespace (kopf follows namespaces as they come and go),
-                    # so a namespace creating thousands of objects does not hold up another's
-                    # events behind its own in one cluster-wide stream.
-                    clusterwide=False,
-                    namespaces=config.namespaces or ["*"],
+                    clusterwide=True,
                     liveness_endpoint=liveness,
                     stop_flag=stop_now,
                     ready_flag=ready_flag,
@@ -145,6 +145,7 @@ def run(config: OperatorConfig, *, kubeconfig: str | None = None,
             finally:
                 ended.set()
                 watcher.join(5)
+                watches.stop(2.0)
                 if controller.started:  # kopf stopped without its cleanup handlers
                     # after a move, workers blocked on the old address only wait for it to time out
                     controller.stop(2.0 if moved.is_set() else 30.0)
