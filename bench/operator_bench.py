@@ -273,6 +273,9 @@ class SizeResult:
     idle_patches: float = 0.0
     idle_operator_cpu: float = 0.0
     idle_server_cpu: float = 0.0
+    bulk_operator_cpu: float = 0.0  # cores the operator used from the first bulk create until all were Ready
+    bulk_server_cpu: float = 0.0  # the same for the API server
+    bulk_client_cpu: float = 0.0  # the same for this benchmark process (the creates, the samples' watches)
     settle: float = 0.0  # seconds from the Ready wait's end until the operator stopped writing (cap 120)
     idle_breakdown: str = ""  # the most frequent requests of the idle window (method, last path part, code)
     operator_rss: float = 0.0
@@ -316,10 +319,19 @@ class Bench:
             return int((await r.json())["metadata"]["resourceVersion"])
 
     async def phases(self) -> dict[str, str]:
-        async with self.session.get(self.base) as r:
-            assert r.status == 200, await r.text()
-            items = (await r.json())["items"]
-        return {o["metadata"]["name"]: (o.get("status") or {}).get("phase", "") for o in items}
+        """Every DataPipeline's phase, listed in pages of 500 (one list of 10,000 objects would
+        hold the API server's event loop for a few hundred ms, a stall the samples would show)."""
+        out: dict[str, str] = {}
+        token = ""
+        while True:
+            params = {"limit": "500", **({"continue": token} if token else {})}
+            async with self.session.get(self.base, params=params) as r:
+                assert r.status == 200, await r.text()
+                page = await r.json()
+            out.update({o["metadata"]["name"]: (o.get("status") or {}).get("phase", "") for o in page["items"]})
+            token = page["metadata"].get("continue") or ""
+            if not token:
+                return out
 
     def create_sync(self, name: str, namespace: str = NS) -> None:
         self.custom.create_namespaced_custom_object(G, V, namespace, PLURAL, pipeline(name, namespace))
@@ -353,7 +365,7 @@ class Bench:
             ready = sum(1 for p in phases.values() if p == "Ready")
             if ready >= len(phases) or time.monotonic() > deadline:
                 return ready, len(phases)
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(3.0)
 
     async def runs_started(self) -> int:
         """How many data runs this operator process has started: ScriptedDataEngine names a run
@@ -502,6 +514,7 @@ async def run(sizes: list[int], samples: int, idle: float, poll_seconds: float |
             r.operator_start = bench.operator.start()
             progress(f"{size}: operator up in {r.operator_start:.1f} s; creating {size - present} DataPipelines")
             t0 = time.perf_counter()
+            cpu0 = bench.operator.cpu(), cpu_seconds(info.pid), time.process_time()
             converged = asyncio.Event()
             during = asyncio.create_task(bench.samples_until(converged))
             if size > present:
@@ -510,12 +523,16 @@ async def run(sizes: list[int], samples: int, idle: float, poll_seconds: float |
             # every DataPipeline present (earlier samples included) should be Ready before measuring
             r.ready, r.total = await bench.wait_ready(ready_timeout)
             r.ready_after = time.perf_counter() - t0
+            r.bulk_operator_cpu = (bench.operator.cpu() - cpu0[0]) / r.ready_after
+            r.bulk_server_cpu = (cpu_seconds(info.pid) - cpu0[1]) / r.ready_after
+            r.bulk_client_cpu = (time.process_time() - cpu0[2]) / r.ready_after
             converged.set()
             r.during = await during
             r.created += len(r.during)  # each of them needed a run too
             r.settle = await bench.settle()
-            progress(f"{size}: {r.ready}/{r.total} Ready after {r.ready_after:.0f} s; writes stopped "
-                     f"{r.settle:.0f} s later; idle window {idle:g} s")
+            progress(f"{size}: {r.ready}/{r.total} Ready after {r.ready_after:.0f} s (CPU meanwhile: operator "
+                     f"{r.bulk_operator_cpu:.0%}, API server {r.bulk_server_cpu:.0%}, benchmark "
+                     f"{r.bulk_client_cpu:.0%} of a core); writes stopped {r.settle:.0f} s later; idle window {idle:g} s")
             await bench.idle_window(idle, r)
             r.runs_started = await bench.runs_started()
             if r.idle_breakdown:
@@ -582,15 +599,23 @@ def render(results: list[SizeResult], samples: int, idle: float, poll: float, el
     lines += [
         "",
         f"while the bulk is created and converges: apply -> first status write in another namespace ({LIVE_NS}),",
-        "one sample a second",
-        f"{'present':>7} {'client':<7} {'n':>4} {'status p50':>10} {'p99':>7} {'max':>7} {'miss':>4}",
+        "one sample a second; CPU used meanwhile (cores) by the operator, the API server and this benchmark",
+        f"{'present':>7} {'client':<7} {'n':>4} {'status p50':>10} {'p99':>7} {'max':>7} {'miss':>4} "
+        f"{'op CPU':>7} {'srv CPU':>7} {'bench CPU':>9} | p99 of: {'ADDED':>6} {'+final.':>7} {'+status':>7}",
     ]
     for r in results:
         for via in ("python", "kubectl"):
-            st = [s.status for s in r.during if s.via == via]
+            during = [s for s in r.during if s.via == via]
+            st = [s.status for s in during]
             top = max((float("inf") if v is None else v for v in st), default=float("nan")) * 1000
+            added = [s.added for s in during if s.added is not None]
+            to_fin = [s.finalizer - s.added for s in during if s.finalizer is not None and s.added is not None]
+            to_st = [s.status - (s.finalizer if s.finalizer is not None else s.added) for s in during
+                     if s.status is not None and s.added is not None]
             lines.append(f"{r.size:>7} {via:<7} {len(st):>4} {ms(pct(st, .5), 10)} {ms(pct(st, .99), 7)} "
-                         f"{ms(top, 7)} {sum(1 for v in st if v is None):>4}")
+                         f"{ms(top, 7)} {sum(1 for v in st if v is None):>4} {r.bulk_operator_cpu:>7.0%} "
+                         f"{r.bulk_server_cpu:>7.0%} {r.bulk_client_cpu:>9.0%} | {'':>8}{ms(pct(added, .99), 6)} "
+                         f"{ms(pct(to_fin, .99), 7)} {ms(pct(to_st, .99), 7)}")
     lines += [
         "",
         "after the bulk create: Ready = Ready/present when the wait ended ('after s'); runs = data runs this",

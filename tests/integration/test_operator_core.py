@@ -208,6 +208,40 @@ def test_delete_cleans_up_unless_kept(operator_runner, k8s, namespace, tmp_path)
     assert data.calls.count("delete", f"{namespace}/kept") == 0
 
 
+def test_a_namespace_created_later_is_followed_and_a_deletion_while_no_operator_ran_is_cleaned_up(
+        operator_runner, k8s, namespace, tmp_path):
+    """The operator watches each namespace on its own stream: one created after it started is
+    picked up; a resource deleted while no operator ran is held by its finalizer and cleaned up
+    when one starts."""
+    import time
+
+    from kubernetes import client
+
+    custom, core = k8s
+    overrides, data, *_ = engines(tmp_path)
+    later = f"{namespace[:40]}-later"
+    with operator_runner(tmp_path / "state", overrides):
+        create(custom, namespace, dpl("early"))
+        wait_for(phase_is(custom, namespace, "DataPipeline", "early", "Ready"), timeout=60, what="early Ready")
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=later)))
+        create(custom, later, dpl("late"))
+        status = wait_for(phase_is(custom, later, "DataPipeline", "late", "Ready"), timeout=60, what="late Ready")
+        assert status["observedGeneration"] == 1
+        assert "cdl.dev/cleanup" in get(custom, later, "DataPipeline", "late")["metadata"]["finalizers"]
+    custom.delete_namespaced_custom_object(G, V, namespace, "datapipelines", "early")
+    time.sleep(1.0)
+    held = get(custom, namespace, "DataPipeline", "early")
+    assert held["metadata"].get("deletionTimestamp"), "the finalizer holds a deleted resource for the operator"
+    assert data.calls.count("delete", f"{namespace}/early") == 0
+    with operator_runner(tmp_path / "state", overrides):
+        def gone():
+            names = {i["metadata"]["name"] for i in custom.list_namespaced_custom_object(
+                G, V, namespace, "datapipelines")["items"]}
+            return "early" not in names
+        wait_for(gone, timeout=30, what="the deleted resource released")
+    assert data.calls.count("delete", f"{namespace}/early") == 1
+
+
 def test_transient_engine_error_is_retried_and_shown(operator_runner, k8s, namespace, tmp_path):
     custom, core = k8s
     overrides, data, train, *_ = engines(tmp_path)
