@@ -92,9 +92,10 @@ class PredictiveStopping(CdlModel):
     """Stop a trial whose predicted final metric cannot win (learning-curve extrapolation)."""
 
     min_completed_trials: int = Field(
-        3, ge=2, le=1000, description="Completed trials needed to calibrate the model; fewer: never stops."
+        1, ge=1, le=1000,
+        description="Completed trials whose curves the model needs; fewer: never stops (from 5 their errors widen the interval).",
     )
-    min_validations: int = Field(3, ge=2, le=1000, description="Validations of a trial before it is predicted.")
+    min_validations: int = Field(1, ge=1, le=1000, description="Validations of a trial before it is predicted.")
     quantile: float = Field(
         1.0, gt=0, le=1,
         description="Stop when the optimistic bound cannot beat this quantile of completed trials (1 = the best).",
