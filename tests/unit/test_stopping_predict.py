@@ -127,6 +127,42 @@ def test_resource_rule_stops_a_trial_that_pays_far_more_per_gain() -> None:
     assert r.check(normal, peers(4)).decision is None
 
 
+def test_resource_rule_compares_peak_gpu_memory_where_recorded() -> None:
+    # Recorded series with peak GPU memory per validation: a trial that holds 8x the GPU memory
+    # of the completed ones for the same gain is stopped; without a GPU (no figure) the rule
+    # cannot compare, does not stop and says why.
+    r = rules(resources={"resource": "gpuMemory", "factor": 3, "minCompletedTrials": 3})
+    gib = 2.0**30
+
+    def with_gpu(c: Curve, per_epoch: float | None) -> Curve:
+        return Curve(c.trial_id, [Point(p.units, p.value, p.cpu_seconds,
+                                        gpu_peak_bytes=None if per_epoch is None else per_epoch * gib)
+                                  for p in c.points], c.completed)
+
+    completed = [with_gpu(p, 1.0) for p in peers(4)]
+    normal = with_gpu(power_curve("n", 0.88, seed=11, length=5, completed=False), 1.0)
+    hungry = with_gpu(power_curve("h", 0.88, seed=11, length=5, completed=False), 8.0)
+    decision = r.check(hungry, completed).decision
+    assert decision is not None and decision.rule == "resources"
+    assert decision.reason.startswith("resources: gpuMemory per unit of accuracy gain after 5 epochs is ")
+    assert r.check(normal, completed).decision is None
+    no_gpu = r.check(with_gpu(power_curve("c", 0.88, seed=11, length=5, completed=False), None), completed)
+    assert no_gpu.decision is None
+    assert "resources: no gpuMemory recorded for this trial (no GPU); not stopping" in no_gpu.notes
+
+
+def test_gpu_memory_is_none_without_a_gpu() -> None:
+    import torch
+
+    from cdl.runtime.stopping.curves import gpu_peak_bytes
+
+    if torch.cuda.is_available():
+        torch.zeros(1024, device="cuda")
+        assert gpu_peak_bytes() >= 4096
+    else:
+        assert gpu_peak_bytes() is None
+
+
 def test_patience_and_budgets_read_as_before() -> None:
     r = StoppingRules(StoppingSettings.from_wire({"patience": 2, "minDelta": 0.5, "maxTrialMemory": "1Gi"}),
                       metric="loss", smaller_is_better=True, target=10)

@@ -113,8 +113,9 @@ class MedianStopping(CdlModel):
 class ResourceComparison(CdlModel):
     """Stop a trial whose resource use per unit of metric gain is far above the completed trials' median."""
 
-    resource: Literal["cpuSeconds", "wallSeconds", "peakMemory"] = Field(
-        "cpuSeconds", description="Which resource figure of the trial's process tree."
+    resource: Literal["cpuSeconds", "wallSeconds", "peakMemory", "gpuMemory"] = Field(
+        "cpuSeconds", description="Which resource figure of the trial's process tree (gpuMemory: peak GPU memory, "
+        "where the trial has a GPU)."
     )
     factor: float = Field(3.0, gt=1, le=1000, description="How many times the median counts as far above.")
     min_completed_trials: int = Field(3, ge=1, le=1000, description="Completed trials needed before it stops any.")

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cdl.runtime.env import ENV_EARLY_STOPPING, ENV_MAX_LENGTH, ENV_METRIC, ENV_SMALLER_IS_BETTER, ENV_STOP
-from cdl.runtime.stopping.curves import Curve, Point, metric_lookup
+from cdl.runtime.stopping.curves import Curve, Point, gpu_peak_bytes, metric_lookup
 from cdl.runtime.stopping.rules import Decision, StoppingRules
 from cdl.runtime.stopping.settings import StoppingSettings
 
@@ -101,7 +101,7 @@ class TrialGuard:
             units = float(unit_value) if isinstance(unit_value, int | float) else float(steps_completed)
         res = _own_resources()
         self.curve.points.append(Point(units, value, res["cpu_seconds"], time.time() - self.started,
-                                       res["peak_rss_bytes"]))
+                                       res["peak_rss_bytes"], gpu_peak_bytes()))
         outcome = self.rules.check(self.curve, self._peer_curves())
         for note in outcome.notes:
             rule = note.split(":", 1)[0]

@@ -8,7 +8,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-RESOURCE_NAMES = {"cpuSeconds": "cpu_seconds", "wallSeconds": "wall_seconds", "peakMemory": "peak_rss_bytes"}
+RESOURCE_NAMES = {"cpuSeconds": "cpu_seconds", "wallSeconds": "wall_seconds", "peakMemory": "peak_rss_bytes",
+                  "gpuMemory": "gpu_peak_bytes"}
 
 
 def parse_quantity(text: str | int | float) -> int:
