@@ -3,9 +3,12 @@ the start of its curve, with an interval calibrated on the search's completed tr
 
 The point estimate comes from the completed trials' curves: at the trial's current length each
 completed trial had reached some level (its best so far) and then gained some more up to its
-end. The trial is expected to gain what completed trials at its level gained (the gains fitted
-non-increasing in the level and interpolated, so a trial far behind is credited with the larger
-gains that trials far behind really made, one beyond all of them with the gain of the nearest). The interval's
+end. The trial is expected to gain what completed trials at its level gained (interpolated between
+the nearest levels, so a trial far behind is credited with the larger gains that trials far
+behind really made, one ahead of all of them with the gain of the nearest).
+A trial behind all of them is one they say little about: its optimistic bound is then at least
+the end of the lowest of them (it may catch up), so a search stops such trials only once a trial
+that started as low has completed and shown where that leads. The interval's
 half-width is (a) the validation noise of the two levels compared (the noise estimated from the
 completed curves' second differences, so steady progress is not mistaken for noise), at the
 chosen confidence, plus (b) with enough completed trials, the conformal quantile of the
@@ -115,14 +118,11 @@ SATURATING = ("pow3", "exp3")
 
 
 def _gain_at(levels: np.ndarray, gains: np.ndarray, level: float) -> float:
-    """The gain completed trials made from `level`: their gains fitted non-increasing in the level
-    (a trial further behind has more to gain; where they do not show it the gains are pooled),
-    interpolated, the nearest beyond the range."""
-    from scipy.optimize import isotonic_regression
-
-    order = np.argsort(levels)
-    fitted = isotonic_regression(gains[order], increasing=False).x
-    return float(np.interp(level, levels[order], fitted))
+    """The gain completed trials made from `level`: interpolated between the two nearest levels
+    (trials level with each other are averaged), the nearest one's beyond the range."""
+    uniq, inverse = np.unique(levels, return_inverse=True)
+    mean = np.bincount(inverse, weights=gains) / np.bincount(inverse)
+    return float(np.interp(level, uniq, mean))
 
 
 class CurvePredictor:
@@ -183,13 +183,18 @@ class CurvePredictor:
             errors = []
             for i in range(len(lv)):
                 rest = np.arange(len(lv)) != i
+                if lv[i] < lv[rest].min():
+                    continue  # behind all the others: bounded, not predicted (below)
                 guess = lv[i] + max(_gain_at(lv[rest], fv[rest] - lv[rest], lv[i]), 0.0)
                 errors.append(abs(fv[i] - guess))
-            n = len(errors)
+            n = len(errors)  # >= MIN_CONFORMAL - 1
             rank = math.ceil((n + 1) * self.confidence)  # beyond n: the largest error, stretched
-            q = float(np.sort(errors)[rank - 1]) if rank <= n else max(errors) * rank / n
-            half = half + q
+            half += float(np.sort(errors)[rank - 1]) if rank <= n else max(errors) * rank / n
         low, high = max(value - half, best_so_far), value + half
+        if len(lv) and best_so_far < lv.min() - half:
+            # Behind every completed trial at this length: how much more such a trial gains they
+            # do not show, so its optimistic end is as good as the lowest of them ended.
+            high = max(high, float(fv[np.argmin(lv)]) + half)
         fams = self._families(curve) if len(y) > 3 else {}
         saturating = [v for k, v in fams.items() if k in SATURATING]
         if saturating:  # the trial's own curve may point higher than the completed trials' gains
