@@ -158,8 +158,10 @@ class CurvePredictor:
             diffs.extend(abs(a - 2 * b + c) / math.sqrt(6) for a, b, c in zip(y, y[1:], y[2:], strict=False))
         return float(np.median(diffs)) / 0.6745 if diffs else 0.0
 
-    def predict(self, curve: Curve, peers: Sequence[Curve]) -> Prediction:
-        """The final result of `curve` (observed so far) given completed trials `peers` (>= 1)."""
+    def predict(self, curve: Curve, peers: Sequence[Curve], bar: float | None = None) -> Prediction:
+        """The final result of `curve` (observed so far) given completed trials `peers` (>= 1).
+        With `bar` (the metric's scale), the curve fits are only paid for when the optimistic end
+        is short of it (they can only raise it)."""
         from scipy.stats import norm
 
         units = curve.units
@@ -195,7 +197,8 @@ class CurvePredictor:
             # Behind every completed trial at this length: how much more such a trial gains they
             # do not show, so its optimistic end is as good as the lowest of them ended.
             high = max(high, float(fv[np.argmin(lv)]) + half)
-        fams = self._families(curve) if len(y) > 3 else {}
+        short = bar is None or high < oriented(bar, self.smaller)
+        fams = self._families(curve) if len(y) > 3 and short else {}
         saturating = [v for k, v in fams.items() if k in SATURATING]
         if saturating:  # the trial's own curve may point higher than the completed trials' gains
             high = max(high, float(np.median(saturating)))

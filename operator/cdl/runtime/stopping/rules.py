@@ -136,7 +136,7 @@ class StoppingRules:
             return None  # already as good as the bar: no prediction can stop it (and none is paid for)
         if self._predictor is None:
             self._predictor = CurvePredictor(self.target, self.smaller, p.confidence)
-        prediction = self._predictor.predict(curve, peers)
+        prediction = self._predictor.predict(curve, peers, bar=oriented(threshold, self.smaller))
         optimistic = prediction.low if self.smaller else prediction.high
         if oriented(optimistic, self.smaller) < threshold:
             bar = oriented(threshold, self.smaller)
