@@ -20,7 +20,14 @@ decisions), the best validation accuracy kept, whether the winner of the unstopp
 stopped; and the issue's target for predictive stopping (at most half the trial-epochs of no
 stopping, best within 0.5 points, no worse than Optuna's pruners on both counts).
 
-Usage: .venv/bin/python bench/stopping_bench.py [--trials 16] [--epochs 15] [--seed 7] [--json out.json]
+One seed says little about a stopping rule (which trial comes first, and how noisy the first
+validations are, decide much), so the unstopped searches of more seeds (--robustness-seeds) are
+trained too and cdl's predict and median rules and Optuna's two pruners replayed over them:
+exact, since training is seeded (a stopped trial's prefix is its unstopped curve) and every
+method sees only the validations.
+
+Usage: .venv/bin/python bench/stopping_bench.py [--trials 16] [--epochs 15] [--seed 7]
+       [--robustness-seeds 8,9,10,11] [--json out.json]
 Needs the `bench` extra (optuna, scikit-learn).
 """
 
@@ -311,6 +318,73 @@ def bench_problem(problem: Problem, trials: int, epochs: int, seed: int) -> list
     return rows
 
 
+# ---------------------------------------------------------------------- more seeds, replayed
+
+
+def replay_rules(curves: dict[int, list[float]], settings: StoppingSettings, epochs: int) -> Result:
+    """cdl's rules over recorded unstopped curves (training is seeded, so a stopped trial's prefix
+    is its unstopped curve: the same decisions as training, without the training)."""
+    result = Result("replay")
+    rules = StoppingRules(settings, metric="accuracy", smaller_is_better=False, target=epochs)
+    done: list[Curve] = []
+    for i in sorted(curves):
+        curve = Curve(str(i))
+        for e, value in enumerate(curves[i][:epochs], start=1):
+            result.keep(i, value)
+            curve.points.append(Point(e, value))
+            if rules.check(curve, done).decision is not None:
+                result.stopped.add(i)
+                break
+        curve.completed = i not in result.stopped
+        done.append(curve)
+    return result
+
+
+def replay_optuna(curves: dict[int, list[float]], pruner_name: str, epochs: int, seed: int) -> Result:
+    """An Optuna pruner over the same recorded curves (it sees only the reported values)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    pruner = (optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1) if pruner_name == "median"
+              else optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=4))
+    study = optuna.create_study(direction="maximize", pruner=pruner, sampler=optuna.samplers.RandomSampler(seed=seed))
+    result = Result(f"optuna {pruner_name}")
+    for i in sorted(curves):
+        trial = study.ask()
+        for e, value in enumerate(curves[i][:epochs], start=1):
+            result.keep(i, value)
+            trial.report(value, e)
+            if trial.should_prune():
+                result.stopped.add(i)
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                break
+        else:
+            study.tell(trial, max(curves[i][:epochs]))
+    return result
+
+
+def robustness(problems: list[Callable[[int], Problem]], seeds: list[int], trials: int, epochs: int) -> list[dict]:
+    """Per seed and problem: one unstopped search trained, then each method replayed over it."""
+    rows = []
+    for seed in seeds:
+        for make in problems:
+            problem = make(seed)
+            base = run_rules(problem, "none", None, trials, epochs, seed)
+            winner = max(base.curves, key=lambda i: max(base.curves[i]))
+            methods = {
+                "cdl predict": replay_rules(base.curves, StoppingSettings.from_wire({"predict": {}}), epochs),
+                "cdl median": replay_rules(base.curves, StoppingSettings.from_wire({"median": {}}), epochs),
+                "optuna median": replay_optuna(base.curves, "median", epochs, seed),
+                "optuna successive-halving": replay_optuna(base.curves, "successive-halving", epochs, seed),
+            }
+            for name, m in methods.items():
+                rows.append({"seed": seed, "problem": problem.name, "method": name,
+                             "epochs_vs_none": round(m.trial_epochs / base.trial_epochs, 3),
+                             "best_delta": round((m.best or 0.0) - (base.best or 0.0), 2),
+                             "winner_stopped": winner in m.stopped})
+    return rows
+
+
 def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
     by = {r["method"]: r for r in rows}
     p = by["cdl predict"]
@@ -331,6 +405,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--bbc-per-class", type=int, default=60)
     parser.add_argument("--fashion-images", type=int, default=3000)
+    parser.add_argument("--robustness-seeds", default="8,9,10,11",
+                        help="more seeds whose unstopped searches are replayed under cdl's predict and median "
+                             "rules and Optuna's pruners ('' for none)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -355,9 +432,25 @@ def main(argv: list[str] | None = None) -> int:
     for v in verdicts:
         print(f"- {v['problem']}: half the epochs {v['half_the_epochs']}, best within 0.5 {v['best_within_0.5']}, "
               f"no worse than Optuna's pruners {v['no_worse_than_optuna']}")
+    seeds = [int(s) for s in args.robustness_seeds.split(",") if s.strip()]
+    extra: list[dict[str, Any]] = []
+    if seeds:
+        makers = [lambda s: bbc(s, args.bbc_per_class), lambda s: fashion(s, args.fashion_images), tabular]
+        extra = robustness(makers, seeds, args.trials, args.epochs)
+        print(f"\n## other seeds ({', '.join(map(str, seeds))}): each unstopped search trained once, the methods "
+              "replayed over it; trial-epochs vs none, Δ best, * = the winner stopped")
+        names = list(dict.fromkeys(r["method"] for r in extra))
+        print("| seed | problem | " + " | ".join(names) + " |")
+        print("|---|---|" + "---:|" * len(names))
+        for seed in seeds:
+            for problem in dict.fromkeys(r["problem"] for r in extra if r["seed"] == seed):
+                cells = [r for r in extra if r["seed"] == seed and r["problem"] == problem]
+                print(f"| {seed} | {problem} | " + " | ".join(
+                    f"{r['epochs_vs_none']:.0%} {r['best_delta']:+.2f}{'*' if r['winner_stopped'] else ''}"
+                    for r in cells) + " |")
     print(f"\n(total {time.time() - started:.0f} s wall, load {os.getloadavg()[0]:.1f})")
     if args.json:
-        args.json.write_text(json.dumps({"rows": all_rows, "verdicts": verdicts}, indent=1))
+        args.json.write_text(json.dumps({"rows": all_rows, "verdicts": verdicts, "other_seeds": extra}, indent=1))
     return 0
 
 

@@ -52,6 +52,8 @@ BAD = [
     ("unknown-engine", EXP, ["spec", "engine"], "kubeflow", "spec.engine", '"local", "determined"'),
     ("missing-required", EXP, ["spec", "model", "entrypoint"], _DELETE, "spec.model.entrypoint", "Required value"),
     ("bad-searcher-enum", EXP, ["spec", "searcher", "name"], "bayes", "spec.searcher.name", '"asha"'),
+    ("bad-stopping-resource", EXP, ["spec", "searcher", "earlyStopping"], {"resources": {"resource": "gpu"}},
+     "spec.searcher.earlyStopping.resources.resource", '"cpuSeconds", "wallSeconds", "peakMemory", "gpuMemory"'),
     ("asha-needs-maxlength", EXP, ["spec", "searcher", "maxLength"], _DELETE, "spec.searcher.maxLength",
      "required when searcher.name is asha"),
     ("bad-hparam-type", EXP, ["spec", "hyperparameters", "dropout"], {"type": "gaussian", "minval": 0, "maxval": 1},

@@ -53,7 +53,7 @@ def test_patience_inside_the_trial_makes_determined_preempt_it(cluster_env, monk
 
 
 def test_prediction_inside_the_trial_uses_the_other_trials_curves(cluster_env, monkeypatch) -> None:
-    monkeypatch.setenv("CDL_EARLY_STOPPING", json.dumps({"predict": {"minCompletedTrials": 2}}))
+    monkeypatch.setenv("CDL_EARLY_STOPPING", json.dumps({"predict": {"minCompletedTrials": 2, "minValidations": 3}}))
     peers = [Curve(str(i), [Point(x, end + 1.0 / x) for x in range(1, 11)], True) for i, end in enumerate([0.1, 0.2])]
     g = guard.TrialGuard.from_env(peers=lambda: peers)
     assert g is not None

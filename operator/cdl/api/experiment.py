@@ -92,9 +92,10 @@ class PredictiveStopping(CdlModel):
     """Stop a trial whose predicted final metric cannot win (learning-curve extrapolation)."""
 
     min_completed_trials: int = Field(
-        3, ge=2, le=1000, description="Completed trials needed to calibrate the model; fewer: never stops."
+        1, ge=1, le=1000,
+        description="Completed trials whose curves the model needs; fewer: never stops (from 5 their errors widen the interval).",
     )
-    min_validations: int = Field(3, ge=2, le=1000, description="Validations of a trial before it is predicted.")
+    min_validations: int = Field(1, ge=1, le=1000, description="Validations of a trial before it is predicted.")
     quantile: float = Field(
         1.0, gt=0, le=1,
         description="Stop when the optimistic bound cannot beat this quantile of completed trials (1 = the best).",
@@ -112,8 +113,9 @@ class MedianStopping(CdlModel):
 class ResourceComparison(CdlModel):
     """Stop a trial whose resource use per unit of metric gain is far above the completed trials' median."""
 
-    resource: Literal["cpuSeconds", "wallSeconds", "peakMemory"] = Field(
-        "cpuSeconds", description="Which resource figure of the trial's process tree."
+    resource: Literal["cpuSeconds", "wallSeconds", "peakMemory", "gpuMemory"] = Field(
+        "cpuSeconds", description="Which resource figure of the trial's process tree (gpuMemory: peak GPU memory, "
+        "where the trial has a GPU)."
     )
     factor: float = Field(3.0, gt=1, le=1000, description="How many times the median counts as far above.")
     min_completed_trials: int = Field(3, ge=1, le=1000, description="Completed trials needed before it stops any.")

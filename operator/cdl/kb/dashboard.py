@@ -132,6 +132,32 @@ async def experiment(request: web.Request) -> web.Response:
                   live=run["state"] in ("active", "running", "queued", "pending", "submitted"))
 
 
+async def study(request: web.Request) -> web.Response:
+    """A finished search replayed under each early-stopping rule (`cdl experiments study`): the
+    per-rule table, the recorded curves the replay walks, and the study's plot."""
+    import importlib.util
+
+    from cdl.engines.training import study as replay
+    from cdl.errors import CdlError
+
+    m, q = request.match_info, request.query
+    catalog = _catalog(request)
+    runs = await _run(catalog.runs, m["ns"], m["name"])
+    run = next((r for r in runs if r["run_id"] == q.get("run")), runs[0])
+    search = await _run(replay.from_database, catalog.db, run["run_id"])
+    try:
+        data = await _run(replay.report, search)
+    except CdlError as exc:  # not finished, nothing recorded: said on the page
+        data, error = None, str(exc)
+    else:
+        error = None
+    curves = {f"trial {t.trial_id}": [(p.units, p.value) for p in t.curve.scored()] for t in search.trials}
+    chart = Markup(line_chart(curves, title=f"recorded {search.metric} per trial", x_label=search.unit,
+                              y_label=search.metric))
+    return render(request, "study.html", ns=m["ns"], name=m["name"], run=run, search=search, data=data,
+                  error=error, chart=chart, plot=importlib.util.find_spec("matplotlib") is not None)
+
+
 def _curves(trials: list[dict[str, Any]], kind: str, metric: str, x: str = "batches") -> dict[str, list]:
     out: dict[str, list] = {}
     for t in trials:
@@ -319,6 +345,7 @@ def add_routes(app: web.Application, catalog: Catalog, deployment_reader: Any = 
     r.add_get("/", to_home)
     r.add_get("/ui/", home)
     r.add_get("/ui/experiments/{ns}/{name}", experiment)
+    r.add_get("/ui/experiments/{ns}/{name}/study", study)
     r.add_get("/ui/runs/{run}/trials/{trial}", trial)
     r.add_get("/ui/runs/{run}/compare", compare)
     r.add_get("/ui/namespaces/{ns}/models/{model}", model)

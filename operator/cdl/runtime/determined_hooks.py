@@ -5,7 +5,8 @@ comes and checkpoints are only logged. The local engine needs what a master woul
 trial bootstrap wraps those few methods before any user code runs:
 
 - validation/training metrics and checkpoints are also written as events (`trial_events`),
-  with the trial's epoch and batch counts at that moment;
+  with the trial's epoch and batch counts at that moment (and a validation with the peak GPU
+  memory where the trial uses one);
 - `should_preempt()` answers True once the engine has asked the trial to stop (a stop file),
   keeping Determined's chief-broadcast protocol so every rank of a distributed trial stops at
   the same step (early stopping and ASHA stop trials cleanly, with a checkpoint);
@@ -26,6 +27,7 @@ from typing import Any
 
 from cdl.runtime import determined_private as private
 from cdl.runtime import trial_events
+from cdl.runtime.stopping.curves import gpu_peak_bytes
 
 _PROGRESS: dict[str, int] = {}  # epochs/batches of the PyTorchTrial controller at the last report
 _INSTALLED = False
@@ -57,7 +59,10 @@ def install(stop_file: str | None, resume_steps: int | None = None) -> None:
         self: Any, group: str, steps_completed: int, metrics: dict[str, Any], batch_metrics: Any = None
     ) -> None:
         original_report(self, group, steps_completed, metrics, batch_metrics)
-        trial_events.emit("metrics", group=group, steps_completed=steps_completed, metrics=metrics, **_PROGRESS)
+        # Peak GPU memory is only known inside the trial (torch's allocator): it rides along.
+        gpu = gpu_peak_bytes() if group == "validation" else None
+        trial_events.emit("metrics", group=group, steps_completed=steps_completed, metrics=metrics, **_PROGRESS,
+                          **({"gpu_peak_bytes": gpu} if gpu is not None else {}))
 
     train_cls._report_trial_metrics = report_trial_metrics  # type: ignore[method-assign]
 

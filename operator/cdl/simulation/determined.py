@@ -6,7 +6,8 @@ master's grpc-gateway body `{"error": {"code", "reason", "error"}}` and HTTP sta
 
 Endpoints: login (`POST /api/v1/auth/login`, salted password as the SDK sends it), `GET
 /api/v1/me`, experiments (create with the model definition, get, list with name/label filters and
-pagination, kill), trials (list per experiment, get, logs as NDJSON), checkpoints (per experiment,
+pagination, kill), trials (list per experiment, get, logs as NDJSON, validation metrics of several
+trials as NDJSON: what a trial reads of its peers), checkpoints (per experiment,
 by uuid), models (create, get, patch) and model versions (create, list, get, patch, delete).
 
 What it checks, as the master does:
@@ -32,7 +33,7 @@ kill reaches it as a preemption signal, then SIGTERM.
 Without an executor, trials are drawn from the searcher (single: one; random/adaptive_asha:
 `max_trials` samples of the hyperparameters with the experiment seed; grid: the grid) and move
 only when the test calls `run_trials`, `complete` (validation metrics from a function of the
-hyperparameters, a checkpoint per trial written to the experiment's checkpoint storage:
+hyperparameters and the length, one validation per unit of length, a checkpoint per trial written to the experiment's checkpoint storage:
 shared_fs host_path, or S3 with the config's keys and endpoint; adaptive_asha stops all but the
 top 1/divisor trials after the first rung) or `fail`. No agents, resource pools, TensorBoard,
 webhooks, RBAC or workspaces beyond a name.
@@ -372,6 +373,7 @@ class FakeDeterminedMaster:
         r.add_get("/api/v1/experiments/{id}/checkpoints", self._list_checkpoints)
         r.add_get("/api/v1/trials/{id}", self._get_trial)
         r.add_get("/api/v1/trials/{id}/logs", self._trial_logs)
+        r.add_get("/api/v1/trials/metrics/validation_metrics", self._validation_metrics)
         r.add_get("/api/v1/checkpoints/{uuid}", self._get_checkpoint)
         r.add_post("/api/v1/models", self._post_model)
         r.add_get("/api/v1/models/{name}", self._get_model)
@@ -563,6 +565,23 @@ class FakeDeterminedMaster:
         page = trials[offset:offset + 3]
         return web.json_response(b.v1GetExperimentTrialsResponse(
             trials=page, pagination=self._pagination(offset, len(page), len(trials))).to_json())
+
+    async def _validation_metrics(self, request: web.Request) -> web.Response:
+        """GetValidationMetrics: every validation the trials reported, as the master streams them
+        (NDJSON, `{"result": v1GetValidationMetricsResponse}` lines; here one per trial), each
+        report's metrics under `validation_metrics` as the master stores a validation."""
+        ids = [int(x) for x in request.query.getall("trialIds", [])]
+        if not ids:
+            raise MasterError(3, "trialIds: at least one trial id is required")
+        lines = []
+        with self._lock:
+            for trial in (self._trial(i) for i in ids):
+                reports = [b.v1MetricsReport(archived=False, endTime=_now(), group="validation", id=n,
+                                             metrics={"validation_metrics": avg, "num_inputs": 0},
+                                             totalBatches=steps, trialId=trial.id, trialRunId=1)
+                           for n, (avg, steps) in enumerate(trial.validations, start=1)]
+                lines.append(json.dumps({"result": b.v1GetValidationMetricsResponse(metrics=reports).to_json()}))
+        return web.Response(text="".join(line + "\n" for line in lines), content_type="application/json")
 
     def _trial(self, trial_id: int) -> Trial:
         for exp in self.experiments.values():
@@ -936,6 +955,10 @@ class FakeDeterminedMaster:
                 metrics = {metric_name: value, "epochs": done if unit == "epochs" else batches // 10,
                            "batches": batches}
                 t.best = t.latest = (metrics, batches)
+                # a validation per unit of length, as a trial validating every epoch reports them
+                per = 10 if unit == "epochs" else 1
+                t.validations = [({metric_name: metric(t.hparams, k), "epochs": k * per // 10, "batches": k * per},
+                                  k * per) for k in range(1, done + 1)] if done <= 1000 else [(metrics, batches)]
                 t.batches, t.state, t.end, t.seconds = batches, "STATE_COMPLETED", _now(), 1.5
                 t.checkpoint = str(uuid.uuid4())
                 t.checkpoint_batches = batches

@@ -8,7 +8,7 @@ from typing import Any
 
 from cdl.runtime.stopping import Curve, Point
 
-RESOURCE_KEYS = ("cpu_seconds", "wall_seconds", "peak_rss_bytes")
+RESOURCE_KEYS = ("cpu_seconds", "wall_seconds", "peak_rss_bytes", "gpu_peak_bytes")
 
 
 def point(units: float, value: float | None, resources: dict[str, Any] | None) -> Point:

@@ -6,19 +6,37 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-RESOURCES = ("cpu_seconds", "wall_seconds", "peak_rss_bytes")
+RESOURCES = ("cpu_seconds", "wall_seconds", "peak_rss_bytes", "gpu_peak_bytes")
+PEAK_RESOURCES = ("peak_rss_bytes", "gpu_peak_bytes")  # peaks, not totals: compared as they are
+
+
+def gpu_peak_bytes() -> float | None:
+    """Peak GPU memory this process allocated through torch (all its GPUs); None without a GPU or
+    without torch loaded (it is not imported for this: a trial that uses a GPU has loaded it)."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    try:
+        if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+            return None
+        return float(sum(torch.cuda.max_memory_allocated(d) for d in range(torch.cuda.device_count())))
+    except Exception:  # noqa: BLE001 - a broken CUDA setup: no figure rather than a failed trial
+        return None
 
 
 @dataclass(frozen=True)
 class Point:
     """One validation: length trained (searcher units), the searcher metric, and the trial's
-    cumulative resource figures at that moment (None where unknown)."""
+    cumulative resource figures at that moment (None where unknown; GPU memory: None without a GPU)."""
 
     units: float
     value: float | None
     cpu_seconds: float | None = None
     wall_seconds: float | None = None
     peak_rss_bytes: float | None = None
+    gpu_peak_bytes: float | None = None
 
     def resource(self, name: str) -> float | None:
         return getattr(self, name)

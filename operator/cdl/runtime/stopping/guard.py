@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cdl.runtime.env import ENV_EARLY_STOPPING, ENV_MAX_LENGTH, ENV_METRIC, ENV_SMALLER_IS_BETTER, ENV_STOP
-from cdl.runtime.stopping.curves import Curve, Point, metric_lookup
+from cdl.runtime.stopping.curves import Curve, Point, gpu_peak_bytes, metric_lookup
 from cdl.runtime.stopping.rules import Decision, StoppingRules
 from cdl.runtime.stopping.settings import StoppingSettings
 
@@ -101,7 +101,7 @@ class TrialGuard:
             units = float(unit_value) if isinstance(unit_value, int | float) else float(steps_completed)
         res = _own_resources()
         self.curve.points.append(Point(units, value, res["cpu_seconds"], time.time() - self.started,
-                                       res["peak_rss_bytes"]))
+                                       res["peak_rss_bytes"], gpu_peak_bytes()))
         outcome = self.rules.check(self.curve, self._peer_curves())
         for note in outcome.notes:
             rule = note.split(":", 1)[0]
@@ -128,18 +128,22 @@ def determined_peers(session: Any, experiment_id: int, own_trial_id: int, unit: 
     """The completed trials of this experiment and their validation curves, from the master."""
 
     def read() -> list[Curve]:
-        from determined.common.api import bindings
+        from determined.common.api import bindings, read_paginated
 
-        trials = bindings.get_GetExperimentTrials(session, experimentId=experiment_id).trials
-        done = [t.id for t in trials if t.id != own_trial_id and str(t.state).endswith("COMPLETED")]
+        pages = read_paginated(lambda offset: bindings.get_GetExperimentTrials(
+            session, experimentId=experiment_id, offset=offset))
+        done = [t.id for page in pages for t in page.trials
+                if t.id != own_trial_id and t.state == bindings.trialv1State.COMPLETED]
         if not done:
             return []
+        metric = os.environ.get(ENV_METRIC, "")
         curves: dict[int, list[Point]] = {t: [] for t in done}
         for resp in bindings.get_GetValidationMetrics(session, trialIds=done):
-            for m in resp.data or []:
-                metrics = (m.metrics or {}).get("avgMetrics", m.metrics or {})
+            for m in resp.metrics:
+                # the master keeps a validation's metrics under validation_metrics
+                metrics = (m.metrics or {}).get("validation_metrics") or {}
                 units = metrics.get(unit, m.totalBatches)
-                curves[m.trialId].append(Point(float(units), metric_lookup(metrics, os.environ.get(ENV_METRIC, ""))))
+                curves[m.trialId].append(Point(float(units), metric_lookup(metrics, metric)))
         return [Curve(str(t), sorted(points, key=lambda p: p.units), True) for t, points in curves.items()]
 
     return read

@@ -1,14 +1,21 @@
 """Learning-curve prediction (Baker et al. 2017; Domhan et al. 2015): a trial's final result from
 the start of its curve, with an interval calibrated on the search's completed trials.
 
-The model: power law `c - a·x^-α`, exponential saturation `c - a·e^(-b·x)` and log-linear
-`a + b·ln x` are fitted to the observed points (scipy's least squares); their median at the
-target length, less the best value so far, is the gain the families expect. That gain is then
-calibrated on this search's completed trials, each truncated at the same length: a factor
-fitted on what the families predicted for them against what they really gained corrects the
-families' systematic over- or under-shoot, and the interval is the split-conformal quantile, at
-the chosen confidence, of their errors relative to the predicted gain plus the validation noise
-(so a trial expected to move a lot gets a wide interval, a converged one a narrow one). The final
+The point estimate comes from the completed trials' curves: at the trial's current length each
+completed trial had reached some level (its best so far) and then gained some more up to its
+end. The trial is expected to gain what completed trials at its level gained (interpolated between
+the nearest levels, so a trial far behind is credited with the larger gains that trials far
+behind really made, one ahead of all of them with the gain of the nearest).
+A trial behind all of them is one they say little about: its optimistic bound is then at least
+the end of the lowest of them (it may catch up), so a search stops such trials only once a trial
+that started as low has completed and shown where that leads. The interval's
+half-width is (a) the validation noise of the two levels compared (the noise estimated from the
+completed curves' second differences, so steady progress is not mistaken for noise), at the
+chosen confidence, plus (b) with enough completed trials, the conformal quantile of the
+estimate's leave-one-out errors on them. Parametric families (power law `c - a·x^-α`,
+exponential saturation `c - a·e^(-b·x)`, scipy's least squares) fitted to the trial's own
+validations (from four) keep the optimistic bound at least where its own curve levels off:
+a trial rising faster than the completed ones did is not stopped on their account. The final
 result is the best validation the trial will reach, so the prediction is never below the best
 so far.
 """
@@ -102,81 +109,100 @@ class Prediction:
         )
 
 
+# Leave-one-out errors need this many completed trials before their quantile means anything;
+# below it the interval is the noise term alone.
+MIN_CONFORMAL = 5
+# The families that level off: the ones whose extrapolation may raise the optimistic bound (the
+# log-linear and slope families do not level off and only inform the recorded families).
+SATURATING = ("pow3", "exp3")
+
+
+def _gain_at(levels: np.ndarray, gains: np.ndarray, level: float) -> float:
+    """The gain completed trials made from `level`: interpolated between the two nearest levels
+    (trials level with each other are averaged), the nearest one's beyond the range."""
+    uniq, inverse = np.unique(levels, return_inverse=True)
+    mean = np.bincount(inverse, weights=gains) / np.bincount(inverse)
+    return float(np.interp(level, uniq, mean))
+
+
 class CurvePredictor:
-    """Predicts final results for one search; remembers the fits of completed trials' prefixes."""
+    """Predicts final results for one search from its completed trials and the trial's own curve."""
 
     def __init__(self, target: float, smaller_is_better: bool, confidence: float = 0.9) -> None:
         self.target = float(target)
         self.smaller = smaller_is_better
         self.confidence = confidence
-        self._cache: dict[tuple[str, float], dict[str, float]] = {}
-
-    # -- the two estimates, larger-is-better ------------------------------------------------
 
     def _series(self, curve: Curve) -> tuple[list[float], list[float]]:
         pts = curve.scored()
         return [max(p.units, 1e-9) for p in pts], [oriented(p.value, self.smaller) for p in pts]  # type: ignore[arg-type]
 
-    def _parametric(self, curve: Curve, key: tuple[str, float] | None = None) -> tuple[float, dict[str, float]]:
+    def _families(self, curve: Curve) -> dict[str, float]:
+        """The parametric families' values at the target, fitted to the trial's own validations."""
         x, y = self._series(curve)
-        if key is not None and key in self._cache:
-            fams = self._cache[key]
-        else:
-            fams = fit_families(x, y, self.target)
-            if key is not None:
-                self._cache[key] = fams
-        best = max(y)
-        # The local slope carried on with a 1/x decay (the log-linear family fitted to the last
-        # points only): robust where three-parameter fits on few noisy points are not.
+        fams = fit_families(x, y, self.target)
+        # The local slope carried on with a 1/x decay: robust where three-parameter fits on few
+        # noisy points are not.
         if len(x) >= 3:
             slope = max((y[-1] - y[-3]) / max(x[-1] - x[-3], 1e-9), 0.0)
-            fams = {**fams, "slope": y[-1] + slope * x[-1] * math.log(max(self.target / x[-1], 1.0))}
-        if not fams:
-            return best, fams
-        return max(best, float(np.median(list(fams.values())))), fams
+            fams["slope"] = y[-1] + slope * x[-1] * math.log(max(self.target / x[-1], 1.0))
+        return fams
 
-    def _final(self, curve: Curve) -> float:
-        return max(self._series(curve)[1])
+    def noise(self, peers: Sequence[Curve]) -> float:
+        """The validation noise (a standard deviation): second differences of the completed curves
+        (a straight trend cancels; each has the standard deviation sqrt(6)·σ), their median over
+        the median of a standard normal's absolute value."""
+        diffs = []
+        for p in peers:
+            y = self._series(p)[1]
+            diffs.extend(abs(a - 2 * b + c) / math.sqrt(6) for a, b, c in zip(y, y[1:], y[2:], strict=False))
+        return float(np.median(diffs)) / 0.6745 if diffs else 0.0
 
-    # -- prediction -----------------------------------------------------------------------
+    def predict(self, curve: Curve, peers: Sequence[Curve], bar: float | None = None) -> Prediction:
+        """The final result of `curve` (observed so far) given completed trials `peers` (>= 1).
+        With `bar` (the metric's scale), the curve fits are only paid for when the optimistic end
+        is short of it (they can only raise it)."""
+        from scipy.stats import norm
 
-    def predict(self, curve: Curve, peers: Sequence[Curve]) -> Prediction:
-        """The final result of `curve` (observed so far) given completed trials `peers` (>= 2)."""
         units = curve.units
         _, y = self._series(curve)
         best_so_far = max(y)
-        param, fams = self._parametric(curve)
-        gain = param - best_so_far  # what the families expect this trial still to gain
-
-        # Calibration on the completed trials, each truncated at the same length: the gain they
-        # really made against the gain the families predicted from their start.
-        real, predicted, noise = [], [], []
+        levels, finals = [], []
         for p in peers:
-            start = p.upto(units)
-            if len(start.scored()) < 2:
-                continue
-            y_p = self._series(start)[1]
-            a, _ = self._parametric(start, key=(p.trial_id, units))
-            real.append(self._final(p) - max(y_p))
-            predicted.append(a - max(y_p))
-            full = self._series(p)[1]
-            noise.extend(abs(b - a_) for a_, b in zip(full, full[1:], strict=False))
-        g = np.asarray(predicted)
-        G = np.asarray(real)
-        s0 = float(np.median(noise)) if noise else abs(best_so_far) * 1e-3 + 1e-12
-        # Shrink (or stretch) the families' gains as they did on this search's completed trials.
-        beta = float(np.clip(G @ g / (g @ g), 0.0, 2.0)) if len(g) and float(g @ g) > 1e-12 else 1.0
-        if len(g):
-            scores = np.sort(np.abs(G - beta * g) / (np.abs(g) + s0))
-            n = len(scores)
-            rank = math.ceil((n + 1) * self.confidence)
-            q = float(scores[rank - 1]) if rank <= n else float(scores[-1]) * rank / n
-        else:
-            q = 1.0
-        half = max(q, 1e-6) * (abs(gain) + s0)
-        value = best_so_far + max(beta * gain, 0.0)
+            start = self._series(p.upto(units))[1]
+            if start:
+                levels.append(max(start))
+                finals.append(max(self._series(p)[1]))
+        lv, fv = np.asarray(levels), np.asarray(finals)
+        value = best_so_far + max(_gain_at(lv, fv - lv, best_so_far), 0.0) if len(lv) else best_so_far
+
+        # (a) the noise of comparing two levels, each one noisy validation
+        sigma = self.noise(peers) or abs(best_so_far) * 1e-3 + 1e-12
+        z = float(norm.ppf((1 + self.confidence) / 2))
+        half = z * math.sqrt(2) * sigma
+        # (b) the estimate's own errors on the completed trials, each left out in turn
+        if len(lv) >= MIN_CONFORMAL:
+            errors = []
+            for i in range(len(lv)):
+                rest = np.arange(len(lv)) != i
+                if lv[i] < lv[rest].min():
+                    continue  # behind all the others: bounded, not predicted (below)
+                guess = lv[i] + max(_gain_at(lv[rest], fv[rest] - lv[rest], lv[i]), 0.0)
+                errors.append(abs(fv[i] - guess))
+            n = len(errors)  # >= MIN_CONFORMAL - 1
+            rank = math.ceil((n + 1) * self.confidence)  # beyond n: the largest error, stretched
+            half += float(np.sort(errors)[rank - 1]) if rank <= n else max(errors) * rank / n
         low, high = max(value - half, best_so_far), value + half
+        if len(lv) and best_so_far < lv.min() - half:
+            # Behind every completed trial at this length: how much more such a trial gains they
+            # do not show, so its optimistic end is as good as the lowest of them ended.
+            high = max(high, float(fv[np.argmin(lv)]) + half)
+        short = bar is None or high < oriented(bar, self.smaller)
+        fams = self._families(curve) if len(y) > 3 and short else {}
+        saturating = [v for k, v in fams.items() if k in SATURATING]
+        if saturating:  # the trial's own curve may point higher than the completed trials' gains
+            high = max(high, float(np.median(saturating)))
         if self.smaller:
             value, low, high = -value, -high, -low
-        return Prediction(value, low, high, self.confidence, len(real), units,
+        return Prediction(value, low, high, self.confidence, len(lv), units,
                           {k: oriented(v, self.smaller) for k, v in fams.items()})

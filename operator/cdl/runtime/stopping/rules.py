@@ -6,8 +6,8 @@
   the same length (the median-stopping rule of Katib and Optuna's MedianPruner);
 - predict: the learning-curve model's optimistic bound cannot beat the best completed trial (or
   a chosen quantile of them);
-- resources: the trial's resource use per unit of metric gain is far above the completed
-  trials' median at the same length.
+- resources: the trial's resource use (CPU or wall seconds, peak memory, peak GPU memory) per
+  unit of metric gain is far above the completed trials' median at the same length.
 Rules that compare with other trials say so, and do not stop, while too few trials completed.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from cdl.runtime.stopping.curves import Curve, Point, better, oriented
+from cdl.runtime.stopping.curves import PEAK_RESOURCES, Curve, Point, better, oriented
 from cdl.runtime.stopping.settings import StoppingSettings, human_bytes
 
 
@@ -136,7 +136,7 @@ class StoppingRules:
             return None  # already as good as the bar: no prediction can stop it (and none is paid for)
         if self._predictor is None:
             self._predictor = CurvePredictor(self.target, self.smaller, p.confidence)
-        prediction = self._predictor.predict(curve, peers)
+        prediction = self._predictor.predict(curve, peers, bar=oriented(threshold, self.smaller))
         optimistic = prediction.low if self.smaller else prediction.high
         if oriented(optimistic, self.smaller) < threshold:
             bar = oriented(threshold, self.smaller)
@@ -160,7 +160,7 @@ class StoppingRules:
         r0, r1 = first.resource(resource), last.resource(resource)
         if r1 is None:
             return None
-        spent = r1 if resource == "peak_rss_bytes" else r1 - (r0 or 0.0)
+        spent = r1 if resource in PEAK_RESOURCES else r1 - (r0 or 0.0)
         gain = oriented(curve.best(self.smaller), self.smaller) - oriented(first.value, self.smaller)  # type: ignore[arg-type]
         if gain <= 0:
             return math.inf
@@ -176,6 +176,10 @@ class StoppingRules:
         units = curve.units
         rates = [x for p in peers if (x := self._rate(p.upto(units), r.resource)) is not None]
         mine = self._rate(curve, r.resource)
+        if mine is None and curve.scored()[-1].resource(r.resource) is None:
+            notes.append(f"resources: no {r.wire_name} recorded for this trial"
+                         + (" (no GPU)" if r.resource == "gpu_peak_bytes" else "") + "; not stopping")
+            return None
         if mine is None or len(rates) < r.min_completed_trials:
             return None
         median = float(np.median(rates))

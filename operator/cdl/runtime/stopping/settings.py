@@ -8,7 +8,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-RESOURCE_NAMES = {"cpuSeconds": "cpu_seconds", "wallSeconds": "wall_seconds", "peakMemory": "peak_rss_bytes"}
+RESOURCE_NAMES = {"cpuSeconds": "cpu_seconds", "wallSeconds": "wall_seconds", "peakMemory": "peak_rss_bytes",
+                  "gpuMemory": "gpu_peak_bytes"}
 
 
 def parse_quantity(text: str | int | float) -> int:
@@ -35,8 +36,8 @@ def human_bytes(n: float) -> str:
 
 @dataclass(frozen=True)
 class PredictSettings:
-    min_completed_trials: int = 3
-    min_validations: int = 3
+    min_completed_trials: int = 1
+    min_validations: int = 1
     quantile: float = 1.0  # 1.0: stop what cannot beat the best completed trial
     confidence: float = 0.9
 
@@ -85,8 +86,8 @@ class StoppingSettings:
             max_trial_seconds=raw.get("maxTrialSeconds"),
             max_trial_memory=parse_quantity(raw["maxTrialMemory"]) if raw.get("maxTrialMemory") else None,
             predict=None if predict is None else PredictSettings(
-                min_completed_trials=int(predict.get("minCompletedTrials", 3)),
-                min_validations=int(predict.get("minValidations", 3)),
+                min_completed_trials=int(predict.get("minCompletedTrials", 1)),
+                min_validations=int(predict.get("minValidations", 1)),
                 quantile=float(predict.get("quantile", 1.0)),
                 confidence=float(predict.get("confidence", 0.9)),
             ),

@@ -532,20 +532,23 @@ class RunDriver:
         units = self._units(ev, raw)
         steps = int(ev.get("steps_completed") or 0)
         trial.validations.append(
-            Validation(steps, units, value, metrics, float(ev.get("time", time.time())), self._resources_now(trial))
+            Validation(steps, units, value, metrics, float(ev.get("time", time.time())),
+                       self._resources_now(trial, ev.get("gpu_peak_bytes")))
         )
         trial.units_done = max(trial.units_done, units)
         trial.steps_done = max(trial.steps_done, steps)
         self._early_stopping(trial)
 
-    def _resources_now(self, trial: TrialState) -> dict[str, float]:
-        """The trial's cumulative resource figures (earlier segments plus the running one)."""
+    def _resources_now(self, trial: TrialState, gpu_peak: float | None = None) -> dict[str, float]:
+        """The trial's cumulative resource figures (earlier segments plus the running one; the
+        peak GPU memory as the trial reported it, where it has a GPU)."""
         proc = self.procs.get(trial.id)
         usage = proc.usage if proc is not None else None
         return {
             "cpu_seconds": round(trial.cpu_seconds + (usage.cpu_seconds if usage else 0.0), 3),
             "wall_seconds": round(trial.wall_seconds + (usage.wall_seconds if usage else 0.0), 3),
             "peak_rss_bytes": float(max(trial.peak_rss_bytes, usage.peak_rss_bytes if usage else 0)),
+            **({"gpu_peak_bytes": float(gpu_peak)} if isinstance(gpu_peak, int | float) else {}),
         }
 
     def _early_stopping(self, trial: TrialState) -> None:

@@ -30,7 +30,8 @@ class Validation:
     value: float | None  # the searcher metric (None when the trial did not report it)
     metrics: dict[str, float]
     time: float
-    # The trial's cumulative cpu_seconds, wall_seconds and peak_rss_bytes when it was reported.
+    # The trial's cumulative cpu_seconds, wall_seconds and peak_rss_bytes when it was reported
+    # (and gpu_peak_bytes where the trial has a GPU).
     resources: dict[str, float] | None = None
 
 
