@@ -17,6 +17,7 @@ import fnmatch
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -32,6 +33,7 @@ PAGE_SIZE = 500
 WATCH_SECONDS = 60  # the server ends each watch request after about this long; it is resumed
 READ_TIMEOUT = WATCH_SECONDS + 30  # a silent connection for longer than this is dead
 MAX_BACKOFF = 10.0
+POOL_SIZE = 256  # connections kept for reuse (4 streams per watched namespace)
 
 Observe = Callable[[str, str | None, dict[str, Any]], None]
 
@@ -166,7 +168,11 @@ class ResourceWatches:
         self.observe = observe
         self.known = known  # (kind, namespace) -> the (namespace, name) the controller holds
         self.label_selector = label_selector
-        self.api_client = api_client or client.ApiClient()
+        if api_client is None:  # its own pool, kept large enough for one connection per stream
+            configuration = client.Configuration.get_default_copy()
+            configuration.connection_pool_maxsize = POOL_SIZE
+            api_client = client.ApiClient(configuration)
+        self.api_client = api_client
         self.custom = client.CustomObjectsApi(self.api_client)
         names = list(namespaces or []) or ["*"]
         self.patterns = [n for n in names if any(c in n for c in "*?[")]
@@ -201,8 +207,11 @@ class ResourceWatches:
             watches.append(self.follower)
         for w in watches:
             w.signal_stop()
+        # One deadline for all: a thread blocked on an API server that went away (a connect that
+        # hangs) is left to end on its own; it only feeds the controller being stopped.
+        deadline = time.monotonic() + timeout
         for w in watches:
-            w.stop(timeout)
+            w.stop(max(0.0, deadline - time.monotonic()))
 
     # ------------------------------------------------------------------ namespaces
 
