@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from cdl.runtime import package
+from cdl.runtime.seldon_protocol import EnvelopeError, check_payload
 
 log = logging.getLogger("cdl.serving")
 
@@ -106,6 +107,20 @@ def speed_up_seldon_core() -> None:
                 return super().dumps(obj, **kwargs)
 
     flask.Flask.json_provider_class = OrjsonProvider
+
+
+def _request_body() -> bytes | None:
+    """The bytes of the REST request being answered (Flask keeps them once it parsed the JSON),
+    so the envelope check scans them for `true`/`false` instead of walking every example; None
+    outside a request (then the examples are walked)."""
+    try:
+        from flask import has_request_context, request
+    except Exception:  # not under seldon-core's Flask
+        return None
+    if not has_request_context():
+        return None
+    body = request.get_data(cache=True)
+    return body or None  # a form-encoded request leaves no body bytes: walk the examples
 
 
 def _bad_request(message: str) -> Exception:
@@ -458,10 +473,19 @@ class CdlPredictor:
         """Seldon's raw interface: a REST request with `data.ndarray` or `data.tensor` is answered
         here, in the shape seldon-core's own path gives (labels and numbers under
         `data.ndarray`, a numeric answer to a tensor as a tensor, class names as `names` for
-        per-class rows), with the model's time and example count in `meta.tags`. Anything else
-        (gRPC messages, strData, jsonData, binData) goes down seldon-core's standard path."""
-        data = request.get("data") if isinstance(request, dict) else None
-        if not isinstance(data, dict) or not ("ndarray" in data or "tensor" in data):
+        per-class rows), with the model's time and example count in `meta.tags`. Every REST
+        request's envelope is checked here first (`seldon_protocol.check_payload`: a 400 naming
+        the field); strData, jsonData and binData then go down seldon-core's standard path."""
+        if not isinstance(request, dict | list | str | int | float) and request is not None:
+            from seldon_core.user_model import SeldonNotImplementedError  # a gRPC SeldonMessage
+
+            raise SeldonNotImplementedError("not a REST request")
+        try:  # the envelope first, whatever the payload: nothing malformed reaches the model
+            check_payload(request, _request_body(), shapes=False)
+        except EnvelopeError as exc:
+            raise _bad_request(str(exc)) from None
+        data = request.get("data")
+        if not isinstance(data, dict):
             from seldon_core.user_model import SeldonNotImplementedError
 
             raise SeldonNotImplementedError("not a REST ndarray/tensor request")
