@@ -109,6 +109,33 @@ def speed_up_seldon_core() -> None:
     flask.Flask.json_provider_class = OrjsonProvider
 
 
+def name_grpc_refusals() -> None:
+    """seldon-core's gRPC `Predict` lets the 400 exception escape, and gRPC answers it UNKNOWN with
+    an empty message; a refused request then says INVALID_ARGUMENT (or INTERNAL for a server's
+    own failure) with the message that names what is wrong, as REST does. Idempotent; does
+    nothing outside seldon-core."""
+    try:
+        import grpc
+        from seldon_core import wrapper
+        from seldon_core.flask_utils import SeldonMicroserviceException
+    except Exception:  # not under seldon-core
+        return
+    cls = wrapper.SeldonModelGRPC
+    if getattr(cls.Predict, "_cdl_names_refusals", False):
+        return
+    predict = cls.Predict
+
+    def predict_naming_refusals(self: Any, request_grpc: Any, context: Any) -> Any:
+        try:
+            return predict(self, request_grpc, context)
+        except SeldonMicroserviceException as exc:
+            code = grpc.StatusCode.INVALID_ARGUMENT if exc.status_code < 500 else grpc.StatusCode.INTERNAL
+            context.abort(code, str(exc.message))
+
+    predict_naming_refusals._cdl_names_refusals = True  # type: ignore[attr-defined]
+    cls.Predict = predict_naming_refusals
+
+
 def _request_body() -> bytes | None:
     """The bytes of the REST request being answered (Flask keeps them once it parsed the JSON),
     so the envelope check scans them for `true`/`false` instead of walking every example; None
@@ -384,6 +411,7 @@ class CdlPredictor:
         self._last_rows = 0
         self._last_ms = 0.0
         speed_up_seldon_core()
+        name_grpc_refusals()
 
     # ------------------------------------------------------------------ seldon's interface
 

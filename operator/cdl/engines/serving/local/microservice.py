@@ -136,8 +136,9 @@ class Microservice:
             # two threads make gunicorn's gthread worker, which keeps connections alive: the
             # router's pool reuses them (a sync worker answers `Connection: close`, and the router
             # then paid a new connection per request: about twice its CPU per request, measured);
-            # no gRPC server is needed (the V2 fast path has MLServer's)
-            "--workers", str(self.workers), "--threads", str(self.threads), "--grpc-workers", "0",
+            # one gRPC process (seldon.protos.Seldon/Predict, behind the router's gRPC side)
+            "--workers", str(self.workers), "--threads", str(self.threads),
+            "--grpc-workers", "1", "--grpc-threads", str(self.threads),
         ]
 
     def environment(self) -> dict[str, str]:
