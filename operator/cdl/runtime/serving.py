@@ -7,8 +7,9 @@ answers in Seldon's protocol. The local serving engine starts `seldon-core-micro
 CdlPredictor` from a folder holding a one-line `CdlPredictor.py` and a copy of `cdl.runtime`; a
 cluster image runs `seldon-core-microservice cdl.runtime.serving.CdlPredictor` under a
 SeldonDeployment. It runs in seldon-core's environment, so it imports the standard library,
-numpy (seldon-core pins numpy<2: nothing numpy-2-only) and `cdl.runtime.package` (standard
-library only) at module level; seldon-core lazily; nothing from the operator side.
+numpy (seldon-core pins numpy<2: nothing numpy-2-only), `cdl.runtime.package` and
+`cdl.runtime.seldon_protocol` (standard library only) at module level; seldon-core lazily;
+nothing from the operator side.
 
 Parameters (Seldon `parameters`, else the environment):
 - `model_package` / `CDL_MODEL_PACKAGE`: an unpacked package folder, a `.tar.gz`, or a URI
@@ -26,6 +27,8 @@ metrics: seldon-core sends those through a `multiprocessing.Manager` process, se
 per call), the request body is parsed with orjson when the environment has it, and the
 per-request figures (examples, model time) ride back to the router in `meta.tags`, which counts
 them for Prometheus. The same `predict_rows` serves MLServer's runtime (`cdl.runtime.mlserver_runtime`).
+Every REST request's envelope is checked here, on the body Flask already parsed (the router reads
+no body on the way through): a malformed request is a 400 naming the field, never a prediction.
 """
 
 from __future__ import annotations
