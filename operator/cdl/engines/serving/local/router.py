@@ -6,7 +6,9 @@ URL outlives model changes and operator restarts. It
 - answers `POST /api/v1.0/predictions` (Seldon protocol) or `POST /v2/models/<name>/infer` (Open
   Inference Protocol, MLServer) by forwarding the body as received to a model server of the
   primary or the canary over a keep-alive connection pool, split by percent with a smooth
-  weighted round robin (exact shares, interleaved: 10 % canary is every tenth request);
+  weighted round robin (exact shares, interleaved: 10 % canary is every tenth request); with
+  `--grpc-port`, the protocol's gRPC service too (`grpc_router`: V2's inference service or
+  `seldon.protos.Seldon`), split, mirrored and scored the same way;
 - sends a copy to the shadow model in the background once the primary answered; the client
   never waits for it and never sees its errors;
 - reads no request body on the way through: the model server parses it and refuses what it
@@ -15,8 +17,8 @@ URL outlives model changes and operator restarts. It
   parse the body, to answer with the message naming the client's mistake (V2 bodies are never
   read: MLServer's 400 passes through);
 - hands each request's bytes (sampled at `sampleRate`) and the bytes it answered to a writer
-  thread that inserts them into PostgreSQL in batches, which parses them (no encoding on the
-  event loop); a slow or absent database never slows or fails a request;
+  thread that inserts them into PostgreSQL in batches (PostgreSQL checks the JSON; nothing is
+  parsed or encoded on the event loop); a slow or absent database never slows or fails a request;
 - counts requests, examples and model time per model version for Prometheus on `/metrics`;
 - re-reads its configuration (written by the engine) on SIGHUP and when the file changes, and
   reports the version it routes by and the requests in flight per model server on `/health`,
