@@ -15,7 +15,9 @@ adaptive batching. Load comes from `wrk` (C, one thread; `scripts/install-bench-
 less of the shared cores than a Python client.
 
 Per configuration it prints p50/p99 at c=1, req/s and p50 at c=8 (and c=32), the ratio to the
-floor, what the router costs over the server behind it, and where a request's time goes:
+floor, what the router costs over the server behind it (its share of router + server CPU per
+request; with Scoring Data on, the share with the embedded PostgreSQL's CPU too, as that runs on
+the same cores here), and where a request's time goes:
 request parse, model (the server's own figure, from the router's Prometheus histogram), response
 encode (both measured in the server's environment with its own code), and the rest (HTTP, the
 server's framework, the client).
@@ -170,6 +172,7 @@ class Run:
     rps: float
     errors: int = 0
     cpu_ms: float | None = None  # CPU time per request of the measured processes (robust to a busy machine)
+    db_cpu_ms: float | None = None  # PostgreSQL's CPU per request while it stores the rows (scoring on)
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -194,7 +197,8 @@ def cpu_seconds(pids: list[int]) -> float:
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
-def wrk(url: str, body: bytes, concurrency: int, seconds: float, work: Path, pids: list[int] = ()) -> Run:
+def wrk(url: str, body: bytes, concurrency: int, seconds: float, work: Path, pids: list[int] = (),
+        db_pids: list[int] = ()) -> Run:
     """`wrk` POSTing one body; latency percentiles (ms), requests per second, and the CPU per
     request of `pids` (with their children) over the measured run."""
     (work / "body.json").write_bytes(body)
@@ -202,10 +206,10 @@ def wrk(url: str, body: bytes, concurrency: int, seconds: float, work: Path, pid
     script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
                       f'local f = io.open("{work / "body.json"}", "rb")\nwrk.body = f:read("*all")\nf:close()\n')
     subprocess.run(["wrk", "-t1", "-c1", "-d1s", "-s", str(script), url], capture_output=True, timeout=60)  # warm
-    cpu_before = cpu_seconds(list(pids))
+    cpu_before, db_before = cpu_seconds(list(pids)), cpu_seconds(list(db_pids))
     done = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:g}s", "--latency", "--timeout", "10s",
                            "-s", str(script), url], capture_output=True, text=True, timeout=seconds + 60)
-    cpu = cpu_seconds(list(pids)) - cpu_before
+    cpu, db_cpu = cpu_seconds(list(pids)) - cpu_before, cpu_seconds(list(db_pids)) - db_before
     text = done.stdout
     count = re.search(r"(\d+) requests in", text)
 
@@ -215,8 +219,9 @@ def wrk(url: str, body: bytes, concurrency: int, seconds: float, work: Path, pid
 
     rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
     errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+    n = int(count.group(1)) if count else 0
     return Run(pct("50"), pct("99"), float(rps.group(1)) if rps else 0.0, int(errors.group(1)) if errors else 0,
-               cpu / int(count.group(1)) * 1000.0 if (pids and count and int(count.group(1))) else None)
+               cpu / n * 1000.0 if (pids and n) else None, db_cpu / n * 1000.0 if (db_pids and n) else None)
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes] | None, log: Path, timeout: float = 180) -> None:
@@ -310,9 +315,10 @@ class RouterProcess:
         self.port = free_port("127.0.0.1")
         log = work / "router.log"
         env = {**os.environ, "CDL_ROUTER_DATABASE_URL": database_url}
-        with open(log, "ab") as out:
+        with open(log, "ab") as out:  # with its gRPC side, as the local engine starts it
             self.proc = subprocess.Popen([sys.executable, "-m", "cdl.engines.serving.local.router", "--config",
-                                          str(self.config), "--port", str(self.port)], stdout=out,
+                                          str(self.config), "--port", str(self.port),
+                                          "--grpc-port", str(free_port("127.0.0.1"))], stdout=out,
                                          stderr=subprocess.STDOUT, start_new_session=True, env=env)
         wait_ready(f"http://127.0.0.1:{self.port}/health/ping", self.proc, log)
 
@@ -426,6 +432,26 @@ def _time(fn: Any, n: int = 300) -> float:
     return (time.perf_counter() - started) / n * 1000.0
 
 
+def batch_gain(model: Model, size: int = 32) -> str:
+    """What adaptive batching can save at most: the bare predictor's time per row alone and in a
+    batch of `size` rows (rows as lists, as both servers hand them over), and how much of that is
+    turning the JSON numbers into the model's input (per element: no batch amortizes it)."""
+    import orjson
+
+    from cdl.runtime.serving import CdlPredictor
+
+    predictor = CdlPredictor(model_package=str(model.package))
+    predictor.load()
+    rows = orjson.loads(model.seldon_body)["data"]["ndarray"]
+    batch = rows * size
+    one = _time(lambda: predictor.model.predict(rows), 100)
+    many = _time(lambda: predictor.model.predict(batch), 10) / size
+    convert = _time(lambda: np.asarray(batch, dtype=np.float32), 10) / size if not isinstance(rows[0], str) else 0.0
+    return (f"bare predictor per row: {one:.3f} ms alone, {many:.3f} ms in a batch of {size} "
+            f"(at most {one - many:.3f} ms per request saved by batching); list -> float32 array "
+            f"{convert:.3f} ms per row, in any batch")
+
+
 def in_process(model: Model) -> tuple[float, float]:
     """p50 ms of the bare predictor and of `CdlPredictor.predict_rows` (its checks included)."""
     import orjson
@@ -466,15 +492,16 @@ class Row:
 
 
 def measure(url: str, body: bytes, work: Path, seconds: float, concurrencies: tuple[int, ...],
-            pids: list[int] = ()) -> dict[int, Run]:
-    return {c: wrk(url, body, c, seconds, work, pids) for c in concurrencies}
+            pids: list[int] = (), db_pids: list[int] = ()) -> dict[int, Run]:
+    return {c: wrk(url, body, c, seconds, work, pids, db_pids) for c in concurrencies}
 
 
 def bench_model(model: Model, work: Path, database_url: str, seconds: float, pg_pid: int | None) -> list[Row]:
     rows: list[Row] = []
     bare, wrapped = in_process(model)
     rows.append(Row(model.name, "in-process CdlPredictor", c1=Run(wrapped, float("nan"), 1000.0 / wrapped),
-                    model_ms=bare, notes=[f"bare predictor {bare:.3f} ms, with cdl's checks {wrapped:.3f} ms"]))
+                    model_ms=bare, notes=[f"bare predictor {bare:.3f} ms, with cdl's checks {wrapped:.3f} ms",
+                                          batch_gain(model)]))
     seldon_parse, seldon_encode = seldon_costs(model)
     v2_parse, v2_encode = v2_costs(model, work)
     mlp = model.name.startswith("22 KB")
@@ -500,9 +527,9 @@ def bench_model(model: Model, work: Path, database_url: str, seconds: float, pg_
                     router.scoring(scoring)
                     row = Row(model.name, f"cdl router, scoring {'on' if scoring else 'off'}", behind=server.name,
                               parse=parse, encode=encode)
-                    # the router's CPU, and PostgreSQL's when it writes the rows
-                    runs = measure(router.url, body, work, seconds, (1, 8),
-                                   [router.proc.pid, *([pg_pid] if scoring and pg_pid else [])])
+                    # the router's CPU (its scoring writer's thread included), and PostgreSQL's apart
+                    runs = measure(router.url, body, work, seconds, (1, 8), [router.proc.pid],
+                                   [pg_pid] if scoring and pg_pid else [])
                     row.c1, row.c8 = runs[1], runs[8]
                     if scoring:
                         router.drain()
@@ -547,9 +574,16 @@ def report(rows: list[Row], seconds: float) -> str:
             else:
                 cells.append("-")
             cpu = r.c8.cpu_ms if r.c8 else None
-            cells.append("-" if cpu is None else f"{cpu:.3f}")
+            db = r.c8.db_cpu_ms if r.c8 else None
+            cells.append("-" if cpu is None else f"{cpu:.3f}" + (f" + PostgreSQL {db:.3f}" if db else ""))
             behind_cpu = behind.c8.cpu_ms if (behind and behind.c8) else None
-            cells.append(f"{cpu / (cpu + behind_cpu):.0%}" if (cpu is not None and behind_cpu) else "-")
+            if cpu is not None and behind_cpu:
+                share = f"{cpu / (cpu + behind_cpu):.0%}"
+                if db:
+                    share += f" ({(cpu + db) / (cpu + db + behind_cpu):.0%} with PostgreSQL)"
+                cells.append(share)
+            else:
+                cells.append("-")
             for v in (r.parse, r.model_ms, r.encode):
                 cells.append("-" if v is None or v != v else f"{v:.3f}")
             if r.behind is None and r.c1 and None not in (r.parse, r.model_ms, r.encode) and r.parse == r.parse:

@@ -422,14 +422,20 @@ def test_a_deployment_stopped_with_the_platform_comes_back_at_the_same_url(tmp_p
 def test_model_servers_and_router_listen_on_loopback_only(main_deployment, serving_engine) -> None:
     """The router is the only door: no model server, metrics port or router is reachable from
     another machine (requests sent around the router would never be logged)."""
+    import ipaddress
+
     import psutil
 
     key, _ = main_deployment
     dep = serving_engine._deployments[key.slug]
-    ports = {dep.state.router.port}
+    ports = {dep.state.router.port, dep.state.router.grpc_port}
     for server in dep.state.servers.values():
-        ports |= {server["http_port"], server["metrics_port"]}
+        ports |= {server["http_port"], server["grpc_port"], server["metrics_port"]}
     listening = [c for c in psutil.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN
                  and c.laddr.port in ports]
     assert {c.laddr.port for c in listening} == ports
-    assert {c.laddr.ip for c in listening} == {"127.0.0.1"}, listening
+    def loopback(ip: str) -> bool:  # gRPC listens on an IPv6 socket: 127.0.0.1 appears as ::ffff:127.0.0.1
+        address = ipaddress.ip_address(ip)
+        return (getattr(address, "ipv4_mapped", None) or address).is_loopback
+
+    assert all(loopback(c.laddr.ip) for c in listening), listening

@@ -1,9 +1,9 @@
 """The Open Inference Protocol (V2) fast path: MLServer with cdl's runtime behind the router.
 
-The same package and predictor class serve through seldon-core-microservice (Seldon protocol) and
-MLServer (V2, REST and gRPC), real servers from their own environments; answers must equal the
-in-process predictor's, adaptive batching must hand each caller its own rows, and every request
-under load must become exactly one Scoring Data row.
+The same package and predictor class serve through seldon-core-microservice (Seldon protocol,
+REST and gRPC) and MLServer (V2, REST and gRPC), real servers from their own environments;
+answers must equal the in-process predictor's, adaptive batching must hand each caller its own
+rows, and every request under load must become exactly one Scoring Data row.
 """
 
 from __future__ import annotations
@@ -96,6 +96,89 @@ def grpc_infer(venv: Path, target: str, model: str, rows: list[list[float]]) -> 
     done = subprocess.run([str(venv / "bin" / "python"), "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout)
+
+
+SELDON_GRPC = textwrap.dedent("""
+    import json, sys
+    from concurrent.futures import ThreadPoolExecutor
+    import grpc
+    from seldon_core.proto import prediction_pb2 as pb, prediction_pb2_grpc as rpc
+    target, requests, concurrency = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
+    channel = grpc.insecure_channel(target)
+    stub = rpc.SeldonStub(channel)
+    def predict(rows):
+        message = pb.SeldonMessage()
+        message.data.ndarray.extend(rows)
+        try:
+            reply = stub.Predict(message, timeout=30)
+        except grpc.RpcError as exc:
+            return {"code": exc.code().name, "details": exc.details()}
+        return {"code": "OK", "ndarray": [v for v in reply.data.ndarray]}
+    with ThreadPoolExecutor(concurrency) as pool:
+        print(json.dumps(list(pool.map(predict, requests))))
+""")
+
+
+def seldon_grpc_predict(venv: Path, target: str, requests: list[list[list[float]]],
+                        concurrency: int = 1) -> list[dict[str, Any]]:
+    """seldon.protos.Seldon/Predict with seldon-core's own generated client, in its environment:
+    one call per request (its rows as data.ndarray), `concurrency` at a time; answers in order."""
+    done = subprocess.run([str(venv / "bin" / "python"), "-c", SELDON_GRPC, target, json.dumps(requests),
+                           str(concurrency)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout)
+
+
+def test_seldon_protocol_over_grpc_gives_the_in_process_predictions(classic, in_process, serving_engine,
+                                                                    serving_database, seldon_venv) -> None:
+    key, status = classic
+    x, _ = sample(30, seed=46)
+    rows = [[round(float(v), 4) for v in r] for r in x]
+    expected = list(in_process.predict_rows(rows))
+    server = server_of(serving_engine, key)
+    (direct,) = seldon_grpc_predict(seldon_venv, f"127.0.0.1:{server.grpc_port}", [rows])  # the microservice
+    assert direct == {"code": "OK", "ndarray": expected}
+    drained(status.url)
+    serving_database.delete_scoring_rows(key.namespace, key.name)
+    (routed,) = seldon_grpc_predict(seldon_venv, status.ref["grpc"], [rows])  # through the router
+    assert routed == {"code": "OK", "ndarray": expected}
+
+    # the scoring row holds the request and the answer in the JSON form REST uses
+    (row,) = wait_for(lambda: serving_database.scoring_window(key.namespace, key.name, 10), 20, "the gRPC row")
+    assert row.status_code == 200 and row.model_version == "toy-1" and not row.shadow
+    assert row.request == {"data": {"ndarray": rows}} and row.response["data"]["ndarray"] == expected
+
+    # input the model cannot take: refused with the model server's message, and scored as refused
+    drained(status.url)
+    serving_database.delete_scoring_rows(key.namespace, key.name)
+    (bad,) = seldon_grpc_predict(seldon_venv, status.ref["grpc"], [[[1.0, 2.0, 3.0]]])
+    assert bad["code"] != "OK" and "shape [4]" in bad["details"], bad
+    (row,) = wait_for(lambda: serving_database.scoring_window(key.namespace, key.name, 10), 20, "the refused row")
+    assert row.status_code >= 400 and "shape [4]" in row.error
+
+
+def test_seldon_grpc_scoring_rows_match_requests_one_to_one_under_load(classic, in_process, serving_database,
+                                                                       seldon_venv) -> None:
+    key, status = classic
+    drained(status.url)
+    serving_database.delete_scoring_rows(key.namespace, key.name)
+    x, _ = sample(200, seed=47)
+    rows = [[round(float(v), 4) + i * 1e-4 for v in r] for i, r in enumerate(x)]  # every request different
+    answers = seldon_grpc_predict(seldon_venv, status.ref["grpc"], [[r] for r in rows], concurrency=16)
+    assert [a["code"] for a in answers] == ["OK"] * len(rows)
+    assert [a["ndarray"][0] for a in answers] == in_process.predict_rows(rows)
+
+    def complete() -> list[Any]:
+        stored = serving_database.scoring_window(key.namespace, key.name, 1000)
+        return stored if len(stored) >= len(rows) else []
+
+    stored = wait_for(complete, 30, f"{len(rows)} scoring rows")
+    assert len(stored) == len(rows)
+    sent = {json.dumps(np.round(r, 4).tolist()): a["ndarray"] for r, a in zip(rows, answers, strict=True)}
+    seen = {json.dumps(np.round(row.request["data"]["ndarray"][0], 4).tolist()): row.response["data"]["ndarray"]
+            for row in stored}
+    assert seen == sent  # each request once, with the answer its caller got
+    assert all(row.status_code == 200 and not row.shadow for row in stored)
 
 
 def test_both_protocols_rest_and_grpc_give_the_in_process_predictions(fast, classic, in_process, serving_engine,

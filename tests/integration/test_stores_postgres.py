@@ -383,6 +383,24 @@ def test_json_values_postgres_cannot_hold_are_stored_as_null(database):
     assert row.request == {"x": [1.0, None]} and row.response == {"p": None}
 
 
+def test_the_routers_bytes_are_stored_as_json_without_a_second_parse_yet_safely(database):
+    """The router hands over the bytes it received and sent. A prediction's (200) are stored as
+    they are; NaN (which seldon's lenient parser accepts) still becomes null, a NUL escape is still
+    escaped, a refused request that is not JSON is kept as its first bytes."""
+    big = b'{"data":{"ndarray":[[' + b",".join(b"%d.5" % i for i in range(3000)) + b']]}}'
+    rows = [ScoringRow("ml", "bytes", "v", 200, 1.0, request=big, response=b'{"data":{"ndarray":["a"]}}'),
+            ScoringRow("ml", "bytes", "v", 200, 1.0, request=b'{"data":{"ndarray":[[1, NaN, -Infinity]]}}'),
+            ScoringRow("ml", "bytes", "v", 200, 1.0, request=b'{"strData":"a\\u0000b"}'),
+            ScoringRow("ml", "bytes", "v", 400, 1.0, request=b"{broken", error="not JSON")]
+    assert database.insert_scoring_rows(rows) == 4
+    stored = database.scoring_window("ml", "bytes", 10)
+    requests = [r.request for r in stored]
+    assert {"data": {"ndarray": [[1, None, None]]}} in requests
+    assert {"strData": "a\\u0000b"} in requests and {"raw": "{broken"} in requests
+    big_row = next(r for r in stored if len(str(r.request)) > 1000)
+    assert big_row.request["data"]["ndarray"][0][2999] == 2999.5 and big_row.response == {"data": {"ndarray": ["a"]}}
+
+
 def test_a_scoring_row_postgresql_refuses_never_blocks_the_rows_behind_it(database):
     """A NUL character (text and jsonb cannot hold one) is stored escaped; a row refused for a
     reason of its own (here a status code beyond integer) is set aside with PostgreSQL's error;

@@ -91,7 +91,8 @@ def test_the_server_command_uses_the_measured_flags(tmp_path: Path) -> None:
     assert cmd[0].endswith("bin/python") and cmd[1:4] == ["-m", "cdl.runtime.microservice_loopback", "CdlPredictor"]
     flags = dict(zip(cmd[4::2], cmd[5::2], strict=False))
     assert flags == {"--service-type": "MODEL", "--http-port": "1", "--grpc-port": "2", "--metrics-port": "3",
-                     "--workers": "2", "--threads": "2", "--grpc-workers": "0"}  # gthread: keep-alive
+                     "--workers": "2", "--threads": "2",  # gthread: keep-alive
+                     "--grpc-workers": "1", "--grpc-threads": "2"}  # seldon.protos.Seldon behind the router
     env = ms.environment()
     assert env["CDL_MODEL_PACKAGE"] == "/pkg" and env["CDL_PREDICTOR"] == "serve:P"
     assert env["CDL_MODEL_VERSION"] == "toy-1" and env["PYTHONPATH"] == str(tmp_path)

@@ -56,7 +56,7 @@ def test_well_formed_requests_pass(body: bytes) -> None:
         (b'{"data": {"tensor": {"shape": [-1], "values": []}}}', "non-negative integers"),
         (b'{"data": {"tensor": [1, 2]}}', "must hold"),
         (b'{"meta": {}}', 'must hold "data"'),
-        # the envelope (cdl.engines.serving.protocol): what seldon answered 500 or predicted on
+        # the envelope (cdl.runtime.seldon_protocol): what seldon answered 500 or predicted on
         (b'{"binData": "!!aGk="}', '"binData" is not valid base64'),
         (b'{"binData": 5}', '"binData" must be a base64 string'),
         (b'{"strData": [1]}', '"strData" must be a string'),

@@ -7,8 +7,9 @@ answers in Seldon's protocol. The local serving engine starts `seldon-core-micro
 CdlPredictor` from a folder holding a one-line `CdlPredictor.py` and a copy of `cdl.runtime`; a
 cluster image runs `seldon-core-microservice cdl.runtime.serving.CdlPredictor` under a
 SeldonDeployment. It runs in seldon-core's environment, so it imports the standard library,
-numpy (seldon-core pins numpy<2: nothing numpy-2-only) and `cdl.runtime.package` (standard
-library only) at module level; seldon-core lazily; nothing from the operator side.
+numpy (seldon-core pins numpy<2: nothing numpy-2-only), `cdl.runtime.package` and
+`cdl.runtime.seldon_protocol` (standard library only) at module level; seldon-core lazily;
+nothing from the operator side.
 
 Parameters (Seldon `parameters`, else the environment):
 - `model_package` / `CDL_MODEL_PACKAGE`: an unpacked package folder, a `.tar.gz`, or a URI
@@ -26,6 +27,8 @@ metrics: seldon-core sends those through a `multiprocessing.Manager` process, se
 per call), the request body is parsed with orjson when the environment has it, and the
 per-request figures (examples, model time) ride back to the router in `meta.tags`, which counts
 them for Prometheus. The same `predict_rows` serves MLServer's runtime (`cdl.runtime.mlserver_runtime`).
+Every REST request's envelope is checked here, on the body Flask already parsed (the router reads
+no body on the way through): a malformed request is a 400 naming the field, never a prediction.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from cdl.runtime import package
+from cdl.runtime.seldon_protocol import EnvelopeError, check_payload
 
 log = logging.getLogger("cdl.serving")
 
@@ -106,6 +110,47 @@ def speed_up_seldon_core() -> None:
                 return super().dumps(obj, **kwargs)
 
     flask.Flask.json_provider_class = OrjsonProvider
+
+
+def name_grpc_refusals() -> None:
+    """seldon-core's gRPC `Predict` lets the 400 exception escape, and gRPC answers it UNKNOWN with
+    an empty message; a refused request then says INVALID_ARGUMENT (or INTERNAL for a server's
+    own failure) with the message that names what is wrong, as REST does. Idempotent; does
+    nothing outside seldon-core."""
+    try:
+        import grpc
+        from seldon_core import wrapper
+        from seldon_core.flask_utils import SeldonMicroserviceException
+    except Exception:  # not under seldon-core
+        return
+    cls = wrapper.SeldonModelGRPC
+    if getattr(cls.Predict, "_cdl_names_refusals", False):
+        return
+    predict = cls.Predict
+
+    def predict_naming_refusals(self: Any, request_grpc: Any, context: Any) -> Any:
+        try:
+            return predict(self, request_grpc, context)
+        except SeldonMicroserviceException as exc:
+            code = grpc.StatusCode.INVALID_ARGUMENT if exc.status_code < 500 else grpc.StatusCode.INTERNAL
+            context.abort(code, str(exc.message))
+
+    predict_naming_refusals._cdl_names_refusals = True  # type: ignore[attr-defined]
+    cls.Predict = predict_naming_refusals
+
+
+def _request_body() -> bytes | None:
+    """The bytes of the REST request being answered (Flask keeps them once it parsed the JSON),
+    so the envelope check scans them for `true`/`false` instead of walking every example; None
+    outside a request (then the examples are walked)."""
+    try:
+        from flask import has_request_context, request
+    except Exception:  # not under seldon-core's Flask
+        return None
+    if not has_request_context():
+        return None
+    body = request.get_data(cache=True)
+    return body or None  # a form-encoded request leaves no body bytes: walk the examples
 
 
 def _bad_request(message: str) -> Exception:
@@ -369,6 +414,7 @@ class CdlPredictor:
         self._last_rows = 0
         self._last_ms = 0.0
         speed_up_seldon_core()
+        name_grpc_refusals()
 
     # ------------------------------------------------------------------ seldon's interface
 
@@ -458,10 +504,19 @@ class CdlPredictor:
         """Seldon's raw interface: a REST request with `data.ndarray` or `data.tensor` is answered
         here, in the shape seldon-core's own path gives (labels and numbers under
         `data.ndarray`, a numeric answer to a tensor as a tensor, class names as `names` for
-        per-class rows), with the model's time and example count in `meta.tags`. Anything else
-        (gRPC messages, strData, jsonData, binData) goes down seldon-core's standard path."""
-        data = request.get("data") if isinstance(request, dict) else None
-        if not isinstance(data, dict) or not ("ndarray" in data or "tensor" in data):
+        per-class rows), with the model's time and example count in `meta.tags`. Every REST
+        request's envelope is checked here first (`seldon_protocol.check_payload`: a 400 naming
+        the field); strData, jsonData and binData then go down seldon-core's standard path."""
+        if not isinstance(request, dict | list | str | int | float) and request is not None:
+            from seldon_core.user_model import SeldonNotImplementedError  # a gRPC SeldonMessage
+
+            raise SeldonNotImplementedError("not a REST request")
+        try:  # the envelope first, whatever the payload: nothing malformed reaches the model
+            check_payload(request, _request_body(), shapes=False)
+        except EnvelopeError as exc:
+            raise _bad_request(str(exc)) from None
+        data = request.get("data")
+        if not isinstance(data, dict):
             from seldon_core.user_model import SeldonNotImplementedError
 
             raise SeldonNotImplementedError("not a REST ndarray/tensor request")

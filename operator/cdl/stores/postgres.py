@@ -674,16 +674,27 @@ def _json(value: Any) -> Jsonb:
     return Jsonb(value, dumps=lambda _: text)
 
 
-def _json_text(value: Any) -> str:
+def _json_text(value: Any, parsed_by_server: bool = False) -> str:
     """`value` as JSON text PostgreSQL's jsonb accepts (see `_json`).
 
     `bytes` are JSON text as it went over the wire (the router's scoring rows): passed on as they
     are when orjson reads them (it refuses NaN and infinities, as PostgreSQL does) and they hold no
     NUL escape; otherwise parsed leniently (NaN becomes null), and a body that is not JSON at all is
-    stored as `{"raw": "<its first 4 KB>"}`. A value with a `scoring_json()` method (the router's
-    gRPC messages) is stored as what that returns: both are decoded here, on the writer's thread."""
+    stored as `{"raw": "<its first 4 KB>"}`. With `parsed_by_server` (a request and answer of a
+    prediction the model server made: both were valid JSON to it) the bytes are not parsed again
+    unless they hold what PostgreSQL refuses or the standard library's lenient parser accepted
+    (a NUL escape, NaN, Infinity): a 22 KB row costs a few byte scans instead of a parse (PostgreSQL
+    checks the JSON anyway, and a row it refuses is set aside). A value with a `scoring_json()`
+    method (the router's gRPC messages) is stored as what that returns: both are decoded here, on
+    the writer's thread."""
     if isinstance(value, (bytes, bytearray, memoryview)):
         raw = bytes(value)
+        if parsed_by_server and ((b"\\" not in raw and b"N" not in raw and b"I" not in raw)  # memchr: ~1 us
+                                 or (b"\\u0000" not in raw and b"NaN" not in raw and b"Infinity" not in raw)):
+            try:
+                return raw.decode()
+            except UnicodeDecodeError:
+                pass
         try:
             value = orjson.loads(raw)
             if b"\\u0000" not in raw:
@@ -726,8 +737,8 @@ def _scoring_values(r: ScoringRow) -> tuple[Any, ...]:
     """One scoring_data row for COPY, in SCORING_COLUMNS order (jsonb columns as JSON text)."""
     return (
         _text(r.namespace), _text(r.deployment), _text(r.model_version),
-        None if r.request is None else _json_text(r.request),
-        None if r.response is None else _json_text(r.response),
+        None if r.request is None else _json_text(r.request, r.status_code == 200),
+        None if r.response is None else _json_text(r.response, r.status_code == 200),
         int(r.status_code), float(r.latency_ms), bool(r.shadow), _text(r.error), r.created_at or _now(),
     )
 

@@ -67,7 +67,7 @@ STATE_FILE = "state.json"
 @dataclass
 class RouterState:
     port: int = 0
-    grpc_port: int = 0  # the Open Inference Protocol's gRPC side (server: mlserver)
+    grpc_port: int = 0  # the router's gRPC side (V2 inference service, or seldon.protos.Seldon)
     pid: int | None = None
     create_time: float | None = None
     log: str = ""
@@ -242,7 +242,7 @@ class LocalServingEngine:
             st.error = ""
             if not st.router.port:
                 st.router.port = free_port("127.0.0.1")
-            if st.server == "mlserver" and not st.router.grpc_port:
+            if not st.router.grpc_port:
                 st.router.grpc_port = free_port("127.0.0.1")
             self._plan_servers(dep)
             # the router's new configuration is written now, so status is not Available until
@@ -388,8 +388,8 @@ class LocalServingEngine:
         st = dep.state
         router = st.router
         ref = {"router": f"{router.pid or '-'}/{router.port}", "servers": str(len(st.servers))}
-        if st.server == "mlserver" and router.grpc_port:
-            ref["grpc"] = f"127.0.0.1:{router.grpc_port}"  # inference.GRPCInferenceService
+        if router.grpc_port:  # inference.GRPCInferenceService (mlserver) or seldon.protos.Seldon
+            ref["grpc"] = f"127.0.0.1:{router.grpc_port}"
         base = {"url": dep.url, "desired": st.replicas, "ref": ref}
         if st.error:
             return ServingStatus(state="Failed", message=st.error, ready=0, **base)
@@ -603,8 +603,8 @@ class LocalServingEngine:
         if health is None:
             r.healthy = False
             return
-        if dep.state.server == "mlserver" and r.grpc_port and not health.get("grpc_port"):
-            # started before the Deployment moved to MLServer: without its gRPC side; restart it
+        if r.grpc_port and not health.get("grpc_port"):
+            # started by a cdl whose Seldon routers had no gRPC side: restart it with one
             stop_group(r.pid, r.create_time, grace=2.0)
             r.pid, r.healthy = None, False
             return
@@ -623,7 +623,7 @@ class LocalServingEngine:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "cdl.engines.serving.local.router", "--config", str(dep.dir / "router.json"),
                "--port", str(r.port)]
-        if dep.state.server == "mlserver" and r.grpc_port:
+        if r.grpc_port:
             cmd += ["--grpc-port", str(r.grpc_port)]
         with open(log_path, "ab") as out:
             dep.router_popen = subprocess.Popen(cmd, env=self._router_env(dep), stdin=subprocess.DEVNULL, stdout=out,
@@ -651,7 +651,7 @@ class LocalServingEngine:
         model's replicas are ready, or at once when the old one has nothing ready to offer."""
         st = dep.state
         ready: dict[str, list[str]] = {}
-        grpc_targets: dict[str, str] = {}  # predict URL -> the same server's gRPC host:port (MLServer)
+        grpc_targets: dict[str, str] = {}  # predict URL -> the same server's gRPC host:port
         versions: dict[str, str] = {}
         for sid, raw in st.servers.items():
             s = ServerState.from_wire(raw)
@@ -659,7 +659,7 @@ class LocalServingEngine:
             versions[mkey] = s.model_version
             if s.ready and s.pid:
                 ready.setdefault(mkey, []).append(s.predict_url)
-                if s.server == "mlserver":
+                if s.grpc_port:
                     grpc_targets[s.predict_url] = f"127.0.0.1:{s.grpc_port}"
         routes, shadows = [], []
         roles_now = set()

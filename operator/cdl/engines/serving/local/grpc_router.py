@@ -1,14 +1,20 @@
-"""The router's gRPC side: the Open Inference Protocol's `inference.GRPCInferenceService`.
+"""The router's gRPC side, for both protocols a Deployment can speak:
+
+- the Open Inference Protocol's `inference.GRPCInferenceService` (MLServer): each `ModelInfer`
+  is scored in the V2 JSON form (`{"inputs": [{"name", "datatype", "shape", "data"}]}`);
+- the Seldon protocol's `seldon.protos.Seldon` / `seldon.protos.Model` (seldon-core-microservice):
+  each `Predict` is scored in the Seldon JSON form REST sends (`{"data": {"ndarray": ...}}`,
+  `tensor`, `strData`, `jsonData`, `binData` as base64, `meta`).
 
 Requests are forwarded as the bytes received (no decoding on the way through) to a model
-server's gRPC port, split between primary and canary like REST, copied to the shadow; each
-`ModelInfer` becomes a Scoring Data row whose request and response are the protobuf bytes, turned
-into the V2 JSON form (`{"inputs": [{"name", "datatype", "shape", "data"}]}`, as REST sends it)
-only when the writer's thread stores them. The other methods (health, metadata) go to a primary
-server as they are.
+server's gRPC port, split between primary and canary like REST, copied to the shadow; the
+request and response of a prediction become a Scoring Data row as protobuf bytes, turned into
+JSON only when the writer's thread stores them. The other methods (health, metadata, feedback)
+go to a primary server as they are.
 
-The messages are described here (the fields cdl reads of the KServe/MLServer `dataplane.proto`),
-so the operator's environment needs grpcio and protobuf but no generated code.
+The messages are described here (the fields cdl reads of KServe/MLServer's `dataplane.proto` and
+seldon-core's `prediction.proto`), so the operator's environment needs grpcio and protobuf but no
+generated code.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ log = logging.getLogger("cdl.router.grpc")
 
 SERVICE = "inference.GRPCInferenceService"
 INFER = f"/{SERVICE}/ModelInfer"
+SELDON_SERVICES = ("seldon.protos.Seldon", "seldon.protos.Model")
+SELDON_PREDICT = frozenset(f"/{service}/Predict" for service in SELDON_SERVICES)
 TIMEOUT_S = 60.0
 _CODES = {"OK": 200, "INVALID_ARGUMENT": 400, "NOT_FOUND": 404, "UNIMPLEMENTED": 501, "UNAVAILABLE": 503,
           "DEADLINE_EXCEEDED": 504, "FAILED_PRECONDITION": 400, "OUT_OF_RANGE": 400}
@@ -71,6 +79,71 @@ def _messages() -> tuple[Any, Any]:
     pool.Add(file)
     return (message_factory.GetMessageClass(pool.FindMessageTypeByName("cdl_inference.ModelInferRequest")),
             message_factory.GetMessageClass(pool.FindMessageTypeByName("cdl_inference.ModelInferResponse")))
+
+
+def _seldon_message() -> Any:
+    """seldon.protos.SeldonMessage (the fields REST has: data with names, tensor or ndarray;
+    binData, strData, jsonData; status; meta with puid, tags, routing, requestPath)."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, struct_pb2
+
+    F = descriptor_pb2.FieldDescriptorProto
+    opt, rep = F.LABEL_OPTIONAL, F.LABEL_REPEATED
+    file = descriptor_pb2.FileDescriptorProto(name="cdl_seldon_prediction.proto", package="cdl_seldon",
+                                              syntax="proto3", dependency=["google/protobuf/struct.proto"])
+
+    def message(name: str, fields: list[tuple[str, int, int, int, str]],
+                nested: list[descriptor_pb2.DescriptorProto] = ()) -> descriptor_pb2.DescriptorProto:
+        msg = descriptor_pb2.DescriptorProto(name=name)
+        for fname, number, ftype, label, type_name in fields:
+            field = msg.field.add(name=fname, number=number, type=ftype, label=label, json_name=fname)
+            if type_name:
+                field.type_name = type_name
+        msg.nested_type.extend(nested)
+        return msg
+
+    def map_entry(name: str, value_type: int, value_type_name: str = "") -> descriptor_pb2.DescriptorProto:
+        entry = message(name, [("key", 1, F.TYPE_STRING, opt, ""), ("value", 2, value_type, opt, value_type_name)])
+        entry.options.map_entry = True
+        return entry
+
+    value, list_value = ".google.protobuf.Value", ".google.protobuf.ListValue"
+    file.message_type.append(message("Tensor", [("shape", 1, F.TYPE_INT32, rep, ""),
+                                                ("values", 2, F.TYPE_DOUBLE, rep, "")]))
+    file.message_type.append(message("DefaultData", [
+        ("names", 1, F.TYPE_STRING, rep, ""), ("tensor", 2, F.TYPE_MESSAGE, opt, ".cdl_seldon.Tensor"),
+        ("ndarray", 3, F.TYPE_MESSAGE, opt, list_value)]))
+    file.message_type.append(message("Status", [
+        ("code", 1, F.TYPE_INT32, opt, ""), ("info", 2, F.TYPE_STRING, opt, ""),
+        ("reason", 3, F.TYPE_STRING, opt, "")]))
+    file.message_type.append(message("Meta", [
+        ("puid", 1, F.TYPE_STRING, opt, ""), ("tags", 2, F.TYPE_MESSAGE, rep, ".cdl_seldon.Meta.TagsEntry"),
+        ("routing", 3, F.TYPE_MESSAGE, rep, ".cdl_seldon.Meta.RoutingEntry"),
+        ("requestPath", 4, F.TYPE_MESSAGE, rep, ".cdl_seldon.Meta.RequestPathEntry")],
+        [map_entry("TagsEntry", F.TYPE_MESSAGE, value), map_entry("RoutingEntry", F.TYPE_INT32),
+         map_entry("RequestPathEntry", F.TYPE_STRING)]))
+    file.message_type.append(message("SeldonMessage", [
+        ("status", 1, F.TYPE_MESSAGE, opt, ".cdl_seldon.Status"), ("meta", 2, F.TYPE_MESSAGE, opt, ".cdl_seldon.Meta"),
+        ("data", 3, F.TYPE_MESSAGE, opt, ".cdl_seldon.DefaultData"), ("binData", 4, F.TYPE_BYTES, opt, ""),
+        ("strData", 5, F.TYPE_STRING, opt, ""), ("jsonData", 6, F.TYPE_MESSAGE, opt, value)]))
+    pool = descriptor_pool.DescriptorPool()
+    well_known = descriptor_pb2.FileDescriptorProto()
+    struct_pb2.DESCRIPTOR.CopyToProto(well_known)
+    pool.Add(well_known)
+    pool.Add(file)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("cdl_seldon.SeldonMessage"))
+
+
+_SELDON_MESSAGE: Any = None
+
+
+def seldon_json(raw: bytes) -> dict[str, Any]:
+    """A seldon.protos.SeldonMessage (protobuf bytes) in the JSON form REST uses."""
+    global _SELDON_MESSAGE
+    from google.protobuf import json_format
+
+    if _SELDON_MESSAGE is None:
+        _SELDON_MESSAGE = _seldon_message()
+    return json_format.MessageToDict(_SELDON_MESSAGE.FromString(raw), preserving_proto_field_name=True)
 
 
 _CLASSES: tuple[Any, Any] | None = None
@@ -127,18 +200,18 @@ def infer_json(raw: bytes, response: bool) -> dict[str, Any]:
 
 
 class GrpcMessage:
-    """Protobuf bytes of a ModelInfer call, kept as received; the store asks for its JSON form
-    (`scoring_json`) on the writer's thread."""
+    """Protobuf bytes of a prediction call (V2 ModelInfer or Seldon Predict), kept as received;
+    the store asks for its JSON form (`scoring_json`) on the writer's thread."""
 
-    __slots__ = ("raw", "response")
+    __slots__ = ("raw", "response", "seldon")
 
-    def __init__(self, raw: bytes, response: bool) -> None:
-        self.raw, self.response = raw, response
+    def __init__(self, raw: bytes, response: bool, seldon: bool = False) -> None:
+        self.raw, self.response, self.seldon = raw, response, seldon
 
     def scoring_json(self) -> Any:
         try:
-            return infer_json(self.raw, self.response)
-        except Exception as exc:  # not a ModelInfer message: say so rather than lose the row
+            return seldon_json(self.raw) if self.seldon else infer_json(self.raw, self.response)
+        except Exception as exc:  # not a message of the protocol: say so rather than lose the row
             return {"grpc_bytes": len(self.raw), "undecodable": f"{type(exc).__name__}: {exc}"[:200]}
 
 
@@ -146,7 +219,8 @@ class GrpcMessage:
 
 
 class GrpcProxy:
-    """A grpc.aio server forwarding `inference.GRPCInferenceService` calls for a Router."""
+    """A grpc.aio server forwarding the gRPC service of the Deployment's protocol for a Router
+    (`inference.GRPCInferenceService` for V2, `seldon.protos.Seldon`/`Model` for Seldon)."""
 
     def __init__(self, router: Any, pick_route: Any, scoring_row: Any) -> None:
         """`router` is the REST router whose configuration, writer and figures it shares;
@@ -201,8 +275,10 @@ class GrpcProxy:
                 inflight[url] -= 1
         return 503, b"", code, f"model server {route.model_version} unreachable: {error}"
 
-    async def infer(self, raw: bytes, context: Any) -> bytes:
+    async def infer(self, method: str, raw: bytes, context: Any) -> bytes:
+        """A prediction (V2 ModelInfer, Seldon Predict): forwarded, mirrored, scored."""
         pick_route, scoring_row = self.pick_route, self.scoring_row
+        seldon = method in SELDON_PREDICT
         router = self.router
         router.requests += 1
         started = time.perf_counter()
@@ -214,18 +290,18 @@ class GrpcProxy:
             router.errors += 1
             await context.abort(grpc.StatusCode.UNAVAILABLE,
                                 f"no model server of Deployment {config.namespace}/{config.deployment} is ready")
-        status, answer, code, error = await self._forward(route, INFER, raw)
+        status, answer, code, error = await self._forward(route, method, raw)
         for shadow in config.shadows:
             if shadow.grpc_backends and status < 400 and len(router.shadow_tasks) < 32:
-                task = asyncio.create_task(self._shadow(shadow, raw, log_it))
+                task = asyncio.create_task(self._shadow(shadow, method, raw, log_it))
                 router.shadow_tasks.add(task)
                 task.add_done_callback(router.shadow_tasks.discard)
         seconds = time.perf_counter() - started
         router.figures.observe(config.deployment, route, status, seconds, None, None)
         if log_it:
-            router.writer.put(scoring_row(config, route.model_version, GrpcMessage(raw, False),
-                                          GrpcMessage(answer, True) if answer else None, status, seconds * 1000.0,
-                                          False, error))
+            router.writer.put(scoring_row(config, route.model_version, GrpcMessage(raw, False, seldon),
+                                          GrpcMessage(answer, True, seldon) if answer else None, status,
+                                          seconds * 1000.0, False, error))
         if status >= 500:
             router.errors += 1
         if code != grpc.StatusCode.OK:
@@ -234,15 +310,16 @@ class GrpcProxy:
                                              ("x-cdl-role", route.role)))
         return answer
 
-    async def _shadow(self, shadow: Any, raw: bytes, log_it: bool) -> None:
+    async def _shadow(self, shadow: Any, method: str, raw: bytes, log_it: bool) -> None:
         started = time.perf_counter()
+        seldon = method in SELDON_PREDICT
         try:
-            status, answer, _code, error = await self._forward(shadow, INFER, raw)
+            status, answer, _code, error = await self._forward(shadow, method, raw)
             if log_it:
                 self.router.writer.put(self.scoring_row(
-                    self.router.config, shadow.model_version, GrpcMessage(raw, False),
-                    GrpcMessage(answer, True) if answer else None, status, (time.perf_counter() - started) * 1000.0,
-                    True, error))
+                    self.router.config, shadow.model_version, GrpcMessage(raw, False, seldon),
+                    GrpcMessage(answer, True, seldon) if answer else None, status,
+                    (time.perf_counter() - started) * 1000.0, True, error))
         except Exception:  # a shadow's trouble is never the client's
             log.debug("shadow gRPC request failed", exc_info=True)
 
@@ -259,17 +336,22 @@ class GrpcProxy:
 
 
 class _Handler(grpc.GenericRpcHandler):
-    """Every unary method of the inference service, bytes in and bytes out."""
+    """Every unary method of the Deployment protocol's gRPC service, bytes in and bytes out."""
 
     def __init__(self, proxy: GrpcProxy) -> None:
         self.proxy = proxy
 
     def service(self, details: Any) -> Any:
         method = details.method
-        if not method.startswith(f"/{SERVICE}/") or method.endswith("StreamInfer"):
+        seldon = self.proxy.router.config.protocol != "v2"
+        services = SELDON_SERVICES if seldon else (SERVICE,)
+        if not any(method.startswith(f"/{name}/") for name in services) or method.endswith("StreamInfer"):
             return None
-        if method == INFER:
-            return grpc.unary_unary_rpc_method_handler(self.proxy.infer)
+        if method in (SELDON_PREDICT if seldon else (INFER,)):
+            async def predict(raw: bytes, context: Any) -> bytes:
+                return await self.proxy.infer(method, raw, context)
+
+            return grpc.unary_unary_rpc_method_handler(predict)
 
         async def forward(raw: bytes, context: Any) -> bytes:
             return await self.proxy.other(method, raw, context)

@@ -136,8 +136,9 @@ class Microservice:
             # two threads make gunicorn's gthread worker, which keeps connections alive: the
             # router's pool reuses them (a sync worker answers `Connection: close`, and the router
             # then paid a new connection per request: about twice its CPU per request, measured);
-            # no gRPC server is needed (the V2 fast path has MLServer's)
-            "--workers", str(self.workers), "--threads", str(self.threads), "--grpc-workers", "0",
+            # one gRPC process (seldon.protos.Seldon/Predict, behind the router's gRPC side)
+            "--workers", str(self.workers), "--threads", str(self.threads),
+            "--grpc-workers", "1", "--grpc-threads", str(self.threads),
         ]
 
     def environment(self) -> dict[str, str]:
@@ -195,10 +196,20 @@ class Microservice:
         return None
 
     def healthy(self, timeout: float = 1.0) -> bool:
+        """REST answers, and the gRPC process listens (it loads the model before it listens, so
+        a Deployment is not Available while gRPC calls would still be refused)."""
         try:
             with urllib.request.urlopen(f"{self.state.url}/health/ping", timeout=timeout) as resp:
-                return resp.status == 200
+                if resp.status != 200:
+                    return False
         except (OSError, urllib.error.URLError):
+            return False
+        if not self.state.grpc_port:
+            return True
+        try:
+            with socket.create_connection(("127.0.0.1", self.state.grpc_port), timeout=timeout):
+                return True
+        except OSError:
             return False
 
     def stop(self) -> None:

@@ -1,10 +1,17 @@
-"""Seldon protocol checks of a prediction request's envelope, before any model sees it.
+"""Seldon protocol checks of a prediction request, before any model sees it: one copy, run in two places.
 
-The router checks the shape of the data itself (`router.check_request`); this module checks the
-rest of the envelope the Seldon Python server would otherwise choke on (500) or silently accept
-(a prediction for garbage): one payload field of the right type, valid base64, `meta` an object
-with fields of Seldon's types, `names` a list of strings, and no booleans among the numbers
-(numpy would quietly turn `true` into 1.0). Each refusal names the field and what it must be.
+The model server (`CdlPredictor.predict_raw`, on the body seldon-core's Flask already parsed) runs
+`check_payload(..., shapes=False)` on every request, so nothing it would choke on (500) or silently
+accept (a prediction for garbage: numpy turns `true` into 1.0) reaches the model; the shape of the
+examples is checked by its own numpy pass over them (`validate_rows`). The router parses nothing
+on the way through (the body's size costs it nothing) and runs the full check, shapes included,
+only on a request the model server refused, to answer with the message that names the field.
+
+What is checked: `data` holds a non-empty `ndarray` of rows of one type and length, or a `tensor`
+whose shape fits its values; else exactly one of `strData`, `jsonData`, `binData`, each of its
+type (valid base64); `meta` an object with fields of Seldon's types; `names` a list of strings;
+no booleans among the numbers; `data.ndarray` regular and at most 32 dimensions deep. Standard
+library only (numpy lazily): it runs in seldon-core's environment as well as the router's.
 """
 
 from __future__ import annotations
@@ -28,8 +35,17 @@ class EnvelopeError(ValueError):
     """What is wrong with a request's envelope, for a 400."""
 
 
-def check_envelope(payload: dict[str, Any], body: bytes) -> None:
-    """Raise EnvelopeError naming the first mistake of `payload` (parsed from `body`)."""
+def check_payload(payload: Any, body: bytes | None, shapes: bool = True) -> None:
+    """Raise EnvelopeError naming the first mistake of `payload` (parsed from `body`; None when
+    the bytes are not at hand: the examples are then walked for booleans). `shapes=False` leaves
+    the regularity of `data.ndarray` to the caller's own numpy pass over the rows."""
+    if not isinstance(payload, dict):
+        raise EnvelopeError(f'the request must be a JSON object like {{"data": {{"ndarray": [...]}}}}, '
+                            f"got a JSON {json_type(payload)}")
+    if "data" in payload:
+        _check_data(payload["data"], shapes)
+    elif not any(k in payload for k in ("strData", "jsonData", "binData")):
+        raise EnvelopeError('the request must hold "data" (with "ndarray"), "strData" or "jsonData"')
     present = [k for k in PAYLOAD_FIELDS if k in payload]
     if len(present) > 1:
         raise EnvelopeError(f"the request holds {' and '.join(repr(k) for k in present)}: send exactly one of "
@@ -53,13 +69,48 @@ def check_envelope(payload: dict[str, Any], body: bytes) -> None:
         names = data["names"]
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise EnvelopeError('"data.names" must be a list of strings (one name per feature)')
-    if isinstance(data, dict) and isinstance(data.get("ndarray"), list) and data["ndarray"] \
-            and isinstance(data["ndarray"][0], list):
-        _check_rectangular(data["ndarray"])
-    if b"true" in body or b"false" in body:  # rare: only then walk the examples for booleans
+    if body is None or b"true" in body or b"false" in body:  # rare: only then walk the examples
         for where, examples in _examples(payload):
             if _holds_boolean(examples):
                 raise EnvelopeError(f'"{where}" holds true/false: examples are numbers or strings')
+
+
+def _check_data(data: Any, shapes: bool) -> None:
+    if not isinstance(data, dict):
+        raise EnvelopeError('"data" must be an object holding "ndarray" (or "tensor")')
+    if "ndarray" in data:
+        rows = data["ndarray"]
+        if not isinstance(rows, list):
+            raise EnvelopeError(f'"data.ndarray" must be a list of examples, got a JSON {json_type(rows)}')
+        if not rows:
+            raise EnvelopeError('"data.ndarray" is empty: send one row per example')
+        if not shapes:
+            return
+        kinds = {json_type(r) for r in rows}
+        if len(kinds) > 1:
+            raise EnvelopeError(f'"data.ndarray" mixes {" and ".join(sorted(kinds))} rows: every example must '
+                                "have the same type and shape")
+        if kinds == {"array"}:
+            lengths = {len(r) for r in rows}
+            if len(lengths) > 1:
+                raise EnvelopeError(f'"data.ndarray" rows differ in length ({sorted(lengths)[:5]}): every example '
+                                    "must have the same shape")
+            _check_rectangular(rows)
+    elif "tensor" in data:
+        tensor = data["tensor"]
+        if not isinstance(tensor, dict) or not isinstance(tensor.get("shape"), list) \
+                or not isinstance(tensor.get("values"), list):
+            raise EnvelopeError('"data.tensor" must hold "shape" (list of ints) and "values" (flat list)')
+        size = 1
+        for dim in tensor["shape"]:
+            if not isinstance(dim, int) or isinstance(dim, bool) or dim < 0:
+                raise EnvelopeError(f'"data.tensor.shape" must be non-negative integers, got {tensor["shape"]}')
+            size *= dim
+        if size != len(tensor["values"]):
+            raise EnvelopeError(f'"data.tensor.values" holds {len(tensor["values"])} numbers but shape '
+                                f"{tensor['shape']} needs {size}")
+    else:
+        raise EnvelopeError('"data" must hold "ndarray" (a list of examples) or "tensor"')
 
 
 def _check_rectangular(rows: list[Any]) -> None:
