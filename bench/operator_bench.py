@@ -319,8 +319,12 @@ class Bench:
             return int((await r.json())["metadata"]["resourceVersion"])
 
     async def phases(self) -> dict[str, str]:
-        """Every DataPipeline's phase, listed in pages of 500 (one list of 10,000 objects would
-        hold the API server's event loop for a few hundred ms, a stall the samples would show)."""
+        return (await self.listed_phases())[0]
+
+    async def listed_phases(self) -> tuple[dict[str, str], str]:
+        """Every DataPipeline's phase and the list's resourceVersion, listed in pages of 500 (one
+        list of 10,000 objects would hold the API server's event loop for a few hundred ms, a
+        stall the samples would show)."""
         out: dict[str, str] = {}
         token = ""
         while True:
@@ -331,7 +335,7 @@ class Bench:
             out.update({o["metadata"]["name"]: (o.get("status") or {}).get("phase", "") for o in page["items"]})
             token = page["metadata"].get("continue") or ""
             if not token:
-                return out
+                return out, page["metadata"]["resourceVersion"]
 
     def create_sync(self, name: str, namespace: str = NS) -> None:
         self.custom.create_namespaced_custom_object(G, V, namespace, PLURAL, pipeline(name, namespace))
@@ -358,14 +362,42 @@ class Bench:
         return (stop - start) / (time.perf_counter() - t0)
 
     async def wait_ready(self, timeout: float) -> tuple[int, int]:
-        """Wait until every DataPipeline is Ready, at most `timeout`; returns (ready, total)."""
+        """Wait until every DataPipeline is Ready, at most `timeout`; returns (ready, total). One
+        list, then a watch from it (listing 30,000 objects every few seconds would be most of
+        the API server's work and inflate every figure taken meanwhile)."""
         deadline = time.monotonic() + timeout
-        while True:
-            phases = await self.phases()
-            ready = sum(1 for p in phases.values() if p == "Ready")
-            if ready >= len(phases) or time.monotonic() > deadline:
-                return ready, len(phases)
-            await asyncio.sleep(3.0)
+        phases, rv = await self.listed_phases()
+        unready = sum(1 for p in phases.values() if p != "Ready")
+        while unready and time.monotonic() < deadline:
+            params = {"watch": "true", "resourceVersion": rv, "allowWatchBookmarks": "true",
+                      "timeoutSeconds": str(max(1, int(min(60, deadline - time.monotonic()))))}
+            async with self.session.get(self.base, params=params, timeout=aiohttp.ClientTimeout(total=None)) as stream:
+                if stream.status != 200:
+                    phases, rv = await self.listed_phases()
+                    unready = sum(1 for p in phases.values() if p != "Ready")
+                    continue
+                async for line in stream.content:
+                    if not line.strip():
+                        continue
+                    ev = json.loads(line)
+                    obj = ev.get("object") or {}
+                    rv = (obj.get("metadata") or {}).get("resourceVersion") or rv
+                    if ev.get("type") == "ERROR":  # expired: list again
+                        phases, rv = await self.listed_phases()
+                        unready = sum(1 for p in phases.values() if p != "Ready")
+                        break
+                    if ev.get("type") == "BOOKMARK":
+                        continue
+                    name = obj["metadata"]["name"]
+                    was = phases.pop(name, None)
+                    if ev.get("type") != "DELETED":
+                        phases[name] = (obj.get("status") or {}).get("phase", "")
+                    unready += (phases.get(name, "Ready") != "Ready") - (was is not None and was != "Ready")
+                    if unready == 0:
+                        break
+                    if time.monotonic() > deadline:
+                        break
+        return sum(1 for p in phases.values() if p == "Ready"), len(phases)
 
     async def runs_started(self) -> int:
         """How many data runs this operator process has started: ScriptedDataEngine names a run
