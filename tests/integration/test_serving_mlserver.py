@@ -156,6 +156,11 @@ def test_seldon_protocol_over_grpc_gives_the_in_process_predictions(classic, in_
     (row,) = wait_for(lambda: serving_database.scoring_window(key.namespace, key.name, 10), 20, "the refused row")
     assert row.status_code >= 400 and "shape [4]" in row.error
 
+    # booleans among the numbers are refused as on REST, not predicted on as 1 and 0
+    for target in (f"127.0.0.1:{server.grpc_port}", status.ref["grpc"]):
+        (boolean,) = seldon_grpc_predict(seldon_venv, target, [[[1.0, True, 3.0, 4.0]]])
+        assert boolean["code"] != "OK" and "true/false" in boolean["details"], boolean
+
 
 def test_seldon_grpc_scoring_rows_match_requests_one_to_one_under_load(classic, in_process, serving_database,
                                                                        seldon_venv) -> None:

@@ -510,6 +510,7 @@ class CdlPredictor:
         if not isinstance(request, dict | list | str | int | float) and request is not None:
             from seldon_core.user_model import SeldonNotImplementedError  # a gRPC SeldonMessage
 
+            _check_grpc_envelope(request)  # booleans among numbers are refused on gRPC too
             raise SeldonNotImplementedError("not a REST request")
         try:  # the envelope first, whatever the payload: nothing malformed reaches the model
             check_payload(request, _request_body(), shapes=False)
@@ -579,3 +580,17 @@ class CdlPredictor:
             "custom": {"predictor": predictor, "framework": str(manifest.get("framework", "")),
                        "model_version": self.model_version},
         }
+
+
+def _check_grpc_envelope(message: Any) -> None:
+    """The envelope check of a gRPC SeldonMessage, on its JSON form (a ListValue keeps true and
+    false apart from numbers; seldon-core's own path would predict on them as 1 and 0)."""
+    if not hasattr(message, "DESCRIPTOR"):
+        return
+    from google.protobuf.json_format import MessageToDict
+
+    try:
+        check_payload(MessageToDict(message, preserving_proto_field_name=False), None, shapes=False)
+    except EnvelopeError as exc:
+        raise _bad_request(str(exc)) from None
+
