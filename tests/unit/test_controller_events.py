@@ -20,21 +20,23 @@ class RecordingCluster:
 
 def test_events_beyond_the_burst_are_posted_at_the_rate_and_all_of_them_on_stop():
     cluster = RecordingCluster()
-    poster = EventPoster(cluster, threads=2, rate=20.0, burst=5)
+    poster = EventPoster(cluster, threads=2, rate=5.0, burst=5)
     poster.start()
     start = time.monotonic()
     for i in range(15):
         poster.post("DataPipeline", "ml", f"p{i}", "u", "Normal", "RunStarted", "started")
-    time.sleep(0.2)
+    deadline = time.monotonic() + 10
+    while len(cluster.posted) < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
     with cluster.lock:
         early = len(cluster.posted)
-    assert 5 <= early < 15  # the burst at once, the rest held back
-    deadline = time.monotonic() + 10
+    assert 5 <= early < 15  # the burst at once, the rest held back (10 more take 2 s at 5/s)
+    deadline = time.monotonic() + 20
     while len(cluster.posted) < 15 and time.monotonic() < deadline:
         time.sleep(0.02)
     assert len(cluster.posted) == 15
-    # 10 events beyond the burst at 20/s take at least about half a second
-    assert cluster.posted[-1][0] - start >= 0.4
+    # 10 events beyond the burst at 5/s take at least about 2 s
+    assert cluster.posted[-1][0] - start >= 1.6
     for i in range(30):
         poster.post("DataPipeline", "ml", f"q{i}", "u", "Normal", "Ready", "ready")
     poster.stop()  # the backlog is posted before the poster stops, without waiting for tokens
