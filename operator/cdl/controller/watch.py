@@ -3,11 +3,14 @@
 Why not kopf's watch: at 10,000 resources kopf's per-event machinery (a task and a logger per
 object, causes, handler matching, diff bases, its finalizer patch) took about 60 % of the
 operator's CPU while a bulk converged (py-spy, bench/operator_bench.py), and that CPU is what a
-newly applied resource waited for. Here an event costs one JSON parse and a dictionary update:
-one thread per kind (and per watched namespace when namespaces are listed) lists the objects in
-pages, then follows the watch stream from the list's resourceVersion with bookmarks, resuming
-where it left off after a timeout or a dropped connection and listing again when the server
-says the version is gone (410). A list reports what vanished while nobody watched as deletions.
+newly applied resource waited for. Here an event costs one JSON parse and a dictionary update.
+One thread per kind and namespace lists the objects in pages, then follows the watch stream
+from the list's resourceVersion with bookmarks, resuming where it left off after a timeout or a
+dropped connection and listing again when the server says the version is gone (410); a list
+reports what vanished while nobody watched as deletions. One stream per namespace (as kopf
+had): a namespace creating thousands of objects does not put its events ahead of another
+namespace's in a shared stream. With all namespaces (or globs) watched, `ResourceWatches` also
+watches the Namespaces and starts and stops the streams as namespaces come and go.
 Finalizers and deletion are the controller's (`Controller.process`), not the watch's.
 """
 
