@@ -340,7 +340,7 @@ def _without_nulls_in_lists(value: Any, in_list: bool = False) -> Any:
 
 
 def _plain(body: Any) -> dict[str, Any]:
-    """kopf's body is a read-only view; reconcilers get plain dicts."""
+    """A plain copy (lists for tuples): what the controller keeps is its own, not the caller's."""
     def conv(v: Any) -> Any:
         if hasattr(v, "items"):
             return {k: conv(x) for k, x in v.items()}

@@ -56,7 +56,6 @@ class ListWatch:
         self.handle = handle
         self.relisted = relisted
         self.resource_version: str | None = None
-        self.synced = threading.Event()  # the first list was handled
         self._stopping = threading.Event()
         self._response: Any = None
         self._thread = threading.Thread(target=self._run, name=f"cdl-watch-{name}", daemon=True)
@@ -84,7 +83,6 @@ class ListWatch:
             try:
                 if self.resource_version is None:
                     self.resource_version = self._list()
-                    self.synced.set()
                 self._watch()
                 failures = 0
             except Gone:
@@ -193,13 +191,6 @@ class ResourceWatches:
             self.follower = ListWatch("namespaces", lambda **p: core.list_namespace(_preload_content=False, **_params(p, None)),
                                       self._namespace_event, self._namespaces_listed)
             self.follower.start()
-
-    def wait_synced(self, timeout: float) -> bool:
-        if self.follower is not None and not self.follower.synced.wait(timeout):
-            return False
-        with self.lock:
-            watches = [w for ws in self.by_namespace.values() for w in ws]
-        return all(w.synced.wait(timeout) for w in watches)
 
     def stop(self, timeout: float = 5.0) -> None:
         with self.lock:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from cdl.simulation import containers
+from cdl.simulation.watching import follow
 
 DEFAULT_BACKOFF_LIMIT = 6
 
@@ -62,34 +63,17 @@ class JobRunner:
         return "".join(p.read_text(errors="replace") for p in sorted(base.glob("try-*.log")))
 
     def _watch(self) -> None:
-        from kubernetes import watch
+        follow(self._stop, self.batch.list_job_for_all_namespaces, handle=self._event,
+               version_of=lambda job: job.metadata.resource_version)
 
-        resource_version = ""
-        while not self._stop.is_set():
-            w = watch.Watch()
-            try:
-                kwargs: dict[str, Any] = {"timeout_seconds": 1}
-                if resource_version:
-                    kwargs["resource_version"] = resource_version
-                for event in w.stream(self.batch.list_job_for_all_namespaces, **kwargs):
-                    if self._stop.is_set():
-                        break
-                    job = event["object"]
-                    resource_version = job.metadata.resource_version or resource_version
-                    if event["type"] == "ADDED" and job.metadata.uid not in self.started and \
-                            not (job.status and job.status.start_time):
-                        self.started.add(job.metadata.uid)
-                        threading.Thread(target=self._run, args=(job,), daemon=True,
-                                         name=f"job-{job.metadata.name}").start()
-                    elif event["type"] == "DELETED":
-                        container = self.running.pop(job.metadata.uid, None)
-                        if container is not None:
-                            container.stop(5)
-            except Exception:  # noqa: BLE001 - a dropped watch (410, restart): list again
-                resource_version = ""
-                self._stop.wait(0.2)
-            finally:
-                w.stop()
+    def _event(self, kind: str, job: Any) -> None:
+        if kind == "ADDED" and job.metadata.uid not in self.started and not (job.status and job.status.start_time):
+            self.started.add(job.metadata.uid)
+            threading.Thread(target=self._run, args=(job,), daemon=True, name=f"job-{job.metadata.name}").start()
+        elif kind == "DELETED":
+            container = self.running.pop(job.metadata.uid, None)
+            if container is not None:
+                container.stop(5)
 
     def _status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         from kubernetes.client.exceptions import ApiException

@@ -44,6 +44,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from cdl.simulation.watching import follow
+
 GROUP, VERSION, PLURAL = "machinelearning.seldon.io", "v1", "seldondeployments"
 PROTOCOLS = {"seldon", "tensorflow", "kfserving", "v2"}
 
@@ -153,32 +155,16 @@ class FakeSeldonController:
                                  f"generation {generation} within {timeout} s")
 
     def _run(self) -> None:
-        from kubernetes import watch
+        follow(self._stop, self.api.list_cluster_custom_object, GROUP, VERSION, PLURAL, handle=self._event,
+               version_of=lambda obj: obj["metadata"].get("resourceVersion"))
 
-        resource_version = ""
-        while not self._stop.is_set():
-            w = watch.Watch()
-            try:
-                kwargs: dict[str, Any] = {"timeout_seconds": 1}
-                if resource_version:
-                    kwargs["resource_version"] = resource_version
-                for event in w.stream(self.api.list_cluster_custom_object, GROUP, VERSION, PLURAL, **kwargs):
-                    if self._stop.is_set():
-                        break
-                    obj = event["object"]
-                    if event["type"] in ("ADDED", "MODIFIED"):
-                        resource_version = obj["metadata"].get("resourceVersion", resource_version)
-                        self._reconcile(obj)
-                    elif event["type"] == "DELETED":
-                        resource_version = obj["metadata"].get("resourceVersion", resource_version)
-                        key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
-                        self._seen.pop(key, None)
-                        self._stop_predictors(key)
-            except Exception:  # noqa: BLE001 - a dropped watch (410, server restart): list again
-                resource_version = ""
-                self._stop.wait(0.2)
-            finally:
-                w.stop()
+    def _event(self, kind: str, obj: dict[str, Any]) -> None:
+        if kind in ("ADDED", "MODIFIED"):
+            self._reconcile(obj)
+        elif kind == "DELETED":
+            key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
+            self._seen.pop(key, None)
+            self._stop_predictors(key)
 
     def _reconcile(self, obj: dict[str, Any]) -> None:
         meta = obj["metadata"]
