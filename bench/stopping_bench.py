@@ -22,12 +22,14 @@ stopping, best within 0.5 points, no worse than Optuna's pruners on both counts)
 
 One seed says little about a stopping rule (which trial comes first, and how noisy the first
 validations are, decide much), so the unstopped searches of more seeds (--robustness-seeds) are
-trained too and cdl's predict and median rules and Optuna's two pruners replayed over them:
-exact, since training is seeded (a stopped trial's prefix is its unstopped curve) and every
-method sees only the validations.
+trained too and, over them and the run seed's unstopped searches, cdl's predict rule (its default
+confidence 0.9 and 0.5-0.8), cdl's median rule and Optuna's two pruners are replayed: exact, since
+training is seeded (a stopped trial's prefix is its unstopped curve) and every method sees only
+the validations. The frontier table sums them up per method (mean trial-epochs against mean loss
+of the best) and names the predict confidences no worse than each Optuna pruner on both counts.
 
 Usage: .venv/bin/python bench/stopping_bench.py [--trials 16] [--epochs 15] [--seed 7]
-       [--robustness-seeds 8,9,10,11] [--json out.json]
+       [--robustness-seeds 8,...,18] [--json out.json]
 Needs the `bench` extra (optuna, scikit-learn).
 """
 
@@ -289,7 +291,8 @@ def run_optuna(problem: Problem, pruner_name: str, trials: int, epochs: int, see
 # ---------------------------------------------------------------------- the run
 
 
-def bench_problem(problem: Problem, trials: int, epochs: int, seed: int) -> list[dict[str, Any]]:
+def bench_problem(problem: Problem, trials: int, epochs: int, seed: int) -> tuple[list[dict[str, Any]], Result]:
+    """The table's rows, and the unstopped search (its curves are replayed with the other seeds')."""
     warm = Trainer(problem, configs(problem, 1, seed)[0], seed)  # first-call costs out of the first method
     for _ in range(2):
         warm.epoch()
@@ -315,7 +318,7 @@ def bench_problem(problem: Problem, trials: int, epochs: int, seed: int) -> list
             "best_accuracy": round(m.best or 0.0, 2), "best_delta": round((m.best or 0.0) - (base.best or 0.0), 2),
             "stopped_trials": len(m.stopped), "winner_stopped": winner in m.stopped,
         })
-    return rows
+    return rows, base
 
 
 # ---------------------------------------------------------------------- more seeds, replayed
@@ -363,26 +366,63 @@ def replay_optuna(curves: dict[int, list[float]], pruner_name: str, epochs: int,
     return result
 
 
-def robustness(problems: list[Callable[[int], Problem]], seeds: list[int], trials: int, epochs: int) -> list[dict]:
-    """Per seed and problem: one unstopped search trained, then each method replayed over it."""
+PREDICT_CONFIDENCES = (0.5, 0.6, 0.7, 0.8)  # replayed besides "cdl predict" (its default, 0.9)
+PER_SEED_METHODS = ("cdl predict", "cdl median", "optuna median", "optuna successive-halving")
+PRUNERS = ("optuna median", "optuna successive-halving")
+
+
+def replayed(seed: int, problem: str, base: Result, epochs: int) -> list[dict[str, Any]]:
+    """Each method replayed over one unstopped search; a row per method."""
+    winner = max(base.curves, key=lambda i: max(base.curves[i]))
+    methods = {
+        **{f"cdl predict {c}": replay_rules(base.curves, StoppingSettings.from_wire({"predict": {"confidence": c}}),
+                                            epochs) for c in PREDICT_CONFIDENCES},
+        "cdl predict": replay_rules(base.curves, StoppingSettings.from_wire({"predict": {}}), epochs),
+        "cdl median": replay_rules(base.curves, StoppingSettings.from_wire({"median": {}}), epochs),
+        "optuna median": replay_optuna(base.curves, "median", epochs, seed),
+        "optuna successive-halving": replay_optuna(base.curves, "successive-halving", epochs, seed),
+    }
+    return [{"seed": seed, "problem": problem, "method": name, "trial_epochs": m.trial_epochs,
+             "epochs_vs_none": round(m.trial_epochs / base.trial_epochs, 4),
+             "best_delta": round((m.best or 0.0) - (base.best or 0.0), 4),
+             "winner_stopped": winner in m.stopped} for name, m in methods.items()]
+
+
+def robustness(problems: list[Callable[[int], Problem]], seeds: list[int], trials: int, epochs: int,
+               trained: list[tuple[int, str, Result]]) -> list[dict]:
+    """The searches already trained (seed, problem, unstopped result) replayed, then per further seed
+    and problem one unstopped search trained and each method replayed over it."""
     rows = []
+    for seed, name, base in trained:
+        rows.extend(replayed(seed, name, base, epochs))
     for seed in seeds:
         for make in problems:
             problem = make(seed)
-            base = run_rules(problem, "none", None, trials, epochs, seed)
-            winner = max(base.curves, key=lambda i: max(base.curves[i]))
-            methods = {
-                "cdl predict": replay_rules(base.curves, StoppingSettings.from_wire({"predict": {}}), epochs),
-                "cdl median": replay_rules(base.curves, StoppingSettings.from_wire({"median": {}}), epochs),
-                "optuna median": replay_optuna(base.curves, "median", epochs, seed),
-                "optuna successive-halving": replay_optuna(base.curves, "successive-halving", epochs, seed),
-            }
-            for name, m in methods.items():
-                rows.append({"seed": seed, "problem": problem.name, "method": name,
-                             "epochs_vs_none": round(m.trial_epochs / base.trial_epochs, 3),
-                             "best_delta": round((m.best or 0.0) - (base.best or 0.0), 2),
-                             "winner_stopped": winner in m.stopped})
+            rows.extend(replayed(seed, problem.name, run_rules(problem, "none", None, trials, epochs, seed), epochs))
     return rows
+
+
+def frontier(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
+    """Per method over all replayed searches: mean share of the trial-epochs against mean loss of the
+    best; and per Optuna pruner, the predict confidences no worse on both counts."""
+    table = []
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == method]
+        spent = [r["epochs_vs_none"] for r in mine]
+        table.append({
+            "method": method, "searches": len(mine), "epochs_vs_none_mean": round(float(np.mean(spent)), 4),
+            "epochs_vs_none_min": min(spent), "epochs_vs_none_max": max(spent),
+            "best_delta_mean": round(float(np.mean([r["best_delta"] for r in mine])), 4),
+            "winner_stopped": sum(r["winner_stopped"] for r in mine),
+            "lost_over_half_point": sum(r["best_delta"] < -0.5 for r in mine),
+        })
+    by = {f["method"]: f for f in table}
+    predicts = [f for f in table if f["method"].startswith("cdl predict")]
+    dominating = {pruner: [f["method"] for f in predicts
+                           if f["epochs_vs_none_mean"] <= by[pruner]["epochs_vs_none_mean"]
+                           and f["best_delta_mean"] >= by[pruner]["best_delta_mean"]]
+                  for pruner in PRUNERS}
+    return table, dominating
 
 
 def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -405,9 +445,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--bbc-per-class", type=int, default=60)
     parser.add_argument("--fashion-images", type=int, default=3000)
-    parser.add_argument("--robustness-seeds", default="8,9,10,11",
-                        help="more seeds whose unstopped searches are replayed under cdl's predict and median "
-                             "rules and Optuna's pruners ('' for none)")
+    parser.add_argument("--robustness-seeds", default=",".join(map(str, range(8, 19))),
+                        help="more seeds whose unstopped searches are replayed (with the run seed's) under cdl's "
+                             "predict and median rules and Optuna's pruners ('' for none)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -416,10 +456,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# stopping bench {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC on {platform.node()}: "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}; "
           f"{args.trials} trials x {args.epochs} epochs, seed {args.seed}")
-    all_rows, verdicts = [], []
+    all_rows, verdicts, trained = [], [], []
     for problem in problems:
         print(f"\n## {problem.name}: {problem.note}")
-        rows = bench_problem(problem, args.trials, args.epochs, args.seed)
+        rows, base = bench_problem(problem, args.trials, args.epochs, args.seed)
+        trained.append((args.seed, problem.name, base))
         all_rows.extend(rows)
         verdicts.append(verdict(rows))
         print("| method | trial-epochs | vs none | CPU s | vs none | best acc % | Δ best | stopped | winner stopped |")
@@ -433,24 +474,36 @@ def main(argv: list[str] | None = None) -> int:
         print(f"- {v['problem']}: half the epochs {v['half_the_epochs']}, best within 0.5 {v['best_within_0.5']}, "
               f"no worse than Optuna's pruners {v['no_worse_than_optuna']}")
     seeds = [int(s) for s in args.robustness_seeds.split(",") if s.strip()]
-    extra: list[dict[str, Any]] = []
-    if seeds:
-        makers = [lambda s: bbc(s, args.bbc_per_class), lambda s: fashion(s, args.fashion_images), tabular]
-        extra = robustness(makers, seeds, args.trials, args.epochs)
-        print(f"\n## other seeds ({', '.join(map(str, seeds))}): each unstopped search trained once, the methods "
-              "replayed over it; trial-epochs vs none, Δ best, * = the winner stopped")
-        names = list(dict.fromkeys(r["method"] for r in extra))
-        print("| seed | problem | " + " | ".join(names) + " |")
-        print("|---|---|" + "---:|" * len(names))
-        for seed in seeds:
-            for problem in dict.fromkeys(r["problem"] for r in extra if r["seed"] == seed):
-                cells = [r for r in extra if r["seed"] == seed and r["problem"] == problem]
-                print(f"| {seed} | {problem} | " + " | ".join(
-                    f"{r['epochs_vs_none']:.0%} {r['best_delta']:+.2f}{'*' if r['winner_stopped'] else ''}"
-                    for r in cells) + " |")
+    makers = [lambda s: bbc(s, args.bbc_per_class), lambda s: fashion(s, args.fashion_images), tabular]
+    extra = robustness(makers, seeds, args.trials, args.epochs, trained)
+    all_seeds = list(dict.fromkeys(r["seed"] for r in extra))
+    print(f"\n## all seeds ({', '.join(map(str, all_seeds))}): each unstopped search trained once (seed "
+          f"{args.seed}'s above), the methods replayed over it; trial-epochs vs none, Δ best, * = the winner stopped")
+    print("| seed | problem | " + " | ".join(PER_SEED_METHODS) + " |")
+    print("|---|---|" + "---:|" * len(PER_SEED_METHODS))
+    for seed in all_seeds:
+        for problem in dict.fromkeys(r["problem"] for r in extra if r["seed"] == seed):
+            cells = {r["method"]: r for r in extra if r["seed"] == seed and r["problem"] == problem}
+            print(f"| {seed} | {problem} | " + " | ".join(
+                f"{r['epochs_vs_none']:.0%} {r['best_delta']:+.2f}{'*' if r['winner_stopped'] else ''}"
+                for r in (cells[m] for m in PER_SEED_METHODS)) + " |")
+    table, dominating = frontier(extra)
+    print(f"\n## frontier over the {table[0]['searches']} searches: mean trial-epochs vs none against mean Δ best "
+          "(cdl predict without a number: its default confidence, 0.9)")
+    print("| method | searches | trial-epochs vs none (mean) | min-max | Δ best (mean) | winner stopped | "
+          "lost > 0.5 points |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for f in table:
+        print(f"| {f['method']} | {f['searches']} | {f['epochs_vs_none_mean']:.1%} | {f['epochs_vs_none_min']:.0%}-"
+              f"{f['epochs_vs_none_max']:.0%} | {f['best_delta_mean']:+.3f} | {f['winner_stopped']} | "
+              f"{f['lost_over_half_point']} |")
+    for pruner, names in dominating.items():
+        print(f"- no worse than {pruner} on both counts (mean trial-epochs <=, mean Δ best >=): "
+              f"{', '.join(names) or 'none'}")
     print(f"\n(total {time.time() - started:.0f} s wall, load {os.getloadavg()[0]:.1f})")
     if args.json:
-        args.json.write_text(json.dumps({"rows": all_rows, "verdicts": verdicts, "other_seeds": extra}, indent=1))
+        args.json.write_text(json.dumps({"rows": all_rows, "verdicts": verdicts, "other_seeds": extra,
+                                         "frontier": table, "no_worse_than": dominating}, indent=1))
     return 0
 
 
