@@ -144,13 +144,31 @@ async def start(app: web.Application) -> TestServer:
     return server
 
 
+class RouterFront:
+    """The router serving in this test's event loop, on a free port."""
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+
+    def make_url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.router.port}{path}"
+
+    async def close(self) -> None:
+        await self.router.stop(grace=1.0)
+
+
+async def start_router(router: Router) -> RouterFront:
+    await router.start(0)
+    return RouterFront(router)
+
+
 def write_config(path: Path, version: int, routes: list[dict[str, Any]], shadows: list[dict[str, Any]] = (),
                  sample_rate: float = 1.0) -> None:
     path.write_text(json.dumps({"version": version, "namespace": "ns", "deployment": "dep", "routes": routes,
                                 "shadows": list(shadows), "logging": {"enabled": True, "sample_rate": sample_rate}}))
 
 
-def url_of(server: TestServer) -> str:
+def url_of(server: TestServer | RouterFront) -> str:
     return str(server.make_url(PREDICT_PATH))
 
 
@@ -165,7 +183,7 @@ async def test_router_splits_mirrors_and_scores(tmp_path: Path) -> None:
     ], [{"model_version": "m-3", "role": "shadow", "percent": 0, "backends": [url_of(servers[2])]}])
     sink = ListSink(fail_first=1)
     router = Router(config, ScoringWriter(None, database=sink))
-    front = await start(router.app())
+    front = await start_router(router)
     try:
         async with aiohttp.ClientSession() as session:
             answers = []
@@ -216,7 +234,7 @@ async def test_router_reloads_passes_400s_and_survives_dead_servers(tmp_path: Pa
                  sample_rate=0.0)
     sink = ListSink()
     router = Router(config, ScoringWriter(None, database=sink))
-    front = await start(router.app())
+    front = await start_router(router)
     try:
         async with aiohttp.ClientSession() as session:
             async with session.post(url_of(front), json={"data": {"ndarray": [[1]]}}) as resp:
@@ -253,7 +271,7 @@ async def test_no_ready_server_is_a_503(tmp_path: Path) -> None:
     config = tmp_path / "router.json"
     write_config(config, 1, [{"model_version": "m-1", "role": "primary", "percent": 100, "backends": []}])
     router = Router(config, ScoringWriter(None))
-    front = await start(router.app())
+    front = await start_router(router)
     try:
         async with aiohttp.ClientSession() as session:
             async with session.post(url_of(front), json={"data": {"ndarray": [[1]]}}) as resp:
@@ -276,7 +294,7 @@ async def test_health_shows_counts_only(tmp_path: Path) -> None:
     config = tmp_path / "router.json"
     write_config(config, 1, [{"model_version": "m-1", "role": "primary", "percent": 100, "backends": [url_of(good)]}])
     router = Router(config, ScoringWriter(None, database=QuotingSink()))
-    front = await start(router.app())
+    front = await start_router(router)
     try:
         async with aiohttp.ClientSession() as session:
             async with session.post(url_of(front), json={"data": {"ndarray": [["secret-token-123"]]}}) as resp:
