@@ -30,9 +30,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import logging
 import os
-import queue
 import random
 import signal
 import sys
@@ -171,7 +171,9 @@ def error_body(code: int, message: str, reason: str) -> bytes:
 class ScoringWriter:
     """Batches Scoring Data rows into PostgreSQL on a thread of its own.
 
-    Rows wait in a bounded queue; a failed insert is retried with backoff, and past
+    Rows wait in a bounded deque: appending one is all the event loop does (no lock, no thread
+    woken per row: the writer wakes every FLUSH_SECONDS, or when a batch's worth is waiting, and
+    takes what is there). A failed insert is retried with backoff, and past
     MAX_QUEUED_ROWS the oldest rows are dropped (and counted) rather than the router slowing.
     A row PostgreSQL refuses is set aside by the store, never retried. Rows still queued when the
     router stops go to the spool (`cdl.stores.spool`) and are written first by the next router."""
@@ -181,7 +183,8 @@ class ScoringWriter:
         self.database_url = database_url
         self.schema = schema
         self.database = database
-        self.queue: queue.Queue[Any] = queue.Queue()
+        self.queue: collections.deque[Any] = collections.deque()
+        self._wake = threading.Event()
         self.written = 0
         self.dropped = 0
         self.failures = 0
@@ -209,13 +212,20 @@ class ScoringWriter:
     def put(self, row: Any) -> None:
         if not self.enabled:
             return
-        if self.queue.qsize() + len(self._pending) >= MAX_QUEUED_ROWS:
+        if len(self.queue) + len(self._pending) >= MAX_QUEUED_ROWS:
             self.dropped += 1
             return
-        self.queue.put(row)
+        self.queue.append(row)
+        if len(self.queue) == BATCH_ROWS:
+            self._wake.set()
 
     def backlog(self) -> int:
-        return self.queue.qsize() + len(self._pending)
+        return len(self.queue) + len(self._pending)
+
+    def _take_queued(self) -> None:
+        queued = self.queue
+        while queued:
+            self._pending.append(queued.popleft())
 
     def _db(self) -> Any:
         if self.database is None:
@@ -227,17 +237,11 @@ class ScoringWriter:
 
     def _run(self) -> None:
         backoff = 0.5
-        while not (self._stop.is_set() and self.queue.empty() and not self._pending):
-            try:
-                self._pending.append(self.queue.get(timeout=FLUSH_SECONDS))
-            except queue.Empty:
-                pass
-            deadline = time.monotonic() + FLUSH_SECONDS
-            while len(self._pending) < BATCH_ROWS and time.monotonic() < deadline:
-                try:
-                    self._pending.append(self.queue.get(timeout=max(0.0, deadline - time.monotonic())))
-                except queue.Empty:
-                    break
+        while not (self._stop.is_set() and not self.queue and not self._pending):
+            if len(self.queue) + len(self._pending) < BATCH_ROWS and not self._stop.is_set():
+                self._wake.wait(FLUSH_SECONDS)  # a batch fills meanwhile: one insert per flush at low rates
+                self._wake.clear()
+            self._take_queued()
             if not self._pending:
                 continue
             with self._writing:
@@ -264,19 +268,16 @@ class ScoringWriter:
     def stop(self, timeout: float = 5.0) -> None:
         """Write what is queued (for up to `timeout` s), then spool whatever is left."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
         if self.spool is None:
             return
         locked = self._writing.acquire(timeout=2.0)  # not while a batch is half-way to the database
         try:
+            self._take_queued()
             left = list(self._pending)
             self._pending.clear()
-            while True:
-                try:
-                    left.append(self.queue.get_nowait())
-                except queue.Empty:
-                    break
             if left:
                 self.spool.save(left)
                 self.spooled += len(left)
