@@ -12,7 +12,11 @@ Servers: the in-process `CdlPredictor` (no HTTP), a minimal aiohttp + orjson ser
 (bench/floor_server.py: the floor), seldon-core-microservice (as the local engine starts it),
 MLServer with cdl's runtime (Open Inference Protocol), and, for the MLP at c=32, MLServer with
 adaptive batching. Load comes from `wrk` (C, one thread; `scripts/install-bench-tools.sh`), which takes far
-less of the shared cores than a Python client.
+less of the shared cores than a Python client. The gRPC side of seldon-core-microservice
+(`seldon.protos.Seldon/Predict`) and of MLServer (`inference.GRPCInferenceService/ModelInfer`) is
+measured the same way, directly and through the router's gRPC side, with a grpc.aio client in a
+process of its own sending the same request as protobuf bytes (CPU per request is counted for
+the servers and the router only).
 
 Per configuration it prints p50/p99 at c=1, req/s and p50 at c=8 (and c=32), the ratio to the
 floor, what the router costs over the server behind it (its share of router + server CPU per
@@ -262,6 +266,7 @@ class Server:
     protocol: str  # seldon | v2
     stopper: Any
     pid: int = 0
+    grpc: str = ""  # host:port of its gRPC side
 
 
 def start_floor(model: Model, work: Path) -> Server:
@@ -300,7 +305,7 @@ def start_engine_server(kind: str, model: Model, work: Path, batch: int = 0) -> 
     name = "seldon-core-microservice" if kind == "seldon" else \
         f"MLServer{f', batching {batch}' if batch else ''}"
     return Server(name, state.predict_url, "", "v2" if kind == "mlserver" else "seldon", process.stop,
-                  state.pid or 0)
+                  state.pid or 0, f"127.0.0.1:{state.grpc_port}")
 
 
 class RouterProcess:
@@ -313,12 +318,13 @@ class RouterProcess:
         self.version = 0
         self.write(logging=False)
         self.port = free_port("127.0.0.1")
+        self.grpc_port = free_port("127.0.0.1")
         log = work / "router.log"
         env = {**os.environ, "CDL_ROUTER_DATABASE_URL": database_url}
         with open(log, "ab") as out:  # with its gRPC side, as the local engine starts it
             self.proc = subprocess.Popen([sys.executable, "-m", "cdl.engines.serving.local.router", "--config",
                                           str(self.config), "--port", str(self.port),
-                                          "--grpc-port", str(free_port("127.0.0.1"))], stdout=out,
+                                          "--grpc-port", str(self.grpc_port)], stdout=out,
                                          stderr=subprocess.STDOUT, start_new_session=True, env=env)
         wait_ready(f"http://127.0.0.1:{self.port}/health/ping", self.proc, log)
 
@@ -332,7 +338,8 @@ class RouterProcess:
         self.config.write_text(json.dumps({
             "version": self.version, "namespace": "bench", "deployment": "bench", "protocol": self.server.protocol,
             "routes": [{"model_version": "bench-1", "role": "primary", "percent": 100,
-                        "backends": [self.server.url]}],
+                        "backends": [self.server.url],
+                        "grpc_backends": [self.server.grpc] if self.server.grpc else []}],
             "shadows": [], "logging": {"enabled": logging, "sample_rate": 1.0}}))
 
     def scoring(self, on: bool) -> None:
@@ -491,6 +498,81 @@ class Row:
     notes: list[str] = field(default_factory=list)
 
 
+GRPC_CLIENT = r"""
+import asyncio, json, sys, time
+import grpc
+target, method, path, concurrency, seconds = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5])
+payload = open(path, "rb").read()
+
+async def main():
+    latencies, errors = [], 0
+    async with grpc.aio.insecure_channel(target) as channel:
+        call = channel.unary_unary(method)  # bytes in, bytes out
+        for _ in range(20):
+            await call(payload, timeout=30)
+        stop = time.perf_counter() + seconds
+
+        async def worker():
+            nonlocal errors
+            while time.perf_counter() < stop:
+                t = time.perf_counter()
+                try:
+                    await call(payload, timeout=30)
+                except grpc.aio.AioRpcError:
+                    errors += 1
+                    continue
+                latencies.append(time.perf_counter() - t)
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - started
+    latencies.sort()
+    n = len(latencies)
+    print(json.dumps({"calls": n + errors + 20, "rps": n / wall, "errors": errors,
+                      "p50": latencies[n // 2] * 1000 if n else float("nan"),
+                      "p99": latencies[min(n - 1, int(n * 0.99))] * 1000 if n else float("nan")}))
+
+asyncio.run(main())
+"""
+
+
+def grpc_payload(model: Model, protocol: str) -> tuple[str, bytes]:
+    """The gRPC method and the request as protobuf bytes: the same example the REST body carries."""
+    from google.protobuf import json_format
+
+    from cdl.engines.serving.local import grpc_router
+
+    if protocol == "seldon":
+        message = json_format.ParseDict(json.loads(model.seldon_body), grpc_router._seldon_message()())
+        return "/seldon.protos.Seldon/Predict", message.SerializeToString()
+    request_class, _ = grpc_router._classes()
+    request = request_class(model_name="bench")
+    for tensor in json.loads(model.v2_body)["inputs"]:
+        item = request.inputs.add(name=tensor["name"], datatype=tensor["datatype"], shape=tensor["shape"])
+        if tensor["datatype"] == "BYTES":
+            item.contents.bytes_contents.extend(v.encode() for v in tensor["data"])
+        else:
+            item.contents.fp32_contents.extend(tensor["data"])
+    return grpc_router.INFER, request.SerializeToString()
+
+
+def grpc_load(target: str, method: str, payload: bytes, concurrency: int, seconds: float, work: Path,
+              pids: list[int] = (), db_pids: list[int] = ()) -> Run:
+    """Unary gRPC calls from `concurrency` tasks for `seconds` (a client process of its own):
+    latency percentiles, calls per second, CPU per call of `pids` (with their children)."""
+    path = work / "grpc-request.bin"
+    path.write_bytes(payload)
+    cpu_before, db_before = cpu_seconds(list(pids)), cpu_seconds(list(db_pids))
+    done = subprocess.run([sys.executable, "-c", GRPC_CLIENT, target, method, str(path), str(concurrency),
+                           str(seconds)], capture_output=True, text=True, timeout=seconds + 120)
+    cpu, db_cpu = cpu_seconds(list(pids)) - cpu_before, cpu_seconds(list(db_pids)) - db_before
+    if done.returncode != 0:
+        raise RuntimeError(f"gRPC load failed: {done.stderr[-2000:]}")
+    out = json.loads(done.stdout)
+    n = out["calls"]
+    return Run(out["p50"], out["p99"], out["rps"], out["errors"], cpu / n * 1000.0 if pids else None,
+               db_cpu / n * 1000.0 if db_pids else None)
+
+
 def measure(url: str, body: bytes, work: Path, seconds: float, concurrencies: tuple[int, ...],
             pids: list[int] = (), db_pids: list[int] = ()) -> dict[int, Run]:
     return {c: wrk(url, body, c, seconds, work, pids, db_pids) for c in concurrencies}
@@ -538,10 +620,33 @@ def bench_model(model: Model, work: Path, database_url: str, seconds: float, pg_
                 direct.model_ms = router.model_ms()
                 for row in rows[-2:]:
                     row.model_ms = direct.model_ms
+                if server.grpc:
+                    rows += grpc_rows(model, server, router, work, seconds, pg_pid)
             finally:
                 router.stop()
         finally:
             server.stopper()
+    return rows
+
+
+def grpc_rows(model: Model, server: Server, router: RouterProcess, work: Path, seconds: float,
+              pg_pid: int | None) -> list[Row]:
+    """The server's gRPC side directly, then through the router's gRPC side, scoring off and on."""
+    method, payload = grpc_payload(model, server.protocol)
+    direct = Row(model.name, f"gRPC: {server.name}")
+    direct.c1, direct.c8 = (grpc_load(server.grpc, method, payload, c, seconds, work, [server.pid]) for c in (1, 8))
+    rows = [direct]
+    for scoring in (False, True):
+        router.scoring(scoring)
+        written = router.health()["scoring"]["written"]
+        row = Row(model.name, f"gRPC: cdl router, scoring {'on' if scoring else 'off'}", behind=direct.name)
+        row.c1, row.c8 = (grpc_load(f"127.0.0.1:{router.grpc_port}", method, payload, c, seconds, work,
+                                    [router.proc.pid], [pg_pid] if scoring and pg_pid else [])
+                          for c in (1, 8))
+        if scoring:
+            router.drain()
+            row.notes.append(f"{router.health()['scoring']['written'] - written} rows written")
+        rows.append(row)
     return rows
 
 

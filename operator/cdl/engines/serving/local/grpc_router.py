@@ -230,6 +230,7 @@ class GrpcProxy:
         self.scoring_row = scoring_row
         self.server: Any = None
         self._channels: dict[str, Any] = {}
+        self._calls: dict[tuple[str, str], Any] = {}  # (target, method) -> multi-callable, made once
 
     async def start(self, host: str, port: int) -> int:
         self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -246,12 +247,16 @@ class GrpcProxy:
             await channel.close()
 
     def _call(self, target: str, method: str) -> Any:
-        channel = self._channels.get(target)
-        if channel is None:
-            channel = self._channels[target] = grpc.aio.insecure_channel(
-                target, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024),
-                                 ("grpc.max_send_message_length", 64 * 1024 * 1024)])
-        return channel.unary_unary(method)  # no (de)serializers: the bytes pass as they are
+        call = self._calls.get((target, method))
+        if call is None:
+            channel = self._channels.get(target)
+            if channel is None:
+                channel = self._channels[target] = grpc.aio.insecure_channel(
+                    target, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                                     ("grpc.max_send_message_length", 64 * 1024 * 1024)])
+            # no (de)serializers: the bytes pass as they are
+            call = self._calls[(target, method)] = channel.unary_unary(method)
+        return call
 
     async def _forward(self, route: Any, method: str, raw: bytes) -> tuple[int, bytes, Any, str | None]:
         """(HTTP-like status, answer, grpc status code, error) from one of the route's servers."""
@@ -340,10 +345,18 @@ class _Handler(grpc.GenericRpcHandler):
 
     def __init__(self, proxy: GrpcProxy) -> None:
         self.proxy = proxy
+        self._handlers: dict[tuple[bool, str], Any] = {}  # grpc asks for every call: made once per method
 
     def service(self, details: Any) -> Any:
         method = details.method
         seldon = self.proxy.router.config.protocol != "v2"
+        key = (seldon, method)
+        if key in self._handlers:
+            return self._handlers[key]
+        handler = self._handlers[key] = self._handler(method, seldon)
+        return handler
+
+    def _handler(self, method: str, seldon: bool) -> Any:
         services = SELDON_SERVICES if seldon else (SERVICE,)
         if not any(method.startswith(f"/{name}/") for name in services) or method.endswith("StreamInfer"):
             return None
