@@ -542,7 +542,12 @@ def grpc_payload(model: Model, protocol: str) -> tuple[str, bytes]:
     from cdl.engines.serving.local import grpc_router
 
     if protocol == "seldon":
-        message = json_format.ParseDict(json.loads(model.seldon_body), grpc_router._seldon_message()())
+        body = json.loads(model.seldon_body)
+        rows = body["data"]["ndarray"]
+        if all(isinstance(v, int | float) and not isinstance(v, bool) for r in rows for v in r):  # numbers: packed doubles
+            array = np.asarray(rows, dtype=np.float64)
+            body = {"data": {"tensor": {"shape": list(array.shape), "values": array.ravel().tolist()}}}
+        message = json_format.ParseDict(body, grpc_router._seldon_message()())
         return "/seldon.protos.Seldon/Predict", message.SerializeToString()
     request_class, _ = grpc_router._classes()
     request = request_class(model_name="bench")

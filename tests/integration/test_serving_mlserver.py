@@ -108,7 +108,11 @@ SELDON_GRPC = textwrap.dedent("""
     stub = rpc.SeldonStub(channel)
     def predict(rows):
         message = pb.SeldonMessage()
-        message.data.ndarray.extend(rows)
+        if isinstance(rows, dict):  # {"shape": [...], "values": [...]}: data.tensor
+            message.data.tensor.shape.extend(rows["shape"])
+            message.data.tensor.values.extend(rows["values"])
+        else:
+            message.data.ndarray.extend(rows)
         try:
             reply = stub.Predict(message, timeout=30)
         except grpc.RpcError as exc:
@@ -119,10 +123,11 @@ SELDON_GRPC = textwrap.dedent("""
 """)
 
 
-def seldon_grpc_predict(venv: Path, target: str, requests: list[list[list[float]]],
+def seldon_grpc_predict(venv: Path, target: str, requests: list[Any],
                         concurrency: int = 1) -> list[dict[str, Any]]:
     """seldon.protos.Seldon/Predict with seldon-core's own generated client, in its environment:
-    one call per request (its rows as data.ndarray), `concurrency` at a time; answers in order."""
+    one call per request (its rows as data.ndarray, or a {"shape", "values"} dict as data.tensor),
+    `concurrency` at a time; answers in order."""
     done = subprocess.run([str(venv / "bin" / "python"), "-c", SELDON_GRPC, target, json.dumps(requests),
                            str(concurrency)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -160,6 +165,14 @@ def test_seldon_protocol_over_grpc_gives_the_in_process_predictions(classic, in_
     for target in (f"127.0.0.1:{server.grpc_port}", status.ref["grpc"]):
         (boolean,) = seldon_grpc_predict(seldon_venv, target, [[[1.0, True, 3.0, 4.0]]])
         assert boolean["code"] != "OK" and "true/false" in boolean["details"], boolean
+
+    # the same rows as a data.tensor (packed doubles, gRPC's cheap form for numbers), and a tensor
+    # whose values do not fill its shape, refused naming the field
+    tensor = {"shape": [len(rows), len(rows[0])], "values": [v for r in rows for v in r]}
+    short = {"shape": [2, 4], "values": [1.0, 2.0, 3.0]}
+    as_tensor, refused = seldon_grpc_predict(seldon_venv, status.ref["grpc"], [tensor, short])
+    assert as_tensor == {"code": "OK", "ndarray": expected}
+    assert refused["code"] == "INVALID_ARGUMENT" and "data.tensor.values" in refused["details"], refused
 
 
 def test_seldon_grpc_scoring_rows_match_requests_one_to_one_under_load(classic, in_process, serving_database,

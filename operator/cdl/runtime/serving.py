@@ -584,13 +584,27 @@ class CdlPredictor:
 
 def _check_grpc_envelope(message: Any) -> None:
     """The envelope check of a gRPC SeldonMessage, on its JSON form (a ListValue keeps true and
-    false apart from numbers; seldon-core's own path would predict on them as 1 and 0)."""
+    false apart from numbers; seldon-core's own path would predict on them as 1 and 0).
+
+    A `data.tensor` holds doubles by its type, so it is checked without turning every value into
+    JSON first: seldon-core pins protobuf < 4, which has no compiled wheel for Python 3.11, and
+    the pure-Python walk costs about a millisecond per 5,000 values."""
     if not hasattr(message, "DESCRIPTOR"):
         return
     from google.protobuf.json_format import MessageToDict
 
     try:
-        check_payload(MessageToDict(message, preserving_proto_field_name=False), None, shapes=False)
+        if message.WhichOneof("data_oneof") == "data" and message.data.WhichOneof("data_oneof") == "tensor":
+            tensor = message.data.tensor
+            data: dict[str, Any] = {"tensor": {"shape": list(tensor.shape), "values": list(tensor.values)}}
+            if message.data.names:
+                data["names"] = list(message.data.names)
+            payload: dict[str, Any] = {"data": data}
+            if message.HasField("meta"):
+                payload["meta"] = MessageToDict(message.meta, preserving_proto_field_name=False)
+            check_payload(payload, b"", shapes=False)  # no true/false among doubles: no walk
+        else:
+            check_payload(MessageToDict(message, preserving_proto_field_name=False), None, shapes=False)
     except EnvelopeError as exc:
         raise _bad_request(str(exc)) from None
 
