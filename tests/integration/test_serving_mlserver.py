@@ -170,9 +170,15 @@ def test_seldon_protocol_over_grpc_gives_the_in_process_predictions(classic, in_
     # whose values do not fill its shape, refused naming the field
     tensor = {"shape": [len(rows), len(rows[0])], "values": [v for r in rows for v in r]}
     short = {"shape": [2, 4], "values": [1.0, 2.0, 3.0]}
+    drained(status.url)
+    serving_database.delete_scoring_rows(key.namespace, key.name)
     as_tensor, refused = seldon_grpc_predict(seldon_venv, status.ref["grpc"], [tensor, short])
     assert as_tensor == {"code": "OK", "ndarray": expected}
     assert refused["code"] == "INVALID_ARGUMENT" and "data.tensor.values" in refused["details"], refused
+    stored = wait_for(lambda: (found := serving_database.scoring_window(key.namespace, key.name, 10))
+                      and len(found) == 2 and found, 20, "the tensor rows")
+    (scored,) = [r for r in stored if r.status_code == 200]
+    assert scored.request == {"data": {"tensor": tensor}}  # stored in the JSON form REST uses
 
 
 def test_seldon_grpc_scoring_rows_match_requests_one_to_one_under_load(classic, in_process, serving_database,

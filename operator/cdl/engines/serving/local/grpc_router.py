@@ -137,13 +137,22 @@ _SELDON_MESSAGE: Any = None
 
 
 def seldon_json(raw: bytes) -> dict[str, Any]:
-    """A seldon.protos.SeldonMessage (protobuf bytes) in the JSON form REST uses."""
+    """A seldon.protos.SeldonMessage (protobuf bytes) in the JSON form REST uses. A tensor's
+    doubles are copied as one list rather than walked value by value by `MessageToDict`."""
     global _SELDON_MESSAGE
     from google.protobuf import json_format
 
     if _SELDON_MESSAGE is None:
         _SELDON_MESSAGE = _seldon_message()
-    return json_format.MessageToDict(_SELDON_MESSAGE.FromString(raw), preserving_proto_field_name=True)
+    message = _SELDON_MESSAGE.FromString(raw)
+    values = None
+    if message.HasField("data") and message.data.HasField("tensor") and len(message.data.tensor.values):
+        values = list(message.data.tensor.values)
+        del message.data.tensor.values[:]
+    out = json_format.MessageToDict(message, preserving_proto_field_name=True)
+    if values is not None:
+        out.setdefault("data", {}).setdefault("tensor", {})["values"] = values
+    return out
 
 
 _CLASSES: tuple[Any, Any] | None = None
