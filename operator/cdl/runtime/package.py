@@ -17,6 +17,7 @@ always give the same sha256: the registry and compression share it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import hashlib
 import importlib
@@ -169,6 +170,9 @@ def pack(root: Path, archive: Path) -> tuple[str, int]:
     return file_sha256(archive), archive.stat().st_size
 
 
+UNPACK_ATTEMPTS = 20  # moves into place tried when other unpackers of the same dest race this one
+
+
 def unpack(tar_path: str | Path, dest: str | Path) -> Path:
     """Extract a package archive into dest (created; replaced if it exists) and return dest.
 
@@ -184,14 +188,18 @@ def unpack(tar_path: str | Path, dest: str | Path) -> Path:
             tar.extractall(staging, filter="data")
         if not (staging / MANIFEST).is_file():
             raise PackageError(f"{tar_path} is not a cdl package: it has no {MANIFEST}")
-        try:
-            staging.replace(dest)
-        except OSError:  # dest exists: move it aside, then put the new copy in its place
-            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))
-            with contextlib.suppress(FileNotFoundError):
-                dest.replace(old / "package")
-            staging.replace(dest)
-            _rmtree(old)
+        for attempt in range(UNPACK_ATTEMPTS):
+            try:
+                staging.replace(dest)
+                break
+            except OSError as exc:  # dest exists: move it aside, then put the new copy in its place
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or attempt == UNPACK_ATTEMPTS - 1:
+                    raise
+                # another unpacker may put its copy in between the two moves: then go round again
+                old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))
+                with contextlib.suppress(FileNotFoundError):
+                    dest.replace(old / "package")
+                _rmtree(old)
     except (tarfile.TarError, OSError) as exc:
         raise PackageError(f"cannot unpack {tar_path}: {exc}") from exc
     finally:
