@@ -117,11 +117,17 @@ class ScriptedDataEngine:
     def run_status(self, key, run_id, request=None) -> DataRunStatus:
         self.faults.check("run_status")
         with self._lock:
-            self.runs[run_id] = self.runs.get(run_id, 0) + 1
+            # Run ids are made of the resource's name: a resource of the same name in another
+            # namespace (an earlier test's, still on the shared API server) may carry the same id
+            # from another instance. Its polls are not this run's, and for it the run is over.
+            own = self._keys.get(run_id)
+            foreign = own is not None and (own.namespace, own.name) != (key.namespace, key.name)
+            if not foreign:
+                self.runs[run_id] = self.runs.get(run_id, 0) + 1
             # Reporting: a run this instance never started belongs to another operator process's
             # instance (the benchmark's shards); like all of them it finished at once.
-            running = (run_id in self._keys and run_id not in self.finished) if self.reports \
-                else self.runs[run_id] <= self.polls
+            running = not foreign and ((run_id in self._keys and run_id not in self.finished) if self.reports
+                                       else self.runs[run_id] <= self.polls)
         if running:
             return DataRunStatus(run_id, JobState.RUNNING, "Processing", "step 1/1", source_hash=self.fingerprint)
         return DataRunStatus(run_id, JobState.SUCCEEDED, "Ready", source_hash=self.fingerprint,
