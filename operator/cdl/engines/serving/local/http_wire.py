@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ Handler = Callable[[Request], Awaitable[Response]]
 ErrorResponse = Callable[[int, str], Response]  # the answer to a request that is not HTTP enough to handle
 
 
+@functools.lru_cache(maxsize=64)
 def _reason(status: int) -> bytes:
     try:
         return HTTPStatus(status).phrase.encode()
@@ -160,20 +162,16 @@ class _ServerConnection(asyncio.Protocol):
     def _next(self) -> None:
         request = self.pending.popleft()
         self.busy = True
-        self.server.inflight += 1
         task = asyncio.get_running_loop().create_task(self._serve(request))
         self.server.tasks.add(task)
         task.add_done_callback(self.server.tasks.discard)
 
     async def _serve(self, request: Request) -> None:
         try:
-            try:
-                response = await self.server.handler(request)
-            except Exception as exc:  # noqa: BLE001 - one request never takes the connection down
-                log.exception("request %s %s failed", request.method, request.path)
-                response = self.server.error_response(500, f"{type(exc).__name__}: {exc}")
-        finally:
-            self.server.inflight -= 1
+            response = await self.server.handler(request)
+        except Exception as exc:  # noqa: BLE001 - one request never takes the connection down
+            log.exception("request %s %s failed", request.method, request.path)
+            response = self.server.error_response(500, f"{type(exc).__name__}: {exc}")
         transport = self.transport
         if transport is None or transport.is_closing():
             return  # the client went away; the handler's work (scoring) is done all the same
@@ -221,8 +219,7 @@ class HttpServer:
         self.error_response = error_response
         self.max_body = max_body
         self.connections: set[_ServerConnection] = set()
-        self.tasks: set[asyncio.Task[None]] = set()
-        self.inflight = 0
+        self.tasks: set[asyncio.Task[None]] = set()  # requests being answered
         self.closing = False
         self._server: asyncio.AbstractServer | None = None
 

@@ -52,7 +52,6 @@ from cdl.stores.records import ScoringRow
 log = logging.getLogger("cdl.router")
 
 PREDICT_PATH = "/api/v1.0/predictions"
-V2_INFER_PATH = "/v2/models/{model}/infer"
 PING_PATHS = ("/health/ping", "/v2/health/ready", "/v2/health/live")
 PROTOCOLS = ("seldon", "v2")
 MAX_BODY = 64 * 1024 * 1024
@@ -677,7 +676,7 @@ async def _serve(router: Router, port: int) -> None:
         loop.add_signal_handler(sig, stop.set)
     await router.start(port)
     await stop.wait()
-    log.info("stopping: %d requests in flight", router.http.inflight if router.http else 0)
+    log.info("stopping: %d requests in flight", len(router.http.tasks) if router.http else 0)
     await router.stop(grace=5.0)
 
 
