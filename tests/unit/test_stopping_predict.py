@@ -85,6 +85,24 @@ def test_a_trial_behind_is_stopped_once_a_trial_as_low_has_completed() -> None:
     assert r.check(level_with_good, [good, poor]).decision is None  # the eventual winner is kept
 
 
+def test_a_slow_starter_is_kept_until_a_trial_as_high_has_ended_lower() -> None:
+    # The winner started at 0.80 and ended at 0.96, a poor trial started at 0.40 and ended at 0.60.
+    # A trial at 0.60 after one epoch is, by their gains, headed for about 0.78; but the only trial
+    # that stood as high ended at the top, so nothing shows it cannot (slow starters often do).
+    r = rules(predict={"confidence": 0.5})
+    winner = Curve("w", [Point(1, 0.80), *(Point(e, 0.90 + 0.004 * e) for e in range(2, TARGET + 1))], True)
+    poor = Curve("p", [Point(1, 0.40), *(Point(e, 0.40 + 0.2 * e / TARGET) for e in range(2, TARGET + 1))], True)
+    slow = Curve("s", [Point(1, 0.60)])
+    prediction = CurvePredictor(TARGET, smaller_is_better=False, confidence=0.5).predict(slow, [winner, poor])
+    assert prediction.value < 0.85 < prediction.high  # the estimate says stop, the bound does not
+    assert r.check(slow, [winner, poor]).decision is None
+    # Once a trial that stood as high (0.65) ended lower (0.85), the slow starter is stopped.
+    middling = Curve("m", [Point(1, 0.65), *(Point(e, 0.65 + 0.2 * e / TARGET) for e in range(2, TARGET + 1))], True)
+    decision = r.check(slow, [winner, poor, middling]).decision
+    assert decision is not None and decision.rule == "predict"
+    assert decision.detail["high"] < winner.best(False)
+
+
 def rules(**settings: object) -> StoppingRules:
     return StoppingRules(StoppingSettings.from_wire(settings), metric="accuracy", smaller_is_better=False,
                          target=TARGET)

@@ -8,7 +8,11 @@ the nearest levels, so a trial far behind is credited with the larger gains that
 behind really made, one ahead of all of them with the gain of the nearest).
 A trial behind all of them is one they say little about: its optimistic bound is then at least
 the end of the lowest of them (it may catch up), so a search stops such trials only once a trial
-that started as low has completed and shown where that leads. The interval's
+that started as low has completed and shown where that leads. Likewise for any trial: its
+optimistic bound is at least the lowest end among the completed trials that stood at least as high
+at the same length, since only one of those ending lower shows that a trial this high ends lower
+(the gain interpolated between two far-apart levels misses a trial that starts slow and ends at
+the top, the loss that cost the most in the benchmark's searches). The interval's
 half-width is (a) the validation noise of the two levels compared (the noise estimated from the
 completed curves' second differences, so steady progress is not mistaken for noise), at the
 chosen confidence, plus (b) with enough completed trials, the conformal quantile of the
@@ -128,7 +132,7 @@ def _gain_at(levels: np.ndarray, gains: np.ndarray, level: float) -> float:
 class CurvePredictor:
     """Predicts final results for one search from its completed trials and the trial's own curve."""
 
-    def __init__(self, target: float, smaller_is_better: bool, confidence: float = 0.9) -> None:
+    def __init__(self, target: float, smaller_is_better: bool, confidence: float = 0.5) -> None:
         self.target = float(target)
         self.smaller = smaller_is_better
         self.confidence = confidence
@@ -197,6 +201,11 @@ class CurvePredictor:
             # Behind every completed trial at this length: how much more such a trial gains they
             # do not show, so its optimistic end is as good as the lowest of them ended.
             high = max(high, float(fv[np.argmin(lv)]) + half)
+        if (above := fv[lv >= best_so_far]).size:
+            # Only a completed trial that stood at least as high at this length and still ended
+            # lower shows that this trial cannot end higher: until one did, it may end as well as
+            # the lowest of those (gains interpolated between far-apart levels miss slow starters).
+            high = max(high, float(above.min()))
         short = bar is None or high < oriented(bar, self.smaller)
         fams = self._families(curve) if len(y) > 3 and short else {}
         saturating = [v for k, v in fams.items() if k in SATURATING]
