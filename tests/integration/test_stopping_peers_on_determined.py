@@ -70,4 +70,4 @@ def test_a_trial_reads_its_peers_curves_from_the_master_and_stops_on_them(
             break
     assert decision is not None and decision.rule == "predict", decision
     assert decision.reason.startswith("predicted: predicted final validation_loss ")
-    assert "(90% interval, calibrated on 4 completed trials) after 1 epochs of 6 epochs" in decision.reason
+    assert "(50% interval, calibrated on 4 completed trials) after 1 epochs of 6 epochs" in decision.reason

@@ -100,7 +100,10 @@ class PredictiveStopping(CdlModel):
         1.0, gt=0, le=1,
         description="Stop when the optimistic bound cannot beat this quantile of completed trials (1 = the best).",
     )
-    confidence: float = Field(0.9, ge=0.5, lt=1, description="Level of the prediction interval.")
+    confidence: float = Field(
+        0.5, ge=0.5, lt=1,
+        description="Level of the prediction interval (higher: a wider interval, fewer trials stopped).",
+    )
 
 
 class MedianStopping(CdlModel):

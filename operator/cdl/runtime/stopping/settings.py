@@ -39,7 +39,7 @@ class PredictSettings:
     min_completed_trials: int = 1
     min_validations: int = 1
     quantile: float = 1.0  # 1.0: stop what cannot beat the best completed trial
-    confidence: float = 0.9
+    confidence: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ class StoppingSettings:
                 min_completed_trials=int(predict.get("minCompletedTrials", 1)),
                 min_validations=int(predict.get("minValidations", 1)),
                 quantile=float(predict.get("quantile", 1.0)),
-                confidence=float(predict.get("confidence", 0.9)),
+                confidence=float(predict.get("confidence", 0.5)),
             ),
             median=None if median is None else MedianSettings(
                 min_completed_trials=int(median.get("minCompletedTrials", 3)),
