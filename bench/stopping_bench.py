@@ -23,13 +23,16 @@ stopping, best within 0.5 points, no worse than Optuna's pruners on both counts)
 One seed says little about a stopping rule (which trial comes first, and how noisy the first
 validations are, decide much), so the unstopped searches of more seeds (--robustness-seeds) are
 trained too and, over them and the run seed's unstopped searches, cdl's predict rule (its default
-confidence 0.9 and 0.5-0.8), cdl's median rule and Optuna's two pruners are replayed: exact, since
+confidence 0.5 and 0.6-0.9), cdl's median rule and Optuna's two pruners are replayed: exact, since
 training is seeded (a stopped trial's prefix is its unstopped curve) and every method sees only
 the validations. The frontier table sums them up per method (mean trial-epochs against mean loss
-of the best) and names the predict confidences no worse than each Optuna pruner on both counts.
+of the best), names the predict confidences no worse than each Optuna pruner on both counts, and
+reads predict's loss off its frontier at each pruner's spending. Since a few searches where the
+winner was stopped move those means, the last table gives each predict confidence minus each
+pruner search by search, with a paired bootstrap interval over the searches.
 
 Usage: .venv/bin/python bench/stopping_bench.py [--trials 16] [--epochs 15] [--seed 7]
-       [--robustness-seeds 8,...,18] [--json out.json]
+       [--robustness-seeds 8,...,30] [--json out.json]
 Needs the `bench` extra (optuna, scikit-learn).
 """
 
@@ -255,14 +258,31 @@ def run_asha(problem: Problem, trials: int, epochs: int, seed: int, divisor: int
     return result
 
 
+def optuna_pruner(name: str, epochs: int) -> Any:
+    """Optuna's pruner by the bench's name for it: "median" and "successive-halving" are the peer
+    of the issue's target (Optuna's usual settings); the others only draw Optuna's frontier."""
+    import optuna
+
+    make = {
+        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
+        "successive-halving": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=4),
+        "median warmup 3": lambda: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=3),
+        "successive-halving factor 2": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1,
+                                                                                      reduction_factor=2),
+        "successive-halving min 2": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=2,
+                                                                                   reduction_factor=4),
+        "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs,
+                                                           reduction_factor=3),
+    }
+    return make[name]()
+
+
 def run_optuna(problem: Problem, pruner_name: str, trials: int, epochs: int, seed: int) -> Result:
     """The same trials under an Optuna pruner (report every epoch, stop when it says prune)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    pruner = (optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1) if pruner_name == "median"
-              else optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=4))
-    study = optuna.create_study(direction="maximize", pruner=pruner,
+    study = optuna.create_study(direction="maximize", pruner=optuna_pruner(pruner_name, epochs),
                                 sampler=optuna.samplers.RandomSampler(seed=seed))
     result = Result(f"optuna {pruner_name}")
     start = time.process_time()
@@ -348,9 +368,8 @@ def replay_optuna(curves: dict[int, list[float]], pruner_name: str, epochs: int,
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    pruner = (optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1) if pruner_name == "median"
-              else optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=4))
-    study = optuna.create_study(direction="maximize", pruner=pruner, sampler=optuna.samplers.RandomSampler(seed=seed))
+    study = optuna.create_study(direction="maximize", pruner=optuna_pruner(pruner_name, epochs),
+                                sampler=optuna.samplers.RandomSampler(seed=seed))
     result = Result(f"optuna {pruner_name}")
     for i in sorted(curves):
         trial = study.ask()
@@ -366,9 +385,11 @@ def replay_optuna(curves: dict[int, list[float]], pruner_name: str, epochs: int,
     return result
 
 
-PREDICT_CONFIDENCES = (0.5, 0.6, 0.7, 0.8)  # replayed besides "cdl predict" (its default, 0.9)
+PREDICT_CONFIDENCES = (0.6, 0.7, 0.8, 0.9)  # replayed besides "cdl predict" (its default, 0.5)
 PER_SEED_METHODS = ("cdl predict", "cdl median", "optuna median", "optuna successive-halving")
 PRUNERS = ("optuna median", "optuna successive-halving")
+# Optuna's pruners with other settings, replayed to draw Optuna's own frontier beside predict's.
+OPTUNA_FRONTIER = ("median warmup 3", "successive-halving factor 2", "successive-halving min 2", "hyperband")
 
 
 def replayed(seed: int, problem: str, base: Result, epochs: int) -> list[dict[str, Any]]:
@@ -379,8 +400,8 @@ def replayed(seed: int, problem: str, base: Result, epochs: int) -> list[dict[st
                                             epochs) for c in PREDICT_CONFIDENCES},
         "cdl predict": replay_rules(base.curves, StoppingSettings.from_wire({"predict": {}}), epochs),
         "cdl median": replay_rules(base.curves, StoppingSettings.from_wire({"median": {}}), epochs),
-        "optuna median": replay_optuna(base.curves, "median", epochs, seed),
-        "optuna successive-halving": replay_optuna(base.curves, "successive-halving", epochs, seed),
+        **{f"optuna {name}": replay_optuna(base.curves, name, epochs, seed)
+           for name in ("median", "successive-halving", *OPTUNA_FRONTIER)},
     }
     return [{"seed": seed, "problem": problem, "method": name, "trial_epochs": m.trial_epochs,
              "epochs_vs_none": round(m.trial_epochs / base.trial_epochs, 4),
@@ -425,6 +446,78 @@ def frontier(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str
     return table, dominating
 
 
+def _paired(rows: list[dict[str, Any]], method: str, peer: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per search (seed, problem) the method's figure minus the peer's: trial-epochs vs none (in
+    points of percent) and Δ best."""
+    cells = {(r["seed"], r["problem"], r["method"]): r for r in rows}
+    keys = sorted({(r["seed"], r["problem"]) for r in rows})
+    epochs = np.asarray([cells[(*k, method)]["epochs_vs_none"] - cells[(*k, peer)]["epochs_vs_none"] for k in keys])
+    delta = np.asarray([cells[(*k, method)]["best_delta"] - cells[(*k, peer)]["best_delta"] for k in keys])
+    return epochs * 100.0, delta
+
+
+def differences(rows: list[dict[str, Any]], resamples: int = 4000, level: float = 0.9) -> list[dict[str, Any]]:
+    """Each predict confidence against each Optuna pruner, search by search (the same searches are
+    replayed by both): the mean difference in trial-epochs and in Δ best with a paired bootstrap
+    interval over the searches. A difference whose interval holds 0 is not one these searches can
+    tell from chance: the means rest on a few searches where the winner was stopped."""
+    rng = np.random.default_rng(0)
+    methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m.startswith("cdl predict")]
+    out = []
+    for pruner in PRUNERS:
+        for method in methods:
+            epochs, delta = _paired(rows, method, pruner)
+            picks = rng.integers(0, len(epochs), size=(resamples, len(epochs)))
+            tail = (1 - level) / 2 * 100
+            e_lo, e_hi = np.percentile(epochs[picks].mean(1), [tail, 100 - tail])
+            d_lo, d_hi = np.percentile(delta[picks].mean(1), [tail, 100 - tail])
+            out.append({"method": method, "peer": pruner, "searches": len(epochs), "level": level,
+                        "epochs_points": round(float(epochs.mean()), 2),
+                        "epochs_interval": [round(float(e_lo), 2), round(float(e_hi), 2)],
+                        "best_delta": round(float(delta.mean()), 3),
+                        "best_delta_interval": [round(float(d_lo), 3), round(float(d_hi), 3)]})
+    return out
+
+
+def envelope(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The Pareto points of (mean trial-epochs, mean Δ best): none spends less and keeps more."""
+    out: list[tuple[float, float]] = []
+    for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
+        if not out or y > out[-1][1]:
+            out.append((x, y))
+    return out
+
+
+def read_off(frontier_points: list[tuple[float, float]], spent: float) -> float | None:
+    """Δ best on a frontier at `spent` (linear between its two points around it); None outside it."""
+    for (x0, y0), (x1, y1) in zip(frontier_points, frontier_points[1:], strict=False):
+        if x0 <= spent <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (spent - x0) / (x1 - x0)
+    if frontier_points and frontier_points[-1][0] == spent:
+        return frontier_points[-1][1]
+    return None
+
+
+def matched(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every predict and Optuna point against the other family's frontier at the same mean
+    trial-epochs: the Δ best the other family keeps when it spends as much (None outside its range)."""
+    family = {f["method"]: ("predict" if f["method"].startswith("cdl predict") else "optuna")
+              for f in table if f["method"].startswith(("cdl predict", "optuna"))}
+    fronts = {fam: envelope([(f["epochs_vs_none_mean"], f["best_delta_mean"]) for f in table
+                             if family.get(f["method"]) == fam]) for fam in ("predict", "optuna")}
+    out = []
+    for f in table:
+        if f["method"] not in family:
+            continue
+        other = "optuna" if family[f["method"]] == "predict" else "predict"
+        at = read_off(fronts[other], f["epochs_vs_none_mean"])
+        out.append({"method": f["method"], "epochs_vs_none": f["epochs_vs_none_mean"],
+                    "best_delta": f["best_delta_mean"], "other": other,
+                    "other_best_delta": None if at is None else round(at, 4),
+                    "other_range": [fronts[other][0][0], fronts[other][-1][0]]})
+    return out
+
+
 def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
     by = {r["method"]: r for r in rows}
     p = by["cdl predict"]
@@ -445,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--bbc-per-class", type=int, default=60)
     parser.add_argument("--fashion-images", type=int, default=3000)
-    parser.add_argument("--robustness-seeds", default=",".join(map(str, range(8, 19))),
+    parser.add_argument("--robustness-seeds", default=",".join(map(str, range(8, 31))),
                         help="more seeds whose unstopped searches are replayed (with the run seed's) under cdl's "
                              "predict and median rules and Optuna's pruners ('' for none)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
@@ -489,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
                 for r in (cells[m] for m in PER_SEED_METHODS)) + " |")
     table, dominating = frontier(extra)
     print(f"\n## frontier over the {table[0]['searches']} searches: mean trial-epochs vs none against mean Δ best "
-          "(cdl predict without a number: its default confidence, 0.9)")
+          "(cdl predict without a number: its default confidence, 0.5)")
     print("| method | searches | trial-epochs vs none (mean) | min-max | Δ best (mean) | winner stopped | "
           "lost > 0.5 points |")
     print("|---|---:|---:|---:|---:|---:|---:|")
@@ -500,10 +593,31 @@ def main(argv: list[str] | None = None) -> int:
     for pruner, names in dominating.items():
         print(f"- no worse than {pruner} on both counts (mean trial-epochs <=, mean Δ best >=): "
               f"{', '.join(names) or 'none'}")
+    at_equal = matched(table)
+    print("\n## each point against the other family's frontier at the same mean trial-epochs (the frontier: "
+          "its Pareto points, linear between them; > 0: this point keeps more)")
+    print("| method | trial-epochs vs none (mean) | Δ best (mean) | the other family's Δ best there | difference |")
+    print("|---|---:|---:|---:|---:|")
+    for m in at_equal:
+        there = m["other_best_delta"]
+        print(f"| {m['method']} | {m['epochs_vs_none']:.1%} | {m['best_delta']:+.3f} | "
+              + (f"{m['other']} {there:+.3f} | {m['best_delta'] - there:+.3f} |" if there is not None else
+                 f"outside {m['other']}'s {m['other_range'][0]:.1%}-{m['other_range'][1]:.1%} | |"))
+    paired = differences(extra)
+    print(f"\n## predict minus each pruner, search by search ({paired[0]['searches']} searches; mean and "
+          f"{paired[0]['level']:.0%} paired bootstrap interval; trial-epochs in points of percent, < 0: predict "
+          "spends less; Δ best in points of accuracy, > 0: predict keeps more)")
+    print("| predict | against | trial-epochs | interval | Δ best | interval |")
+    print("|---|---|---:|---:|---:|---:|")
+    for d in paired:
+        print(f"| {d['method']} | {d['peer']} | {d['epochs_points']:+.1f} | [{d['epochs_interval'][0]:+.1f}, "
+              f"{d['epochs_interval'][1]:+.1f}] | {d['best_delta']:+.3f} | [{d['best_delta_interval'][0]:+.3f}, "
+              f"{d['best_delta_interval'][1]:+.3f}] |")
     print(f"\n(total {time.time() - started:.0f} s wall, load {os.getloadavg()[0]:.1f})")
     if args.json:
         args.json.write_text(json.dumps({"rows": all_rows, "verdicts": verdicts, "other_seeds": extra,
-                                         "frontier": table, "no_worse_than": dominating}, indent=1))
+                                         "frontier": table, "no_worse_than": dominating,
+                                         "at_equal_epochs": at_equal, "paired": paired}, indent=1))
     return 0
 
 
