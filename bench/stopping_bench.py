@@ -283,7 +283,8 @@ def run_optuna(problem: Problem, pruner_name: str, trials: int, epochs: int, see
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", pruner=optuna_pruner(pruner_name, epochs),
-                                sampler=optuna.samplers.RandomSampler(seed=seed))
+                                sampler=optuna.samplers.RandomSampler(seed=seed),
+                                study_name=f"bench-{seed}")  # HyperbandPruner hashes it into brackets
     result = Result(f"optuna {pruner_name}")
     start = time.process_time()
     for i, h in enumerate(configs(problem, trials, seed)):
@@ -369,7 +370,8 @@ def replay_optuna(curves: dict[int, list[float]], pruner_name: str, epochs: int,
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", pruner=optuna_pruner(pruner_name, epochs),
-                                sampler=optuna.samplers.RandomSampler(seed=seed))
+                                sampler=optuna.samplers.RandomSampler(seed=seed),
+                                study_name=f"bench-{seed}")  # HyperbandPruner hashes it into brackets
     result = Result(f"optuna {pruner_name}")
     for i in sorted(curves):
         trial = study.ask()
