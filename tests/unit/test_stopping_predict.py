@@ -90,7 +90,7 @@ def test_a_slow_starter_is_kept_until_a_trial_as_high_has_ended_lower() -> None:
     # A trial at 0.60 after one epoch is, by their gains, headed for about 0.78; but the only trial
     # that stood as high ended at the top, so nothing shows it cannot (slow starters often do).
     r = rules(predict={"confidence": 0.5})
-    winner = Curve("w", [Point(1, 0.80), *(Point(e, 0.90 + 0.004 * e) for e in range(2, TARGET + 1))], True)
+    winner = Curve("w", [Point(1, 0.80), *(Point(e, 0.90 + 0.002 * e) for e in range(2, TARGET + 1))], True)
     poor = Curve("p", [Point(1, 0.40), *(Point(e, 0.40 + 0.2 * e / TARGET) for e in range(2, TARGET + 1))], True)
     slow = Curve("s", [Point(1, 0.60)])
     prediction = CurvePredictor(TARGET, smaller_is_better=False, confidence=0.5).predict(slow, [winner, poor])

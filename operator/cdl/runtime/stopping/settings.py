@@ -86,10 +86,10 @@ class StoppingSettings:
             max_trial_seconds=raw.get("maxTrialSeconds"),
             max_trial_memory=parse_quantity(raw["maxTrialMemory"]) if raw.get("maxTrialMemory") else None,
             predict=None if predict is None else PredictSettings(
-                min_completed_trials=int(predict.get("minCompletedTrials", 1)),
-                min_validations=int(predict.get("minValidations", 1)),
-                quantile=float(predict.get("quantile", 1.0)),
-                confidence=float(predict.get("confidence", 0.5)),
+                min_completed_trials=int(predict.get("minCompletedTrials", PredictSettings.min_completed_trials)),
+                min_validations=int(predict.get("minValidations", PredictSettings.min_validations)),
+                quantile=float(predict.get("quantile", PredictSettings.quantile)),
+                confidence=float(predict.get("confidence", PredictSettings.confidence)),
             ),
             median=None if median is None else MedianSettings(
                 min_completed_trials=int(median.get("minCompletedTrials", 3)),
